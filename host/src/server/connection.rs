@@ -1,0 +1,240 @@
+//! One connection's task: the thin I/O shell around the sans-IO handshake and
+//! protocol. It reads into a buffer, lets the protocol parse every complete frame,
+//! hands messages to the plugin, and writes whatever the protocol queued.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until, timeout};
+
+use super::Shared;
+use super::registry::{Command, Mailbox};
+use crate::plugin::{ConnectionInfo, Outgoing, PluginEvent};
+use crate::ws::close;
+use crate::ws::handshake::{self, Accepted, Outcome};
+use crate::ws::protocol::{Event, Message, Protocol, ProtocolConfig, State};
+
+/// Read at least this much at a time, so that many small frames arrive in one syscall.
+const READ_CHUNK: usize = 16 * 1024;
+/// Stop taking commands and reading while this much output waits for a slow peer.
+const OUTPUT_HIGH_WATER: usize = 256 * 1024;
+/// Close code reported when a reader was too slow for its outbound queue.
+pub const OVERFLOW_CLOSE_CODE: u16 = 1008;
+
+/// Serves one accepted socket until it closes.
+pub async fn serve<S>(stream: S, peer: SocketAddr, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let mut buf = BytesMut::with_capacity(1024);
+    let handshake = timeout(shared.settings.handshake_timeout, read_handshake(&mut reader, &mut buf, &shared));
+    let accepted = match handshake.await {
+        Ok(Ok(Outcome::Accepted { accepted, consumed })) => {
+            buf.advance(consumed);
+            accepted
+        }
+        Ok(Ok(Outcome::Rejected(rejection))) => {
+            tracing::debug!(%peer, "handshake rejected: {rejection}");
+            let _ = writer.write_all(&rejection.response()).await;
+            let _ = writer.shutdown().await;
+            return;
+        }
+        Ok(Ok(Outcome::Incomplete)) | Ok(Err(_)) => return,
+        Err(_) => {
+            tracing::debug!(%peer, "handshake timed out");
+            return;
+        }
+    };
+    if writer.write_all(&accepted.response).await.is_err() {
+        return;
+    }
+
+    let Accepted { request, subprotocol, deflate, .. } = *accepted;
+    let id = shared.registry.next_id();
+    let info = ConnectionInfo {
+        id,
+        remote_address: peer.to_string(),
+        path: request.path,
+        query: request.query,
+        subprotocol,
+        headers: request.headers,
+    };
+    let mailbox = shared.registry.register(info);
+    let events = shared.plugin.events();
+    if events.send(PluginEvent::Open(id)).await.is_err() {
+        shared.registry.unregister(id);
+        return;
+    }
+    tracing::debug!(%peer, conn = id, compression = deflate.is_some(), "connection open");
+
+    let config = ProtocolConfig {
+        max_message_size: shared.settings.max_message_size,
+        deflate,
+        deflate_level: shared.settings.deflate_level,
+    };
+    let mut session = Session { id, protocol: Protocol::new(config), mailbox, events, shared: &shared };
+    let (code, reason) = session.run(&mut reader, &mut writer, buf).await;
+
+    shared.registry.unregister(id);
+    tracing::debug!(%peer, conn = id, code, reason, "connection closed");
+    let _ = events.send(PluginEvent::Close(id, code, reason)).await;
+    linger(reader, writer, &shared).await;
+}
+
+async fn read_handshake<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    shared: &Shared,
+) -> std::io::Result<Outcome> {
+    loop {
+        if !buf.is_empty() {
+            let outcome = handshake::accept(buf, &shared.settings.handshake);
+            if outcome != Outcome::Incomplete {
+                return Ok(outcome);
+            }
+        }
+        buf.reserve(1024);
+        if reader.read_buf(buf).await? == 0 {
+            return Ok(Outcome::Incomplete);
+        }
+    }
+}
+
+/// After the closing handshake: half-close, then discard what the peer still sends
+/// for a moment, so that unread data does not make the kernel reset the connection
+/// and destroy our close frame before the peer reads it.
+async fn linger<R, W>(mut reader: R, mut writer: W, shared: &Shared)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let _ = writer.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let drain = async {
+        let mut budget = 1usize << 20;
+        while let Ok(n @ 1..) = reader.read(&mut sink).await {
+            budget = budget.saturating_sub(n);
+            if budget == 0 {
+                break;
+            }
+        }
+    };
+    let _ = timeout(shared.settings.close_timeout, drain).await;
+}
+
+/// The open phase of a connection.
+struct Session<'a> {
+    id: u64,
+    protocol: Protocol,
+    mailbox: Mailbox,
+    events: &'a mpsc::Sender<PluginEvent>,
+    shared: &'a Shared,
+}
+
+impl Session<'_> {
+    /// Runs the connection until it closes; returns the code and reason for `on-close`.
+    async fn run<R, W>(&mut self, reader: &mut R, writer: &mut W, mut input: BytesMut) -> (u16, String)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut pending: Option<PluginEvent> = None;
+        let mut ended: Option<(u16, String)> = None;
+        let mut deadline: Option<Instant> = None;
+        loop {
+            if pending.is_none() && ended.is_none() {
+                match self.protocol.read(&mut input) {
+                    Ok(Some(Event::Message(Message::Text(text)))) => pending = Some(PluginEvent::Text(self.id, text)),
+                    Ok(Some(Event::Message(Message::Binary(data)))) => {
+                        pending = Some(PluginEvent::Binary(self.id, data));
+                    }
+                    Ok(Some(Event::Closed { code, reason })) => ended = Some((code, reason)),
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::debug!(conn = self.id, "protocol error: {error}");
+                        ended = Some((error.code, error.reason.to_owned()));
+                    }
+                }
+            }
+            if let Some(event) = pending.take() {
+                match self.events.try_send(event) {
+                    Ok(()) => continue,
+                    Err(mpsc::error::TrySendError::Full(event)) => pending = Some(event),
+                    Err(mpsc::error::TrySendError::Closed(_)) => return (close::INTERNAL_ERROR, "plugin stopped".into()),
+                }
+            }
+            let closed = self.protocol.state() == State::Closed;
+            if closed && deadline.is_none() {
+                deadline = Some(Instant::now() + self.shared.settings.close_timeout);
+            }
+            let output_len = self.protocol.output().len();
+            if closed && output_len == 0 {
+                break;
+            }
+            let take_commands = !closed && output_len < OUTPUT_HIGH_WATER;
+            let want_input = pending.is_none() && !closed && output_len < OUTPUT_HIGH_WATER;
+            if want_input {
+                input.reserve(READ_CHUNK);
+            }
+            let output = self.protocol.output();
+            tokio::select! {
+                biased;
+                () = self.mailbox.overflow.notified() => {
+                    tracing::warn!(conn = self.id, "outbound queue overflowed: dropping the slow reader");
+                    return (OVERFLOW_CLOSE_CODE, "outbound queue overflow".into());
+                }
+                written = writer.write(output), if output_len > 0 => match written {
+                    Ok(n @ 1..) => output.advance(n),
+                    _ => break,
+                },
+                command = self.mailbox.commands.recv(), if take_commands => match command {
+                    Some(command) => {
+                        if self.apply(command) {
+                            deadline = Some(Instant::now() + self.shared.settings.close_timeout);
+                        }
+                    }
+                    None => break,
+                },
+                permit = self.events.reserve(), if pending.is_some() => match permit {
+                    Ok(permit) => permit.send(pending.take().expect("checked above")),
+                    Err(_) => return (close::INTERNAL_ERROR, "plugin stopped".into()),
+                },
+                read = reader.read_buf(&mut input), if want_input => match read {
+                    Ok(1..) => {}
+                    _ => break,
+                },
+                () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    tracing::debug!(conn = self.id, "closing handshake timed out");
+                    break;
+                }
+            }
+        }
+        if let Some(end) = ended {
+            return end;
+        }
+        match self.protocol.state() {
+            // We sent a close frame and the peer never answered it.
+            State::CloseSent => (close::ABNORMAL, "closing handshake did not complete".into()),
+            _ => (close::ABNORMAL, "connection dropped without a close frame".into()),
+        }
+    }
+
+    /// Applies a plugin command; returns whether it started the closing handshake.
+    fn apply(&mut self, command: Command) -> bool {
+        match command {
+            Command::Send(Outgoing::Text(text)) => {
+                let _ = self.protocol.send_text(text.as_str());
+                false
+            }
+            Command::Send(Outgoing::Binary(data)) => {
+                let _ = self.protocol.send_binary(&data);
+                false
+            }
+            Command::Close(code, reason) => self.protocol.close(code, &reason).is_ok(),
+        }
+    }
+}

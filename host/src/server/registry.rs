@@ -1,0 +1,243 @@
+//! The live connections, their outbound queues and their groups: what plugins
+//! reach through [`HostServices`].
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{Notify, mpsc};
+
+use crate::plugin::{ConnId, ConnectionInfo, HostError, HostServices, Outgoing};
+
+/// What the plugin asks a connection's task to do.
+#[derive(Debug)]
+pub enum Command {
+    /// Send a message.
+    Send(Outgoing),
+    /// Start the closing handshake.
+    Close(u16, String),
+}
+
+/// A connection's side of the registry: its queue and its overflow signal.
+pub struct Mailbox {
+    /// Commands from the plugin, in order.
+    pub commands: mpsc::Receiver<Command>,
+    /// Signalled when the queue overflowed: the reader is too slow and must be dropped.
+    pub overflow: Arc<Notify>,
+}
+
+struct Entry {
+    commands: mpsc::Sender<Command>,
+    overflow: Arc<Notify>,
+    info: Arc<ConnectionInfo>,
+    groups: HashSet<String>,
+}
+
+#[derive(Default)]
+struct Inner {
+    conns: HashMap<ConnId, Entry>,
+    groups: HashMap<String, HashSet<ConnId>>,
+}
+
+/// The registry of open connections.
+pub struct Registry {
+    inner: Mutex<Inner>,
+    next_id: AtomicU64,
+    queue_len: usize,
+}
+
+impl Registry {
+    /// An empty registry whose connections each queue at most `queue_len` commands.
+    pub fn new(queue_len: usize) -> Self {
+        Self { inner: Mutex::default(), next_id: AtomicU64::new(1), queue_len: queue_len.max(1) }
+    }
+
+    /// A fresh connection id, never reused.
+    pub fn next_id(&self) -> ConnId {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Adds a connection; the returned mailbox receives what the plugin sends it.
+    pub fn register(&self, info: ConnectionInfo) -> Mailbox {
+        let (commands, receiver) = mpsc::channel(self.queue_len);
+        let overflow = Arc::new(Notify::new());
+        let entry = Entry { commands, overflow: overflow.clone(), info: Arc::new(info), groups: HashSet::new() };
+        self.lock().conns.insert(entry.info.id, entry);
+        Mailbox { commands: receiver, overflow }
+    }
+
+    /// Removes a connection and its group memberships. Later calls naming it return `Gone`.
+    pub fn unregister(&self, conn: ConnId) {
+        let mut inner = self.lock();
+        if let Some(entry) = inner.conns.remove(&conn) {
+            for group in entry.groups {
+                if let Some(members) = inner.groups.get_mut(&group) {
+                    members.remove(&conn);
+                    if members.is_empty() {
+                        inner.groups.remove(&group);
+                    }
+                }
+            }
+        }
+    }
+
+    /// How many connections are open.
+    pub fn len(&self) -> usize {
+        self.lock().conns.len()
+    }
+
+    /// Whether no connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way
+        // that matters more than losing every connection would, so carry on.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Entry {
+    /// Queues a command without waiting. A full queue means the reader cannot keep up:
+    /// the connection is told to drop, and the command is lost with it.
+    fn push(&self, command: Command) -> Result<(), HostError> {
+        match self.commands.try_send(command) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.overflow.notify_one();
+                Err(HostError::Gone)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(HostError::Gone),
+        }
+    }
+}
+
+impl HostServices for Registry {
+    fn send(&self, conn: ConnId, message: Outgoing) -> Result<(), HostError> {
+        self.lock().conns.get(&conn).ok_or(HostError::Gone)?.push(Command::Send(message))
+    }
+
+    fn close(&self, conn: ConnId, code: u16, reason: String) -> Result<(), HostError> {
+        self.lock().conns.get(&conn).ok_or(HostError::Gone)?.push(Command::Close(code, reason))
+    }
+
+    fn broadcast(&self, message: Outgoing, except: Option<ConnId>) -> u32 {
+        let inner = self.lock();
+        let targets = inner.conns.iter().filter(|(id, _)| Some(**id) != except);
+        targets.filter(|(_, entry)| entry.push(Command::Send(message.clone())).is_ok()).count() as u32
+    }
+
+    fn join(&self, conn: ConnId, group: &str) -> Result<(), HostError> {
+        let mut inner = self.lock();
+        let entry = inner.conns.get_mut(&conn).ok_or(HostError::Gone)?;
+        entry.groups.insert(group.to_owned());
+        inner.groups.entry(group.to_owned()).or_default().insert(conn);
+        Ok(())
+    }
+
+    fn leave(&self, conn: ConnId, group: &str) -> Result<(), HostError> {
+        let mut inner = self.lock();
+        let entry = inner.conns.get_mut(&conn).ok_or(HostError::Gone)?;
+        entry.groups.remove(group);
+        if let Some(members) = inner.groups.get_mut(group) {
+            members.remove(&conn);
+            if members.is_empty() {
+                inner.groups.remove(group);
+            }
+        }
+        Ok(())
+    }
+
+    fn publish(&self, group: &str, message: Outgoing, except: Option<ConnId>) -> u32 {
+        let inner = self.lock();
+        let Some(members) = inner.groups.get(group) else { return 0 };
+        members
+            .iter()
+            .filter(|id| Some(**id) != except)
+            .filter_map(|id| inner.conns.get(id))
+            .filter(|entry| entry.push(Command::Send(message.clone())).is_ok())
+            .count() as u32
+    }
+
+    fn group_members(&self, group: &str) -> Vec<ConnId> {
+        self.lock().groups.get(group).map(|m| m.iter().copied().collect()).unwrap_or_default()
+    }
+
+    fn connections(&self) -> Vec<ConnId> {
+        self.lock().conns.keys().copied().collect()
+    }
+
+    fn info(&self, conn: ConnId) -> Option<Arc<ConnectionInfo>> {
+        self.lock().conns.get(&conn).map(|entry| entry.info.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: ConnId) -> ConnectionInfo {
+        ConnectionInfo {
+            id,
+            remote_address: "127.0.0.1:1".into(),
+            path: "/".into(),
+            query: None,
+            subprotocol: None,
+            headers: vec![],
+        }
+    }
+
+    fn text(s: &'static str) -> Outgoing {
+        Outgoing::Text(s.into())
+    }
+
+    #[test]
+    fn routes_sends_broadcasts_and_groups() {
+        let registry = Registry::new(8);
+        let mut a = registry.register(info(1));
+        let mut b = registry.register(info(2));
+        let mut c = registry.register(info(3));
+        registry.send(1, text("to a")).unwrap();
+        assert_eq!(registry.broadcast(text("all but b"), Some(2)), 2);
+        registry.join(2, "room").unwrap();
+        registry.join(3, "room").unwrap();
+        assert_eq!(registry.publish("room", text("room"), Some(3)), 1);
+        let mut members = registry.group_members("room");
+        members.sort();
+        assert_eq!(members, vec![2, 3]);
+
+        let drain = |m: &mut Mailbox| {
+            let mut got = Vec::new();
+            while let Ok(Command::Send(Outgoing::Text(t))) = m.commands.try_recv() {
+                got.push(t.as_str().to_owned());
+            }
+            got
+        };
+        assert_eq!(drain(&mut a), ["to a", "all but b"]);
+        assert_eq!(drain(&mut b), ["room"]);
+        assert_eq!(drain(&mut c), ["all but b"]);
+
+        registry.unregister(2);
+        assert_eq!(registry.group_members("room"), vec![3]);
+        assert_eq!(registry.send(2, text("gone")), Err(HostError::Gone));
+        assert_eq!(registry.join(2, "room"), Err(HostError::Gone));
+        assert!(registry.info(2).is_none());
+        assert_eq!(registry.info(3).unwrap().id, 3);
+        registry.leave(3, "room").unwrap();
+        assert!(registry.group_members("room").is_empty());
+        assert_eq!(registry.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_signals_overflow_and_never_grows() {
+        let registry = Registry::new(2);
+        let mailbox = registry.register(info(1));
+        registry.send(1, text("1")).unwrap();
+        registry.send(1, text("2")).unwrap();
+        assert_eq!(registry.send(1, text("3")), Err(HostError::Gone));
+        // The permit stored by `notify_one` makes this return at once.
+        mailbox.overflow.notified().await;
+        assert_eq!(mailbox.commands.len(), 2);
+    }
+}

@@ -1,0 +1,344 @@
+//! The opening handshake, server side (RFC 6455 section 4.2): parsing the client's
+//! HTTP/1.1 upgrade request, validating it, and building the response.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use sha1::{Digest, Sha1};
+
+use super::deflate::{self, DeflateConfig, DeflateParams};
+
+/// The GUID that RFC 6455 appends to the client's key to compute the accept value.
+const ACCEPT_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// At most this many request headers are parsed; more is answered with 431.
+pub const MAX_HEADERS: usize = 64;
+
+/// How the server answers handshakes.
+#[derive(Clone, Debug)]
+pub struct HandshakeConfig {
+    /// The request head (request line and headers) may not exceed this many bytes (431 otherwise).
+    pub max_request_bytes: usize,
+    /// Subprotocols the server speaks; the first one the client offers is selected.
+    pub subprotocols: Vec<String>,
+    /// permessage-deflate settings, or `None` to never negotiate compression.
+    pub deflate: Option<DeflateConfig>,
+}
+
+impl Default for HandshakeConfig {
+    fn default() -> Self {
+        Self { max_request_bytes: 8 * 1024, subprotocols: Vec::new(), deflate: Some(DeflateConfig::default()) }
+    }
+}
+
+/// A valid upgrade request, with what the connection needs to know about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// Path part of the request target, e.g. `/chat`.
+    pub path: String,
+    /// Query string without the `?`, if any.
+    pub query: Option<String>,
+    /// All headers in order, names lower-cased.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Request {
+    /// Values of every header named `name` (lower-case), in order.
+    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers.iter().filter(move |(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// The handshake succeeded: the 101 response to send and what was negotiated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    /// The parsed request.
+    pub request: Request,
+    /// The selected subprotocol, if any.
+    pub subprotocol: Option<String>,
+    /// The agreed permessage-deflate parameters, if compression is on.
+    pub deflate: Option<DeflateParams>,
+    /// The complete `101 Switching Protocols` response.
+    pub response: Vec<u8>,
+}
+
+/// The handshake failed: the HTTP status to answer with, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{status} {}: {detail}", reason_phrase(*status))]
+pub struct Rejection {
+    /// HTTP status code (400, 405, 426, 431, ...).
+    pub status: u16,
+    /// What was wrong, for the log and the response body.
+    pub detail: &'static str,
+}
+
+impl Rejection {
+    fn new(status: u16, detail: &'static str) -> Self {
+        Self { status, detail }
+    }
+
+    /// The complete HTTP response, which closes the connection.
+    pub fn response(&self) -> Vec<u8> {
+        let extra = match self.status {
+            405 => "Allow: GET\r\n",
+            426 => "Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n",
+            _ => "",
+        };
+        let body = format!("{}\n", self.detail);
+        format!(
+            "HTTP/1.1 {} {}\r\n{extra}Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.status,
+            reason_phrase(self.status),
+            body.len()
+        )
+        .into_bytes()
+    }
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        403 => "Forbidden",
+        405 => "Method Not Allowed",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+/// What [`accept`] made of the bytes received so far.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The request head is not complete yet: read more.
+    Incomplete,
+    /// Upgrade accepted; the request head was `consumed` bytes long. Bytes after it
+    /// are the client's first frames.
+    Accepted { accepted: Box<Accepted>, consumed: usize },
+    /// Upgrade refused: send the response and close.
+    Rejected(Rejection),
+}
+
+/// Parses and validates the request head at the start of `buf`.
+pub fn accept(buf: &[u8], config: &HandshakeConfig) -> Outcome {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let consumed = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n <= config.max_request_bytes => n,
+        Ok(httparse::Status::Complete(_)) => {
+            return Outcome::Rejected(Rejection::new(431, "request head too large"));
+        }
+        Ok(httparse::Status::Partial) if buf.len() > config.max_request_bytes => {
+            return Outcome::Rejected(Rejection::new(431, "request head too large"));
+        }
+        Ok(httparse::Status::Partial) => return Outcome::Incomplete,
+        Err(httparse::Error::TooManyHeaders) => {
+            return Outcome::Rejected(Rejection::new(431, "too many request headers"));
+        }
+        Err(_) => return Outcome::Rejected(Rejection::new(400, "malformed HTTP request")),
+    };
+    match validate(&parsed, config) {
+        Ok(accepted) => Outcome::Accepted { accepted: Box::new(accepted), consumed },
+        Err(rejection) => Outcome::Rejected(rejection),
+    }
+}
+
+fn validate(parsed: &httparse::Request<'_, '_>, config: &HandshakeConfig) -> Result<Accepted, Rejection> {
+    if parsed.method != Some("GET") {
+        return Err(Rejection::new(405, "only GET can open a WebSocket"));
+    }
+    if parsed.version != Some(1) {
+        return Err(Rejection::new(400, "WebSocket needs HTTP/1.1"));
+    }
+    let target = parsed.path.unwrap_or_default();
+    if !target.starts_with('/') {
+        return Err(Rejection::new(400, "request target must be an absolute path"));
+    }
+    let mut headers = Vec::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let value = std::str::from_utf8(h.value).map_err(|_| Rejection::new(400, "header value is not UTF-8"))?;
+        headers.push((h.name.to_ascii_lowercase(), value.trim().to_owned()));
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+        None => (target.to_owned(), None),
+    };
+    let request = Request { path, query, headers };
+
+    if request.header_values("host").next().is_none() {
+        return Err(Rejection::new(400, "missing Host header"));
+    }
+    if !has_token(&request, "upgrade", "websocket") {
+        return Err(Rejection::new(400, "missing Upgrade: websocket"));
+    }
+    if !has_token(&request, "connection", "upgrade") {
+        return Err(Rejection::new(400, "missing Connection: upgrade"));
+    }
+    let versions: Vec<&str> = request.header_values("sec-websocket-version").collect();
+    if versions != ["13"] {
+        return Err(Rejection::new(426, "unsupported Sec-WebSocket-Version, 13 expected"));
+    }
+    let key = match request.header_values("sec-websocket-key").collect::<Vec<_>>()[..] {
+        [key] if BASE64.decode(key).is_ok_and(|k| k.len() == 16) => accept_key(key),
+        _ => return Err(Rejection::new(400, "Sec-WebSocket-Key must be one base64 value of 16 bytes")),
+    };
+
+    let subprotocol = select_subprotocol(&request, &config.subprotocols);
+    let deflate = config
+        .deflate
+        .as_ref()
+        .and_then(|cfg| deflate::negotiate(request.header_values("sec-websocket-extensions"), cfg));
+
+    let mut response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {key}\r\n"
+    );
+    if let Some(protocol) = &subprotocol {
+        response.push_str(&format!("Sec-WebSocket-Protocol: {protocol}\r\n"));
+    }
+    if let Some((_, extension)) = &deflate {
+        response.push_str(&format!("Sec-WebSocket-Extensions: {extension}\r\n"));
+    }
+    response.push_str("\r\n");
+    Ok(Accepted { request, subprotocol, deflate: deflate.map(|(p, _)| p), response: response.into_bytes() })
+}
+
+/// Whether a comma-separated header named `name` holds `token`, case-insensitively.
+fn has_token(request: &Request, name: &str, token: &str) -> bool {
+    request
+        .header_values(name)
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// The first subprotocol offered by the client that the server supports.
+fn select_subprotocol(request: &Request, supported: &[String]) -> Option<String> {
+    request
+        .header_values("sec-websocket-protocol")
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find(|offered| supported.iter().any(|s| s == offered))
+        .map(str::to_owned)
+}
+
+/// `Sec-WebSocket-Accept` for a client key: base64(SHA-1(key + GUID)).
+pub fn accept_key(key: &str) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key.as_bytes());
+    sha.update(ACCEPT_GUID.as_bytes());
+    BASE64.encode(sha.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    fn request(extra: &str) -> String {
+        format!(
+            "GET /chat?room=1 HTTP/1.1\r\nHost: server.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        )
+    }
+
+    fn status_of(raw: &str, config: &HandshakeConfig) -> u16 {
+        match accept(raw.as_bytes(), config) {
+            Outcome::Rejected(r) => r.status,
+            Outcome::Accepted { .. } => 101,
+            Outcome::Incomplete => 0,
+        }
+    }
+
+    #[test]
+    fn computes_the_rfc_accept_key() {
+        assert_eq!(accept_key(KEY), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn accepts_a_valid_request_and_keeps_trailing_bytes() {
+        let mut raw = request("").into_bytes();
+        let head_len = raw.len();
+        raw.extend_from_slice(&[0x81, 0x80]);
+        let Outcome::Accepted { accepted, consumed } = accept(&raw, &HandshakeConfig::default()) else {
+            panic!("not accepted");
+        };
+        assert_eq!(consumed, head_len);
+        assert_eq!(accepted.request.path, "/chat");
+        assert_eq!(accepted.request.query.as_deref(), Some("room=1"));
+        let response = String::from_utf8(accepted.response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
+        assert!(response.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+        assert!(response.ends_with("\r\n\r\n"));
+        assert!(!response.contains("Extensions"));
+    }
+
+    #[test]
+    fn waits_for_a_complete_head() {
+        let raw = request("");
+        for cut in 0..raw.len() - 1 {
+            assert_eq!(accept(&raw.as_bytes()[..cut], &HandshakeConfig::default()), Outcome::Incomplete);
+        }
+    }
+
+    #[test]
+    fn header_tokens_are_case_insensitive_lists() {
+        let raw = "GET / HTTP/1.1\r\nHost: h\r\nupgrade: WebSocket\r\nconnection: keep-alive, UPGRADE\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n";
+        assert_eq!(status_of(raw, &HandshakeConfig::default()), 101);
+    }
+
+    #[test]
+    fn rejects_bad_requests_with_the_right_status() {
+        let config = HandshakeConfig::default();
+        let good = request("");
+        let cases: Vec<(String, u16)> = vec![
+            (good.replace("GET", "POST"), 405),
+            (good.replace("HTTP/1.1", "HTTP/1.0"), 400),
+            (good.replace("Upgrade: websocket\r\n", ""), 400),
+            (good.replace("Upgrade: websocket", "Upgrade: h2c"), 400),
+            (good.replace("Connection: Upgrade", "Connection: close"), 400),
+            (good.replace("Host: server.example.com\r\n", ""), 400),
+            (good.replace(KEY, "c2hvcnQ="), 400),
+            (good.replace(KEY, "not base64!"), 400),
+            (good.replace(&format!("Sec-WebSocket-Key: {KEY}\r\n"), ""), 400),
+            (request(&format!("Sec-WebSocket-Key: {KEY}\r\n")), 400),
+            (good.replace("Version: 13", "Version: 8"), 426),
+            (good.replace("Sec-WebSocket-Version: 13\r\n", ""), 426),
+            ("garbage\r\n\r\n".into(), 400),
+            (request(&"X-Filler: 0123456789\r\n".repeat(500)), 431),
+            (request(&"X: y\r\n".repeat(MAX_HEADERS)), 431),
+        ];
+        for (raw, status) in cases {
+            assert_eq!(status_of(&raw, &config), status, "{raw:?}");
+        }
+        let rejection = Rejection::new(426, "x");
+        assert!(String::from_utf8(rejection.response()).unwrap().contains("Sec-WebSocket-Version: 13\r\n"));
+    }
+
+    #[test]
+    fn an_endless_head_is_rejected_once_past_the_limit() {
+        let config = HandshakeConfig { max_request_bytes: 100, ..HandshakeConfig::default() };
+        let raw = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(200));
+        assert_eq!(status_of(&raw, &config), 431);
+    }
+
+    #[test]
+    fn selects_the_first_offered_supported_subprotocol() {
+        let config = HandshakeConfig { subprotocols: vec!["chat".into(), "superchat".into()], ..Default::default() };
+        let raw = request("Sec-WebSocket-Protocol: soap, superchat\r\nSec-WebSocket-Protocol: chat\r\n");
+        let Outcome::Accepted { accepted, .. } = accept(raw.as_bytes(), &config) else { panic!() };
+        assert_eq!(accepted.subprotocol.as_deref(), Some("superchat"));
+        assert!(String::from_utf8(accepted.response).unwrap().contains("Sec-WebSocket-Protocol: superchat\r\n"));
+        let raw = request("Sec-WebSocket-Protocol: soap\r\n");
+        let Outcome::Accepted { accepted, .. } = accept(raw.as_bytes(), &config) else { panic!() };
+        assert_eq!(accepted.subprotocol, None);
+    }
+
+    #[test]
+    fn negotiates_deflate_only_when_enabled() {
+        let raw = request("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n");
+        let Outcome::Accepted { accepted, .. } = accept(raw.as_bytes(), &HandshakeConfig::default()) else { panic!() };
+        assert!(accepted.deflate.is_some());
+        assert!(String::from_utf8(accepted.response).unwrap().contains("Sec-WebSocket-Extensions: permessage-deflate\r\n"));
+        let config = HandshakeConfig { deflate: None, ..Default::default() };
+        let Outcome::Accepted { accepted, .. } = accept(raw.as_bytes(), &config) else { panic!() };
+        assert!(accepted.deflate.is_none());
+    }
+}

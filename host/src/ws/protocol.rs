@@ -1,0 +1,392 @@
+//! The per-connection protocol state machine, after the handshake: turns received
+//! bytes into whole messages and encodes what the server sends. No I/O happens here:
+//! the caller feeds bytes in with [`Protocol::read`] and writes out whatever
+//! [`Protocol::output`] holds.
+
+use bytes::{Buf, BytesMut};
+
+use super::close::{self, ProtocolError};
+use super::deflate::{DeflateParams, Deflater, InflateError, Inflater};
+use super::frame::{self, FrameHeader, MAX_CONTROL_PAYLOAD, Opcode};
+use super::mask::apply_mask;
+use super::utf8::Utf8Validator;
+
+/// Settings of one connection's protocol.
+#[derive(Clone, Copy, Debug)]
+pub struct ProtocolConfig {
+    /// Largest message accepted, after reassembly and inflation (1009 beyond).
+    pub max_message_size: usize,
+    /// The agreed permessage-deflate parameters, if any.
+    pub deflate: Option<DeflateParams>,
+    /// Compression level for sent messages, 0..=9.
+    pub deflate_level: u32,
+}
+
+/// A complete message received from the peer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Message {
+    /// A text message, valid UTF-8.
+    Text(String),
+    /// A binary message.
+    Binary(Vec<u8>),
+}
+
+/// Something the caller must act on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A complete data message.
+    Message(Message),
+    /// The closing handshake finished (the peer's close frame arrived, and our answer,
+    /// if one was due, is in the output). Flush the output and close the socket.
+    Closed {
+        /// The peer's close code ([`close::NO_STATUS`] if its frame carried none).
+        code: u16,
+        /// The peer's close reason.
+        reason: String,
+    },
+}
+
+/// Where the closing handshake stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Messages flow both ways.
+    Open,
+    /// We sent a close frame and await the peer's.
+    CloseSent,
+    /// Nothing more will be sent or accepted: flush the output and close the socket.
+    Closed,
+}
+
+/// The frame currently being received.
+#[derive(Clone, Copy, Debug)]
+struct CurrentFrame {
+    header: FrameHeader,
+    mask: [u8; 4],
+    /// Payload bytes received so far.
+    received: u64,
+}
+
+/// A data message being reassembled from its frames.
+struct Partial {
+    text: bool,
+    compressed: bool,
+    data: Vec<u8>,
+    utf8: Utf8Validator,
+}
+
+/// The sending half is refused because the connection is closing or closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the connection is closing")]
+pub struct Closing;
+
+/// One WebSocket connection's protocol state (server role).
+pub struct Protocol {
+    config: ProtocolConfig,
+    state: State,
+    frame: Option<CurrentFrame>,
+    /// Payload of the control frame being received (at most 125 bytes).
+    control: Vec<u8>,
+    message: Option<Partial>,
+    inflater: Option<Inflater>,
+    deflater: Option<Deflater>,
+    /// Scratch buffer for compressing outgoing messages.
+    compressed: Vec<u8>,
+    out: BytesMut,
+}
+
+impl Protocol {
+    /// State for a connection whose handshake has just completed.
+    pub fn new(config: ProtocolConfig) -> Self {
+        Self {
+            config,
+            state: State::Open,
+            frame: None,
+            control: Vec::new(),
+            message: None,
+            inflater: None,
+            deflater: None,
+            compressed: Vec::new(),
+            out: BytesMut::new(),
+        }
+    }
+
+    /// Where the closing handshake stands.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Bytes to send to the peer. The caller writes them and removes what was written.
+    pub fn output(&mut self) -> &mut BytesMut {
+        &mut self.out
+    }
+
+    /// Consumes bytes from `input` until an event is complete or `input` runs out.
+    ///
+    /// Returns `Ok(None)` when more input is needed. On a protocol violation the close
+    /// frame with the matching code is put in the output, the state becomes
+    /// [`State::Closed`] and the error is returned. Automatic replies (pongs, the answer
+    /// to a close) are put in the output as a side effect.
+    pub fn read(&mut self, input: &mut BytesMut) -> Result<Option<Event>, ProtocolError> {
+        if self.state == State::Closed {
+            return Ok(None);
+        }
+        match self.read_inner(input) {
+            Err(e) => {
+                self.fail(e);
+                Err(e)
+            }
+            ok => ok,
+        }
+    }
+
+    fn read_inner(&mut self, input: &mut BytesMut) -> Result<Option<Event>, ProtocolError> {
+        loop {
+            let Some(frame) = self.frame else {
+                let Some((header, len)) = FrameHeader::decode(input)? else {
+                    return Ok(None);
+                };
+                input.advance(len);
+                self.start_frame(header)?;
+                if header.payload_len == 0 {
+                    if let Some(event) = self.end_frame()? {
+                        return Ok(Some(event));
+                    }
+                }
+                continue;
+            };
+            if input.is_empty() {
+                return Ok(None);
+            }
+            let remaining = frame.header.payload_len - frame.received;
+            let take = remaining.min(input.len() as u64) as usize;
+            let mut chunk = input.split_to(take);
+            apply_mask(&mut chunk, frame.mask, frame.received as usize);
+            if frame.header.opcode.is_control() {
+                self.control.extend_from_slice(&chunk);
+            } else {
+                self.data_chunk(&chunk)?;
+            }
+            let frame = self.frame.as_mut().expect("frame in progress");
+            frame.received += take as u64;
+            if frame.received == frame.header.payload_len {
+                if let Some(event) = self.end_frame()? {
+                    return Ok(Some(event));
+                }
+            }
+        }
+    }
+
+    /// Checks a new frame's header against the protocol's rules and prepares to receive it.
+    fn start_frame(&mut self, header: FrameHeader) -> Result<(), ProtocolError> {
+        let Some(mask) = header.mask else {
+            return Err(ProtocolError::protocol("client frame is not masked"));
+        };
+        if header.rsv23 {
+            return Err(ProtocolError::protocol("reserved bit set"));
+        }
+        let opcode = header.opcode;
+        if opcode.is_control() {
+            if !header.fin {
+                return Err(ProtocolError::protocol("fragmented control frame"));
+            }
+            if header.payload_len > MAX_CONTROL_PAYLOAD as u64 {
+                return Err(ProtocolError::protocol("control frame longer than 125 bytes"));
+            }
+            if header.rsv1 {
+                return Err(ProtocolError::protocol("RSV1 set on a control frame"));
+            }
+            self.control.clear();
+        } else {
+            let max = self.config.max_message_size as u64;
+            match (opcode, &self.message) {
+                (Opcode::Continuation, None) => {
+                    return Err(ProtocolError::protocol("continuation frame without a message to continue"));
+                }
+                (Opcode::Continuation, Some(_)) if header.rsv1 => {
+                    return Err(ProtocolError::protocol("RSV1 set on a continuation frame"));
+                }
+                (Opcode::Continuation, Some(partial)) => {
+                    // Compressed payloads are limited after inflation, but a frame longer
+                    // than the limit is refused outright.
+                    let so_far = if partial.compressed { 0 } else { partial.data.len() as u64 };
+                    if so_far + header.payload_len > max {
+                        return Err(ProtocolError::too_big("message exceeds the size limit"));
+                    }
+                }
+                (_, Some(_)) => {
+                    return Err(ProtocolError::protocol("new data frame inside a fragmented message"));
+                }
+                (_, None) => {
+                    if header.rsv1 && self.config.deflate.is_none() {
+                        return Err(ProtocolError::protocol("RSV1 set without permessage-deflate"));
+                    }
+                    if header.payload_len > max {
+                        return Err(ProtocolError::too_big("message exceeds the size limit"));
+                    }
+                    self.message = Some(Partial {
+                        text: opcode == Opcode::Text,
+                        compressed: header.rsv1,
+                        data: Vec::with_capacity(if header.rsv1 { 0 } else { header.payload_len as usize }),
+                        utf8: Utf8Validator::default(),
+                    });
+                }
+            }
+        }
+        self.frame = Some(CurrentFrame { header, mask, received: 0 });
+        Ok(())
+    }
+
+    /// Adds an unmasked piece of a data frame's payload to the message.
+    fn data_chunk(&mut self, chunk: &[u8]) -> Result<(), ProtocolError> {
+        let limit = self.config.max_message_size;
+        let partial = self.message.as_mut().expect("data frame belongs to a message");
+        let start = partial.data.len();
+        if partial.compressed {
+            let params = self.config.deflate.as_ref().expect("RSV1 checked against negotiation");
+            let inflater = self.inflater.get_or_insert_with(|| Inflater::new(params));
+            inflater.inflate(chunk, &mut partial.data, limit).map_err(inflate_error)?;
+        } else {
+            partial.data.extend_from_slice(chunk);
+        }
+        if partial.text {
+            partial
+                .utf8
+                .feed(&partial.data[start..])
+                .map_err(|_| ProtocolError::invalid_data("text message is not valid UTF-8"))?;
+        }
+        Ok(())
+    }
+
+    /// Handles the end of the current frame.
+    fn end_frame(&mut self) -> Result<Option<Event>, ProtocolError> {
+        let frame = self.frame.take().expect("frame in progress");
+        let header = frame.header;
+        match header.opcode {
+            Opcode::Ping => {
+                if self.state == State::Open {
+                    frame::encode_server_frame(&mut self.out, Opcode::Pong, false, &self.control);
+                }
+                Ok(None)
+            }
+            Opcode::Pong => Ok(None),
+            Opcode::Close => self.receive_close(),
+            Opcode::Text | Opcode::Binary | Opcode::Continuation => {
+                if !header.fin {
+                    return Ok(None);
+                }
+                let mut partial = self.message.take().expect("data frame belongs to a message");
+                if partial.compressed {
+                    let limit = self.config.max_message_size;
+                    let params = self.config.deflate.as_ref().expect("RSV1 checked against negotiation");
+                    // A compressed message whose frames were all empty has not created it yet.
+                    let inflater = self.inflater.get_or_insert_with(|| Inflater::new(params));
+                    let start = partial.data.len();
+                    inflater.finish_message(&mut partial.data, limit).map_err(inflate_error)?;
+                    if partial.text {
+                        partial
+                            .utf8
+                            .feed(&partial.data[start..])
+                            .map_err(|_| ProtocolError::invalid_data("text message is not valid UTF-8"))?;
+                    }
+                }
+                if self.state != State::Open {
+                    // After our close frame, data is read for protocol errors only.
+                    return Ok(None);
+                }
+                let message = if partial.text {
+                    partial
+                        .utf8
+                        .finish()
+                        .map_err(|_| ProtocolError::invalid_data("text message ends inside a character"))?;
+                    // SAFETY: every byte went through `Utf8Validator::feed`, and `finish`
+                    // confirmed the message does not end inside a character.
+                    Message::Text(unsafe { String::from_utf8_unchecked(partial.data) })
+                } else {
+                    Message::Binary(partial.data)
+                };
+                Ok(Some(Event::Message(message)))
+            }
+        }
+    }
+
+    fn receive_close(&mut self) -> Result<Option<Event>, ProtocolError> {
+        let (code, reason) = close::parse_payload(&self.control)?;
+        if self.state == State::Open {
+            // Echo the peer's code, as RFC 6455 section 5.5.1 suggests.
+            let payload = close::encode_payload(code, "");
+            frame::encode_server_frame(&mut self.out, Opcode::Close, false, &payload);
+        }
+        self.state = State::Closed;
+        Ok(Some(Event::Closed { code, reason }))
+    }
+
+    /// Fails the connection: queues a close frame with the error's code, unless one was sent.
+    fn fail(&mut self, error: ProtocolError) {
+        if self.state == State::Open {
+            let payload = close::encode_payload(error.code, error.reason);
+            frame::encode_server_frame(&mut self.out, Opcode::Close, false, &payload);
+        }
+        self.state = State::Closed;
+        self.frame = None;
+        self.message = None;
+    }
+
+    /// Queues a text message.
+    pub fn send_text(&mut self, text: &str) -> Result<(), Closing> {
+        self.send(Opcode::Text, text.as_bytes())
+    }
+
+    /// Queues a binary message.
+    pub fn send_binary(&mut self, data: &[u8]) -> Result<(), Closing> {
+        self.send(Opcode::Binary, data)
+    }
+
+    fn send(&mut self, opcode: Opcode, payload: &[u8]) -> Result<(), Closing> {
+        if self.state != State::Open {
+            return Err(Closing);
+        }
+        match &self.config.deflate {
+            Some(params) => {
+                let level = self.config.deflate_level;
+                let deflater = self.deflater.get_or_insert_with(|| Deflater::new(params, level));
+                deflater.compress(payload, &mut self.compressed);
+                frame::encode_server_frame(&mut self.out, opcode, true, &self.compressed);
+            }
+            None => frame::encode_server_frame(&mut self.out, opcode, false, payload),
+        }
+        Ok(())
+    }
+
+    /// Queues a ping.
+    pub fn send_ping(&mut self, payload: &[u8]) -> Result<(), Closing> {
+        if self.state != State::Open {
+            return Err(Closing);
+        }
+        let len = payload.len().min(MAX_CONTROL_PAYLOAD);
+        frame::encode_server_frame(&mut self.out, Opcode::Ping, false, &payload[..len]);
+        Ok(())
+    }
+
+    /// Starts the closing handshake. The caller should keep reading until
+    /// [`Event::Closed`] arrives (or a timeout passes), then close the socket.
+    pub fn close(&mut self, code: u16, reason: &str) -> Result<(), Closing> {
+        if self.state != State::Open {
+            return Err(Closing);
+        }
+        let payload = close::encode_payload(code, reason);
+        frame::encode_server_frame(&mut self.out, Opcode::Close, false, &payload);
+        self.state = State::CloseSent;
+        Ok(())
+    }
+}
+
+fn inflate_error(error: InflateError) -> ProtocolError {
+    match error {
+        InflateError::TooBig => ProtocolError::too_big("inflated message exceeds the size limit"),
+        InflateError::Corrupt => ProtocolError::invalid_data("invalid compressed data"),
+    }
+}
+
+#[cfg(test)]
+#[path = "protocol_tests.rs"]
+mod tests;
