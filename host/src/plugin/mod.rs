@@ -108,13 +108,16 @@ pub enum PluginEvent {
     Binary(ConnId, Vec<u8>),
     /// The connection closed, with this code and reason.
     Close(ConnId, u16, String),
+    /// Calls no export: signals once every earlier event has been handled, so that
+    /// whatever the plugin sent in reply is already queued.
+    Barrier(ConnId, tokio::sync::oneshot::Sender<()>),
 }
 
 impl PluginEvent {
     /// The connection the event is about.
     pub fn conn(&self) -> ConnId {
         match self {
-            Self::Open(c) | Self::Text(c, _) | Self::Binary(c, _) | Self::Close(c, _, _) => *c,
+            Self::Open(c) | Self::Text(c, _) | Self::Binary(c, _) | Self::Close(c, _, _) | Self::Barrier(c, _) => *c,
         }
     }
 
@@ -125,6 +128,7 @@ impl PluginEvent {
             Self::Text(..) => "on-text",
             Self::Binary(..) => "on-binary",
             Self::Close(..) => "on-close",
+            Self::Barrier(..) => "(barrier)",
         }
     }
 }

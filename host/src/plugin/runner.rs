@@ -127,6 +127,10 @@ impl InstanceFactory {
     fn run(self, first: Instance, mut queue: mpsc::Receiver<PluginEvent>) {
         let mut instance = Some(first);
         while let Some(event) = queue.blocking_recv() {
+            if let PluginEvent::Barrier(_, done) = event {
+                let _ = done.send(());
+                continue;
+            }
             if instance.is_none() {
                 instance = self
                     .instantiate()
@@ -163,6 +167,7 @@ impl InstanceFactory {
             PluginEvent::Text(conn, text) => bindings.call_on_text(store, *conn, text),
             PluginEvent::Binary(conn, data) => bindings.call_on_binary(store, *conn, data),
             PluginEvent::Close(conn, code, reason) => bindings.call_on_close(store, *conn, *code, reason),
+            PluginEvent::Barrier(..) => Ok(()),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until, timeout};
 
 use super::Shared;
@@ -145,6 +145,9 @@ impl Session<'_> {
         let mut pending: Option<PluginEvent> = None;
         let mut ended: Option<(u16, String)> = None;
         let mut deadline: Option<Instant> = None;
+        // After a protocol violation: resolves once the plugin has handled every
+        // earlier message, so its replies go out before the close frame.
+        let mut barrier: Option<oneshot::Receiver<()>> = None;
         loop {
             if pending.is_none() && ended.is_none() {
                 match self.protocol.read(&mut input) {
@@ -157,6 +160,10 @@ impl Session<'_> {
                     Err(error) => {
                         tracing::debug!(conn = self.id, "protocol error: {error}");
                         ended = Some((error.code, error.reason.to_owned()));
+                        let (done, wait) = oneshot::channel();
+                        pending = Some(PluginEvent::Barrier(self.id, done));
+                        barrier = Some(wait);
+                        deadline = Some(Instant::now() + self.shared.settings.close_timeout);
                     }
                 }
             }
@@ -168,6 +175,7 @@ impl Session<'_> {
                 }
             }
             let closed = self.protocol.state() == State::Closed;
+            let open = self.protocol.state() != State::Failed && !closed;
             if closed && deadline.is_none() {
                 deadline = Some(Instant::now() + self.shared.settings.close_timeout);
             }
@@ -176,7 +184,7 @@ impl Session<'_> {
                 break;
             }
             let take_commands = !closed && output_len < OUTPUT_HIGH_WATER;
-            let want_input = pending.is_none() && !closed && output_len < OUTPUT_HIGH_WATER;
+            let want_input = pending.is_none() && open && output_len < OUTPUT_HIGH_WATER;
             if want_input {
                 input.reserve(READ_CHUNK);
             }
@@ -207,7 +215,17 @@ impl Session<'_> {
                     Ok(1..) => {}
                     _ => break,
                 },
+                _ = async { barrier.as_mut().expect("guarded").await }, if barrier.is_some() && pending.is_none() => {
+                    barrier = None;
+                    self.finish_failure();
+                }
                 () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    if barrier.take().is_some() {
+                        tracing::warn!(conn = self.id, "plugin did not catch up in time: closing without its replies");
+                        self.finish_failure();
+                        deadline = Some(Instant::now() + self.shared.settings.close_timeout);
+                        continue;
+                    }
                     tracing::debug!(conn = self.id, "closing handshake timed out");
                     break;
                 }
@@ -221,6 +239,15 @@ impl Session<'_> {
             State::CloseSent => (close::ABNORMAL, "closing handshake did not complete".into()),
             _ => (close::ABNORMAL, "connection dropped without a close frame".into()),
         }
+    }
+
+    /// Sends what the plugin queued in reply to the messages before a violation, then
+    /// the close frame.
+    fn finish_failure(&mut self) {
+        while let Ok(command) = self.mailbox.commands.try_recv() {
+            self.apply(command);
+        }
+        self.protocol.finish_failure();
     }
 
     /// Applies a plugin command; returns whether it started the closing handshake.

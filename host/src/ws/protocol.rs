@@ -53,6 +53,10 @@ pub enum State {
     Open,
     /// We sent a close frame and await the peer's.
     CloseSent,
+    /// The peer broke the protocol. Nothing more is read; replies to the messages
+    /// received before the violation may still be sent, then
+    /// [`Protocol::finish_failure`] queues the close frame.
+    Failed,
     /// Nothing more will be sent or accepted: flush the output and close the socket.
     Closed,
 }
@@ -83,6 +87,8 @@ pub struct Closing;
 pub struct Protocol {
     config: ProtocolConfig,
     state: State,
+    /// The violation that put the connection in [`State::Failed`].
+    failure: Option<ProtocolError>,
     frame: Option<CurrentFrame>,
     /// Payload of the control frame being received (at most 125 bytes).
     control: Vec<u8>,
@@ -100,6 +106,7 @@ impl Protocol {
         Self {
             config,
             state: State::Open,
+            failure: None,
             frame: None,
             control: Vec::new(),
             message: None,
@@ -122,12 +129,14 @@ impl Protocol {
 
     /// Consumes bytes from `input` until an event is complete or `input` runs out.
     ///
-    /// Returns `Ok(None)` when more input is needed. On a protocol violation the close
-    /// frame with the matching code is put in the output, the state becomes
-    /// [`State::Closed`] and the error is returned. Automatic replies (pongs, the answer
-    /// to a close) are put in the output as a side effect.
+    /// Returns `Ok(None)` when more input is needed. On a protocol violation the error
+    /// is returned and the state becomes [`State::Failed`] (or [`State::Closed`] if our
+    /// close frame was already sent): the caller may still send replies to earlier
+    /// messages, then calls [`Protocol::finish_failure`], which queues the close frame
+    /// with the violation's code. Automatic replies (pongs, the answer to a close) are
+    /// put in the output as a side effect.
     pub fn read(&mut self, input: &mut BytesMut) -> Result<Option<Event>, ProtocolError> {
-        if self.state == State::Closed {
+        if matches!(self.state, State::Closed | State::Failed) {
             return Ok(None);
         }
         match self.read_inner(input) {
@@ -320,15 +329,22 @@ impl Protocol {
         Ok(Some(Event::Closed { code, reason }))
     }
 
-    /// Fails the connection: queues a close frame with the error's code, unless one was sent.
+    /// Stops reading after a violation; the close frame follows in `finish_failure`.
     fn fail(&mut self, error: ProtocolError) {
-        if self.state == State::Open {
-            let payload = close::encode_payload(error.code, error.reason);
-            frame::encode_server_frame(&mut self.out, Opcode::Close, false, &payload);
-        }
-        self.state = State::Closed;
+        self.state = if self.state == State::Open { State::Failed } else { State::Closed };
+        self.failure = Some(error);
         self.frame = None;
         self.message = None;
+    }
+
+    /// Ends a failed connection: queues the close frame with the violation's code.
+    /// Does nothing unless the state is [`State::Failed`].
+    pub fn finish_failure(&mut self) {
+        if let (State::Failed, Some(error)) = (self.state, self.failure) {
+            let payload = close::encode_payload(error.code, error.reason);
+            frame::encode_server_frame(&mut self.out, Opcode::Close, false, &payload);
+            self.state = State::Closed;
+        }
     }
 
     /// Queues a text message.
@@ -342,7 +358,7 @@ impl Protocol {
     }
 
     fn send(&mut self, opcode: Opcode, payload: &[u8]) -> Result<(), Closing> {
-        if self.state != State::Open {
+        if !matches!(self.state, State::Open | State::Failed) {
             return Err(Closing);
         }
         match &self.config.deflate {

@@ -87,6 +87,9 @@ fn expect_failure_with(config: ProtocolConfig, bytes: &[u8], code: u16) {
     let mut protocol = Protocol::new(config);
     let error = feed(&mut protocol, bytes).expect_err("must fail");
     assert_eq!(error.code, code, "{error}");
+    assert_eq!(protocol.state(), State::Failed);
+    assert!(protocol.output().is_empty(), "the close frame waits for finish_failure");
+    protocol.finish_failure();
     assert_eq!(protocol.state(), State::Closed);
     assert_eq!(close_code_sent(&mut protocol), code);
 }
@@ -293,5 +296,36 @@ fn server_initiated_close_waits_for_the_peer() {
     bytes.extend(frame(true, CLOSE, b"\x0f\xa0"));
     assert_eq!(feed(&mut p, &bytes).unwrap(), vec![Event::Closed { code: 4000, reason: String::new() }]);
     assert_eq!(p.state(), State::Closed);
+    assert!(p.output().is_empty());
+}
+
+#[test]
+fn replies_to_earlier_messages_go_out_before_the_failure_close() {
+    let mut p = Protocol::new(config());
+    let mut bytes = frame(true, TEXT, b"valid");
+    bytes.extend(raw_frame(0xA1, b"rsv2", Some(MASK)));
+    let mut input = BytesMut::from(&bytes[..]);
+    assert_eq!(p.read(&mut input).unwrap(), Some(Event::Message(Message::Text("valid".into()))));
+    assert_eq!(p.read(&mut input).unwrap_err().code, 1002);
+    // Nothing more is read once failed.
+    assert_eq!(p.read(&mut BytesMut::from(&frame(true, TEXT, b"x")[..])).unwrap(), None);
+    p.send_text("reply").unwrap();
+    assert_eq!(p.close(1000, ""), Err(Closing));
+    p.finish_failure();
+    assert_eq!(p.send_text("late"), Err(Closing));
+    let frames = sent_frames(&mut p);
+    assert_eq!(frames[0], (0x81, b"reply".to_vec()));
+    assert_eq!(frames[1].0, 0x88);
+    assert_eq!(u16::from_be_bytes([frames[1].1[0], frames[1].1[1]]), 1002);
+}
+
+#[test]
+fn a_violation_after_our_close_needs_no_second_close_frame() {
+    let mut p = Protocol::new(config());
+    p.close(1000, "").unwrap();
+    sent_frames(&mut p);
+    assert_eq!(feed(&mut p, &raw_frame(0x81, b"unmasked", None)).unwrap_err().code, 1002);
+    assert_eq!(p.state(), State::Closed);
+    p.finish_failure();
     assert!(p.output().is_empty());
 }

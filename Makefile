@@ -1,0 +1,86 @@
+# wsplug: every install step the build and the tests need lives here, so that a
+# fresh Debian machine with only Rust installed can run `make run` and `make test`.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+ROOT        := $(CURDIR)
+TARGET_DIR  := $(ROOT)/target
+PLUGIN_DIR  := $(TARGET_DIR)/wasm32-wasip2/release
+VENV        := $(TARGET_DIR)/venv
+PY          := $(VENV)/bin/python
+HOST        := $(TARGET_DIR)/debug/host
+LISTEN      ?= 127.0.0.1:9001
+
+export CARGO_TARGET_DIR := $(TARGET_DIR)
+
+# Versions of the test tools, pinned so that a CI run is reproducible.
+KOSOKU_VERSION     := 0.1.0
+WEBSOCKETS_VERSION := 17.4
+
+.PHONY: help deps rust-deps py-deps plugins build lint unit integration autobahn test run clean
+
+help:
+	@echo "make run        build the plugins and start the server on $(LISTEN)"
+	@echo "make test       install what is missing, build everything, run every test"
+	@echo "make plugins    build the WebAssembly plugins into $(PLUGIN_DIR)"
+	@echo "make autobahn   run the Autobahn TestSuite (kosoku) against the echo plugin"
+	@echo "make lint       cargo fmt --check and clippy -D warnings"
+
+## Installation -----------------------------------------------------------------
+
+deps: rust-deps py-deps
+
+rust-deps:
+	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+
+# The Python test tools live in a venv under target/, made once.
+py-deps: $(VENV)/.installed
+
+$(VENV)/.installed:
+	@python3 -m venv --help >/dev/null 2>&1 || (apt-get update && apt-get install -y python3-venv)
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check \
+		kosoku==$(KOSOKU_VERSION) websockets==$(WEBSOCKETS_VERSION)
+	@touch $@
+
+## Build ------------------------------------------------------------------------
+
+plugins: rust-deps
+	cd plugins && cargo build --target wasm32-wasip2 --release --quiet
+	@ls -1 $(PLUGIN_DIR)/*.wasm
+
+build: rust-deps
+	cargo build --all-targets --quiet
+
+lint: rust-deps
+	cargo fmt --all --check
+	cd plugins && cargo fmt --all --check
+	cargo clippy --all-targets --quiet -- -D warnings
+	cd plugins && cargo clippy --target wasm32-wasip2 --release --quiet -- -D warnings
+
+## Tests ------------------------------------------------------------------------
+
+unit: build
+	cargo test --lib --quiet
+
+integration: build plugins
+	WSPLUG_PLUGIN_DIR=$(PLUGIN_DIR) cargo test --test integration --quiet
+
+autobahn: build plugins py-deps
+	$(PY) tests/autobahn.py --host $(HOST) --plugin $(PLUGIN_DIR)/echo.wasm --outdir $(TARGET_DIR)/autobahn --kosoku $(VENV)/bin/kosoku
+
+test: deps lint unit integration autobahn
+	@echo "make test: all checks passed"
+
+## Run --------------------------------------------------------------------------
+
+run: rust-deps plugins
+	cargo build --release --quiet --bin host
+	@echo "Starting wsplug with the echo plugin; connect a WebSocket client to ws://$(LISTEN)/"
+	$(TARGET_DIR)/release/host --listen $(LISTEN) --plugin $(PLUGIN_DIR)/echo.wasm
+
+clean:
+	cargo clean
