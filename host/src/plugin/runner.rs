@@ -32,7 +32,11 @@ pub struct PluginLimits {
 
 impl Default for PluginLimits {
     fn default() -> Self {
-        Self { deadline: Duration::from_millis(500), memory_bytes: 64 << 20, queue_len: 1024 }
+        Self {
+            deadline: Duration::from_millis(500),
+            memory_bytes: 64 << 20,
+            queue_len: 1024,
+        }
     }
 }
 
@@ -68,9 +72,17 @@ pub fn spawn(path: &Path, services: Arc<dyn HostServices>, limits: PluginLimits)
         .and_then(PluginPre::new)
         .with_context(|| format!("plugin {} does not implement the wsplug:plugin world", path.display()))?;
 
-    let factory = InstanceFactory { engine: engine.clone(), pre, services, name, limits };
+    let factory = InstanceFactory {
+        engine: engine.clone(),
+        pre,
+        services,
+        name,
+        limits,
+    };
     // Instantiate once here so that a plugin that cannot start fails the startup.
-    let instance = factory.instantiate().with_context(|| format!("cannot instantiate plugin {}", path.display()))?;
+    let instance = factory
+        .instantiate()
+        .with_context(|| format!("cannot instantiate plugin {}", path.display()))?;
 
     let ticker = engine.weak();
     thread::Builder::new().name("plugin-epoch".into()).spawn(move || {
@@ -82,7 +94,9 @@ pub fn spawn(path: &Path, services: Arc<dyn HostServices>, limits: PluginLimits)
     })?;
 
     let (events, queue) = mpsc::channel(limits.queue_len);
-    thread::Builder::new().name("plugin".into()).spawn(move || factory.run(instance, queue))?;
+    thread::Builder::new()
+        .name("plugin".into())
+        .spawn(move || factory.run(instance, queue))?;
     Ok(PluginHandle { events })
 }
 
@@ -138,7 +152,12 @@ impl InstanceFactory {
                     .ok();
             }
             let Some(current) = instance.as_mut() else {
-                tracing::error!(plugin = &*self.name, event = event.export_name(), conn = event.conn(), "no plugin instance: event dropped");
+                tracing::error!(
+                    plugin = &*self.name,
+                    event = event.export_name(),
+                    conn = event.conn(),
+                    "no plugin instance: event dropped"
+                );
                 continue;
             };
             if let Err(error) = self.deliver(current, &event) {
@@ -151,7 +170,9 @@ impl InstanceFactory {
                     "plugin call failed: {error:?}"
                 );
                 if !matches!(event, PluginEvent::Close(..)) {
-                    let _ = self.services.close(event.conn(), close::INTERNAL_ERROR, "internal error".into());
+                    let _ = self
+                        .services
+                        .close(event.conn(), close::INTERNAL_ERROR, "internal error".into());
                 }
                 // A trap poisons the store: the instance is never called again.
                 instance = None;

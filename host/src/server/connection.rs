@@ -31,7 +31,10 @@ where
 {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut buf = BytesMut::with_capacity(1024);
-    let handshake = timeout(shared.settings.handshake_timeout, read_handshake(&mut reader, &mut buf, &shared));
+    let handshake = timeout(
+        shared.settings.handshake_timeout,
+        read_handshake(&mut reader, &mut buf, &shared),
+    );
     let accepted = match handshake.await {
         Ok(Ok(Outcome::Accepted { accepted, consumed })) => {
             buf.advance(consumed);
@@ -53,7 +56,12 @@ where
         return;
     }
 
-    let Accepted { request, subprotocol, deflate, .. } = *accepted;
+    let Accepted {
+        request,
+        subprotocol,
+        deflate,
+        ..
+    } = *accepted;
     let id = shared.registry.next_id();
     let info = ConnectionInfo {
         id,
@@ -76,7 +84,13 @@ where
         deflate,
         deflate_level: shared.settings.deflate_level,
     };
-    let mut session = Session { id, protocol: Protocol::new(config), mailbox, events, shared: &shared };
+    let mut session = Session {
+        id,
+        protocol: Protocol::new(config),
+        mailbox,
+        events,
+        shared: &shared,
+    };
     let (code, reason) = session.run(&mut reader, &mut writer, buf).await;
 
     shared.registry.unregister(id);
@@ -171,7 +185,9 @@ impl Session<'_> {
                 match self.events.try_send(event) {
                     Ok(()) => continue,
                     Err(mpsc::error::TrySendError::Full(event)) => pending = Some(event),
-                    Err(mpsc::error::TrySendError::Closed(_)) => return (close::INTERNAL_ERROR, "plugin stopped".into()),
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        return (close::INTERNAL_ERROR, "plugin stopped".into());
+                    }
                 }
             }
             let closed = self.protocol.state() == State::Closed;

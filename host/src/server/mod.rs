@@ -53,7 +53,14 @@ impl Server {
         plugin: PluginHandle,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
-        Ok(Self { listener, shared: Arc::new(Shared { settings, registry, plugin }) })
+        Ok(Self {
+            listener,
+            shared: Arc::new(Shared {
+                settings,
+                registry,
+                plugin,
+            }),
+        })
     }
 
     /// The address actually bound (useful with port 0).

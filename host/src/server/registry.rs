@@ -49,7 +49,11 @@ pub struct Registry {
 impl Registry {
     /// An empty registry whose connections each queue at most `queue_len` commands.
     pub fn new(queue_len: usize) -> Self {
-        Self { inner: Mutex::default(), next_id: AtomicU64::new(1), queue_len: queue_len.max(1) }
+        Self {
+            inner: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            queue_len: queue_len.max(1),
+        }
     }
 
     /// A fresh connection id, never reused.
@@ -61,9 +65,17 @@ impl Registry {
     pub fn register(&self, info: ConnectionInfo) -> Mailbox {
         let (commands, receiver) = mpsc::channel(self.queue_len);
         let overflow = Arc::new(Notify::new());
-        let entry = Entry { commands, overflow: overflow.clone(), info: Arc::new(info), groups: HashSet::new() };
+        let entry = Entry {
+            commands,
+            overflow: overflow.clone(),
+            info: Arc::new(info),
+            groups: HashSet::new(),
+        };
         self.lock().conns.insert(entry.info.id, entry);
-        Mailbox { commands: receiver, overflow }
+        Mailbox {
+            commands: receiver,
+            overflow,
+        }
     }
 
     /// Removes a connection and its group memberships. Later calls naming it return `Gone`.
@@ -115,17 +127,27 @@ impl Entry {
 
 impl HostServices for Registry {
     fn send(&self, conn: ConnId, message: Outgoing) -> Result<(), HostError> {
-        self.lock().conns.get(&conn).ok_or(HostError::Gone)?.push(Command::Send(message))
+        self.lock()
+            .conns
+            .get(&conn)
+            .ok_or(HostError::Gone)?
+            .push(Command::Send(message))
     }
 
     fn close(&self, conn: ConnId, code: u16, reason: String) -> Result<(), HostError> {
-        self.lock().conns.get(&conn).ok_or(HostError::Gone)?.push(Command::Close(code, reason))
+        self.lock()
+            .conns
+            .get(&conn)
+            .ok_or(HostError::Gone)?
+            .push(Command::Close(code, reason))
     }
 
     fn broadcast(&self, message: Outgoing, except: Option<ConnId>) -> u32 {
         let inner = self.lock();
         let targets = inner.conns.iter().filter(|(id, _)| Some(**id) != except);
-        targets.filter(|(_, entry)| entry.push(Command::Send(message.clone())).is_ok()).count() as u32
+        targets
+            .filter(|(_, entry)| entry.push(Command::Send(message.clone())).is_ok())
+            .count() as u32
     }
 
     fn join(&self, conn: ConnId, group: &str) -> Result<(), HostError> {
@@ -151,7 +173,9 @@ impl HostServices for Registry {
 
     fn publish(&self, group: &str, message: Outgoing, except: Option<ConnId>) -> u32 {
         let inner = self.lock();
-        let Some(members) = inner.groups.get(group) else { return 0 };
+        let Some(members) = inner.groups.get(group) else {
+            return 0;
+        };
         members
             .iter()
             .filter(|id| Some(**id) != except)
@@ -161,7 +185,11 @@ impl HostServices for Registry {
     }
 
     fn group_members(&self, group: &str) -> Vec<ConnId> {
-        self.lock().groups.get(group).map(|m| m.iter().copied().collect()).unwrap_or_default()
+        self.lock()
+            .groups
+            .get(group)
+            .map(|m| m.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     fn connections(&self) -> Vec<ConnId> {

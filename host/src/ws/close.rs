@@ -44,12 +44,18 @@ pub struct ProtocolError {
 impl ProtocolError {
     /// A 1002 protocol error.
     pub const fn protocol(reason: &'static str) -> Self {
-        Self { code: PROTOCOL_ERROR, reason }
+        Self {
+            code: PROTOCOL_ERROR,
+            reason,
+        }
     }
 
     /// A 1007 invalid-payload error.
     pub const fn invalid_data(reason: &'static str) -> Self {
-        Self { code: INVALID_DATA, reason }
+        Self {
+            code: INVALID_DATA,
+            reason,
+        }
     }
 
     /// A 1009 message-too-big error.
@@ -71,8 +77,8 @@ pub fn parse_payload(payload: &[u8]) -> Result<(u16, String), ProtocolError> {
             if !is_sendable(code) {
                 return Err(ProtocolError::protocol("close frame with an invalid code"));
             }
-            let reason = std::str::from_utf8(reason)
-                .map_err(|_| ProtocolError::invalid_data("close reason is not UTF-8"))?;
+            let reason =
+                std::str::from_utf8(reason).map_err(|_| ProtocolError::invalid_data("close reason is not UTF-8"))?;
             Ok((code, reason.to_owned()))
         }
     }
@@ -100,7 +106,9 @@ mod tests {
 
     #[test]
     fn sendable_codes_follow_rfc_and_iana() {
-        for code in [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999, 4000, 4999] {
+        for code in [
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999, 4000, 4999,
+        ] {
             assert!(is_sendable(code), "{code}");
         }
         for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {

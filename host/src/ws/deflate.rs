@@ -16,7 +16,11 @@ pub struct DeflateConfig {
 
 impl Default for DeflateConfig {
     fn default() -> Self {
-        Self { server_max_window_bits: 15, client_max_window_bits: 15, level: 6 }
+        Self {
+            server_max_window_bits: 15,
+            client_max_window_bits: 15,
+            level: 6,
+        }
     }
 }
 
@@ -174,7 +178,13 @@ impl Inflater {
         result
     }
 
-    fn run(&mut self, mut input: &[u8], out: &mut Vec<u8>, limit: usize, flush: FlushDecompress) -> Result<(), InflateError> {
+    fn run(
+        &mut self,
+        mut input: &[u8],
+        out: &mut Vec<u8>,
+        limit: usize,
+        flush: FlushDecompress,
+    ) -> Result<(), InflateError> {
         loop {
             // Offer room for the output in bounded steps, one byte past the limit so
             // that reaching it is detected, so a bomb never allocates more than that.
@@ -183,7 +193,10 @@ impl Inflater {
                 out.reserve_exact((limit + 1).saturating_sub(out.len()).clamp(1, step));
             }
             let (before_in, before_out) = (self.inner.total_in(), out.len());
-            let status = self.inner.decompress_vec(input, out, flush).map_err(|_| InflateError::Corrupt)?;
+            let status = self
+                .inner
+                .decompress_vec(input, out, flush)
+                .map_err(|_| InflateError::Corrupt)?;
             let consumed = (self.inner.total_in() - before_in) as usize;
             if consumed == 0 && out.len() == before_out && !input.is_empty() {
                 return Err(InflateError::Corrupt);
@@ -262,7 +275,11 @@ mod tests {
         assert_eq!(response, "permessage-deflate");
         assert_eq!(
             params,
-            DeflateParams { server_no_context_takeover: false, client_no_context_takeover: false, server_window_bits: 15 }
+            DeflateParams {
+                server_no_context_takeover: false,
+                client_no_context_takeover: false,
+                server_window_bits: 15
+            }
         );
     }
 
@@ -284,7 +301,10 @@ mod tests {
 
     #[test]
     fn limits_the_client_window_only_when_allowed() {
-        let config = DeflateConfig { client_max_window_bits: 10, ..DeflateConfig::default() };
+        let config = DeflateConfig {
+            client_max_window_bits: 10,
+            ..DeflateConfig::default()
+        };
         let (_, response) = negotiate(["permessage-deflate; client_max_window_bits"], &config).unwrap();
         assert_eq!(response, "permessage-deflate; client_max_window_bits=10");
         let (_, response) = negotiate(["permessage-deflate; client_max_window_bits=9"], &config).unwrap();
@@ -308,16 +328,22 @@ mod tests {
         ] {
             assert_eq!(negotiate_one(bad), None, "{bad}");
         }
-        let (params, _) =
-            negotiate(["permessage-deflate; bogus, permessage-deflate; server_no_context_takeover"], &DeflateConfig::default())
-                .unwrap();
+        let (params, _) = negotiate(
+            ["permessage-deflate; bogus, permessage-deflate; server_no_context_takeover"],
+            &DeflateConfig::default(),
+        )
+        .unwrap();
         assert!(params.server_no_context_takeover);
         let (_, response) = negotiate(["foo", "permessage-deflate"], &DeflateConfig::default()).unwrap();
         assert_eq!(response, "permessage-deflate");
     }
 
     fn params(server_nct: bool, client_nct: bool, bits: u8) -> DeflateParams {
-        DeflateParams { server_no_context_takeover: server_nct, client_no_context_takeover: client_nct, server_window_bits: bits }
+        DeflateParams {
+            server_no_context_takeover: server_nct,
+            client_no_context_takeover: client_nct,
+            server_window_bits: bits,
+        }
     }
 
     #[test]
@@ -347,12 +373,16 @@ mod tests {
         let p = params(false, false, 15);
         let mut inflater = Inflater::new(&p);
         let mut out = Vec::new();
-        inflater.inflate(&[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00], &mut out, 100).unwrap();
+        inflater
+            .inflate(&[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00], &mut out, 100)
+            .unwrap();
         inflater.finish_message(&mut out, 100).unwrap();
         assert_eq!(out, b"Hello");
         // Same message again, using the shared window (section 7.2.3.2).
         let mut out = Vec::new();
-        inflater.inflate(&[0xf2, 0x00, 0x11, 0x00, 0x00], &mut out, 100).unwrap();
+        inflater
+            .inflate(&[0xf2, 0x00, 0x11, 0x00, 0x00], &mut out, 100)
+            .unwrap();
         inflater.finish_message(&mut out, 100).unwrap();
         assert_eq!(out, b"Hello");
     }

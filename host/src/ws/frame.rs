@@ -75,8 +75,7 @@ impl FrameHeader {
     /// its most significant bit set.
     pub fn decode(buf: &[u8]) -> Result<Option<(FrameHeader, usize)>, ProtocolError> {
         let [b0, b1, ..] = *buf else { return Ok(None) };
-        let opcode = Opcode::from_bits(b0 & 0x0F)
-            .ok_or(ProtocolError::protocol("reserved opcode"))?;
+        let opcode = Opcode::from_bits(b0 & 0x0F).ok_or(ProtocolError::protocol("reserved opcode"))?;
         let masked = b1 & 0x80 != 0;
         let (payload_len, len_bytes) = match b1 & 0x7F {
             126 => (2, 2),
@@ -160,7 +159,14 @@ mod tests {
     use super::*;
 
     fn header(opcode: Opcode, len: u64, mask: Option<[u8; 4]>) -> FrameHeader {
-        FrameHeader { fin: true, rsv1: false, rsv23: false, opcode, mask, payload_len: len }
+        FrameHeader {
+            fin: true,
+            rsv1: false,
+            rsv23: false,
+            opcode,
+            mask,
+            payload_len: len,
+        }
     }
 
     #[test]
@@ -170,13 +176,12 @@ mod tests {
                 let h = header(Opcode::Binary, len, mask);
                 let mut out = BytesMut::new();
                 h.encode(&mut out);
-                let expected_len = 2
-                    + match len {
+                let expected_len =
+                    2 + match len {
                         0..=125 => 0,
                         126..=0xFFFF => 2,
                         _ => 8,
-                    }
-                    + if mask.is_some() { 4 } else { 0 };
+                    } + if mask.is_some() { 4 } else { 0 };
                 assert_eq!(out.len(), expected_len, "len {len}");
                 assert_eq!(FrameHeader::decode(&out).unwrap(), Some((h, expected_len)));
                 // Every strict prefix is incomplete, never an error.

@@ -26,7 +26,11 @@ pub struct HandshakeConfig {
 
 impl Default for HandshakeConfig {
     fn default() -> Self {
-        Self { max_request_bytes: 8 * 1024, subprotocols: Vec::new(), deflate: Some(DeflateConfig::default()) }
+        Self {
+            max_request_bytes: 8 * 1024,
+            subprotocols: Vec::new(),
+            deflate: Some(DeflateConfig::default()),
+        }
     }
 }
 
@@ -44,7 +48,10 @@ pub struct Request {
 impl Request {
     /// Values of every header named `name` (lower-case), in order.
     pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.headers.iter().filter(move |(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -137,7 +144,10 @@ pub fn accept(buf: &[u8], config: &HandshakeConfig) -> Outcome {
         Err(_) => return Outcome::Rejected(Rejection::new(400, "malformed HTTP request")),
     };
     match validate(&parsed, config) {
-        Ok(accepted) => Outcome::Accepted { accepted: Box::new(accepted), consumed },
+        Ok(accepted) => Outcome::Accepted {
+            accepted: Box::new(accepted),
+            consumed,
+        },
         Err(rejection) => Outcome::Rejected(rejection),
     }
 }
@@ -179,7 +189,12 @@ fn validate(parsed: &httparse::Request<'_, '_>, config: &HandshakeConfig) -> Res
     }
     let key = match request.header_values("sec-websocket-key").collect::<Vec<_>>()[..] {
         [key] if BASE64.decode(key).is_ok_and(|k| k.len() == 16) => accept_key(key),
-        _ => return Err(Rejection::new(400, "Sec-WebSocket-Key must be one base64 value of 16 bytes")),
+        _ => {
+            return Err(Rejection::new(
+                400,
+                "Sec-WebSocket-Key must be one base64 value of 16 bytes",
+            ));
+        }
     };
 
     let subprotocol = select_subprotocol(&request, &config.subprotocols);
@@ -198,7 +213,12 @@ fn validate(parsed: &httparse::Request<'_, '_>, config: &HandshakeConfig) -> Res
         response.push_str(&format!("Sec-WebSocket-Extensions: {extension}\r\n"));
     }
     response.push_str("\r\n");
-    Ok(Accepted { request, subprotocol, deflate: deflate.map(|(p, _)| p), response: response.into_bytes() })
+    Ok(Accepted {
+        request,
+        subprotocol,
+        deflate: deflate.map(|(p, _)| p),
+        response: response.into_bytes(),
+    })
 }
 
 /// Whether a comma-separated header named `name` holds `token`, case-insensitively.
@@ -274,7 +294,10 @@ mod tests {
     fn waits_for_a_complete_head() {
         let raw = request("");
         for cut in 0..raw.len() - 1 {
-            assert_eq!(accept(&raw.as_bytes()[..cut], &HandshakeConfig::default()), Outcome::Incomplete);
+            assert_eq!(
+                accept(&raw.as_bytes()[..cut], &HandshakeConfig::default()),
+                Outcome::Incomplete
+            );
         }
     }
 
@@ -309,36 +332,65 @@ mod tests {
             assert_eq!(status_of(&raw, &config), status, "{raw:?}");
         }
         let rejection = Rejection::new(426, "x");
-        assert!(String::from_utf8(rejection.response()).unwrap().contains("Sec-WebSocket-Version: 13\r\n"));
+        assert!(
+            String::from_utf8(rejection.response())
+                .unwrap()
+                .contains("Sec-WebSocket-Version: 13\r\n")
+        );
     }
 
     #[test]
     fn an_endless_head_is_rejected_once_past_the_limit() {
-        let config = HandshakeConfig { max_request_bytes: 100, ..HandshakeConfig::default() };
+        let config = HandshakeConfig {
+            max_request_bytes: 100,
+            ..HandshakeConfig::default()
+        };
         let raw = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(200));
         assert_eq!(status_of(&raw, &config), 431);
     }
 
     #[test]
     fn selects_the_first_offered_supported_subprotocol() {
-        let config = HandshakeConfig { subprotocols: vec!["chat".into(), "superchat".into()], ..Default::default() };
+        let config = HandshakeConfig {
+            subprotocols: vec!["chat".into(), "superchat".into()],
+            ..Default::default()
+        };
         let raw = request("Sec-WebSocket-Protocol: soap, superchat\r\nSec-WebSocket-Protocol: chat\r\n");
-        let Outcome::Accepted { accepted, .. } = accept(raw.as_bytes(), &config) else { panic!() };
+        let Outcome::Accepted { accepted, .. } = accept(raw.as_bytes(), &config) else {
+            panic!()
+        };
         assert_eq!(accepted.subprotocol.as_deref(), Some("superchat"));
-        assert!(String::from_utf8(accepted.response).unwrap().contains("Sec-WebSocket-Protocol: superchat\r\n"));
+        assert!(
+            String::from_utf8(accepted.response)
+                .unwrap()
+                .contains("Sec-WebSocket-Protocol: superchat\r\n")
+        );
         let raw = request("Sec-WebSocket-Protocol: soap\r\n");
-        let Outcome::Accepted { accepted, .. } = accept(raw.as_bytes(), &config) else { panic!() };
+        let Outcome::Accepted { accepted, .. } = accept(raw.as_bytes(), &config) else {
+            panic!()
+        };
         assert_eq!(accepted.subprotocol, None);
     }
 
     #[test]
     fn negotiates_deflate_only_when_enabled() {
         let raw = request("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n");
-        let Outcome::Accepted { accepted, .. } = accept(raw.as_bytes(), &HandshakeConfig::default()) else { panic!() };
+        let Outcome::Accepted { accepted, .. } = accept(raw.as_bytes(), &HandshakeConfig::default()) else {
+            panic!()
+        };
         assert!(accepted.deflate.is_some());
-        assert!(String::from_utf8(accepted.response).unwrap().contains("Sec-WebSocket-Extensions: permessage-deflate\r\n"));
-        let config = HandshakeConfig { deflate: None, ..Default::default() };
-        let Outcome::Accepted { accepted, .. } = accept(raw.as_bytes(), &config) else { panic!() };
+        assert!(
+            String::from_utf8(accepted.response)
+                .unwrap()
+                .contains("Sec-WebSocket-Extensions: permessage-deflate\r\n")
+        );
+        let config = HandshakeConfig {
+            deflate: None,
+            ..Default::default()
+        };
+        let Outcome::Accepted { accepted, .. } = accept(raw.as_bytes(), &config) else {
+            panic!()
+        };
         assert!(accepted.deflate.is_none());
     }
 }

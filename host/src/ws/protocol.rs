@@ -156,10 +156,10 @@ impl Protocol {
                 };
                 input.advance(len);
                 self.start_frame(header)?;
-                if header.payload_len == 0 {
-                    if let Some(event) = self.end_frame()? {
-                        return Ok(Some(event));
-                    }
+                if header.payload_len == 0
+                    && let Some(event) = self.end_frame()?
+                {
+                    return Ok(Some(event));
                 }
                 continue;
             };
@@ -177,10 +177,10 @@ impl Protocol {
             }
             let frame = self.frame.as_mut().expect("frame in progress");
             frame.received += take as u64;
-            if frame.received == frame.header.payload_len {
-                if let Some(event) = self.end_frame()? {
-                    return Ok(Some(event));
-                }
+            if frame.received == frame.header.payload_len
+                && let Some(event) = self.end_frame()?
+            {
+                return Ok(Some(event));
             }
         }
     }
@@ -209,7 +209,9 @@ impl Protocol {
             let max = self.config.max_message_size as u64;
             match (opcode, &self.message) {
                 (Opcode::Continuation, None) => {
-                    return Err(ProtocolError::protocol("continuation frame without a message to continue"));
+                    return Err(ProtocolError::protocol(
+                        "continuation frame without a message to continue",
+                    ));
                 }
                 (Opcode::Continuation, Some(_)) if header.rsv1 => {
                     return Err(ProtocolError::protocol("RSV1 set on a continuation frame"));
@@ -217,7 +219,11 @@ impl Protocol {
                 (Opcode::Continuation, Some(partial)) => {
                     // Compressed payloads are limited after inflation, but a frame longer
                     // than the limit is refused outright.
-                    let so_far = if partial.compressed { 0 } else { partial.data.len() as u64 };
+                    let so_far = if partial.compressed {
+                        0
+                    } else {
+                        partial.data.len() as u64
+                    };
                     if so_far + header.payload_len > max {
                         return Err(ProtocolError::too_big("message exceeds the size limit"));
                     }
@@ -241,7 +247,11 @@ impl Protocol {
                 }
             }
         }
-        self.frame = Some(CurrentFrame { header, mask, received: 0 });
+        self.frame = Some(CurrentFrame {
+            header,
+            mask,
+            received: 0,
+        });
         Ok(())
     }
 
@@ -253,7 +263,9 @@ impl Protocol {
         if partial.compressed {
             let params = self.config.deflate.as_ref().expect("RSV1 checked against negotiation");
             let inflater = self.inflater.get_or_insert_with(|| Inflater::new(params));
-            inflater.inflate(chunk, &mut partial.data, limit).map_err(inflate_error)?;
+            inflater
+                .inflate(chunk, &mut partial.data, limit)
+                .map_err(inflate_error)?;
         } else {
             partial.data.extend_from_slice(chunk);
         }
@@ -290,7 +302,9 @@ impl Protocol {
                     // A compressed message whose frames were all empty has not created it yet.
                     let inflater = self.inflater.get_or_insert_with(|| Inflater::new(params));
                     let start = partial.data.len();
-                    inflater.finish_message(&mut partial.data, limit).map_err(inflate_error)?;
+                    inflater
+                        .finish_message(&mut partial.data, limit)
+                        .map_err(inflate_error)?;
                     if partial.text {
                         partial
                             .utf8
@@ -331,7 +345,11 @@ impl Protocol {
 
     /// Stops reading after a violation; the close frame follows in `finish_failure`.
     fn fail(&mut self, error: ProtocolError) {
-        self.state = if self.state == State::Open { State::Failed } else { State::Closed };
+        self.state = if self.state == State::Open {
+            State::Failed
+        } else {
+            State::Closed
+        };
         self.failure = Some(error);
         self.frame = None;
         self.message = None;

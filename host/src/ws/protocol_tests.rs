@@ -39,11 +39,19 @@ fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 fn config() -> ProtocolConfig {
-    ProtocolConfig { max_message_size: 1 << 20, deflate: None, deflate_level: 6 }
+    ProtocolConfig {
+        max_message_size: 1 << 20,
+        deflate: None,
+        deflate_level: 6,
+    }
 }
 
 fn deflate_params() -> DeflateParams {
-    DeflateParams { server_no_context_takeover: false, client_no_context_takeover: false, server_window_bits: 15 }
+    DeflateParams {
+        server_no_context_takeover: false,
+        client_no_context_takeover: false,
+        server_window_bits: 15,
+    }
 }
 
 /// Feeds all of `bytes` and collects the events, stopping at the first error.
@@ -136,7 +144,10 @@ fn reassembles_fragments_with_interleaved_control_frames() {
     bytes.extend(frame(false, CONT, b"men"));
     bytes.extend(frame(true, PONG, b"unsolicited"));
     bytes.extend(frame(true, CONT, b"ted"));
-    assert_eq!(feed(&mut p, &bytes).unwrap(), vec![Event::Message(Message::Text("fragmented".into()))]);
+    assert_eq!(
+        feed(&mut p, &bytes).unwrap(),
+        vec![Event::Message(Message::Text("fragmented".into()))]
+    );
     assert_eq!(sent_frames(&mut p), vec![(0x8A, b"ping!".to_vec())]);
 }
 
@@ -154,7 +165,14 @@ fn answers_every_ping_with_its_payload() {
 fn framing_violations_close_with_1002() {
     expect_failure(&raw_frame(0x81, b"hi", None), 1002);
     for reserved in [0x83, 0x87, 0x8B, 0x8F] {
-        expect_failure(&frame(true, 0, b"").iter().enumerate().map(|(i, b)| if i == 0 { reserved } else { *b }).collect::<Vec<_>>(), 1002);
+        expect_failure(
+            &frame(true, 0, b"")
+                .iter()
+                .enumerate()
+                .map(|(i, b)| if i == 0 { reserved } else { *b })
+                .collect::<Vec<_>>(),
+            1002,
+        );
     }
     for rsv in [0x40, 0x20, 0x10] {
         expect_failure(&raw_frame(0x80 | rsv | TEXT, b"hi", Some(MASK)), 1002);
@@ -167,8 +185,22 @@ fn framing_violations_close_with_1002() {
     expect_failure(&nested, 1002);
     let mut rsv_on_cont = frame(false, TEXT, b"a");
     rsv_on_cont.extend(raw_frame(0x80 | 0x40, b"b", Some(MASK)));
-    expect_failure_with(ProtocolConfig { deflate: Some(deflate_params()), ..config() }, &rsv_on_cont, 1002);
-    expect_failure_with(ProtocolConfig { deflate: Some(deflate_params()), ..config() }, &raw_frame(0xC9, b"", Some(MASK)), 1002);
+    expect_failure_with(
+        ProtocolConfig {
+            deflate: Some(deflate_params()),
+            ..config()
+        },
+        &rsv_on_cont,
+        1002,
+    );
+    expect_failure_with(
+        ProtocolConfig {
+            deflate: Some(deflate_params()),
+            ..config()
+        },
+        &raw_frame(0xC9, b"", Some(MASK)),
+        1002,
+    );
 }
 
 #[test]
@@ -185,12 +217,18 @@ fn invalid_utf8_closes_with_1007_as_soon_as_it_arrives() {
     let mut p = Protocol::new(config());
     let mut split = frame(false, TEXT, b"\xce");
     split.extend(frame(true, CONT, b"\xba"));
-    assert_eq!(feed(&mut p, &split).unwrap(), vec![Event::Message(Message::Text("κ".into()))]);
+    assert_eq!(
+        feed(&mut p, &split).unwrap(),
+        vec![Event::Message(Message::Text("κ".into()))]
+    );
 }
 
 #[test]
 fn oversized_messages_close_with_1009() {
-    let small = ProtocolConfig { max_message_size: 100, ..config() };
+    let small = ProtocolConfig {
+        max_message_size: 100,
+        ..config()
+    };
     let mut p = Protocol::new(small);
     // The header alone is enough to refuse it: no payload was sent.
     let header_only = &frame(true, BINARY, &[0; 101])[..8];
@@ -210,7 +248,10 @@ fn compress(message: &[u8]) -> Vec<u8> {
 
 #[test]
 fn inflates_compressed_messages_including_fragmented_ones() {
-    let cfg = ProtocolConfig { deflate: Some(deflate_params()), ..config() };
+    let cfg = ProtocolConfig {
+        deflate: Some(deflate_params()),
+        ..config()
+    };
     let mut p = Protocol::new(cfg);
     let text = "compress me ".repeat(100);
     let compressed = compress(text.as_bytes());
@@ -235,7 +276,11 @@ fn inflates_compressed_messages_including_fragmented_ones() {
 
 #[test]
 fn a_compression_bomb_closes_with_1009() {
-    let cfg = ProtocolConfig { max_message_size: 64 * 1024, deflate: Some(deflate_params()), ..config() };
+    let cfg = ProtocolConfig {
+        max_message_size: 64 * 1024,
+        deflate: Some(deflate_params()),
+        ..config()
+    };
     let bomb = compress(&vec![b'a'; 10 << 20]);
     assert!(bomb.len() < 64 * 1024);
     expect_failure_with(cfg, &raw_frame(0xC1, &bomb, Some(MASK)), 1009);
@@ -243,7 +288,10 @@ fn a_compression_bomb_closes_with_1009() {
 
 #[test]
 fn compresses_sent_messages_when_negotiated() {
-    let cfg = ProtocolConfig { deflate: Some(deflate_params()), ..config() };
+    let cfg = ProtocolConfig {
+        deflate: Some(deflate_params()),
+        ..config()
+    };
     let mut p = Protocol::new(cfg);
     let text = "hello ".repeat(100);
     p.send_text(&text).unwrap();
@@ -261,7 +309,13 @@ fn compresses_sent_messages_when_negotiated() {
 fn answers_a_close_and_reports_it() {
     let mut p = Protocol::new(config());
     let events = feed(&mut p, &frame(true, CLOSE, b"\x03\xe8bye")).unwrap();
-    assert_eq!(events, vec![Event::Closed { code: 1000, reason: "bye".into() }]);
+    assert_eq!(
+        events,
+        vec![Event::Closed {
+            code: 1000,
+            reason: "bye".into()
+        }]
+    );
     assert_eq!(p.state(), State::Closed);
     assert_eq!(sent_frames(&mut p), vec![(0x88, vec![0x03, 0xe8])]);
     assert_eq!(p.send_text("late"), Err(Closing));
@@ -270,7 +324,13 @@ fn answers_a_close_and_reports_it() {
 
     let mut p = Protocol::new(config());
     let events = feed(&mut p, &frame(true, CLOSE, b"")).unwrap();
-    assert_eq!(events, vec![Event::Closed { code: close::NO_STATUS, reason: String::new() }]);
+    assert_eq!(
+        events,
+        vec![Event::Closed {
+            code: close::NO_STATUS,
+            reason: String::new()
+        }]
+    );
     assert_eq!(sent_frames(&mut p), vec![(0x88, vec![])]);
 }
 
@@ -294,7 +354,13 @@ fn server_initiated_close_waits_for_the_peer() {
     let mut bytes = frame(true, TEXT, b"in flight");
     bytes.extend(frame(true, PING, b""));
     bytes.extend(frame(true, CLOSE, b"\x0f\xa0"));
-    assert_eq!(feed(&mut p, &bytes).unwrap(), vec![Event::Closed { code: 4000, reason: String::new() }]);
+    assert_eq!(
+        feed(&mut p, &bytes).unwrap(),
+        vec![Event::Closed {
+            code: 4000,
+            reason: String::new()
+        }]
+    );
     assert_eq!(p.state(), State::Closed);
     assert!(p.output().is_empty());
 }
@@ -305,7 +371,10 @@ fn replies_to_earlier_messages_go_out_before_the_failure_close() {
     let mut bytes = frame(true, TEXT, b"valid");
     bytes.extend(raw_frame(0xA1, b"rsv2", Some(MASK)));
     let mut input = BytesMut::from(&bytes[..]);
-    assert_eq!(p.read(&mut input).unwrap(), Some(Event::Message(Message::Text("valid".into()))));
+    assert_eq!(
+        p.read(&mut input).unwrap(),
+        Some(Event::Message(Message::Text("valid".into())))
+    );
     assert_eq!(p.read(&mut input).unwrap_err().code, 1002);
     // Nothing more is read once failed.
     assert_eq!(p.read(&mut BytesMut::from(&frame(true, TEXT, b"x")[..])).unwrap(), None);
@@ -324,7 +393,10 @@ fn a_violation_after_our_close_needs_no_second_close_frame() {
     let mut p = Protocol::new(config());
     p.close(1000, "").unwrap();
     sent_frames(&mut p);
-    assert_eq!(feed(&mut p, &raw_frame(0x81, b"unmasked", None)).unwrap_err().code, 1002);
+    assert_eq!(
+        feed(&mut p, &raw_frame(0x81, b"unmasked", None)).unwrap_err().code,
+        1002
+    );
     assert_eq!(p.state(), State::Closed);
     p.finish_failure();
     assert!(p.output().is_empty());

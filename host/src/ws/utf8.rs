@@ -43,7 +43,11 @@ impl Utf8Validator {
 
     /// Checks that the stream did not end inside a character.
     pub fn finish(&self) -> Result<(), InvalidUtf8> {
-        if self.pending_len == 0 { Ok(()) } else { Err(InvalidUtf8) }
+        if self.pending_len == 0 {
+            Ok(())
+        } else {
+            Err(InvalidUtf8)
+        }
     }
 }
 
@@ -85,7 +89,11 @@ mod tests {
         for sample in samples {
             let expected = std::str::from_utf8(sample).is_ok();
             for piece in 1..=sample.len() {
-                assert_eq!(feed_in_pieces(sample, piece).is_ok(), expected, "{sample:x?} in pieces of {piece}");
+                assert_eq!(
+                    feed_in_pieces(sample, piece).is_ok(),
+                    expected,
+                    "{sample:x?} in pieces of {piece}"
+                );
             }
         }
     }
