@@ -174,11 +174,15 @@ impl Session<'_> {
                     Err(error) => {
                         tracing::debug!(conn = self.id, "protocol error: {error}");
                         ended = Some((error.code, error.reason.to_owned()));
-                        let (done, wait) = oneshot::channel();
-                        pending = Some(PluginEvent::Barrier(self.id, done));
-                        barrier = Some(wait);
-                        deadline = Some(Instant::now() + self.shared.settings.close_timeout);
                     }
+                }
+                // The peer closed or broke the protocol: before our close frame goes
+                // out, let the plugin answer the messages that came before.
+                if matches!(self.protocol.state(), State::CloseReceived | State::Failed) {
+                    let (done, wait) = oneshot::channel();
+                    pending = Some(PluginEvent::Barrier(self.id, done));
+                    barrier = Some(wait);
+                    deadline = Some(Instant::now() + self.shared.settings.close_timeout);
                 }
             }
             if let Some(event) = pending.take() {
@@ -191,7 +195,7 @@ impl Session<'_> {
                 }
             }
             let closed = self.protocol.state() == State::Closed;
-            let open = self.protocol.state() != State::Failed && !closed;
+            let open = matches!(self.protocol.state(), State::Open | State::CloseSent);
             if closed && deadline.is_none() {
                 deadline = Some(Instant::now() + self.shared.settings.close_timeout);
             }
@@ -233,12 +237,12 @@ impl Session<'_> {
                 },
                 _ = async { barrier.as_mut().expect("guarded").await }, if barrier.is_some() && pending.is_none() => {
                     barrier = None;
-                    self.finish_failure();
+                    self.finish_closing();
                 }
                 () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     if barrier.take().is_some() {
                         tracing::warn!(conn = self.id, "plugin did not catch up in time: closing without its replies");
-                        self.finish_failure();
+                        self.finish_closing();
                         deadline = Some(Instant::now() + self.shared.settings.close_timeout);
                         continue;
                     }
@@ -257,13 +261,13 @@ impl Session<'_> {
         }
     }
 
-    /// Sends what the plugin queued in reply to the messages before a violation, then
-    /// the close frame.
-    fn finish_failure(&mut self) {
+    /// Sends what the plugin queued in reply to the messages before the peer's close
+    /// or violation, then our close frame.
+    fn finish_closing(&mut self) {
         while let Ok(command) = self.mailbox.commands.try_recv() {
             self.apply(command);
         }
-        self.protocol.finish_failure();
+        self.protocol.finish_closing();
     }
 
     /// Applies a plugin command; returns whether it started the closing handshake.

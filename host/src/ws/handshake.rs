@@ -159,10 +159,10 @@ fn validate(parsed: &httparse::Request<'_, '_>, config: &HandshakeConfig) -> Res
     if parsed.version != Some(1) {
         return Err(Rejection::new(400, "WebSocket needs HTTP/1.1"));
     }
-    let target = parsed.path.unwrap_or_default();
-    if !target.starts_with('/') {
-        return Err(Rejection::new(400, "request target must be an absolute path"));
-    }
+    let target = resource_name(parsed.path.unwrap_or_default()).ok_or(Rejection::new(
+        400,
+        "request target must be a path or an http(s)/ws(s) URI",
+    ))?;
     let mut headers = Vec::with_capacity(parsed.headers.len());
     for h in parsed.headers.iter() {
         let value = std::str::from_utf8(h.value).map_err(|_| Rejection::new(400, "header value is not UTF-8"))?;
@@ -219,6 +219,26 @@ fn validate(parsed: &httparse::Request<'_, '_>, config: &HandshakeConfig) -> Res
         deflate: deflate.map(|(p, _)| p),
         response: response.into_bytes(),
     })
+}
+
+/// The path-and-query of a request target in origin form (`/chat?x=1`) or absolute form
+/// (`http://host/chat?x=1`, which RFC 7230 section 5.3.2 says servers must accept).
+fn resource_name(target: &str) -> Option<&str> {
+    if target.starts_with('/') {
+        return Some(target);
+    }
+    let (scheme, rest) = target.split_once("://")?;
+    if !["http", "https", "ws", "wss"]
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case(scheme))
+    {
+        return None;
+    }
+    match rest.find(['/', '?']) {
+        Some(at) if rest[at..].starts_with('/') => Some(&rest[at..]),
+        // `http://host` and `http://host?x` name the root resource.
+        _ => Some("/"),
+    }
 }
 
 /// Whether a comma-separated header named `name` holds `token`, case-insensitively.
@@ -288,6 +308,17 @@ mod tests {
         assert!(response.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
         assert!(response.ends_with("\r\n\r\n"));
         assert!(!response.contains("Extensions"));
+    }
+
+    #[test]
+    fn accepts_absolute_form_targets() {
+        assert_eq!(resource_name("/a?b"), Some("/a?b"));
+        assert_eq!(resource_name("http://h:1/room?x=1"), Some("/room?x=1"));
+        assert_eq!(resource_name("WSS://h/"), Some("/"));
+        assert_eq!(resource_name("https://h"), Some("/"));
+        assert_eq!(resource_name("ftp://h/x"), None);
+        assert_eq!(resource_name("*"), None);
+        assert_eq!(resource_name("room"), None);
     }
 
     #[test]

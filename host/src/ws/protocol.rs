@@ -36,8 +36,10 @@ pub enum Message {
 pub enum Event {
     /// A complete data message.
     Message(Message),
-    /// The closing handshake finished (the peer's close frame arrived, and our answer,
-    /// if one was due, is in the output). Flush the output and close the socket.
+    /// The peer's close frame arrived. If it answers ours, the state is
+    /// [`State::Closed`]: flush the output and close the socket. Otherwise the state is
+    /// [`State::CloseReceived`]: send what is still due in reply to earlier messages,
+    /// then call [`Protocol::finish_closing`] to queue the answering close frame.
     Closed {
         /// The peer's close code ([`close::NO_STATUS`] if its frame carried none).
         code: u16,
@@ -53,9 +55,12 @@ pub enum State {
     Open,
     /// We sent a close frame and await the peer's.
     CloseSent,
+    /// The peer sent a close frame first. Nothing more is read; replies to earlier
+    /// messages may still be sent, then [`Protocol::finish_closing`] queues our answer.
+    CloseReceived,
     /// The peer broke the protocol. Nothing more is read; replies to the messages
     /// received before the violation may still be sent, then
-    /// [`Protocol::finish_failure`] queues the close frame.
+    /// [`Protocol::finish_closing`] queues the close frame with the violation's code.
     Failed,
     /// Nothing more will be sent or accepted: flush the output and close the socket.
     Closed,
@@ -87,8 +92,8 @@ pub struct Closing;
 pub struct Protocol {
     config: ProtocolConfig,
     state: State,
-    /// The violation that put the connection in [`State::Failed`].
-    failure: Option<ProtocolError>,
+    /// The payload of the close frame that [`Protocol::finish_closing`] will send.
+    pending_close: Option<Vec<u8>>,
     frame: Option<CurrentFrame>,
     /// Payload of the control frame being received (at most 125 bytes).
     control: Vec<u8>,
@@ -106,7 +111,7 @@ impl Protocol {
         Self {
             config,
             state: State::Open,
-            failure: None,
+            pending_close: None,
             frame: None,
             control: Vec::new(),
             message: None,
@@ -132,11 +137,10 @@ impl Protocol {
     /// Returns `Ok(None)` when more input is needed. On a protocol violation the error
     /// is returned and the state becomes [`State::Failed`] (or [`State::Closed`] if our
     /// close frame was already sent): the caller may still send replies to earlier
-    /// messages, then calls [`Protocol::finish_failure`], which queues the close frame
-    /// with the violation's code. Automatic replies (pongs, the answer to a close) are
-    /// put in the output as a side effect.
+    /// messages, then calls [`Protocol::finish_closing`], which queues the close frame
+    /// with the violation's code. Pongs are put in the output as a side effect.
     pub fn read(&mut self, input: &mut BytesMut) -> Result<Option<Event>, ProtocolError> {
-        if matches!(self.state, State::Closed | State::Failed) {
+        if !matches!(self.state, State::Open | State::CloseSent) {
             return Ok(None);
         }
         match self.read_inner(input) {
@@ -336,30 +340,31 @@ impl Protocol {
         let (code, reason) = close::parse_payload(&self.control)?;
         if self.state == State::Open {
             // Echo the peer's code, as RFC 6455 section 5.5.1 suggests.
-            let payload = close::encode_payload(code, "");
-            frame::encode_server_frame(&mut self.out, Opcode::Close, false, &payload);
+            self.pending_close = Some(close::encode_payload(code, ""));
+            self.state = State::CloseReceived;
+        } else {
+            self.state = State::Closed;
         }
-        self.state = State::Closed;
         Ok(Some(Event::Closed { code, reason }))
     }
 
-    /// Stops reading after a violation; the close frame follows in `finish_failure`.
+    /// Stops reading after a violation; the close frame follows in `finish_closing`.
     fn fail(&mut self, error: ProtocolError) {
-        self.state = if self.state == State::Open {
-            State::Failed
+        if self.state == State::Open {
+            self.pending_close = Some(close::encode_payload(error.code, error.reason));
+            self.state = State::Failed;
         } else {
-            State::Closed
-        };
-        self.failure = Some(error);
+            self.state = State::Closed;
+        }
         self.frame = None;
         self.message = None;
     }
 
-    /// Ends a failed connection: queues the close frame with the violation's code.
-    /// Does nothing unless the state is [`State::Failed`].
-    pub fn finish_failure(&mut self) {
-        if let (State::Failed, Some(error)) = (self.state, self.failure) {
-            let payload = close::encode_payload(error.code, error.reason);
+    /// Queues the close frame that is due in [`State::CloseReceived`] (the answer to
+    /// the peer's) or [`State::Failed`] (the violation's code); the state becomes
+    /// [`State::Closed`]. Does nothing in other states.
+    pub fn finish_closing(&mut self) {
+        if let Some(payload) = self.pending_close.take() {
             frame::encode_server_frame(&mut self.out, Opcode::Close, false, &payload);
             self.state = State::Closed;
         }
@@ -376,7 +381,7 @@ impl Protocol {
     }
 
     fn send(&mut self, opcode: Opcode, payload: &[u8]) -> Result<(), Closing> {
-        if !matches!(self.state, State::Open | State::Failed) {
+        if !matches!(self.state, State::Open | State::CloseReceived | State::Failed) {
             return Err(Closing);
         }
         match &self.config.deflate {

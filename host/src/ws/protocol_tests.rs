@@ -96,8 +96,8 @@ fn expect_failure_with(config: ProtocolConfig, bytes: &[u8], code: u16) {
     let error = feed(&mut protocol, bytes).expect_err("must fail");
     assert_eq!(error.code, code, "{error}");
     assert_eq!(protocol.state(), State::Failed);
-    assert!(protocol.output().is_empty(), "the close frame waits for finish_failure");
-    protocol.finish_failure();
+    assert!(protocol.output().is_empty(), "the close frame waits for finish_closing");
+    protocol.finish_closing();
     assert_eq!(protocol.state(), State::Closed);
     assert_eq!(close_code_sent(&mut protocol), code);
 }
@@ -316,8 +316,16 @@ fn answers_a_close_and_reports_it() {
             reason: "bye".into()
         }]
     );
+    assert_eq!(p.state(), State::CloseReceived);
+    // Replies to earlier messages may still go out before the answering close.
+    p.send_text("reply").unwrap();
+    assert_eq!(p.close(1000, ""), Err(Closing));
+    p.finish_closing();
     assert_eq!(p.state(), State::Closed);
-    assert_eq!(sent_frames(&mut p), vec![(0x88, vec![0x03, 0xe8])]);
+    assert_eq!(
+        sent_frames(&mut p),
+        vec![(0x81, b"reply".to_vec()), (0x88, vec![0x03, 0xe8])]
+    );
     assert_eq!(p.send_text("late"), Err(Closing));
     // Nothing after the close is read.
     assert_eq!(feed(&mut p, &frame(true, TEXT, b"ignored")).unwrap(), vec![]);
@@ -331,6 +339,7 @@ fn answers_a_close_and_reports_it() {
             reason: String::new()
         }]
     );
+    p.finish_closing();
     assert_eq!(sent_frames(&mut p), vec![(0x88, vec![])]);
 }
 
@@ -380,7 +389,7 @@ fn replies_to_earlier_messages_go_out_before_the_failure_close() {
     assert_eq!(p.read(&mut BytesMut::from(&frame(true, TEXT, b"x")[..])).unwrap(), None);
     p.send_text("reply").unwrap();
     assert_eq!(p.close(1000, ""), Err(Closing));
-    p.finish_failure();
+    p.finish_closing();
     assert_eq!(p.send_text("late"), Err(Closing));
     let frames = sent_frames(&mut p);
     assert_eq!(frames[0], (0x81, b"reply".to_vec()));
@@ -398,6 +407,6 @@ fn a_violation_after_our_close_needs_no_second_close_frame() {
         1002
     );
     assert_eq!(p.state(), State::Closed);
-    p.finish_failure();
+    p.finish_closing();
     assert!(p.output().is_empty());
 }

@@ -1,0 +1,144 @@
+//! A test plugin that exercises every host import, driven by text commands.
+//!
+//! - On open: a connection to `/observe` joins the group `observers`; every
+//!   connection is sent `id <id>`, and the observers (but not the connection
+//!   itself) are sent `opened <id>`.
+//! - On close: the observers are sent `closed <id> <code> <reason>`.
+//! - Binary messages are echoed as binary.
+//! - Text messages are commands, answered on the same connection:
+//!
+//! | command                  | effect and answer                                                      |
+//! |--------------------------|------------------------------------------------------------------------|
+//! | `whoami`                 | `path=P query=Q subprotocol=S remote=A headers=N` (`-` for none)       |
+//! | `close <code> <reason>`  | `close`; on error `error <gone\|invalid-code\|reason-too-long>`        |
+//! | `broadcast <msg>`        | `broadcast-text` to all but the sender; `sent <count>`                 |
+//! | `join <g>`, `leave <g>`  | `ok` (or `error <e>`)                                                  |
+//! | `publish <g> <msg>`      | `publish-text` to the group but the sender; `sent <count>`             |
+//! | `members <g>`            | the members' ids, sorted, space-separated                              |
+//! | `conns`                  | the number of open connections                                         |
+//! | `send-to <id> <msg>`     | `send-text` to that connection; `ok` (or `error <e>`)                  |
+//! | `log <msg>`              | `log` at info level; `ok`                                              |
+//!
+//! Anything else is echoed back as text.
+
+wit_bindgen::generate!({ world: "plugin", path: "../../wit" });
+
+use wsplug::plugin::host;
+use wsplug::plugin::types::{Error, LogLevel};
+
+/// The group that hears about every connection's open and close.
+const OBSERVERS: &str = "observers";
+
+struct Probe;
+
+fn reply(conn: ConnectionId, text: &str) {
+    // The only possible error is that the connection is gone: nothing to do then.
+    let _ = host::send_text(conn, text);
+}
+
+fn error_name(error: Error) -> &'static str {
+    match error {
+        Error::Gone => "gone",
+        Error::InvalidCode => "invalid-code",
+        Error::ReasonTooLong => "reason-too-long",
+    }
+}
+
+fn reply_result(conn: ConnectionId, result: Result<(), Error>) {
+    match result {
+        Ok(()) => reply(conn, "ok"),
+        Err(error) => reply(conn, &format!("error {}", error_name(error))),
+    }
+}
+
+/// Runs a command; returns false if `text` is not one, so that it gets echoed.
+fn command(conn: ConnectionId, text: &str) -> bool {
+    let (name, args) = text.split_once(' ').unwrap_or((text, ""));
+    match (name, args) {
+        ("whoami", "") => {
+            let Some(info) = host::info(conn) else {
+                reply(conn, "error gone");
+                return true;
+            };
+            reply(
+                conn,
+                &format!(
+                    "path={} query={} subprotocol={} remote={} headers={}",
+                    info.path,
+                    info.query.as_deref().unwrap_or("-"),
+                    info.subprotocol.as_deref().unwrap_or("-"),
+                    info.remote_address,
+                    info.headers.len()
+                ),
+            );
+        }
+        ("close", args) => {
+            let (code, reason) = args.split_once(' ').unwrap_or((args, ""));
+            let Ok(code) = code.parse::<u16>() else { return false };
+            if let Err(error) = host::close(conn, code, reason) {
+                reply(conn, &format!("error {}", error_name(error)));
+            }
+        }
+        ("broadcast", message) => {
+            let count = host::broadcast_text(message, Some(conn));
+            reply(conn, &format!("sent {count}"));
+        }
+        ("join", group) if !group.is_empty() => reply_result(conn, host::join(conn, group)),
+        ("leave", group) if !group.is_empty() => reply_result(conn, host::leave(conn, group)),
+        ("publish", args) => {
+            let Some((group, message)) = args.split_once(' ') else {
+                return false;
+            };
+            let count = host::publish_text(group, message, Some(conn));
+            reply(conn, &format!("sent {count}"));
+        }
+        ("members", group) if !group.is_empty() => {
+            let mut members = host::group_members(group);
+            members.sort_unstable();
+            let members: Vec<String> = members.iter().map(u64::to_string).collect();
+            reply(conn, &members.join(" "));
+        }
+        ("conns", "") => reply(conn, &host::connections().len().to_string()),
+        ("send-to", args) => {
+            let Some((target, message)) = args.split_once(' ') else {
+                return false;
+            };
+            let Ok(target) = target.parse::<ConnectionId>() else {
+                return false;
+            };
+            reply_result(conn, host::send_text(target, message));
+        }
+        ("log", message) => {
+            host::log(LogLevel::Info, message);
+            reply(conn, "ok");
+        }
+        _ => return false,
+    }
+    true
+}
+
+impl Guest for Probe {
+    fn on_open(conn: ConnectionId) {
+        if host::info(conn).is_some_and(|info| info.path == "/observe") {
+            let _ = host::join(conn, OBSERVERS);
+        }
+        reply(conn, &format!("id {conn}"));
+        host::publish_text(OBSERVERS, &format!("opened {conn}"), Some(conn));
+    }
+
+    fn on_text(conn: ConnectionId, text: String) {
+        if !command(conn, &text) {
+            reply(conn, &text);
+        }
+    }
+
+    fn on_binary(conn: ConnectionId, data: Vec<u8>) {
+        let _ = host::send_binary(conn, &data);
+    }
+
+    fn on_close(conn: ConnectionId, code: u16, reason: String) {
+        host::publish_text(OBSERVERS, &format!("closed {conn} {code} {reason}"), None);
+    }
+}
+
+export!(Probe);

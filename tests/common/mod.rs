@@ -1,0 +1,530 @@
+//! Helpers for the integration tests: the real `host` binary with a real plugin, and
+//! a deliberately small raw WebSocket client over `std::net::TcpStream`, so that the
+//! tests control every bit on the wire (masking, RSV bits, opcodes, fragmentation).
+//!
+//! Nothing here waits by sleeping: the server announces its port on stdout, and the
+//! client's reads block until the expected bytes arrive. The read timeout only turns a
+//! hang into a failure.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long any single read may block before the test fails.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the end of the connection may take to arrive once the server is done with
+/// it. Shorter than the server's 5 s close timeout, so that a server that fails to
+/// close the connection (and only drops it when that timeout expires) fails the test.
+const EOF_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// How long the server may take to load its plugin and print its address.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The key of every handshake, and its accept value, both from RFC 6455 section 1.3.
+pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+pub const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// First bytes of frames: FIN set, no RSV bit, and the opcode.
+pub const TEXT: u8 = 0x81;
+pub const BINARY: u8 = 0x82;
+pub const CLOSE: u8 = 0x88;
+pub const PING: u8 = 0x89;
+pub const PONG: u8 = 0x8A;
+/// FIN and RSV1: a compressed (permessage-deflate) single-frame message.
+pub const COMPRESSED_TEXT: u8 = 0xC1;
+pub const COMPRESSED_BINARY: u8 = 0xC2;
+
+/// The path of a built plugin: `$WSPLUG_PLUGIN_DIR/<name>.wasm`, by default in the
+/// workspace's target directory.
+pub fn plugin_path(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("WSPLUG_PLUGIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/wasm32-wasip2/release")),
+    };
+    let path = dir.join(format!("{name}.wasm"));
+    if !path.is_file() {
+        panic!(
+            "plugin {name} not built: run `make plugins` (looked for {})",
+            path.display()
+        );
+    }
+    path
+}
+
+/// What the server wrote to stderr so far, shared with the thread that reads it.
+#[derive(Default)]
+struct Log {
+    text: Mutex<String>,
+    grew: Condvar,
+}
+
+/// A running `host` process, killed when dropped.
+pub struct Server {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    log: Arc<Log>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Starts `host --listen 127.0.0.1:0 --plugin <plugin>.wasm <args>` and waits for
+    /// the line that announces its address.
+    pub fn start(plugin: &str, args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_host"))
+            .args(["--listen", "127.0.0.1:0", "--plugin"])
+            .arg(plugin_path(plugin))
+            .args(args)
+            // --log decides the level: a RUST_LOG in the environment would override it.
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start the host binary");
+
+        let log = Arc::new(Log::default());
+        let stderr = child.stderr.take().expect("piped stderr");
+        let stderr_log = log.clone();
+        let stderr_reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut text = stderr_log.text.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+                stderr_log.grew.notify_all();
+            }
+        });
+
+        // Read stdout on a thread so that a server that never prints fails the test
+        // after a while instead of hanging it; keep draining it afterwards.
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (first_line, announced) = mpsc::channel();
+        let stdout_reader = std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = first_line.send(lines.next());
+            for _ in lines {}
+        });
+
+        let mut server = Server {
+            child,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            log,
+            readers: vec![],
+        };
+        server.readers = vec![stderr_reader, stdout_reader];
+        let line = match announced.recv_timeout(STARTUP_TIMEOUT) {
+            Ok(Some(Ok(line))) => line,
+            Ok(_) => server.fail("the server exited before announcing its address"),
+            Err(_) => server.fail("the server did not announce its address in time"),
+        };
+        match line.strip_prefix("wsplug listening on ws://").map(str::parse) {
+            Some(Ok(addr)) => server.addr = addr,
+            _ => server.fail(&format!("unexpected first stdout line {line:?}")),
+        }
+        server
+    }
+
+    /// Panics with `message` and, once the process has exited, everything it logged.
+    fn fail(&mut self, message: &str) -> ! {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        panic!("{message}; server stderr:\n{}", self.log.text.lock().unwrap());
+    }
+
+    /// Opens a WebSocket connection to `path` (asserting a plain 101 response).
+    pub fn connect(&self, path: &str) -> Client {
+        Client::connect(self.addr, path)
+    }
+
+    /// Waits until the server's stderr contains `needle`; panics after [`TIMEOUT`].
+    pub fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut text = self.log.text.lock().unwrap();
+        while !text.contains(needle) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "server log never contained {needle:?}; it holds:\n{text}"
+            );
+            text = self.log.grew.wait_timeout(text, left).unwrap().0;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            for reader in self.readers.drain(..) {
+                let _ = reader.join();
+            }
+            eprintln!("--- server stderr ---\n{}", self.log.text.lock().unwrap());
+        }
+    }
+}
+
+/// An HTTP response head (and body, for refusals).
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    /// Headers in order, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The value of the only header named `name` (any case); panics if it is repeated.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let mut values = self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name));
+        let value = values.next().map(|(_, v)| v.as_str());
+        assert!(values.next().is_none(), "header {name} is repeated: {:?}", self.headers);
+        value
+    }
+}
+
+/// The request a well-behaved client sends, with `extra` headers appended.
+pub fn upgrade_request(path: &str, extra: &[(&str, &str)]) -> String {
+    let mut request = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n"
+    );
+    for (name, value) in extra {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request
+}
+
+/// Sends raw bytes as an HTTP request and reads the response: head, then a body of
+/// `Content-Length` bytes. For requests the server refuses.
+pub fn http_request(addr: SocketAddr, request: &[u8]) -> Response {
+    let mut client = Client::open(addr);
+    client.stream.write_all(request).expect("cannot send the request");
+    let mut response = client.read_response();
+    let length: usize = response
+        .header("content-length")
+        .expect("a refusal has a Content-Length")
+        .parse()
+        .expect("numeric Content-Length");
+    client.fill(length);
+    response.body = client.buf.drain(..length).collect();
+    client.expect_eof();
+    response
+}
+
+/// A raw WebSocket client.
+pub struct Client {
+    pub stream: TcpStream,
+    /// Bytes received and not consumed yet.
+    buf: Vec<u8>,
+    /// Varies the masking key from frame to frame.
+    frames_sent: u32,
+}
+
+impl Client {
+    /// A plain TCP connection, before any handshake.
+    pub fn open(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("cannot connect to the server");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+            frames_sent: 0,
+        }
+    }
+
+    /// Sends the upgrade request for `path` with `extra` headers and reads the
+    /// response head. Bytes after the head stay buffered for [`Client::read_frame`].
+    pub fn handshake(addr: SocketAddr, path: &str, extra: &[(&str, &str)]) -> (Client, Response) {
+        Client::handshake_raw(addr, upgrade_request(path, extra).as_bytes())
+    }
+
+    /// Sends `bytes` (a request, possibly followed by frames) in one write and reads
+    /// the response head.
+    pub fn handshake_raw(addr: SocketAddr, bytes: &[u8]) -> (Client, Response) {
+        let mut client = Client::open(addr);
+        client.send_raw(bytes);
+        let response = client.read_response();
+        (client, response)
+    }
+
+    /// Opens a connection, asserting a 101 with the right accept key and no extension.
+    pub fn connect(addr: SocketAddr, path: &str) -> Client {
+        let (client, response) = Client::handshake(addr, path, &[]);
+        assert_switched(&response);
+        assert_eq!(response.header("sec-websocket-extensions"), None);
+        assert_eq!(response.header("sec-websocket-protocol"), None);
+        client
+    }
+
+    /// Reads an HTTP response head.
+    pub fn read_response(&mut self) -> Response {
+        let end = loop {
+            if let Some(at) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            if !self.read_more() {
+                panic!(
+                    "connection closed inside the response head: {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                );
+            }
+        };
+        let head: Vec<u8> = self.buf.drain(..end).collect();
+        let head = String::from_utf8(head).expect("response head is not UTF-8");
+        let mut lines = head.trim_end().split("\r\n");
+        let status_line = lines.next().unwrap();
+        let status = status_line
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+        let headers = lines
+            .map(|line| {
+                let (name, value) = line
+                    .split_once(':')
+                    .unwrap_or_else(|| panic!("bad header line {line:?}"));
+                (name.to_ascii_lowercase(), value.trim().to_owned())
+            })
+            .collect();
+        Response {
+            status,
+            headers,
+            body: Vec::new(),
+        }
+    }
+
+    /// Reads once into the buffer; false at end of stream.
+    fn read_more(&mut self) -> bool {
+        let mut chunk = [0u8; 64 * 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => true,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                panic!("read timed out after {TIMEOUT:?} (buffered: {} bytes)", self.buf.len())
+            }
+            Err(e) => panic!("read failed: {e}"),
+        }
+    }
+
+    /// Reads until at least `n` bytes are buffered.
+    fn fill(&mut self, n: usize) {
+        while self.buf.len() < n {
+            if !self.read_more() {
+                panic!(
+                    "connection closed with {} of {n} expected bytes buffered",
+                    self.buf.len()
+                );
+            }
+        }
+    }
+
+    /// Writes bytes as they are.
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("cannot write to the server");
+    }
+
+    /// Sends one frame: `first` is the whole first byte (FIN, RSV1-3, opcode); the
+    /// payload is masked with a fresh key if `masked`.
+    pub fn send_frame(&mut self, first: u8, payload: &[u8], masked: bool) {
+        let mask = masked.then(|| self.next_mask());
+        self.send_raw(&encode_frame(first, payload, mask));
+    }
+
+    fn next_mask(&mut self) -> [u8; 4] {
+        self.frames_sent += 1;
+        (0x9E37_79B9u32.wrapping_mul(self.frames_sent) | 1).to_be_bytes()
+    }
+
+    /// Reads one frame; returns its first byte and its payload. Server frames must
+    /// not be masked.
+    pub fn read_frame(&mut self) -> (u8, Vec<u8>) {
+        self.fill(2);
+        let (first, second) = (self.buf[0], self.buf[1]);
+        assert_eq!(second & 0x80, 0, "the server masked a frame");
+        let (len, header) = match second & 0x7F {
+            126 => {
+                self.fill(4);
+                (u64::from(u16::from_be_bytes([self.buf[2], self.buf[3]])), 4)
+            }
+            127 => {
+                self.fill(10);
+                (u64::from_be_bytes(self.buf[2..10].try_into().unwrap()), 10)
+            }
+            n => (u64::from(n), 2),
+        };
+        let len = usize::try_from(len).unwrap();
+        self.fill(header + len);
+        let payload = self.buf[header..header + len].to_vec();
+        self.buf.drain(..header + len);
+        (first, payload)
+    }
+
+    /// Sends a masked text message in one frame.
+    pub fn send_text(&mut self, text: &str) {
+        self.send_frame(TEXT, text.as_bytes(), true);
+    }
+
+    /// Sends a masked binary message in one frame.
+    pub fn send_binary(&mut self, data: &[u8]) {
+        self.send_frame(BINARY, data, true);
+    }
+
+    /// Sends a masked close frame with a code and reason.
+    pub fn send_close(&mut self, code: u16, reason: &str) {
+        self.send_frame(CLOSE, &close_payload(code, reason), true);
+    }
+
+    /// Reads a frame that must be an uncompressed, unfragmented text message.
+    pub fn recv_text(&mut self) -> String {
+        let (first, payload) = self.read_frame();
+        assert_eq!(
+            first,
+            TEXT,
+            "expected a text frame, got first byte {first:#04x}, payload {:?}",
+            lossy(&payload)
+        );
+        String::from_utf8(payload).expect("the server sent invalid UTF-8 in a text frame")
+    }
+
+    /// Reads a frame that must be an uncompressed, unfragmented binary message.
+    pub fn recv_binary(&mut self) -> Vec<u8> {
+        let (first, payload) = self.read_frame();
+        assert_eq!(
+            first,
+            BINARY,
+            "expected a binary frame, got first byte {first:#04x}, payload {:?}",
+            lossy(&payload)
+        );
+        payload
+    }
+
+    /// Reads a frame that must be a close frame with a status code; returns the code
+    /// and the reason.
+    pub fn recv_close(&mut self) -> (u16, String) {
+        let (first, payload) = self.read_frame();
+        assert_eq!(
+            first,
+            CLOSE,
+            "expected a close frame, got first byte {first:#04x}, payload {:?}",
+            lossy(&payload)
+        );
+        assert!(payload.len() >= 2, "close frame without a status code: {payload:?}");
+        assert!(payload.len() <= 125, "close frame of {} bytes", payload.len());
+        let code = u16::from_be_bytes([payload[0], payload[1]]);
+        let reason = String::from_utf8(payload[2..].to_vec()).expect("close reason is not UTF-8");
+        (code, reason)
+    }
+
+    /// Asserts that the server closed the TCP connection and sent nothing more.
+    pub fn expect_eof(&mut self) {
+        assert!(
+            self.buf.is_empty(),
+            "unexpected bytes before the end: {:?}",
+            lossy(&self.buf)
+        );
+        self.stream.set_read_timeout(Some(EOF_TIMEOUT)).unwrap();
+        let mut byte = [0u8; 1];
+        match self.stream.read(&mut byte) {
+            Ok(0) => {}
+            Ok(_) => panic!("expected the end of the connection, got more bytes, starting with {byte:?}"),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                panic!("the server did not close the connection within {EOF_TIMEOUT:?}")
+            }
+            Err(e) => panic!("expected the end of the connection, got error {e}"),
+        }
+        self.stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    }
+
+    /// Drops the TCP connection without a closing handshake.
+    pub fn shutdown(&self) {
+        self.stream
+            .shutdown(Shutdown::Both)
+            .expect("cannot shut the connection down");
+    }
+}
+
+/// Asserts a successful upgrade: 101, the right accept key, the upgrade headers.
+pub fn assert_switched(response: &Response) {
+    assert_eq!(response.status, 101, "handshake refused: {response:?}");
+    assert_eq!(response.header("sec-websocket-accept"), Some(ACCEPT));
+    assert_eq!(
+        response.header("upgrade").map(str::to_ascii_lowercase).as_deref(),
+        Some("websocket")
+    );
+    assert_eq!(
+        response.header("connection").map(str::to_ascii_lowercase).as_deref(),
+        Some("upgrade")
+    );
+}
+
+/// A whole frame: header, optional masking key, (masked) payload.
+pub fn encode_frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(payload.len() + 14);
+    frame.push(first);
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+    match payload.len() {
+        n @ 0..=125 => frame.push(mask_bit | n as u8),
+        n @ 126..=0xFFFF => {
+            frame.push(mask_bit | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(mask_bit | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    match mask {
+        Some(key) => {
+            frame.extend_from_slice(&key);
+            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        }
+        None => frame.extend_from_slice(payload),
+    }
+    frame
+}
+
+/// A close frame's payload.
+pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(reason.as_bytes());
+    payload
+}
+
+/// Deterministic pseudo-random bytes, so that a corrupted echo cannot look right by chance.
+pub fn pseudo_random_bytes(len: usize) -> Vec<u8> {
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    if bytes.len() > 200 {
+        format!("{} bytes: {}...", bytes.len(), String::from_utf8_lossy(&bytes[..200]))
+    } else {
+        String::from_utf8_lossy(bytes).into_owned()
+    }
+}
