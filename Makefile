@@ -48,8 +48,12 @@ $(VENV)/.installed:
 
 ## Build ------------------------------------------------------------------------
 
+# counter is built twice, as counter-v1.wasm and counter-v2.wasm, for the reload tests.
 plugins: rust-deps
 	cd plugins && cargo build --target wasm32-wasip2 --release --quiet
+	cp $(PLUGIN_DIR)/counter.wasm $(PLUGIN_DIR)/counter-v1.wasm
+	cd plugins && cargo build --target wasm32-wasip2 --release --quiet -p counter --features v2
+	mv $(PLUGIN_DIR)/counter.wasm $(PLUGIN_DIR)/counter-v2.wasm
 	@ls -1 $(PLUGIN_DIR)/*.wasm
 
 build: rust-deps

@@ -4,13 +4,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use wsplug::plugin::{self, PluginLimits};
+use wsplug::plugin::{self, Grants, Loader, PluginLimits};
 use wsplug::server::registry::Registry;
 use wsplug::server::{Server, Settings};
 use wsplug::ws::deflate::DeflateConfig;
@@ -47,6 +47,34 @@ struct Cli {
     /// Seconds within which the opening handshake must complete.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     handshake_timeout: u64,
+
+    /// CPU time, in milliseconds, one plugin call may take before it is interrupted (the connection gets 1011).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    plugin_deadline_ms: u64,
+
+    /// Largest linear memory of a plugin instance, in MiB.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    plugin_memory_mib: u64,
+
+    /// Events that may wait for the plugin; when full, connections stop reading (back-pressure).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    plugin_queue: u64,
+
+    /// A directory the plugin may read, mounted at /data inside it (nothing is granted by default).
+    #[arg(long, value_name = "DIR")]
+    plugin_dir: Option<PathBuf>,
+
+    /// Where compiled plugins are cached [default: $XDG_CACHE_HOME/wsplug or ~/.cache/wsplug].
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Compile the plugin at every start instead of caching the compiled code.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_cache: bool,
+
+    /// Do not reload the plugin when its file changes (SIGHUP still reloads).
+    #[arg(long)]
+    no_watch: bool,
 
     /// Log filter (error, warn, info, debug, trace, or tracing directives); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
@@ -86,9 +114,33 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let registry = Arc::new(Registry::new(cli.max_messages_buffering as usize));
-    let started = std::time::Instant::now();
-    let plugin = plugin::spawn(&cli.plugin, registry.clone(), PluginLimits::default())?;
-    tracing::info!(plugin = %cli.plugin.display(), elapsed_ms = started.elapsed().as_millis() as u64, "plugin loaded");
+    let cache_dir = if cli.no_cache {
+        None
+    } else {
+        cli.cache_dir.clone().or_else(plugin::loader::default_cache_dir)
+    };
+    let loader = Arc::new(Loader::new(cache_dir)?);
+    let loaded = loader.load(&cli.plugin, Instant::now())?;
+    tracing::info!(
+        plugin = &*loaded.name,
+        file = %cli.plugin.display(),
+        size = loaded.size,
+        load_ms = loaded.load_time.as_millis() as u64,
+        cache_hit = loaded.cache_hit,
+        "plugin loaded"
+    );
+    let serving = loaded.digest;
+    let limits = PluginLimits {
+        deadline: Duration::from_millis(cli.plugin_deadline_ms),
+        memory_bytes: (cli.plugin_memory_mib as usize) << 20,
+        queue_len: cli.plugin_queue as usize,
+    };
+    let grants = Grants {
+        data_dir: cli.plugin_dir.clone(),
+    };
+    let plugin = plugin::spawn(loader.engine(), loaded, registry.clone(), limits, grants)?;
+    plugin::watcher::watch(loader, cli.plugin.clone(), plugin.clone(), serving, !cli.no_watch)
+        .with_context(|| format!("cannot watch {}", cli.plugin.display()))?;
 
     let settings = Settings {
         handshake: HandshakeConfig {

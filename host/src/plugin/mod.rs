@@ -2,13 +2,21 @@
 //! `wsplug:plugin` world and calls its exports, one event at a time, on a thread
 //! of its own. It knows connections only by id and messages only as text or
 //! bytes; what "sending" means is up to the [`HostServices`] it is given.
+//!
+//! - [`loader`]: compiles (or loads from the cache) and links a plugin file.
+//! - [`runner`]: the plugin thread: instances, traps, crash-loop back-off, reload swaps.
+//! - [`watcher`]: notices a changed plugin file (or SIGHUP) and hands the new version over.
 
 mod bindings;
-mod runner;
+pub mod loader;
+mod output;
+pub mod runner;
+pub mod watcher;
 
 use std::sync::Arc;
 
-pub use runner::{PluginHandle, PluginLimits, spawn};
+pub use loader::{Loaded, Loader};
+pub use runner::{Grants, PluginHandle, PluginLimits, spawn};
 
 /// Identifies a connection; the same id the plugin sees.
 pub type ConnId = u64;
@@ -111,13 +119,18 @@ pub enum PluginEvent {
     /// Calls no export: signals once every earlier event has been handled, so that
     /// whatever the plugin sent in reply is already queued.
     Barrier(ConnId, tokio::sync::oneshot::Sender<()>),
+    /// A new version of the plugin, swapped in between the events before and after it.
+    Reload(Box<Loaded>),
 }
 
 impl PluginEvent {
-    /// The connection the event is about.
-    pub fn conn(&self) -> ConnId {
+    /// The connection the event is about, if any.
+    pub fn conn(&self) -> Option<ConnId> {
         match self {
-            Self::Open(c) | Self::Text(c, _) | Self::Binary(c, _) | Self::Close(c, _, _) | Self::Barrier(c, _) => *c,
+            Self::Open(c) | Self::Text(c, _) | Self::Binary(c, _) | Self::Close(c, _, _) | Self::Barrier(c, _) => {
+                Some(*c)
+            }
+            Self::Reload(_) => None,
         }
     }
 
@@ -129,6 +142,7 @@ impl PluginEvent {
             Self::Binary(..) => "on-binary",
             Self::Close(..) => "on-close",
             Self::Barrier(..) => "(barrier)",
+            Self::Reload(_) => "(reload)",
         }
     }
 }

@@ -1,23 +1,23 @@
-//! Compiles a plugin, instantiates it, and runs its exports on a dedicated thread,
-//! fed by a bounded queue of [`PluginEvent`]s.
+//! Runs a plugin's exports on a dedicated thread, fed by a bounded queue of
+//! [`PluginEvent`]s, and owns the instance's life: fresh instances after a trap,
+//! back-off in a crash loop, and the swap to a reloaded version between two events.
 
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::error::Context as _;
-use wasmtime::{Config, Engine, Store, StoreLimitsBuilder, Trap};
-use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
-use super::bindings::{HostState, Plugin, PluginPre};
-use super::{HostServices, PluginEvent};
+use super::bindings::{HostState, Plugin};
+use super::loader::{EPOCH_TICK, Loaded};
+use super::output::{LogOutput, Stream};
+use super::{ConnId, HostServices, PluginEvent};
 use crate::ws::close;
-
-/// How often the engine's epoch advances; the CPU deadline is counted in these ticks.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Resource limits of a plugin.
 #[derive(Clone, Copy, Debug)]
@@ -40,6 +40,23 @@ impl Default for PluginLimits {
     }
 }
 
+/// What the operator grants a plugin beyond the default sandbox (no files, network,
+/// environment or arguments; clocks and random are always available).
+#[derive(Clone, Debug, Default)]
+pub struct Grants {
+    /// A host directory the plugin may read, mounted at [`DATA_DIR`].
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Where [`Grants::data_dir`] appears inside the plugin.
+pub const DATA_DIR: &str = "/data";
+
+/// Consecutive crashes after which restarts are delayed.
+const BACKOFF_AFTER: u32 = 3;
+/// First and longest delay of a restart in a crash loop.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
 /// The sending side of a running plugin's event queue.
 #[derive(Clone)]
 pub struct PluginHandle {
@@ -51,52 +68,37 @@ impl PluginHandle {
     pub fn events(&self) -> &mpsc::Sender<PluginEvent> {
         &self.events
     }
+
+    /// Queues a new version; it takes over after the events already queued.
+    pub async fn reload(&self, loaded: Loaded) {
+        let _ = self.events.send(PluginEvent::Reload(Box::new(loaded))).await;
+    }
 }
 
-/// Loads the component at `path` and starts running it on its own thread.
-///
-/// Fails if the file cannot be read, is not a component, or does not fit the
-/// `wsplug:plugin` world (missing exports, unknown imports).
-pub fn spawn(path: &Path, services: Arc<dyn HostServices>, limits: PluginLimits) -> wasmtime::Result<PluginHandle> {
-    let name: Arc<str> = path.file_stem().map_or("plugin".into(), |s| s.to_string_lossy().into());
-    let mut config = Config::new();
-    config.epoch_interruption(true);
-    let engine = Engine::new(&config)?;
-    let component =
-        Component::from_file(&engine, path).with_context(|| format!("cannot load plugin {}", path.display()))?;
-    let mut linker = Linker::new(&engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-    Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
-    let pre = linker
-        .instantiate_pre(&component)
-        .and_then(PluginPre::new)
-        .with_context(|| format!("plugin {} does not implement the wsplug:plugin world", path.display()))?;
-
-    let factory = InstanceFactory {
+/// Starts running `loaded` on its own thread. Instantiates it once first, so that a
+/// plugin that cannot start fails the server's startup.
+pub fn spawn(
+    engine: &Engine,
+    loaded: Loaded,
+    services: Arc<dyn HostServices>,
+    limits: PluginLimits,
+    grants: Grants,
+) -> wasmtime::Result<PluginHandle> {
+    let mut runner = Runner {
         engine: engine.clone(),
-        pre,
         services,
-        name,
         limits,
+        grants,
+        loaded,
+        instance: None,
+        opened: BTreeSet::new(),
+        crashes: 0,
     };
-    // Instantiate once here so that a plugin that cannot start fails the startup.
-    let instance = factory
-        .instantiate()
-        .with_context(|| format!("cannot instantiate plugin {}", path.display()))?;
-
-    let ticker = engine.weak();
-    thread::Builder::new().name("plugin-epoch".into()).spawn(move || {
-        while let Some(engine) = ticker.upgrade() {
-            engine.increment_epoch();
-            drop(engine);
-            thread::sleep(EPOCH_TICK);
-        }
-    })?;
-
-    let (events, queue) = mpsc::channel(limits.queue_len);
+    runner.instance = Some(runner.instantiate(&runner.loaded)?);
+    let (events, queue) = mpsc::channel(limits.queue_len.max(1));
     thread::Builder::new()
         .name("plugin".into())
-        .spawn(move || factory.run(instance, queue))?;
+        .spawn(move || runner.run(queue))?;
     Ok(PluginHandle { events })
 }
 
@@ -106,89 +108,227 @@ struct Instance {
     bindings: Plugin,
 }
 
-/// Everything needed to make a fresh instance, after a trap poisons the old one.
-struct InstanceFactory {
+struct Runner {
     engine: Engine,
-    pre: PluginPre<HostState>,
     services: Arc<dyn HostServices>,
-    name: Arc<str>,
     limits: PluginLimits,
+    grants: Grants,
+    /// The version being served.
+    loaded: Loaded,
+    /// `None` after a trap, until the next event needs an instance.
+    instance: Option<Instance>,
+    /// Connections the plugin has seen `on-open` for and not yet `on-close`: a new
+    /// instance gets `on-open` for each of them before any other event.
+    opened: BTreeSet<ConnId>,
+    /// Crashes since the last successful call.
+    crashes: u32,
 }
 
-impl InstanceFactory {
-    fn instantiate(&self) -> wasmtime::Result<Instance> {
-        // The sandbox: no files, network, environment or arguments; stderr for panics.
-        let wasi = WasiCtxBuilder::new().inherit_stderr().build();
+/// A failed call: which connection's event and export, and the error.
+struct Crash {
+    conn: ConnId,
+    export: &'static str,
+    error: wasmtime::Error,
+}
+
+impl Runner {
+    fn run(mut self, mut queue: mpsc::Receiver<PluginEvent>) {
+        while let Some(event) = queue.blocking_recv() {
+            match event {
+                PluginEvent::Barrier(_, done) => {
+                    let _ = done.send(());
+                }
+                PluginEvent::Reload(loaded) => self.reload(*loaded),
+                PluginEvent::Open(conn) => {
+                    self.opened.insert(conn);
+                    self.dispatch(conn, &event);
+                }
+                // Events of a connection the plugin does not know (it was closed with
+                // 1011 after a trap) are dropped.
+                PluginEvent::Text(conn, _) | PluginEvent::Binary(conn, _) => {
+                    if self.opened.contains(&conn) {
+                        self.dispatch(conn, &event);
+                    }
+                }
+                PluginEvent::Close(conn, ..) => {
+                    if self.opened.remove(&conn) {
+                        self.dispatch(conn, &event);
+                    }
+                }
+            }
+        }
+    }
+
+    fn dispatch(&mut self, conn: ConnId, event: &PluginEvent) {
+        let deadline = self.deadline_ticks();
+        let Some(instance) = self.live_instance() else { return };
+        match deliver(instance, event, deadline) {
+            Ok(()) => self.crashes = 0,
+            Err(error) => self.crashed(Crash {
+                conn,
+                export: event.export_name(),
+                error,
+            }),
+        }
+    }
+
+    /// The current instance, or a new one with every open connection replayed.
+    /// In a crash loop, waits before each restart; meanwhile events queue up and
+    /// connections stop reading (back-pressure), but stay open.
+    fn live_instance(&mut self) -> Option<&mut Instance> {
+        while self.instance.is_none() {
+            if self.crashes >= BACKOFF_AFTER {
+                let delay = backoff(self.crashes);
+                tracing::warn!(
+                    plugin = &*self.loaded.name,
+                    crashes = self.crashes,
+                    "plugin keeps crashing: restarting in {delay:?}"
+                );
+                thread::sleep(delay);
+            }
+            match self.instantiate(&self.loaded) {
+                Ok(mut instance) => match self.replay(&mut instance) {
+                    Ok(()) => self.instance = Some(instance),
+                    Err(crash) => self.crashed(crash),
+                },
+                Err(error) => {
+                    tracing::error!(plugin = &*self.loaded.name, "cannot instantiate plugin: {error:#}");
+                    self.crashes += 1;
+                }
+            }
+        }
+        self.instance.as_mut()
+    }
+
+    /// Logs a crash, drops the poisoned instance and closes the connection whose event
+    /// trapped with 1011. Its `on-close` is not delivered: no live instance saw it open.
+    fn crashed(&mut self, crash: Crash) {
+        let Crash { conn, export, error } = crash;
+        let trap = error
+            .downcast_ref::<Trap>()
+            .map_or_else(|| "error".to_owned(), Trap::to_string);
+        tracing::error!(
+            plugin = &*self.loaded.name,
+            export,
+            conn,
+            trap,
+            "plugin trapped: {error:?}"
+        );
+        self.instance = None;
+        self.crashes += 1;
+        if self.opened.remove(&conn) {
+            let _ = self
+                .services
+                .close(conn, close::INTERNAL_ERROR, "internal error".into());
+        }
+    }
+
+    /// Calls `on-open` on a fresh instance for every open connection.
+    fn replay(&self, instance: &mut Instance) -> Result<(), Crash> {
+        for &conn in &self.opened {
+            deliver(instance, &PluginEvent::Open(conn), self.deadline_ticks()).map_err(|error| Crash {
+                conn,
+                export: "on-open (replay)",
+                error,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Swaps in a new version between two events. If it cannot be instantiated, or traps
+    /// while `on-open` is replayed, the current version keeps serving.
+    fn reload(&mut self, loaded: Loaded) {
+        let swap_started = Instant::now();
+        let file = loaded.path.display().to_string();
+        let mut instance = match self.instantiate(&loaded) {
+            Ok(instance) => instance,
+            Err(error) => {
+                tracing::error!(
+                    plugin = &*loaded.name,
+                    file,
+                    "reload failed, previous version keeps serving: cannot instantiate: {error:#}"
+                );
+                return;
+            }
+        };
+        if let Err(Crash { conn, error, .. }) = self.replay(&mut instance) {
+            tracing::error!(
+                plugin = &*loaded.name,
+                file,
+                conn,
+                "reload failed, previous version keeps serving: on-open trapped: {error:?}"
+            );
+            return;
+        }
+        tracing::info!(
+            plugin = &*loaded.name,
+            file,
+            connections = self.opened.len(),
+            load_ms = loaded.load_time.as_millis() as u64,
+            cache_hit = loaded.cache_hit,
+            swap_ms = swap_started.elapsed().as_millis() as u64,
+            total_ms = loaded.requested_at.elapsed().as_millis() as u64,
+            "plugin reloaded"
+        );
+        self.instance = Some(instance);
+        self.loaded = loaded;
+        self.crashes = 0;
+    }
+
+    fn instantiate(&self, loaded: &Loaded) -> wasmtime::Result<Instance> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(LogOutput::new(loaded.name.clone(), Stream::Stdout));
+        wasi.stderr(LogOutput::new(loaded.name.clone(), Stream::Stderr));
+        if let Some(dir) = &self.grants.data_dir {
+            wasi.preopened_dir(dir, DATA_DIR, FsPerms::ReadOnly)?;
+        }
         let state = HostState {
-            wasi,
+            wasi: wasi.build(),
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new().memory_size(self.limits.memory_bytes).build(),
             services: self.services.clone(),
-            name: self.name.clone(),
+            name: loaded.name.clone(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(self.deadline_ticks());
-        let bindings = self.pre.instantiate(&mut store)?;
+        let bindings = loaded.pre.instantiate(&mut store)?;
         Ok(Instance { store, bindings })
     }
 
     fn deadline_ticks(&self) -> u64 {
         (self.limits.deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
     }
+}
 
-    /// Delivers events until every sender is gone.
-    fn run(self, first: Instance, mut queue: mpsc::Receiver<PluginEvent>) {
-        let mut instance = Some(first);
-        while let Some(event) = queue.blocking_recv() {
-            if let PluginEvent::Barrier(_, done) = event {
-                let _ = done.send(());
-                continue;
-            }
-            if instance.is_none() {
-                instance = self
-                    .instantiate()
-                    .inspect_err(|e| tracing::error!(plugin = &*self.name, "cannot instantiate plugin: {e:#}"))
-                    .ok();
-            }
-            let Some(current) = instance.as_mut() else {
-                tracing::error!(
-                    plugin = &*self.name,
-                    event = event.export_name(),
-                    conn = event.conn(),
-                    "no plugin instance: event dropped"
-                );
-                continue;
-            };
-            if let Err(error) = self.deliver(current, &event) {
-                let trap = error.downcast_ref::<Trap>().map(|t| t.to_string());
-                tracing::error!(
-                    plugin = &*self.name,
-                    export = event.export_name(),
-                    conn = event.conn(),
-                    trap = trap.as_deref().unwrap_or("error"),
-                    "plugin call failed: {error:?}"
-                );
-                if !matches!(event, PluginEvent::Close(..)) {
-                    let _ = self
-                        .services
-                        .close(event.conn(), close::INTERNAL_ERROR, "internal error".into());
-                }
-                // A trap poisons the store: the instance is never called again.
-                instance = None;
-            }
-        }
+/// Calls the export for `event`, with a fresh CPU deadline.
+fn deliver(instance: &mut Instance, event: &PluginEvent, deadline_ticks: u64) -> wasmtime::Result<()> {
+    let Instance { store, bindings } = instance;
+    store.set_epoch_deadline(deadline_ticks);
+    match event {
+        PluginEvent::Open(conn) => bindings.call_on_open(store, *conn),
+        PluginEvent::Text(conn, text) => bindings.call_on_text(store, *conn, text),
+        PluginEvent::Binary(conn, data) => bindings.call_on_binary(store, *conn, data),
+        PluginEvent::Close(conn, code, reason) => bindings.call_on_close(store, *conn, *code, reason),
+        PluginEvent::Barrier(..) | PluginEvent::Reload(_) => Ok(()),
     }
+}
 
-    fn deliver(&self, instance: &mut Instance, event: &PluginEvent) -> wasmtime::Result<()> {
-        let Instance { store, bindings } = instance;
-        store.set_epoch_deadline(self.deadline_ticks());
-        match event {
-            PluginEvent::Open(conn) => bindings.call_on_open(store, *conn),
-            PluginEvent::Text(conn, text) => bindings.call_on_text(store, *conn, text),
-            PluginEvent::Binary(conn, data) => bindings.call_on_binary(store, *conn, data),
-            PluginEvent::Close(conn, code, reason) => bindings.call_on_close(store, *conn, *code, reason),
-            PluginEvent::Barrier(..) => Ok(()),
-        }
+/// Delay before the next restart after `crashes` consecutive crashes.
+fn backoff(crashes: u32) -> Duration {
+    let doublings = crashes.saturating_sub(BACKOFF_AFTER).min(16);
+    (BACKOFF_MIN * 2u32.pow(doublings)).min(BACKOFF_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_a_ceiling() {
+        assert_eq!(backoff(3), Duration::from_millis(100));
+        assert_eq!(backoff(4), Duration::from_millis(200));
+        assert_eq!(backoff(6), Duration::from_millis(800));
+        assert_eq!(backoff(100), BACKOFF_MAX);
     }
 }

@@ -1,0 +1,178 @@
+//! Turns a plugin file into a ready-to-instantiate component: compiles it (or loads
+//! the compiled code from the cache) and links it against the host's imports.
+
+use std::fs;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::error::Context as _;
+use wasmtime::{Config, Engine};
+
+use super::bindings::{HostState, Plugin, PluginPre};
+
+/// How often the engine's epoch advances; CPU deadlines are counted in these ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// A plugin file, compiled and linked.
+pub struct Loaded {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// The plugin's name in logs: the file name without `.wasm`.
+    pub name: Arc<str>,
+    /// Ready to instantiate, as often as needed.
+    pub pre: PluginPre<HostState>,
+    /// SHA-256 of the file's bytes.
+    pub digest: [u8; 32],
+    /// Size of the file in bytes.
+    pub size: u64,
+    /// Time spent reading, compiling (or loading from the cache) and linking.
+    pub load_time: Duration,
+    /// Whether the compiled code came from the cache.
+    pub cache_hit: bool,
+    /// When the load was asked for (for a reload: when the change was noticed).
+    pub requested_at: Instant,
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded")
+            .field("path", &self.path)
+            .field("size", &self.size)
+            .field("load_time", &self.load_time)
+            .field("cache_hit", &self.cache_hit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Compiles and links plugins for one engine.
+pub struct Loader {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache_dir: Option<PathBuf>,
+    /// Distinguishes cached code of engines with different settings or versions.
+    engine_key: u64,
+}
+
+impl Loader {
+    /// An engine with epoch interruption (its epoch advances every [`EPOCH_TICK`] on a
+    /// thread of its own) and a linker with WASI and the `wsplug:plugin` imports.
+    /// Compiled components are cached in `cache_dir`, if given.
+    pub fn new(cache_dir: Option<PathBuf>) -> wasmtime::Result<Self> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
+
+        let ticker = engine.weak();
+        thread::Builder::new().name("plugin-epoch".into()).spawn(move || {
+            while let Some(engine) = ticker.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                thread::sleep(EPOCH_TICK);
+            }
+        })?;
+
+        let mut hasher = DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        env!("CARGO_PKG_VERSION").hash(&mut hasher);
+        Ok(Self {
+            engine,
+            linker,
+            cache_dir,
+            engine_key: hasher.finish(),
+        })
+    }
+
+    /// The engine every instance runs in.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Reads, compiles and links the component at `path`.
+    ///
+    /// The error says which file and why: unreadable, not a component, or not an
+    /// implementation of the `wsplug:plugin` world (a missing export, an unknown import).
+    pub fn load(&self, path: &Path, requested_at: Instant) -> wasmtime::Result<Loaded> {
+        let bytes = fs::read(path).with_context(|| format!("cannot read plugin {}", path.display()))?;
+        self.load_bytes(path, &bytes, requested_at)
+    }
+
+    /// Like [`Loader::load`], for bytes already read from `path`.
+    pub fn load_bytes(&self, path: &Path, bytes: &[u8], requested_at: Instant) -> wasmtime::Result<Loaded> {
+        let started = Instant::now();
+        let digest = digest(bytes);
+        let (component, cache_hit) = self.compile(path, bytes, &digest)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(PluginPre::new)
+            .with_context(|| format!("plugin {} does not implement the wsplug:plugin world", path.display()))?;
+        let name = path.file_stem().map_or("plugin".into(), |s| s.to_string_lossy().into());
+        Ok(Loaded {
+            path: path.to_owned(),
+            name,
+            pre,
+            digest,
+            size: bytes.len() as u64,
+            load_time: started.elapsed(),
+            cache_hit,
+            requested_at,
+        })
+    }
+
+    fn compile(&self, path: &Path, bytes: &[u8], digest: &[u8; 32]) -> wasmtime::Result<(Component, bool)> {
+        let cached = self.cache_dir.as_ref().map(|dir| {
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            dir.join(format!("{hex}-{:016x}.cwasm", self.engine_key))
+        });
+        if let Some(file) = cached.as_ref().filter(|f| f.exists()) {
+            // SAFETY: the cache directory belongs to the operator, and the file name
+            // binds it to these exact plugin bytes and this engine's settings.
+            match unsafe { Component::deserialize_file(&self.engine, file) } {
+                Ok(component) => return Ok((component, true)),
+                Err(error) => tracing::warn!(file = %file.display(), "ignoring unusable cached plugin code: {error}"),
+            }
+        }
+        let component = Component::new(&self.engine, bytes)
+            .with_context(|| format!("{} is not a valid WebAssembly component", path.display()))?;
+        if let Some(file) = cached
+            && let Err(error) = store_in_cache(&component, &file)
+        {
+            tracing::warn!(file = %file.display(), "cannot cache compiled plugin: {error:#}");
+        }
+        Ok((component, false))
+    }
+}
+
+/// Writes compiled code next to its final name, then renames it, so that a reader
+/// never sees half a file.
+fn store_in_cache(component: &Component, file: &Path) -> wasmtime::Result<()> {
+    let code = component.serialize()?;
+    if let Some(dir) = file.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let partial = file.with_extension(format!("tmp{}", std::process::id()));
+    fs::write(&partial, code)?;
+    fs::rename(&partial, file)?;
+    Ok(())
+}
+
+/// SHA-256 of a plugin file: identifies a version for the cache and for reloads.
+pub fn digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// The default cache directory: `$XDG_CACHE_HOME/wsplug` or `~/.cache/wsplug`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .map(|dir| dir.join("wsplug"))
+}
