@@ -24,7 +24,9 @@ ACCEPTED = {"OK", "NON-STRICT", "INFORMATIONAL"}
 def start_host(host, plugin, log_path):
     log = open(log_path, "w")
     proc = subprocess.Popen(
-        [host, "--listen", "127.0.0.1:0", "--plugin", plugin, "--log", "warn"],
+        [host, "--listen", "127.0.0.1:0", "--plugin", plugin, "--log", "warn",
+         # Autobahn sends messages of up to 16 MiB (cases 9.*).
+         "--max-payload-size", str(16 * 1024 * 1024)],
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,

@@ -59,7 +59,8 @@ fn echo_reassembles_fragments_and_answers_a_ping_in_between() {
 
 #[test]
 fn echo_returns_a_one_mebibyte_binary_message_byte_for_byte() {
-    let server = Server::start("echo", &[]);
+    // The default limit is 512 KiB (`max_payload_size`); raise it for this message.
+    let server = Server::start("echo", &["--max-payload-size", "2097152"]);
     let mut client = server.connect("/");
     let data = pseudo_random_bytes(1 << 20);
     client.send_binary(&data);

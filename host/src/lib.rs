@@ -1,10 +1,12 @@
 //! wsplug: a WebSocket server whose business logic runs in sandboxed WebAssembly
 //! components.
 //!
+//! - [`config`]: the TOML file and command line, merged and validated.
 //! - [`ws`]: the protocol, sans I/O.
 //! - [`plugin`]: the WebAssembly runtime that runs a plugin; it knows nothing of frames.
 //! - [`server`]: the tokio shell that connects sockets, protocol and plugin.
 
+pub mod config;
 pub mod plugin;
 pub mod server;
 pub mod ws;

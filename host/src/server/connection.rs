@@ -12,9 +12,10 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use super::Shared;
 use super::registry::{Command, Mailbox};
+use super::static_files::Body;
 use crate::plugin::{ConnectionInfo, Outgoing, PluginEvent};
 use crate::ws::close;
-use crate::ws::handshake::{self, Accepted, Outcome};
+use crate::ws::handshake::{self, Accepted, Outcome, Rejection, Request};
 use crate::ws::protocol::{Event, Message, Protocol, ProtocolConfig, State};
 
 /// Read at least this much at a time, so that many small frames arrive in one syscall.
@@ -31,10 +32,8 @@ where
 {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut buf = BytesMut::with_capacity(1024);
-    let handshake = timeout(
-        shared.settings.handshake_timeout,
-        read_handshake(&mut reader, &mut buf, &shared),
-    );
+    let handshake = timeout(shared.settings.handshake_timeout, read_handshake(&mut reader, &mut buf, &shared));
+    let detailed = !shared.settings.prod;
     let accepted = match handshake.await {
         Ok(Ok(Outcome::Accepted { accepted, consumed })) => {
             buf.advance(consumed);
@@ -42,9 +41,12 @@ where
         }
         Ok(Ok(Outcome::Rejected(rejection))) => {
             tracing::debug!(%peer, "handshake rejected: {rejection}");
-            let _ = writer.write_all(&rejection.response()).await;
-            let _ = writer.shutdown().await;
-            return;
+            let _ = writer.write_all(&rejection.response(detailed)).await;
+            return linger(reader, writer, &shared).await;
+        }
+        Ok(Ok(Outcome::Plain { request, .. })) => {
+            serve_plain(&mut writer, &request, &shared).await;
+            return linger(reader, writer, &shared).await;
         }
         Ok(Ok(Outcome::Incomplete)) | Ok(Err(_)) => return,
         Err(_) => {
@@ -52,16 +54,17 @@ where
             return;
         }
     };
+    if shared.registry.len() >= shared.settings.max_connections {
+        tracing::warn!(%peer, max = shared.settings.max_connections, "connection refused: too many connections");
+        let rejection = Rejection { status: 503, detail: "too many connections" };
+        let _ = writer.write_all(&rejection.response(detailed)).await;
+        return linger(reader, writer, &shared).await;
+    }
     if writer.write_all(&accepted.response).await.is_err() {
         return;
     }
 
-    let Accepted {
-        request,
-        subprotocol,
-        deflate,
-        ..
-    } = *accepted;
+    let Accepted { request, subprotocol, deflate, .. } = *accepted;
     let id = shared.registry.next_id();
     let info = ConnectionInfo {
         id,
@@ -82,21 +85,34 @@ where
     let config = ProtocolConfig {
         max_message_size: shared.settings.max_message_size,
         deflate,
-        deflate_level: shared.settings.deflate_level,
+        deflate_level: shared.settings.handshake.deflate.map_or(0, |d| d.level),
     };
-    let mut session = Session {
-        id,
-        protocol: Protocol::new(config),
-        mailbox,
-        events,
-        shared: &shared,
-    };
+    let mut session = Session { id, protocol: Protocol::new(config), mailbox, events, shared: &shared };
     let (code, reason) = session.run(&mut reader, &mut writer, buf).await;
 
     shared.registry.unregister(id);
     tracing::debug!(%peer, conn = id, code, reason, "connection closed");
     let _ = events.send(PluginEvent::Close(id, code, reason)).await;
     linger(reader, writer, &shared).await;
+}
+
+/// Answers a request without `Upgrade: websocket`: a static file if a directory is
+/// served, else 400.
+async fn serve_plain<W: AsyncWrite + Unpin>(writer: &mut W, request: &Request, shared: &Shared) {
+    let Some(files) = &shared.static_files else {
+        let rejection = Rejection { status: 400, detail: "missing Upgrade: websocket" };
+        let _ = writer.write_all(&rejection.response(!shared.settings.prod)).await;
+        return;
+    };
+    let response = files.respond(&request.method, &request.path).await;
+    if writer.write_all(&response.head).await.is_err() {
+        return;
+    }
+    let _ = match response.body {
+        Body::Empty => Ok(()),
+        Body::Text(text) => writer.write_all(format!("{text}\n").as_bytes()).await,
+        Body::File(mut file) => tokio::io::copy(&mut file, writer).await.map(drop),
+    };
 }
 
 async fn read_handshake<R: AsyncRead + Unpin>(
@@ -156,12 +172,21 @@ impl Session<'_> {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
+        let settings = &self.shared.settings;
         let mut pending: Option<PluginEvent> = None;
         let mut ended: Option<(u16, String)> = None;
+        // When the closing handshake (or the flush after it) must be over.
         let mut deadline: Option<Instant> = None;
-        // After a protocol violation: resolves once the plugin has handled every
-        // earlier message, so its replies go out before the close frame.
+        // After the peer's close or a violation: resolves once the plugin has handled
+        // every earlier message, so its replies go out before our close frame.
         let mut barrier: Option<oneshot::Receiver<()>> = None;
+        // Liveness: the last time the peer sent anything, and whether we pinged since.
+        let mut last_input = Instant::now();
+        let mut pinged = false;
+        let timer = sleep_until(last_input + settings.idle_timeout);
+        // Created once: polling a fresh `cancelled()` each turn would re-register it.
+        let shutdown = self.shared.shutdown.clone().cancelled_owned();
+        tokio::pin!(timer, shutdown);
         loop {
             if pending.is_none() && ended.is_none() {
                 match self.protocol.read(&mut input) {
@@ -182,7 +207,7 @@ impl Session<'_> {
                     let (done, wait) = oneshot::channel();
                     pending = Some(PluginEvent::Barrier(self.id, done));
                     barrier = Some(wait);
-                    deadline = Some(Instant::now() + self.shared.settings.close_timeout);
+                    deadline = Some(Instant::now() + settings.close_timeout);
                 }
             }
             if let Some(event) = pending.take() {
@@ -194,10 +219,11 @@ impl Session<'_> {
                     }
                 }
             }
-            let closed = self.protocol.state() == State::Closed;
-            let open = matches!(self.protocol.state(), State::Open | State::CloseSent);
+            let state = self.protocol.state();
+            let closed = state == State::Closed;
+            let open = matches!(state, State::Open | State::CloseSent);
             if closed && deadline.is_none() {
-                deadline = Some(Instant::now() + self.shared.settings.close_timeout);
+                deadline = Some(Instant::now() + settings.close_timeout);
             }
             let output_len = self.protocol.output().len();
             if closed && output_len == 0 {
@@ -207,6 +233,11 @@ impl Session<'_> {
             let want_input = pending.is_none() && open && output_len < OUTPUT_HIGH_WATER;
             if want_input {
                 input.reserve(READ_CHUNK);
+            }
+            // One timer serves the closing deadline and the idle check.
+            let wake = deadline.unwrap_or(last_input + settings.idle_timeout * (1 + u32::from(pinged)));
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
             }
             let output = self.protocol.output();
             tokio::select! {
@@ -222,7 +253,7 @@ impl Session<'_> {
                 command = self.mailbox.commands.recv(), if take_commands => match command {
                     Some(command) => {
                         if self.apply(command) {
-                            deadline = Some(Instant::now() + self.shared.settings.close_timeout);
+                            deadline = Some(Instant::now() + settings.close_timeout);
                         }
                     }
                     None => break,
@@ -232,18 +263,38 @@ impl Session<'_> {
                     Err(_) => return (close::INTERNAL_ERROR, "plugin stopped".into()),
                 },
                 read = reader.read_buf(&mut input), if want_input => match read {
-                    Ok(1..) => {}
+                    Ok(1..) => {
+                        last_input = Instant::now();
+                        pinged = false;
+                    }
                     _ => break,
                 },
                 _ = async { barrier.as_mut().expect("guarded").await }, if barrier.is_some() && pending.is_none() => {
                     barrier = None;
                     self.finish_closing();
                 }
-                () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                () = &mut shutdown, if state == State::Open => {
+                    let _ = self.protocol.close(close::GOING_AWAY, "server shutting down");
+                    deadline = Some(Instant::now() + settings.close_timeout);
+                }
+                () = &mut timer => {
+                    if deadline.is_none() {
+                        // Idle: ping once; if that is not answered in time either, give up.
+                        if !pinged {
+                            pinged = true;
+                            let _ = self.protocol.send_ping(b"wsplug");
+                        } else {
+                            tracing::debug!(conn = self.id, "no answer to ping: closing");
+                            let _ = self.protocol.close(close::GOING_AWAY, "idle timeout");
+                            ended = Some((close::ABNORMAL, "no answer to ping".into()));
+                            deadline = Some(Instant::now() + settings.close_timeout);
+                        }
+                        continue;
+                    }
                     if barrier.take().is_some() {
                         tracing::warn!(conn = self.id, "plugin did not catch up in time: closing without its replies");
                         self.finish_closing();
-                        deadline = Some(Instant::now() + self.shared.settings.close_timeout);
+                        deadline = Some(Instant::now() + settings.close_timeout);
                         continue;
                     }
                     tracing::debug!(conn = self.id, "closing handshake timed out");

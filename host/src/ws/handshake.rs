@@ -22,6 +22,8 @@ pub struct HandshakeConfig {
     pub subprotocols: Vec<String>,
     /// permessage-deflate settings, or `None` to never negotiate compression.
     pub deflate: Option<DeflateConfig>,
+    /// `Origin` values allowed to connect (compared case-insensitively); empty allows any.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for HandshakeConfig {
@@ -30,6 +32,7 @@ impl Default for HandshakeConfig {
             max_request_bytes: 8 * 1024,
             subprotocols: Vec::new(),
             deflate: Some(DeflateConfig::default()),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -37,6 +40,8 @@ impl Default for HandshakeConfig {
 /// A valid upgrade request, with what the connection needs to know about it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
+    /// The request method, e.g. `GET`.
+    pub method: String,
     /// Path part of the request target, e.g. `/chat`.
     pub path: String,
     /// Query string without the `?`, if any.
@@ -79,18 +84,20 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(status: u16, detail: &'static str) -> Self {
+    /// A rejection with `status` and what was wrong.
+    pub fn new(status: u16, detail: &'static str) -> Self {
         Self { status, detail }
     }
 
-    /// The complete HTTP response, which closes the connection.
-    pub fn response(&self) -> Vec<u8> {
+    /// The complete HTTP response, which closes the connection. Its body says what was
+    /// wrong if `detailed`, else only the status.
+    pub fn response(&self, detailed: bool) -> Vec<u8> {
         let extra = match self.status {
             405 => "Allow: GET\r\n",
             426 => "Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n",
             _ => "",
         };
-        let body = format!("{}\n", self.detail);
+        let body = format!("{}\n", if detailed { self.detail } else { reason_phrase(self.status) });
         format!(
             "HTTP/1.1 {} {}\r\n{extra}Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             self.status,
@@ -123,6 +130,9 @@ pub enum Outcome {
     Accepted { accepted: Box<Accepted>, consumed: usize },
     /// Upgrade refused: send the response and close.
     Rejected(Rejection),
+    /// A plain HTTP request (no `Upgrade: websocket`), `consumed` bytes long, for the
+    /// caller to answer (static files) or refuse.
+    Plain { request: Box<Request>, consumed: usize },
 }
 
 /// Parses and validates the request head at the start of `buf`.
@@ -144,21 +154,19 @@ pub fn accept(buf: &[u8], config: &HandshakeConfig) -> Outcome {
         Err(_) => return Outcome::Rejected(Rejection::new(400, "malformed HTTP request")),
     };
     match validate(&parsed, config) {
-        Ok(accepted) => Outcome::Accepted {
-            accepted: Box::new(accepted),
-            consumed,
-        },
+        Ok(Validated::Upgrade(accepted)) => Outcome::Accepted { accepted: Box::new(accepted), consumed },
+        Ok(Validated::Plain(request)) => Outcome::Plain { request: Box::new(request), consumed },
         Err(rejection) => Outcome::Rejected(rejection),
     }
 }
 
-fn validate(parsed: &httparse::Request<'_, '_>, config: &HandshakeConfig) -> Result<Accepted, Rejection> {
-    if parsed.method != Some("GET") {
-        return Err(Rejection::new(405, "only GET can open a WebSocket"));
-    }
-    if parsed.version != Some(1) {
-        return Err(Rejection::new(400, "WebSocket needs HTTP/1.1"));
-    }
+/// A request that passed validation.
+enum Validated {
+    Upgrade(Accepted),
+    Plain(Request),
+}
+
+fn validate(parsed: &httparse::Request<'_, '_>, config: &HandshakeConfig) -> Result<Validated, Rejection> {
     let target = resource_name(parsed.path.unwrap_or_default()).ok_or(Rejection::new(
         400,
         "request target must be a path or an http(s)/ws(s) URI",
@@ -172,13 +180,19 @@ fn validate(parsed: &httparse::Request<'_, '_>, config: &HandshakeConfig) -> Res
         Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
         None => (target.to_owned(), None),
     };
-    let request = Request { path, query, headers };
-
+    let method = parsed.method.unwrap_or_default().to_owned();
+    let request = Request { method, path, query, headers };
+    if !has_token(&request, "upgrade", "websocket") {
+        return Ok(Validated::Plain(request));
+    }
+    if request.method != "GET" {
+        return Err(Rejection::new(405, "only GET can open a WebSocket"));
+    }
+    if parsed.version != Some(1) {
+        return Err(Rejection::new(400, "WebSocket needs HTTP/1.1"));
+    }
     if request.header_values("host").next().is_none() {
         return Err(Rejection::new(400, "missing Host header"));
-    }
-    if !has_token(&request, "upgrade", "websocket") {
-        return Err(Rejection::new(400, "missing Upgrade: websocket"));
     }
     if !has_token(&request, "connection", "upgrade") {
         return Err(Rejection::new(400, "missing Connection: upgrade"));
@@ -196,6 +210,12 @@ fn validate(parsed: &httparse::Request<'_, '_>, config: &HandshakeConfig) -> Res
             ));
         }
     };
+    if !config.allowed_origins.is_empty() {
+        let origin = request.header_values("origin").next().unwrap_or_default();
+        if !config.allowed_origins.iter().any(|allowed| allowed.eq_ignore_ascii_case(origin)) {
+            return Err(Rejection::new(403, "origin not allowed"));
+        }
+    }
 
     let subprotocol = select_subprotocol(&request, &config.subprotocols);
     let deflate = config
@@ -213,12 +233,12 @@ fn validate(parsed: &httparse::Request<'_, '_>, config: &HandshakeConfig) -> Res
         response.push_str(&format!("Sec-WebSocket-Extensions: {extension}\r\n"));
     }
     response.push_str("\r\n");
-    Ok(Accepted {
+    Ok(Validated::Upgrade(Accepted {
         request,
         subprotocol,
         deflate: deflate.map(|(p, _)| p),
         response: response.into_bytes(),
-    })
+    }))
 }
 
 /// The path-and-query of a request target in origin form (`/chat?x=1`) or absolute form
@@ -283,6 +303,7 @@ mod tests {
         match accept(raw.as_bytes(), config) {
             Outcome::Rejected(r) => r.status,
             Outcome::Accepted { .. } => 101,
+            Outcome::Plain { .. } => 200,
             Outcome::Incomplete => 0,
         }
     }
@@ -345,8 +366,9 @@ mod tests {
         let cases: Vec<(String, u16)> = vec![
             (good.replace("GET", "POST"), 405),
             (good.replace("HTTP/1.1", "HTTP/1.0"), 400),
-            (good.replace("Upgrade: websocket\r\n", ""), 400),
-            (good.replace("Upgrade: websocket", "Upgrade: h2c"), 400),
+            // Without `Upgrade: websocket` it is a plain HTTP request, for the caller.
+            (good.replace("Upgrade: websocket\r\n", ""), 200),
+            (good.replace("Upgrade: websocket", "Upgrade: h2c"), 200),
             (good.replace("Connection: Upgrade", "Connection: close"), 400),
             (good.replace("Host: server.example.com\r\n", ""), 400),
             (good.replace(KEY, "c2hvcnQ="), 400),
@@ -363,11 +385,11 @@ mod tests {
             assert_eq!(status_of(&raw, &config), status, "{raw:?}");
         }
         let rejection = Rejection::new(426, "x");
-        assert!(
-            String::from_utf8(rejection.response())
-                .unwrap()
-                .contains("Sec-WebSocket-Version: 13\r\n")
-        );
+        let response = String::from_utf8(rejection.response(true)).unwrap();
+        assert!(response.contains("Sec-WebSocket-Version: 13\r\n"));
+        assert!(response.ends_with("\r\n\r\nx\n"));
+        let terse = String::from_utf8(rejection.response(false)).unwrap();
+        assert!(terse.ends_with("\r\n\r\nUpgrade Required\n"), "{terse}");
     }
 
     #[test]
@@ -378,6 +400,23 @@ mod tests {
         };
         let raw = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(200));
         assert_eq!(status_of(&raw, &config), 431);
+    }
+
+    #[test]
+    fn checks_the_origin_when_origins_are_configured() {
+        let config = HandshakeConfig { allowed_origins: vec!["https://chat.example".into()], ..Default::default() };
+        assert_eq!(status_of(&request("Origin: https://CHAT.example\r\n"), &config), 101);
+        assert_eq!(status_of(&request("Origin: https://evil.example\r\n"), &config), 403);
+        assert_eq!(status_of(&request(""), &config), 403);
+        assert_eq!(status_of(&request("Origin: https://evil.example\r\n"), &HandshakeConfig::default()), 101);
+    }
+
+    #[test]
+    fn plain_requests_are_handed_to_the_caller() {
+        let raw = "HEAD /index.html?x HTTP/1.0\r\nHost: h\r\n\r\n";
+        let Outcome::Plain { request, consumed } = accept(raw.as_bytes(), &HandshakeConfig::default()) else { panic!() };
+        assert_eq!(consumed, raw.len());
+        assert_eq!((request.method.as_str(), request.path.as_str()), ("HEAD", "/index.html"));
     }
 
     #[test]

@@ -1,0 +1,473 @@
+//! Configuration: a TOML file (`--config`) and command-line flags, merged (flags win)
+//! and validated into the settings the server runs with. Every bad value is an error
+//! that names the key, the value and what is allowed.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// A configuration error: reported as `host: error: ...` with exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    fn invalid(key: &str, value: impl std::fmt::Display, allowed: &str) -> Self {
+        Self(format!("invalid {key} = {value}: {allowed}"))
+    }
+}
+
+/// Every setting, as the TOML file spells it (top-level keys, snake_case). The
+/// command-line flags have the same names in kebab-case.
+#[derive(Debug, Default, Deserialize, Parser)]
+#[serde(deny_unknown_fields)]
+#[command(name = "host", version, about = "A WebSocket server whose business logic is a sandboxed WebAssembly component.")]
+pub struct Options {
+    /// TOML configuration file; flags given on the command line override its keys.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on, e.g. 127.0.0.1:9001 or [::]:9001 (port 0 picks a free port) [default: 127.0.0.1:9001]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+
+    /// The plugin: a WebAssembly component implementing the wsplug:plugin world (required).
+    #[arg(long, value_name = "FILE")]
+    pub plugin: Option<PathBuf>,
+
+    /// Seconds for the opening handshake, and of silence before a ping (then as long again for an answer) [default: 5]
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
+
+    /// Seconds for the opening handshake [default: timeout]
+    #[arg(long, value_name = "SECONDS")]
+    pub handshake_timeout: Option<u64>,
+
+    /// Seconds of silence before a connection is pinged, and then to answer [default: timeout]
+    #[arg(long, value_name = "SECONDS")]
+    pub idle_timeout: Option<u64>,
+
+    /// Largest message in bytes, after reassembly and inflation; larger ones get close code 1009 [default: 524288]
+    #[arg(long, value_name = "BYTES")]
+    pub max_payload_size: Option<u64>,
+
+    /// Messages that may wait in one connection's outbound queue; a reader that lets it overflow is dropped (1008) [default: 100]
+    #[arg(long, value_name = "N")]
+    pub max_messages_buffering: Option<u64>,
+
+    /// Open connections at most; handshakes past it get 503 [default: 10000]
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<u64>,
+
+    /// An Origin allowed to connect (repeatable); others get 403 [default: any]
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    pub allowed_origins: Option<Vec<String>>,
+
+    /// A subprotocol the server speaks (repeatable); the first one a client offers is selected
+    #[arg(long = "subprotocol", value_name = "NAME")]
+    pub subprotocols: Option<Vec<String>>,
+
+    /// Negotiate permessage-deflate [default: true]
+    #[arg(long, value_name = "BOOL")]
+    pub compression: Option<bool>,
+
+    /// Same as --compression false
+    #[arg(long, conflicts_with = "compression")]
+    #[serde(skip)]
+    pub no_compression: bool,
+
+    /// Largest LZ77 window the server compresses with, 9 to 15 (bits) [default: 15]
+    #[arg(long, value_name = "BITS")]
+    pub server_max_window_bits: Option<u8>,
+
+    /// Largest window asked of clients that allow it, 9 to 15 (bits) [default: 15]
+    #[arg(long, value_name = "BITS")]
+    pub client_max_window_bits: Option<u8>,
+
+    /// zlib level of compressed messages, 0 to 9 [default: 6]
+    #[arg(long, value_name = "LEVEL")]
+    pub compression_level: Option<u32>,
+
+    /// Serve WSS (TLS) [default: false]
+    #[arg(long, value_name = "BOOL")]
+    pub ssl: Option<bool>,
+
+    /// PEM file with the certificate chain, and the private key unless key_file is given
+    #[arg(long, value_name = "FILE")]
+    pub cert_file: Option<PathBuf>,
+
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1; encrypted PKCS#8 with passphrase)
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// Passphrase of an encrypted PKCS#8 private key
+    #[arg(long, value_name = "TEXT")]
+    pub passphrase: Option<String>,
+
+    /// PEM file of CAs; when given, clients must present a certificate they signed
+    #[arg(long, value_name = "FILE")]
+    pub client_ca_file: Option<PathBuf>,
+
+    /// Production mode: clients and logs get no internal detail; false makes the log verbose [default: true]
+    #[arg(long, value_name = "BOOL")]
+    pub prod: Option<bool>,
+
+    /// Not supported: RFC 6455 section 5.1 forbids a server to mask its frames
+    #[arg(long, value_name = "BOOL", hide = true)]
+    pub write_masked: Option<bool>,
+
+    /// Directory of static files served over HTTP on the same port (GET and HEAD)
+    #[arg(long = "static", value_name = "DIR")]
+    #[serde(rename = "static")]
+    pub static_dir: Option<PathBuf>,
+
+    /// Seconds to wait for connections to close on SIGTERM/SIGINT [default: 10]
+    #[arg(long, value_name = "SECONDS")]
+    pub shutdown_grace: Option<u64>,
+
+    /// CPU time in milliseconds one plugin call may take before it is interrupted [default: 500]
+    #[arg(long, value_name = "MS")]
+    pub plugin_deadline_ms: Option<u64>,
+
+    /// Largest linear memory of a plugin instance, in MiB [default: 64]
+    #[arg(long, value_name = "MIB")]
+    pub plugin_memory_mib: Option<u64>,
+
+    /// Events that may wait for the plugin; when full, connections stop reading [default: 1024]
+    #[arg(long, value_name = "N")]
+    pub plugin_queue: Option<u64>,
+
+    /// A directory the plugin may read, mounted at /data inside it [default: none]
+    #[arg(long, value_name = "DIR")]
+    pub plugin_dir: Option<PathBuf>,
+
+    /// Where compiled plugins are cached [default: $XDG_CACHE_HOME/wsplug or ~/.cache/wsplug]
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Cache compiled plugins [default: true]
+    #[arg(long, value_name = "BOOL")]
+    pub cache: Option<bool>,
+
+    /// Same as --cache false
+    #[arg(long, conflicts_with = "cache")]
+    #[serde(skip)]
+    pub no_cache: bool,
+
+    /// Reload the plugin when its file changes (SIGHUP always reloads) [default: true]
+    #[arg(long, value_name = "BOOL")]
+    pub watch: Option<bool>,
+
+    /// Same as --watch false
+    #[arg(long, conflicts_with = "watch")]
+    #[serde(skip)]
+    pub no_watch: bool,
+
+    /// Log filter: error, warn, info, debug, trace or tracing directives; RUST_LOG overrides it [default: info, debug when prod is false]
+    #[arg(long, value_name = "FILTER")]
+    pub log: Option<String>,
+}
+
+/// TLS settings, validated but not yet loaded (see `server::tls`).
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// Certificate chain, and the key unless `key_file` is set.
+    pub cert_file: PathBuf,
+    /// Separate private key.
+    pub key_file: Option<PathBuf>,
+    /// Passphrase of an encrypted key.
+    pub passphrase: Option<String>,
+    /// CAs that sign acceptable client certificates.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Listening address.
+    pub listen: SocketAddr,
+    /// Plugin file.
+    pub plugin: PathBuf,
+    /// Time for the opening handshake.
+    pub handshake_timeout: Duration,
+    /// Silence before a ping, and time to answer it.
+    pub idle_timeout: Duration,
+    /// Largest message, after inflation.
+    pub max_payload_size: usize,
+    /// Bound of each outbound queue.
+    pub max_messages_buffering: usize,
+    /// Open connections at most.
+    pub max_connections: usize,
+    /// Allowed `Origin` values; empty means any.
+    pub allowed_origins: Vec<String>,
+    /// Subprotocols spoken.
+    pub subprotocols: Vec<String>,
+    /// permessage-deflate settings, or `None` when off.
+    pub compression: Option<crate::ws::deflate::DeflateConfig>,
+    /// WSS, when on.
+    pub tls: Option<TlsFiles>,
+    /// Production mode.
+    pub prod: bool,
+    /// Static files root.
+    pub static_dir: Option<PathBuf>,
+    /// Grace period of a graceful shutdown.
+    pub shutdown_grace: Duration,
+    /// Per-call CPU deadline of the plugin.
+    pub plugin_deadline: Duration,
+    /// Memory cap of a plugin instance, in bytes.
+    pub plugin_memory_bytes: usize,
+    /// Plugin event queue bound.
+    pub plugin_queue: usize,
+    /// Directory granted to the plugin.
+    pub plugin_dir: Option<PathBuf>,
+    /// Compiled-plugin cache, or `None` when off.
+    pub cache_dir: Option<PathBuf>,
+    /// Reload on file changes.
+    pub watch: bool,
+    /// Log filter.
+    pub log: String,
+}
+
+impl Options {
+    /// Parses the command line, reads `--config` if given, and merges them.
+    pub fn load() -> Result<Config, ConfigError> {
+        let cli = Options::parse();
+        let file = match &cli.config {
+            Some(path) => Options::from_file(path)?,
+            None => Options::default(),
+        };
+        cli.merge(file).validate()
+    }
+
+    /// Reads a TOML configuration file.
+    pub fn from_file(path: &Path) -> Result<Options, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        Options::from_toml(&text).map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))
+    }
+
+    /// Parses TOML configuration text.
+    pub fn from_toml(text: &str) -> Result<Options, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError(e.to_string().trim_end().to_owned()))
+    }
+
+    /// Fills every setting not given here (on the command line) from `file`.
+    pub fn merge(self, file: Options) -> Options {
+        let cli = Options {
+            compression: if self.no_compression { Some(false) } else { self.compression },
+            cache: if self.no_cache { Some(false) } else { self.cache },
+            watch: if self.no_watch { Some(false) } else { self.watch },
+            ..self
+        };
+        macro_rules! pick {
+            ($($field:ident),* $(,)?) => {
+                Options {
+                    $($field: cli.$field.or(file.$field),)*
+                    config: cli.config,
+                    no_compression: false,
+                    no_cache: false,
+                    no_watch: false,
+                }
+            };
+        }
+        pick!(
+            listen, plugin, timeout, handshake_timeout, idle_timeout, max_payload_size, max_messages_buffering,
+            max_connections, allowed_origins, subprotocols, compression, server_max_window_bits,
+            client_max_window_bits, compression_level, ssl, cert_file, key_file, passphrase, client_ca_file, prod,
+            write_masked, static_dir, shutdown_grace, plugin_deadline_ms, plugin_memory_mib, plugin_queue,
+            plugin_dir, cache_dir, cache, watch, log,
+        )
+    }
+
+    /// Checks every value and applies the defaults.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        if let Some(masked) = self.write_masked {
+            return Err(ConfigError::invalid(
+                "write_masked",
+                masked,
+                "not supported: RFC 6455 section 5.1 forbids a server to mask its frames and browsers drop such connections; remove the key",
+            ));
+        }
+        let listen_text = self.listen.unwrap_or_else(|| "127.0.0.1:9001".into());
+        let listen = listen_text
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| ConfigError::invalid("listen", &listen_text, "expected ADDRESS:PORT, e.g. 127.0.0.1:9001 or [::]:9001"))?;
+        let plugin = self
+            .plugin
+            .ok_or_else(|| ConfigError("no plugin: give --plugin FILE or `plugin = \"FILE\"` in the config file".into()))?;
+        let timeout = seconds("timeout", self.timeout.unwrap_or(5))?;
+        let handshake_timeout = match self.handshake_timeout {
+            Some(s) => seconds("handshake_timeout", s)?,
+            None => timeout,
+        };
+        let idle_timeout = match self.idle_timeout {
+            Some(s) => seconds("idle_timeout", s)?,
+            None => timeout,
+        };
+        let max_payload_size = range("max_payload_size", self.max_payload_size.unwrap_or(512 * 1024), 1, 1 << 32, "bytes")?;
+        let max_messages_buffering = range("max_messages_buffering", self.max_messages_buffering.unwrap_or(100), 1, 1_000_000, "messages")?;
+        let max_connections = range("max_connections", self.max_connections.unwrap_or(10_000), 1, 10_000_000, "connections")?;
+        let allowed_origins = self.allowed_origins.unwrap_or_default();
+        for origin in &allowed_origins {
+            if origin.is_empty() || origin.ends_with('/') || !origin.contains("://") {
+                return Err(ConfigError::invalid("allowed_origins", format!("{origin:?}"), "expected origins like \"https://example.com\" (scheme://host[:port], no path)"));
+            }
+        }
+        let subprotocols = self.subprotocols.unwrap_or_default();
+        for protocol in &subprotocols {
+            if protocol.is_empty() || !protocol.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)) {
+                return Err(ConfigError::invalid("subprotocols", format!("{protocol:?}"), "expected HTTP tokens (no spaces or separators)"));
+            }
+        }
+        let compression = if self.compression.unwrap_or(true) {
+            Some(crate::ws::deflate::DeflateConfig {
+                server_max_window_bits: range("server_max_window_bits", self.server_max_window_bits.unwrap_or(15).into(), 9, 15, "bits")? as u8,
+                client_max_window_bits: range("client_max_window_bits", self.client_max_window_bits.unwrap_or(15).into(), 9, 15, "bits")? as u8,
+                level: range("compression_level", self.compression_level.unwrap_or(6).into(), 0, 9, "(zlib level)")? as u32,
+            })
+        } else {
+            None
+        };
+        let tls = match (self.ssl.unwrap_or(false), self.cert_file) {
+            (false, _) => None,
+            (true, None) => return Err(ConfigError("ssl = true needs cert_file (a PEM with the certificate chain, and the key unless key_file is given)".into())),
+            (true, Some(cert_file)) => Some(TlsFiles {
+                cert_file: existing_file("cert_file", cert_file)?,
+                key_file: self.key_file.map(|f| existing_file("key_file", f)).transpose()?,
+                passphrase: self.passphrase,
+                client_ca_file: self.client_ca_file.map(|f| existing_file("client_ca_file", f)).transpose()?,
+            }),
+        };
+        let static_dir = self.static_dir.map(|d| existing_dir("static", d)).transpose()?;
+        let plugin_dir = self.plugin_dir.map(|d| existing_dir("plugin_dir", d)).transpose()?;
+        let prod = self.prod.unwrap_or(true);
+        let cache_dir = if self.cache.unwrap_or(true) {
+            self.cache_dir.or_else(crate::plugin::loader::default_cache_dir)
+        } else {
+            None
+        };
+        Ok(Config {
+            listen,
+            plugin,
+            handshake_timeout,
+            idle_timeout,
+            max_payload_size: max_payload_size as usize,
+            max_messages_buffering: max_messages_buffering as usize,
+            max_connections: max_connections as usize,
+            allowed_origins,
+            subprotocols,
+            compression,
+            tls,
+            prod,
+            static_dir,
+            shutdown_grace: Duration::from_secs(range("shutdown_grace", self.shutdown_grace.unwrap_or(10), 0, 3600, "seconds")?),
+            plugin_deadline: Duration::from_millis(range("plugin_deadline_ms", self.plugin_deadline_ms.unwrap_or(500), 10, 60_000, "milliseconds")?),
+            plugin_memory_bytes: (range("plugin_memory_mib", self.plugin_memory_mib.unwrap_or(64), 1, 4096, "MiB")? as usize) << 20,
+            plugin_queue: range("plugin_queue", self.plugin_queue.unwrap_or(1024), 1, 1_000_000, "events")? as usize,
+            plugin_dir,
+            cache_dir,
+            watch: self.watch.unwrap_or(true),
+            log: self.log.unwrap_or_else(|| if prod { "info".into() } else { "debug".into() }),
+        })
+    }
+}
+
+fn range(key: &str, value: u64, min: u64, max: u64, unit: &str) -> Result<u64, ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ConfigError::invalid(key, value, &format!("expected {min} to {max} {unit}")))
+    }
+}
+
+fn seconds(key: &str, value: u64) -> Result<Duration, ConfigError> {
+    range(key, value, 1, 3600, "seconds").map(Duration::from_secs)
+}
+
+fn existing_file(key: &str, path: PathBuf) -> Result<PathBuf, ConfigError> {
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(ConfigError::invalid(key, path.display(), "expected an existing, readable file"))
+    }
+}
+
+fn existing_dir(key: &str, path: PathBuf) -> Result<PathBuf, ConfigError> {
+    if path.is_dir() {
+        Ok(path)
+    } else {
+        Err(ConfigError::invalid(key, path.display(), "expected an existing directory"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Options {
+        Options::try_parse_from(std::iter::once("host").chain(args.iter().copied())).unwrap()
+    }
+
+    fn error_of(options: Options) -> String {
+        options.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_follow_the_original_library() {
+        let config = parse(&["--plugin", "p.wasm"]).validate().unwrap();
+        assert_eq!(config.listen, "127.0.0.1:9001".parse().unwrap());
+        assert_eq!(config.handshake_timeout, Duration::from_secs(5));
+        assert_eq!(config.idle_timeout, Duration::from_secs(5));
+        assert_eq!(config.max_payload_size, 524_288);
+        assert_eq!(config.max_messages_buffering, 100);
+        assert!(config.prod && config.tls.is_none() && config.compression.is_some() && config.watch);
+        assert_eq!(config.log, "info");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file = Options::from_toml(
+            "plugin = \"chat.wasm\"\ntimeout = 7\nmax_payload_size = 1000\nprod = false\nallowed_origins = [\"https://a.example\"]\n",
+        )
+        .unwrap();
+        let config = parse(&["--max-payload-size", "2000", "--no-compression"]).merge(file).validate().unwrap();
+        assert_eq!(config.plugin, PathBuf::from("chat.wasm"));
+        assert_eq!(config.handshake_timeout, Duration::from_secs(7));
+        assert_eq!(config.max_payload_size, 2000);
+        assert!(config.compression.is_none());
+        assert!(!config.prod);
+        assert_eq!(config.log, "debug");
+        assert_eq!(config.allowed_origins, ["https://a.example"]);
+        let config = parse(&["--handshake-timeout", "2"]).merge(Options::from_toml("plugin = \"p\"\ntimeout = 9").unwrap());
+        let config = config.validate().unwrap();
+        assert_eq!((config.handshake_timeout, config.idle_timeout), (Duration::from_secs(2), Duration::from_secs(9)));
+    }
+
+    #[test]
+    fn bad_values_name_the_key_the_value_and_what_is_allowed() {
+        let with = |extra: &str| Options::from_toml(&format!("plugin = \"p\"\n{extra}")).unwrap();
+        assert_eq!(error_of(with("timeout = 0")), "invalid timeout = 0: expected 1 to 3600 seconds");
+        assert_eq!(
+            error_of(with("max_payload_size = 0")),
+            "invalid max_payload_size = 0: expected 1 to 4294967296 bytes"
+        );
+        assert!(error_of(with("listen = \"nowhere\"")).starts_with("invalid listen = nowhere: expected ADDRESS:PORT"));
+        assert!(error_of(with("server_max_window_bits = 8")).starts_with("invalid server_max_window_bits = 8"));
+        assert!(error_of(with("allowed_origins = [\"example.com\"]")).contains("scheme://host"));
+        assert!(error_of(with("write_masked = true")).contains("RFC 6455 section 5.1 forbids"));
+        assert!(error_of(with("ssl = true")).starts_with("ssl = true needs cert_file"));
+        assert!(error_of(with("cert_file = \"/nonexistent.pem\"\nssl = true")).starts_with("invalid cert_file = /nonexistent.pem"));
+        assert!(error_of(with("static = \"/nonexistent\"")).starts_with("invalid static = /nonexistent"));
+        assert!(error_of(Options::default()).starts_with("no plugin"));
+        let unknown = Options::from_toml("plugin = \"p\"\nmax_payload = 3").unwrap_err().to_string();
+        assert!(unknown.contains("unknown field `max_payload`"), "{unknown}");
+        let wrong_type = Options::from_toml("timeout = \"soon\"").unwrap_err().to_string();
+        assert!(wrong_type.contains("timeout") && wrong_type.contains("invalid type"), "{wrong_type}");
+    }
+}

@@ -1,0 +1,175 @@
+//! Plain HTTP on the WebSocket port: static files from one directory (GET and HEAD),
+//! so a browser page and its socket share an origin. Paths that would leave the
+//! directory (`..`, encoded or not, and symlinks pointing out) are refused.
+
+use std::path::{Path, PathBuf};
+
+use percent_encoding::percent_decode_str;
+
+/// A directory served over HTTP.
+#[derive(Clone, Debug)]
+pub struct StaticFiles {
+    /// Canonical path of the directory.
+    root: PathBuf,
+}
+
+/// What to send for a request: the response head, and the file to stream after it.
+pub struct Response {
+    /// Status line and headers, ending with the blank line.
+    pub head: Vec<u8>,
+    /// The body: a file (GET of a file) or a short text (errors); none for HEAD.
+    pub body: Body,
+}
+
+/// A response body.
+pub enum Body {
+    /// No body (HEAD).
+    Empty,
+    /// A short message.
+    Text(&'static str),
+    /// A file, of the length announced in the head.
+    File(tokio::fs::File),
+}
+
+impl StaticFiles {
+    /// Serves `dir`, which must exist.
+    pub fn new(dir: &Path) -> std::io::Result<Self> {
+        Ok(Self { root: dir.canonicalize()? })
+    }
+
+    /// Answers a plain HTTP request for `path` (already split from its query).
+    pub async fn respond(&self, method: &str, path: &str) -> Response {
+        if method != "GET" && method != "HEAD" {
+            return error(405, "Method Not Allowed", "Allow: GET, HEAD\r\n");
+        }
+        let file = match resolve(&self.root, path) {
+            Ok(file) => file,
+            Err(Refusal::BadRequest) => return error(400, "Bad Request", ""),
+            Err(Refusal::Forbidden) => return error(403, "Forbidden", ""),
+            Err(Refusal::NotFound) => return error(404, "Not Found", ""),
+        };
+        let Ok(handle) = tokio::fs::File::open(&file).await else { return error(404, "Not Found", "") };
+        let Ok(metadata) = handle.metadata().await else { return error(404, "Not Found", "") };
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nX-Content-Type-Options: nosniff\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n",
+            content_type(&file),
+            metadata.len()
+        );
+        let body = if method == "HEAD" { Body::Empty } else { Body::File(handle) };
+        Response { head: head.into_bytes(), body }
+    }
+}
+
+fn error(status: u16, phrase: &'static str, extra: &str) -> Response {
+    let head = format!(
+        "HTTP/1.1 {status} {phrase}\r\n{extra}Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        phrase.len() + 1
+    );
+    Response { head: head.into_bytes(), body: Body::Text(phrase) }
+}
+
+/// Why a path is not served.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    BadRequest,
+    Forbidden,
+    NotFound,
+}
+
+/// Maps a URL path to a file under `root` (canonical), with `index.html` for directories.
+fn resolve(root: &Path, url_path: &str) -> Result<PathBuf, Refusal> {
+    let decoded = percent_decode_str(url_path).decode_utf8().map_err(|_| Refusal::BadRequest)?;
+    if decoded.contains('\0') || decoded.contains('\\') {
+        return Err(Refusal::BadRequest);
+    }
+    let mut candidate = root.to_path_buf();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => return Err(Refusal::Forbidden),
+            name => candidate.push(name),
+        }
+    }
+    // Canonicalising follows symlinks: what it yields must still be inside the root.
+    let mut file = candidate.canonicalize().map_err(|_| Refusal::NotFound)?;
+    if !file.starts_with(root) {
+        return Err(Refusal::Forbidden);
+    }
+    if file.is_dir() {
+        file = file.join("index.html").canonicalize().map_err(|_| Refusal::NotFound)?;
+        if !file.starts_with(root) {
+            return Err(Refusal::Forbidden);
+        }
+    }
+    if file.is_file() { Ok(file) } else { Err(Refusal::NotFound) }
+}
+
+/// The `Content-Type` for a file, by extension.
+fn content_type(file: &Path) -> &'static str {
+    let extension = file.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
+    match extension.as_str() {
+        "html" | "htm" => "text/html; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "json" | "map" => "application/json",
+        "txt" => "text/plain; charset=utf-8",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "ico" => "image/x-icon",
+        "webp" => "image/webp",
+        "woff2" => "font/woff2",
+        "wasm" => "application/wasm",
+        _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture() -> (PathBuf, PathBuf) {
+        let base = std::env::temp_dir().join(format!("wsplug-static-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let root = base.join("site");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(root.join("index.html"), "<h1>hi</h1>").unwrap();
+        std::fs::write(root.join("sub/app.js"), "1").unwrap();
+        std::fs::write(base.join("secret.txt"), "secret").unwrap();
+        std::os::unix::fs::symlink(base.join("secret.txt"), root.join("link.txt")).unwrap();
+        (base, root.canonicalize().unwrap())
+    }
+
+    #[test]
+    fn serves_files_and_directory_indexes() {
+        let (base, root) = fixture();
+        assert_eq!(resolve(&root, "/"), Ok(root.join("index.html")));
+        assert_eq!(resolve(&root, "/sub/app.js"), Ok(root.join("sub/app.js")));
+        assert_eq!(resolve(&root, "/sub%2Fapp.js"), Ok(root.join("sub/app.js")));
+        assert_eq!(resolve(&root, "/./sub//app.js"), Ok(root.join("sub/app.js")));
+        assert_eq!(resolve(&root, "/sub/"), Err(Refusal::NotFound));
+        assert_eq!(resolve(&root, "/missing"), Err(Refusal::NotFound));
+        std::fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn refuses_paths_that_leave_the_root() {
+        let (base, root) = fixture();
+        for path in ["/../secret.txt", "/sub/../../secret.txt", "/%2e%2e/secret.txt", "/%2E%2E%2Fsecret.txt", "/..%2fsecret.txt"] {
+            assert_eq!(resolve(&root, path), Err(Refusal::Forbidden), "{path}");
+        }
+        assert_eq!(resolve(&root, "/link.txt"), Err(Refusal::Forbidden));
+        assert_eq!(resolve(&root, "/a%00b"), Err(Refusal::BadRequest));
+        assert_eq!(resolve(&root, "/a%5c..%5csecret.txt"), Err(Refusal::BadRequest));
+        assert_eq!(resolve(&root, "/%ff"), Err(Refusal::BadRequest));
+        std::fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn knows_common_content_types() {
+        assert_eq!(content_type(Path::new("a/index.HTML")), "text/html; charset=utf-8");
+        assert_eq!(content_type(Path::new("chat.js")), "text/javascript; charset=utf-8");
+        assert_eq!(content_type(Path::new("x")), "application/octet-stream");
+    }
+}
