@@ -24,7 +24,11 @@ impl ConfigError {
 /// command-line flags have the same names in kebab-case.
 #[derive(Debug, Default, Deserialize, Parser)]
 #[serde(deny_unknown_fields)]
-#[command(name = "host", version, about = "A WebSocket server whose business logic is a sandboxed WebAssembly component.")]
+#[command(
+    name = "host",
+    version,
+    about = "A WebSocket server whose business logic is a sandboxed WebAssembly component."
+)]
 pub struct Options {
     /// TOML configuration file; flags given on the command line override its keys.
     #[arg(long, value_name = "FILE")]
@@ -258,7 +262,11 @@ impl Options {
     /// Fills every setting not given here (on the command line) from `file`.
     pub fn merge(self, file: Options) -> Options {
         let cli = Options {
-            compression: if self.no_compression { Some(false) } else { self.compression },
+            compression: if self.no_compression {
+                Some(false)
+            } else {
+                self.compression
+            },
             cache: if self.no_cache { Some(false) } else { self.cache },
             watch: if self.no_watch { Some(false) } else { self.watch },
             ..self
@@ -275,11 +283,37 @@ impl Options {
             };
         }
         pick!(
-            listen, plugin, timeout, handshake_timeout, idle_timeout, max_payload_size, max_messages_buffering,
-            max_connections, allowed_origins, subprotocols, compression, server_max_window_bits,
-            client_max_window_bits, compression_level, ssl, cert_file, key_file, passphrase, client_ca_file, prod,
-            write_masked, static_dir, shutdown_grace, plugin_deadline_ms, plugin_memory_mib, plugin_queue,
-            plugin_dir, cache_dir, cache, watch, log,
+            listen,
+            plugin,
+            timeout,
+            handshake_timeout,
+            idle_timeout,
+            max_payload_size,
+            max_messages_buffering,
+            max_connections,
+            allowed_origins,
+            subprotocols,
+            compression,
+            server_max_window_bits,
+            client_max_window_bits,
+            compression_level,
+            ssl,
+            cert_file,
+            key_file,
+            passphrase,
+            client_ca_file,
+            prod,
+            write_masked,
+            static_dir,
+            shutdown_grace,
+            plugin_deadline_ms,
+            plugin_memory_mib,
+            plugin_queue,
+            plugin_dir,
+            cache_dir,
+            cache,
+            watch,
+            log,
         )
     }
 
@@ -297,10 +331,16 @@ impl Options {
             .to_socket_addrs()
             .ok()
             .and_then(|mut addrs| addrs.next())
-            .ok_or_else(|| ConfigError::invalid("listen", &listen_text, "expected ADDRESS:PORT, e.g. 127.0.0.1:9001 or [::]:9001"))?;
-        let plugin = self
-            .plugin
-            .ok_or_else(|| ConfigError("no plugin: give --plugin FILE or `plugin = \"FILE\"` in the config file".into()))?;
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    "listen",
+                    &listen_text,
+                    "expected ADDRESS:PORT, e.g. 127.0.0.1:9001 or [::]:9001",
+                )
+            })?;
+        let plugin = self.plugin.ok_or_else(|| {
+            ConfigError("no plugin: give --plugin FILE or `plugin = \"FILE\"` in the config file".into())
+        })?;
         let timeout = seconds("timeout", self.timeout.unwrap_or(5))?;
         let handshake_timeout = match self.handshake_timeout {
             Some(s) => seconds("handshake_timeout", s)?,
@@ -310,38 +350,92 @@ impl Options {
             Some(s) => seconds("idle_timeout", s)?,
             None => timeout,
         };
-        let max_payload_size = range("max_payload_size", self.max_payload_size.unwrap_or(512 * 1024), 1, 1 << 32, "bytes")?;
-        let max_messages_buffering = range("max_messages_buffering", self.max_messages_buffering.unwrap_or(100), 1, 1_000_000, "messages")?;
-        let max_connections = range("max_connections", self.max_connections.unwrap_or(10_000), 1, 10_000_000, "connections")?;
+        let max_payload_size = range(
+            "max_payload_size",
+            self.max_payload_size.unwrap_or(512 * 1024),
+            1,
+            1 << 32,
+            "bytes",
+        )?;
+        let max_messages_buffering = range(
+            "max_messages_buffering",
+            self.max_messages_buffering.unwrap_or(100),
+            1,
+            1_000_000,
+            "messages",
+        )?;
+        let max_connections = range(
+            "max_connections",
+            self.max_connections.unwrap_or(10_000),
+            1,
+            10_000_000,
+            "connections",
+        )?;
         let allowed_origins = self.allowed_origins.unwrap_or_default();
         for origin in &allowed_origins {
             if origin.is_empty() || origin.ends_with('/') || !origin.contains("://") {
-                return Err(ConfigError::invalid("allowed_origins", format!("{origin:?}"), "expected origins like \"https://example.com\" (scheme://host[:port], no path)"));
+                return Err(ConfigError::invalid(
+                    "allowed_origins",
+                    format!("{origin:?}"),
+                    "expected origins like \"https://example.com\" (scheme://host[:port], no path)",
+                ));
             }
         }
         let subprotocols = self.subprotocols.unwrap_or_default();
         for protocol in &subprotocols {
-            if protocol.is_empty() || !protocol.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)) {
-                return Err(ConfigError::invalid("subprotocols", format!("{protocol:?}"), "expected HTTP tokens (no spaces or separators)"));
+            if protocol.is_empty()
+                || !protocol
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+            {
+                return Err(ConfigError::invalid(
+                    "subprotocols",
+                    format!("{protocol:?}"),
+                    "expected HTTP tokens (no spaces or separators)",
+                ));
             }
         }
         let compression = if self.compression.unwrap_or(true) {
             Some(crate::ws::deflate::DeflateConfig {
-                server_max_window_bits: range("server_max_window_bits", self.server_max_window_bits.unwrap_or(15).into(), 9, 15, "bits")? as u8,
-                client_max_window_bits: range("client_max_window_bits", self.client_max_window_bits.unwrap_or(15).into(), 9, 15, "bits")? as u8,
-                level: range("compression_level", self.compression_level.unwrap_or(6).into(), 0, 9, "(zlib level)")? as u32,
+                server_max_window_bits: range(
+                    "server_max_window_bits",
+                    self.server_max_window_bits.unwrap_or(15).into(),
+                    9,
+                    15,
+                    "bits",
+                )? as u8,
+                client_max_window_bits: range(
+                    "client_max_window_bits",
+                    self.client_max_window_bits.unwrap_or(15).into(),
+                    9,
+                    15,
+                    "bits",
+                )? as u8,
+                level: range(
+                    "compression_level",
+                    self.compression_level.unwrap_or(6).into(),
+                    0,
+                    9,
+                    "(zlib level)",
+                )? as u32,
             })
         } else {
             None
         };
         let tls = match (self.ssl.unwrap_or(false), self.cert_file) {
             (false, _) => None,
-            (true, None) => return Err(ConfigError("ssl = true needs cert_file (a PEM with the certificate chain, and the key unless key_file is given)".into())),
+            (true, None) => return Err(ConfigError(
+                "ssl = true needs cert_file (a PEM with the certificate chain, and the key unless key_file is given)"
+                    .into(),
+            )),
             (true, Some(cert_file)) => Some(TlsFiles {
                 cert_file: existing_file("cert_file", cert_file)?,
                 key_file: self.key_file.map(|f| existing_file("key_file", f)).transpose()?,
                 passphrase: self.passphrase,
-                client_ca_file: self.client_ca_file.map(|f| existing_file("client_ca_file", f)).transpose()?,
+                client_ca_file: self
+                    .client_ca_file
+                    .map(|f| existing_file("client_ca_file", f))
+                    .transpose()?,
             }),
         };
         let static_dir = self.static_dir.map(|d| existing_dir("static", d)).transpose()?;
@@ -366,14 +460,41 @@ impl Options {
             tls,
             prod,
             static_dir,
-            shutdown_grace: Duration::from_secs(range("shutdown_grace", self.shutdown_grace.unwrap_or(10), 0, 3600, "seconds")?),
-            plugin_deadline: Duration::from_millis(range("plugin_deadline_ms", self.plugin_deadline_ms.unwrap_or(500), 10, 60_000, "milliseconds")?),
-            plugin_memory_bytes: (range("plugin_memory_mib", self.plugin_memory_mib.unwrap_or(64), 1, 4096, "MiB")? as usize) << 20,
-            plugin_queue: range("plugin_queue", self.plugin_queue.unwrap_or(1024), 1, 1_000_000, "events")? as usize,
+            shutdown_grace: Duration::from_secs(range(
+                "shutdown_grace",
+                self.shutdown_grace.unwrap_or(10),
+                0,
+                3600,
+                "seconds",
+            )?),
+            plugin_deadline: Duration::from_millis(range(
+                "plugin_deadline_ms",
+                self.plugin_deadline_ms.unwrap_or(500),
+                10,
+                60_000,
+                "milliseconds",
+            )?),
+            plugin_memory_bytes: (range(
+                "plugin_memory_mib",
+                self.plugin_memory_mib.unwrap_or(64),
+                1,
+                4096,
+                "MiB",
+            )? as usize)
+                << 20,
+            plugin_queue: range(
+                "plugin_queue",
+                self.plugin_queue.unwrap_or(1024),
+                1,
+                1_000_000,
+                "events",
+            )? as usize,
             plugin_dir,
             cache_dir,
             watch: self.watch.unwrap_or(true),
-            log: self.log.unwrap_or_else(|| if prod { "info".into() } else { "debug".into() }),
+            log: self
+                .log
+                .unwrap_or_else(|| if prod { "info".into() } else { "debug".into() }),
         })
     }
 }
@@ -382,7 +503,11 @@ fn range(key: &str, value: u64, min: u64, max: u64, unit: &str) -> Result<u64, C
     if (min..=max).contains(&value) {
         Ok(value)
     } else {
-        Err(ConfigError::invalid(key, value, &format!("expected {min} to {max} {unit}")))
+        Err(ConfigError::invalid(
+            key,
+            value,
+            &format!("expected {min} to {max} {unit}"),
+        ))
     }
 }
 
@@ -394,7 +519,11 @@ fn existing_file(key: &str, path: PathBuf) -> Result<PathBuf, ConfigError> {
     if path.is_file() {
         Ok(path)
     } else {
-        Err(ConfigError::invalid(key, path.display(), "expected an existing, readable file"))
+        Err(ConfigError::invalid(
+            key,
+            path.display(),
+            "expected an existing, readable file",
+        ))
     }
 }
 
@@ -402,7 +531,11 @@ fn existing_dir(key: &str, path: PathBuf) -> Result<PathBuf, ConfigError> {
     if path.is_dir() {
         Ok(path)
     } else {
-        Err(ConfigError::invalid(key, path.display(), "expected an existing directory"))
+        Err(ConfigError::invalid(
+            key,
+            path.display(),
+            "expected an existing directory",
+        ))
     }
 }
 
@@ -436,7 +569,10 @@ mod tests {
             "plugin = \"chat.wasm\"\ntimeout = 7\nmax_payload_size = 1000\nprod = false\nallowed_origins = [\"https://a.example\"]\n",
         )
         .unwrap();
-        let config = parse(&["--max-payload-size", "2000", "--no-compression"]).merge(file).validate().unwrap();
+        let config = parse(&["--max-payload-size", "2000", "--no-compression"])
+            .merge(file)
+            .validate()
+            .unwrap();
         assert_eq!(config.plugin, PathBuf::from("chat.wasm"));
         assert_eq!(config.handshake_timeout, Duration::from_secs(7));
         assert_eq!(config.max_payload_size, 2000);
@@ -444,15 +580,22 @@ mod tests {
         assert!(!config.prod);
         assert_eq!(config.log, "debug");
         assert_eq!(config.allowed_origins, ["https://a.example"]);
-        let config = parse(&["--handshake-timeout", "2"]).merge(Options::from_toml("plugin = \"p\"\ntimeout = 9").unwrap());
+        let config =
+            parse(&["--handshake-timeout", "2"]).merge(Options::from_toml("plugin = \"p\"\ntimeout = 9").unwrap());
         let config = config.validate().unwrap();
-        assert_eq!((config.handshake_timeout, config.idle_timeout), (Duration::from_secs(2), Duration::from_secs(9)));
+        assert_eq!(
+            (config.handshake_timeout, config.idle_timeout),
+            (Duration::from_secs(2), Duration::from_secs(9))
+        );
     }
 
     #[test]
     fn bad_values_name_the_key_the_value_and_what_is_allowed() {
         let with = |extra: &str| Options::from_toml(&format!("plugin = \"p\"\n{extra}")).unwrap();
-        assert_eq!(error_of(with("timeout = 0")), "invalid timeout = 0: expected 1 to 3600 seconds");
+        assert_eq!(
+            error_of(with("timeout = 0")),
+            "invalid timeout = 0: expected 1 to 3600 seconds"
+        );
         assert_eq!(
             error_of(with("max_payload_size = 0")),
             "invalid max_payload_size = 0: expected 1 to 4294967296 bytes"
@@ -462,12 +605,20 @@ mod tests {
         assert!(error_of(with("allowed_origins = [\"example.com\"]")).contains("scheme://host"));
         assert!(error_of(with("write_masked = true")).contains("RFC 6455 section 5.1 forbids"));
         assert!(error_of(with("ssl = true")).starts_with("ssl = true needs cert_file"));
-        assert!(error_of(with("cert_file = \"/nonexistent.pem\"\nssl = true")).starts_with("invalid cert_file = /nonexistent.pem"));
+        assert!(
+            error_of(with("cert_file = \"/nonexistent.pem\"\nssl = true"))
+                .starts_with("invalid cert_file = /nonexistent.pem")
+        );
         assert!(error_of(with("static = \"/nonexistent\"")).starts_with("invalid static = /nonexistent"));
         assert!(error_of(Options::default()).starts_with("no plugin"));
-        let unknown = Options::from_toml("plugin = \"p\"\nmax_payload = 3").unwrap_err().to_string();
+        let unknown = Options::from_toml("plugin = \"p\"\nmax_payload = 3")
+            .unwrap_err()
+            .to_string();
         assert!(unknown.contains("unknown field `max_payload`"), "{unknown}");
         let wrong_type = Options::from_toml("timeout = \"soon\"").unwrap_err().to_string();
-        assert!(wrong_type.contains("timeout") && wrong_type.contains("invalid type"), "{wrong_type}");
+        assert!(
+            wrong_type.contains("timeout") && wrong_type.contains("invalid type"),
+            "{wrong_type}"
+        );
     }
 }

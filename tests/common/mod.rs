@@ -10,8 +10,9 @@
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -58,6 +59,67 @@ pub fn plugin_path(name: &str) -> PathBuf {
     path
 }
 
+/// A fresh, empty directory under the system's temp dir, removed with its contents
+/// when dropped.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates `<temp>/wsplug-<label>-<pid>-<n>`, unique within and across test runs.
+    pub fn new(label: &str) -> TempDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("wsplug-{label}-{}-{n}", std::process::id()));
+        // A leftover of an earlier run with the same pid would not be fresh.
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A path inside the directory.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// The path as a command-line argument.
+    pub fn arg(&self) -> &str {
+        self.path.to_str().expect("temp dir path is not UTF-8")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Removes ANSI escape sequences (the log's colours), so that tests can match
+/// `field="value"` as it reads.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            if chars.next() == Some('[') {
+                // Parameters and intermediates up to the final byte, '@' to '~'.
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// What the server wrote to stderr so far, shared with the thread that reads it.
 #[derive(Default)]
 struct Log {
@@ -72,18 +134,47 @@ pub struct Server {
     pub addr: SocketAddr,
     log: Arc<Log>,
     readers: Vec<JoinHandle<()>>,
+    /// The server's own compile cache, removed after the process is killed.
+    cache: Option<TempDir>,
 }
 
 impl Server {
     /// Starts `host --listen 127.0.0.1:0 --plugin <plugin>.wasm <args>` and waits for
     /// the line that announces its address.
     pub fn start(plugin: &str, args: &[&str]) -> Server {
+        Server::start_file(&plugin_path(plugin), args)
+    }
+
+    /// Like [`Server::start`], with its own `--cache-dir` in a fresh temp dir, so that
+    /// it neither shares compiled code with other tests nor touches the user's cache.
+    pub fn start_isolated(plugin: &Path, args: &[&str]) -> Server {
+        Server::start_isolated_env(plugin, args, &[])
+    }
+
+    /// Like [`Server::start_isolated`], with these variables set in its environment.
+    pub fn start_isolated_env(plugin: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let cache = TempDir::new("cache");
+        let mut all = vec!["--cache-dir", cache.arg()];
+        all.extend_from_slice(args);
+        let mut server = Server::launch(plugin, &all, env);
+        server.cache = Some(cache);
+        server
+    }
+
+    /// Starts `host --listen 127.0.0.1:0 --plugin <plugin> <args>` with the plugin at
+    /// any path, and waits for the line that announces its address.
+    pub fn start_file(plugin: &Path, args: &[&str]) -> Server {
+        Server::launch(plugin, args, &[])
+    }
+
+    fn launch(plugin: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_host"))
             .args(["--listen", "127.0.0.1:0", "--plugin"])
-            .arg(plugin_path(plugin))
+            .arg(plugin)
             .args(args)
             // --log decides the level: a RUST_LOG in the environment would override it.
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -96,6 +187,7 @@ impl Server {
         let stderr_reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                let line = strip_ansi(&line);
                 let mut text = stderr_log.text.lock().unwrap();
                 text.push_str(&line);
                 text.push('\n');
@@ -118,6 +210,7 @@ impl Server {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             log,
             readers: vec![],
+            cache: None,
         };
         server.readers = vec![stderr_reader, stdout_reader];
         let line = match announced.recv_timeout(STARTUP_TIMEOUT) {
@@ -159,6 +252,70 @@ impl Server {
             );
             text = self.log.grew.wait_timeout(text, left).unwrap().0;
         }
+    }
+
+    /// Everything the server logged so far (stderr, colours removed).
+    pub fn log(&self) -> String {
+        self.log.text.lock().unwrap().clone()
+    }
+
+    /// The lines of the log so far that satisfy `matches`.
+    pub fn log_lines(&self, matches: impl Fn(&str) -> bool) -> Vec<String> {
+        let text = self.log.text.lock().unwrap();
+        text.lines().filter(|line| matches(line)).map(str::to_owned).collect()
+    }
+
+    /// Waits until at least `count` lines of the log satisfy `matches` and returns
+    /// every such line; panics after [`TIMEOUT`].
+    pub fn wait_for_log_lines(&self, count: usize, matches: impl Fn(&str) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut text = self.log.text.lock().unwrap();
+        loop {
+            let lines: Vec<String> = text.lines().filter(|line| matches(line)).map(str::to_owned).collect();
+            if lines.len() >= count {
+                return lines;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "server log never had {count} matching lines (it has {}); it holds:\n{text}",
+                lines.len()
+            );
+            text = self.log.grew.wait_timeout(text, left).unwrap().0;
+        }
+    }
+
+    /// The process id of the server.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Panics, with the exit status and the log, if the process is no longer running.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            self.fail(&format!("the server exited: {status}"));
+        }
+    }
+
+    /// The resident set size of the process (`VmRSS` in `/proc/<pid>/status`), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let path = format!("/proc/{}/status", self.pid());
+        let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().strip_suffix("kB"))
+            .and_then(|kib| kib.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in {path}:\n{status}"))
+    }
+
+    /// Sends SIGHUP to the process (with `kill -HUP`).
+    pub fn hangup(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .expect("cannot run kill");
+        assert!(status.success(), "kill -HUP failed: {status}");
     }
 }
 

@@ -145,7 +145,7 @@ impl Loader {
         if let Some(file) = cached
             && let Err(error) = store_in_cache(&component, &file)
         {
-            tracing::warn!(file = %file.display(), "cannot cache compiled plugin: {error:#}");
+            tracing::warn!(file = %file.display(), "cannot cache compiled plugin: {}", super::one_line(&error));
         }
         Ok((component, false))
     }

@@ -18,6 +18,18 @@ use std::sync::Arc;
 pub use loader::{Loaded, Loader};
 pub use runner::{Grants, PluginHandle, PluginLimits, spawn};
 
+/// An error and its causes on one log line: wasmtime's messages (a trap's wasm
+/// backtrace, a parse error's details) span several lines, which would split one log
+/// entry into many.
+pub fn one_line(error: &wasmtime::Error) -> String {
+    let text = format!("{error:#}");
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
 /// Identifies a connection; the same id the plugin sees.
 pub type ConnId = u64;
 

@@ -192,7 +192,11 @@ impl Runner {
                     Err(crash) => self.crashed(crash),
                 },
                 Err(error) => {
-                    tracing::error!(plugin = &*self.loaded.name, "cannot instantiate plugin: {error:#}");
+                    tracing::error!(
+                        plugin = &*self.loaded.name,
+                        "cannot instantiate plugin: {}",
+                        super::one_line(&error)
+                    );
                     self.crashes += 1;
                 }
             }
@@ -212,7 +216,8 @@ impl Runner {
             export,
             conn,
             trap,
-            "plugin trapped: {error:?}"
+            "plugin trapped: {}",
+            super::one_line(&error)
         );
         self.instance = None;
         self.crashes += 1;
@@ -246,7 +251,8 @@ impl Runner {
                 tracing::error!(
                     plugin = &*loaded.name,
                     file,
-                    "reload failed, previous version keeps serving: cannot instantiate: {error:#}"
+                    "reload failed, previous version keeps serving: cannot instantiate: {}",
+                    super::one_line(&error)
                 );
                 return;
             }
@@ -256,7 +262,8 @@ impl Runner {
                 plugin = &*loaded.name,
                 file,
                 conn,
-                "reload failed, previous version keeps serving: on-open trapped: {error:?}"
+                "reload failed, previous version keeps serving: on-open trapped: {}",
+                super::one_line(&error)
             );
             return;
         }

@@ -120,7 +120,11 @@ async fn reload(
         }
         Ok(Err(error)) => {
             versions.failed = Some(digest);
-            tracing::error!(file, "reload failed, previous version keeps serving: {error:#}");
+            tracing::error!(
+                file,
+                "reload failed, previous version keeps serving: {}",
+                super::one_line(&error)
+            );
         }
         Err(error) => tracing::error!(file, "reload failed: {error}"),
     }

@@ -32,7 +32,10 @@ where
 {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut buf = BytesMut::with_capacity(1024);
-    let handshake = timeout(shared.settings.handshake_timeout, read_handshake(&mut reader, &mut buf, &shared));
+    let handshake = timeout(
+        shared.settings.handshake_timeout,
+        read_handshake(&mut reader, &mut buf, &shared),
+    );
     let detailed = !shared.settings.prod;
     let accepted = match handshake.await {
         Ok(Ok(Outcome::Accepted { accepted, consumed })) => {
@@ -56,7 +59,10 @@ where
     };
     if shared.registry.len() >= shared.settings.max_connections {
         tracing::warn!(%peer, max = shared.settings.max_connections, "connection refused: too many connections");
-        let rejection = Rejection { status: 503, detail: "too many connections" };
+        let rejection = Rejection {
+            status: 503,
+            detail: "too many connections",
+        };
         let _ = writer.write_all(&rejection.response(detailed)).await;
         return linger(reader, writer, &shared).await;
     }
@@ -64,7 +70,12 @@ where
         return;
     }
 
-    let Accepted { request, subprotocol, deflate, .. } = *accepted;
+    let Accepted {
+        request,
+        subprotocol,
+        deflate,
+        ..
+    } = *accepted;
     let id = shared.registry.next_id();
     let info = ConnectionInfo {
         id,
@@ -87,7 +98,13 @@ where
         deflate,
         deflate_level: shared.settings.handshake.deflate.map_or(0, |d| d.level),
     };
-    let mut session = Session { id, protocol: Protocol::new(config), mailbox, events, shared: &shared };
+    let mut session = Session {
+        id,
+        protocol: Protocol::new(config),
+        mailbox,
+        events,
+        shared: &shared,
+    };
     let (code, reason) = session.run(&mut reader, &mut writer, buf).await;
 
     shared.registry.unregister(id);
@@ -100,7 +117,10 @@ where
 /// served, else 400.
 async fn serve_plain<W: AsyncWrite + Unpin>(writer: &mut W, request: &Request, shared: &Shared) {
     let Some(files) = &shared.static_files else {
-        let rejection = Rejection { status: 400, detail: "missing Upgrade: websocket" };
+        let rejection = Rejection {
+            status: 400,
+            detail: "missing Upgrade: websocket",
+        };
         let _ = writer.write_all(&rejection.response(!shared.settings.prod)).await;
         return;
     };

@@ -71,7 +71,13 @@ impl Server {
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let shutdown = CancellationToken::new();
-        let shared = Arc::new(Shared { settings, registry, plugin, static_files, shutdown });
+        let shared = Arc::new(Shared {
+            settings,
+            registry,
+            plugin,
+            static_files,
+            shutdown,
+        });
         Ok(Self { listener, tls, shared })
     }
 
@@ -103,14 +109,25 @@ impl Server {
         }
         drop(self.listener);
         let open = self.shared.registry.len();
-        tracing::info!(connections = open, grace_s = grace.as_secs(), "shutting down: closing connections");
+        tracing::info!(
+            connections = open,
+            grace_s = grace.as_secs(),
+            "shutting down: closing connections"
+        );
         self.shared.shutdown.cancel();
         tasks.close();
         let drained = async {
             tasks.wait().await;
             // Every task has queued its `on-close`; wait until the plugin handled them.
             let (done, handled) = oneshot::channel();
-            if self.shared.plugin.events().send(PluginEvent::Barrier(0, done)).await.is_ok() {
+            if self
+                .shared
+                .plugin
+                .events()
+                .send(PluginEvent::Barrier(0, done))
+                .await
+                .is_ok()
+            {
                 let _ = handled.await;
             }
         };
@@ -129,10 +146,12 @@ async fn accept(stream: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>, s
     let _ = stream.set_nodelay(true);
     match tls {
         None => connection::serve(stream, peer, shared).await,
-        Some(acceptor) => match tokio::time::timeout(shared.settings.handshake_timeout, acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => connection::serve(stream, peer, shared).await,
-            Ok(Err(error)) => tracing::debug!(%peer, "TLS handshake failed: {error}"),
-            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-        },
+        Some(acceptor) => {
+            match tokio::time::timeout(shared.settings.handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => connection::serve(stream, peer, shared).await,
+                Ok(Err(error)) => tracing::debug!(%peer, "TLS handshake failed: {error}"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        }
     }
 }

@@ -34,7 +34,9 @@ pub enum Body {
 impl StaticFiles {
     /// Serves `dir`, which must exist.
     pub fn new(dir: &Path) -> std::io::Result<Self> {
-        Ok(Self { root: dir.canonicalize()? })
+        Ok(Self {
+            root: dir.canonicalize()?,
+        })
     }
 
     /// Answers a plain HTTP request for `path` (already split from its query).
@@ -48,15 +50,26 @@ impl StaticFiles {
             Err(Refusal::Forbidden) => return error(403, "Forbidden", ""),
             Err(Refusal::NotFound) => return error(404, "Not Found", ""),
         };
-        let Ok(handle) = tokio::fs::File::open(&file).await else { return error(404, "Not Found", "") };
-        let Ok(metadata) = handle.metadata().await else { return error(404, "Not Found", "") };
+        let Ok(handle) = tokio::fs::File::open(&file).await else {
+            return error(404, "Not Found", "");
+        };
+        let Ok(metadata) = handle.metadata().await else {
+            return error(404, "Not Found", "");
+        };
         let head = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nX-Content-Type-Options: nosniff\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n",
             content_type(&file),
             metadata.len()
         );
-        let body = if method == "HEAD" { Body::Empty } else { Body::File(handle) };
-        Response { head: head.into_bytes(), body }
+        let body = if method == "HEAD" {
+            Body::Empty
+        } else {
+            Body::File(handle)
+        };
+        Response {
+            head: head.into_bytes(),
+            body,
+        }
     }
 }
 
@@ -65,7 +78,10 @@ fn error(status: u16, phrase: &'static str, extra: &str) -> Response {
         "HTTP/1.1 {status} {phrase}\r\n{extra}Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         phrase.len() + 1
     );
-    Response { head: head.into_bytes(), body: Body::Text(phrase) }
+    Response {
+        head: head.into_bytes(),
+        body: Body::Text(phrase),
+    }
 }
 
 /// Why a path is not served.
@@ -78,7 +94,9 @@ enum Refusal {
 
 /// Maps a URL path to a file under `root` (canonical), with `index.html` for directories.
 fn resolve(root: &Path, url_path: &str) -> Result<PathBuf, Refusal> {
-    let decoded = percent_decode_str(url_path).decode_utf8().map_err(|_| Refusal::BadRequest)?;
+    let decoded = percent_decode_str(url_path)
+        .decode_utf8()
+        .map_err(|_| Refusal::BadRequest)?;
     if decoded.contains('\0') || decoded.contains('\\') {
         return Err(Refusal::BadRequest);
     }
@@ -101,12 +119,20 @@ fn resolve(root: &Path, url_path: &str) -> Result<PathBuf, Refusal> {
             return Err(Refusal::Forbidden);
         }
     }
-    if file.is_file() { Ok(file) } else { Err(Refusal::NotFound) }
+    if file.is_file() {
+        Ok(file)
+    } else {
+        Err(Refusal::NotFound)
+    }
 }
 
 /// The `Content-Type` for a file, by extension.
 fn content_type(file: &Path) -> &'static str {
-    let extension = file.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
+    let extension = file
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     match extension.as_str() {
         "html" | "htm" => "text/html; charset=utf-8",
         "css" => "text/css; charset=utf-8",
@@ -130,7 +156,11 @@ mod tests {
     use super::*;
 
     fn fixture() -> (PathBuf, PathBuf) {
-        let base = std::env::temp_dir().join(format!("wsplug-static-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let base = std::env::temp_dir().join(format!(
+            "wsplug-static-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
         let _ = std::fs::remove_dir_all(&base);
         let root = base.join("site");
         std::fs::create_dir_all(root.join("sub")).unwrap();
@@ -156,7 +186,13 @@ mod tests {
     #[test]
     fn refuses_paths_that_leave_the_root() {
         let (base, root) = fixture();
-        for path in ["/../secret.txt", "/sub/../../secret.txt", "/%2e%2e/secret.txt", "/%2E%2E%2Fsecret.txt", "/..%2fsecret.txt"] {
+        for path in [
+            "/../secret.txt",
+            "/sub/../../secret.txt",
+            "/%2e%2e/secret.txt",
+            "/%2E%2E%2Fsecret.txt",
+            "/..%2fsecret.txt",
+        ] {
             assert_eq!(resolve(&root, path), Err(Refusal::Forbidden), "{path}");
         }
         assert_eq!(resolve(&root, "/link.txt"), Err(Refusal::Forbidden));

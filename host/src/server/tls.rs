@@ -51,9 +51,12 @@ pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("the private key in {} does not fit the certificate: {e}", key_path.display()))?;
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
+        format!(
+            "the private key in {} does not fit the certificate: {e}",
+            key_path.display()
+        )
+    })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

@@ -97,7 +97,14 @@ impl Rejection {
             426 => "Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n",
             _ => "",
         };
-        let body = format!("{}\n", if detailed { self.detail } else { reason_phrase(self.status) });
+        let body = format!(
+            "{}\n",
+            if detailed {
+                self.detail
+            } else {
+                reason_phrase(self.status)
+            }
+        );
         format!(
             "HTTP/1.1 {} {}\r\n{extra}Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             self.status,
@@ -154,8 +161,14 @@ pub fn accept(buf: &[u8], config: &HandshakeConfig) -> Outcome {
         Err(_) => return Outcome::Rejected(Rejection::new(400, "malformed HTTP request")),
     };
     match validate(&parsed, config) {
-        Ok(Validated::Upgrade(accepted)) => Outcome::Accepted { accepted: Box::new(accepted), consumed },
-        Ok(Validated::Plain(request)) => Outcome::Plain { request: Box::new(request), consumed },
+        Ok(Validated::Upgrade(accepted)) => Outcome::Accepted {
+            accepted: Box::new(accepted),
+            consumed,
+        },
+        Ok(Validated::Plain(request)) => Outcome::Plain {
+            request: Box::new(request),
+            consumed,
+        },
         Err(rejection) => Outcome::Rejected(rejection),
     }
 }
@@ -181,7 +194,12 @@ fn validate(parsed: &httparse::Request<'_, '_>, config: &HandshakeConfig) -> Res
         None => (target.to_owned(), None),
     };
     let method = parsed.method.unwrap_or_default().to_owned();
-    let request = Request { method, path, query, headers };
+    let request = Request {
+        method,
+        path,
+        query,
+        headers,
+    };
     if !has_token(&request, "upgrade", "websocket") {
         return Ok(Validated::Plain(request));
     }
@@ -212,7 +230,11 @@ fn validate(parsed: &httparse::Request<'_, '_>, config: &HandshakeConfig) -> Res
     };
     if !config.allowed_origins.is_empty() {
         let origin = request.header_values("origin").next().unwrap_or_default();
-        if !config.allowed_origins.iter().any(|allowed| allowed.eq_ignore_ascii_case(origin)) {
+        if !config
+            .allowed_origins
+            .iter()
+            .any(|allowed| allowed.eq_ignore_ascii_case(origin))
+        {
             return Err(Rejection::new(403, "origin not allowed"));
         }
     }
@@ -404,19 +426,33 @@ mod tests {
 
     #[test]
     fn checks_the_origin_when_origins_are_configured() {
-        let config = HandshakeConfig { allowed_origins: vec!["https://chat.example".into()], ..Default::default() };
+        let config = HandshakeConfig {
+            allowed_origins: vec!["https://chat.example".into()],
+            ..Default::default()
+        };
         assert_eq!(status_of(&request("Origin: https://CHAT.example\r\n"), &config), 101);
         assert_eq!(status_of(&request("Origin: https://evil.example\r\n"), &config), 403);
         assert_eq!(status_of(&request(""), &config), 403);
-        assert_eq!(status_of(&request("Origin: https://evil.example\r\n"), &HandshakeConfig::default()), 101);
+        assert_eq!(
+            status_of(
+                &request("Origin: https://evil.example\r\n"),
+                &HandshakeConfig::default()
+            ),
+            101
+        );
     }
 
     #[test]
     fn plain_requests_are_handed_to_the_caller() {
         let raw = "HEAD /index.html?x HTTP/1.0\r\nHost: h\r\n\r\n";
-        let Outcome::Plain { request, consumed } = accept(raw.as_bytes(), &HandshakeConfig::default()) else { panic!() };
+        let Outcome::Plain { request, consumed } = accept(raw.as_bytes(), &HandshakeConfig::default()) else {
+            panic!()
+        };
         assert_eq!(consumed, raw.len());
-        assert_eq!((request.method.as_str(), request.path.as_str()), ("HEAD", "/index.html"));
+        assert_eq!(
+            (request.method.as_str(), request.path.as_str()),
+            ("HEAD", "/index.html")
+        );
     }
 
     #[test]

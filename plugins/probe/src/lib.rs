@@ -18,6 +18,18 @@
 //! | `conns`                  | the number of open connections                                         |
 //! | `send-to <id> <msg>`     | `send-text` to that connection; `ok` (or `error <e>`)                  |
 //! | `log <msg>`              | `log` at info level; `ok`                                              |
+//! | `panic`                  | panics (the host closes the connection with 1011)                      |
+//!
+//! And commands that probe the sandbox from inside, through WASI and Rust's `std`:
+//!
+//! | command                      | effect and answer                                                  |
+//! |------------------------------|--------------------------------------------------------------------|
+//! | `read-file <path>`           | `std::fs::read_to_string`; `ok <length>` or `error <message>`      |
+//! | `write-file <path> <text>`   | `std::fs::write`; `ok` or `error <message>`                        |
+//! | `list-dir <path>`            | `std::fs::read_dir`; `ok <entries>` or `error <message>`           |
+//! | `connect <addr>`             | `std::net::TcpStream::connect`; `ok` or `error <message>`          |
+//! | `env`                        | `env=<count of std::env::vars()> args=<count of std::env::args()>` |
+//! | `print <msg>`                | `println!` and `eprintln!` of the message; `ok`                    |
 //!
 //! Anything else is echoed back as text.
 
@@ -48,6 +60,13 @@ fn reply_result(conn: ConnectionId, result: Result<(), Error>) {
     match result {
         Ok(()) => reply(conn, "ok"),
         Err(error) => reply(conn, &format!("error {}", error_name(error))),
+    }
+}
+
+fn reply_io(conn: ConnectionId, result: std::io::Result<()>) {
+    match result {
+        Ok(()) => reply(conn, "ok"),
+        Err(error) => reply(conn, &format!("error {error}")),
     }
 }
 
@@ -110,6 +129,31 @@ fn command(conn: ConnectionId, text: &str) -> bool {
         }
         ("log", message) => {
             host::log(LogLevel::Info, message);
+            reply(conn, "ok");
+        }
+        ("panic", "") => panic!("probe: panic on command"),
+        ("read-file", path) if !path.is_empty() => match std::fs::read_to_string(path) {
+            Ok(text) => reply(conn, &format!("ok {}", text.len())),
+            Err(error) => reply(conn, &format!("error {error}")),
+        },
+        ("write-file", args) => {
+            let Some((path, text)) = args.split_once(' ') else {
+                return false;
+            };
+            reply_io(conn, std::fs::write(path, text));
+        }
+        ("list-dir", path) if !path.is_empty() => match std::fs::read_dir(path) {
+            Ok(entries) => reply(conn, &format!("ok {}", entries.count())),
+            Err(error) => reply(conn, &format!("error {error}")),
+        },
+        ("connect", addr) if !addr.is_empty() => reply_io(conn, std::net::TcpStream::connect(addr).map(drop)),
+        ("env", "") => reply(
+            conn,
+            &format!("env={} args={}", std::env::vars().count(), std::env::args().count()),
+        ),
+        ("print", message) => {
+            println!("{message}");
+            eprintln!("{message}");
             reply(conn, "ok");
         }
         _ => return false,
