@@ -18,18 +18,19 @@ export CARGO_TARGET_DIR := $(TARGET_DIR)
 KOSOKU_VERSION     := 0.1.0
 WEBSOCKETS_VERSION := 17.4
 
-.PHONY: help deps rust-deps py-deps plugins build lint unit integration autobahn test run clean
+.PHONY: help deps rust-deps py-deps browser-deps plugins build lint unit integration runtime autobahn browser test run clean
 
 help:
 	@echo "make run        build the plugins and start the server on $(LISTEN)"
 	@echo "make test       install what is missing, build everything, run every test"
 	@echo "make plugins    build the WebAssembly plugins into $(PLUGIN_DIR)"
 	@echo "make autobahn   run the Autobahn TestSuite (kosoku) against the echo plugin"
+	@echo "make browser    run the chat example in headless Chromium (ws:// and wss://)"
 	@echo "make lint       cargo fmt --check and clippy -D warnings"
 
 ## Installation -----------------------------------------------------------------
 
-deps: rust-deps py-deps
+deps: rust-deps py-deps browser-deps
 
 rust-deps:
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
@@ -45,6 +46,12 @@ $(VENV)/.installed:
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check \
 		kosoku==$(KOSOKU_VERSION) websockets==$(WEBSOCKETS_VERSION)
 	@touch $@
+
+# Headless Chromium from Debian, driven by playwright-core (pinned in tests/browser).
+browser-deps:
+	@command -v openssl >/dev/null || (apt-get update && apt-get install -y openssl)
+	@test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
+	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
 
 ## Build ------------------------------------------------------------------------
 
@@ -73,18 +80,26 @@ unit: build
 integration: build plugins
 	WSPLUG_PLUGIN_DIR=$(PLUGIN_DIR) cargo test --test integration --quiet
 
+runtime: build plugins
+	WSPLUG_PLUGIN_DIR=$(PLUGIN_DIR) cargo test --test runtime --quiet
+
+browser: build plugins browser-deps
+	cd tests/browser && HOST=$(HOST) CHAT_PLUGIN=$(PLUGIN_DIR)/chat.wasm node --test
+
 autobahn: build plugins py-deps
 	$(PY) tests/autobahn.py --host $(HOST) --plugin $(PLUGIN_DIR)/echo.wasm --outdir $(TARGET_DIR)/autobahn --kosoku $(VENV)/bin/kosoku
 
-test: deps lint unit integration autobahn
+test: deps lint unit integration runtime browser autobahn
 	@echo "make test: all checks passed"
 
 ## Run --------------------------------------------------------------------------
 
 run: rust-deps plugins
 	cargo build --release --quiet --bin host
-	@echo "Starting wsplug with the echo plugin; connect a WebSocket client to ws://$(LISTEN)/"
-	$(TARGET_DIR)/release/host --listen $(LISTEN) --plugin $(PLUGIN_DIR)/echo.wasm
+	@echo
+	@echo "  wsplug chat: open http://$(LISTEN)/ in two browser windows"
+	@echo
+	$(TARGET_DIR)/release/host --listen $(LISTEN) --plugin $(PLUGIN_DIR)/chat.wasm --static examples/chat
 
 clean:
 	cargo clean

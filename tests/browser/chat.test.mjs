@@ -1,0 +1,103 @@
+// The chat example in a real browser: two Chromium contexts open the page that
+// `host --static examples/chat` serves, one types a message, the other sees it.
+// Runs over ws:// and over wss:// with a throw-away certificate.
+//
+// Needs: HOST (the host binary), CHAT_PLUGIN (chat.wasm), Debian's /usr/bin/chromium.
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFileSync } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { createInterface } from "node:readline";
+import { chromium } from "playwright-core";
+
+const root = resolve(import.meta.dirname, "../..");
+const hostBinary = process.env.HOST ?? join(root, "target/debug/host");
+const chatPlugin = process.env.CHAT_PLUGIN ?? join(root, "target/wasm32-wasip2/release/chat.wasm");
+const work = mkdtempSync(join(tmpdir(), "wsplug-browser-"));
+let browser;
+
+before(async () => {
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    args: [
+      "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    ],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  rmSync(work, { recursive: true, force: true });
+});
+
+/** Starts the host and resolves with its URL once it prints `wsplug listening on`. */
+function startHost(extraArgs) {
+  const child = spawn(hostBinary, [
+    "--listen", "127.0.0.1:0", "--plugin", chatPlugin, "--static", join(root, "examples/chat"),
+    "--cache-dir", join(work, "cache"), ...extraArgs,
+  ], { stdio: ["ignore", "pipe", "inherit"] });
+  const url = new Promise((resolveUrl, reject) => {
+    child.on("exit", (code) => reject(new Error(`host exited with ${code}`)));
+    createInterface({ input: child.stdout }).on("line", (line) => {
+      const match = line.match(/wsplug listening on (wss?):\/\/(\S+)/);
+      if (match) resolveUrl(`${match[1] === "wss" ? "https" : "http"}://${match[2]}/`);
+    });
+  });
+  return { child, url };
+}
+
+/** A self-signed certificate for 127.0.0.1, key and chain in one PEM as the original library required. */
+function makeCertificate() {
+  const key = join(work, "key.pem");
+  const cert = join(work, "cert.pem");
+  execFileSync("openssl", [
+    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert,
+  ], { stdio: "ignore" });
+  const combined = join(work, "combined.pem");
+  execFileSync("sh", ["-c", `cat "${cert}" "${key}" > "${combined}"`]);
+  return combined;
+}
+
+async function chatBetweenTwoBrowsers(url) {
+  const alice = await (await browser.newContext({ ignoreHTTPSErrors: true })).newPage();
+  const bob = await (await browser.newContext({ ignoreHTTPSErrors: true })).newPage();
+  await alice.goto(`${url}?name=alice`);
+  await alice.getByText("Welcome, alice.").waitFor();
+  await bob.goto(`${url}?name=bob`);
+  await bob.getByText("Welcome, bob.").waitFor();
+  // Alice learns that bob joined.
+  await alice.locator("#log li", { hasText: "bob" }).filter({ hasText: "joined" }).waitFor();
+
+  await alice.locator("#message").fill("hello from alice");
+  await alice.locator("#submit").click();
+  const line = bob.locator("#log li.message", { hasText: "hello from alice" });
+  await line.waitFor();
+  assert.equal(await line.locator(".name").textContent(), "alice");
+
+  await bob.locator("#message").fill("hi alice");
+  await bob.locator("#message").press("Enter");
+  await alice.locator("#log li.message", { hasText: "hi alice" }).waitFor();
+
+  await bob.context().close();
+  await alice.locator("#log li", { hasText: "bob" }).filter({ hasText: "left" }).waitFor();
+  await alice.context().close();
+}
+
+for (const scheme of ["ws", "wss"]) {
+  test(`two browsers chat over ${scheme}://`, { timeout: 60_000 }, async () => {
+    const args = scheme === "wss" ? ["--ssl", "true", "--cert-file", makeCertificate()] : [];
+    const { child, url } = startHost(args);
+    try {
+      const pageUrl = await url;
+      assert.ok(pageUrl.startsWith(scheme === "wss" ? "https://" : "http://"));
+      await chatBetweenTwoBrowsers(pageUrl);
+    } finally {
+      child.kill("SIGTERM");
+    }
+  });
+}
