@@ -18,7 +18,7 @@ export CARGO_TARGET_DIR := $(TARGET_DIR)
 KOSOKU_VERSION     := 0.1.0
 WEBSOCKETS_VERSION := 17.4
 
-.PHONY: help deps rust-deps py-deps browser-deps plugins build lint unit integration runtime autobahn browser test run clean
+.PHONY: help deps rust-deps py-deps browser-deps bench-deps bench plugins build lint unit integration runtime autobahn browser test run clean
 
 help:
 	@echo "make run        build the plugins and start the server on $(LISTEN)"
@@ -27,6 +27,7 @@ help:
 	@echo "make autobahn   run the Autobahn TestSuite (kosoku) against the echo plugin"
 	@echo "make browser    run the chat example in headless Chromium (ws:// and wss://)"
 	@echo "make lint       cargo fmt --check and clippy -D warnings"
+	@echo "make bench      build in release and compare wsplug with reference servers (about 8 minutes)"
 
 ## Installation -----------------------------------------------------------------
 
@@ -69,8 +70,19 @@ build: rust-deps
 lint: rust-deps
 	cargo fmt --all --check
 	cd plugins && cargo fmt --all --check
-	cargo clippy --all-targets --quiet -- -D warnings
+	cargo clippy --workspace --all-targets --quiet -- -D warnings
 	cd plugins && cargo clippy --target wasm32-wasip2 --release --quiet -- -D warnings
+
+## Benchmarks -------------------------------------------------------------------
+
+# Node's `ws` (pinned in bench/node) is the compressing reference server.
+bench-deps:
+	@command -v openssl >/dev/null || (apt-get update && apt-get install -y openssl)
+	cd bench/node && npm ci --no-audit --no-fund --loglevel=error
+
+bench: rust-deps plugins bench-deps
+	cargo build --release --quiet -p wsplug-host -p wsplug-bench
+	python3 bench/run.py
 
 ## Tests ------------------------------------------------------------------------
 

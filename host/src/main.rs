@@ -36,6 +36,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
+    // Every connection is a file descriptor: use all the process may have, not the
+    // usual soft limit of 1024.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "file descriptor limit"),
+        Err(error) => tracing::warn!("cannot raise the file descriptor limit: {error}"),
+    }
+
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {

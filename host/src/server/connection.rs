@@ -25,12 +25,12 @@ const OUTPUT_HIGH_WATER: usize = 256 * 1024;
 /// Close code reported when a reader was too slow for its outbound queue.
 pub const OVERFLOW_CLOSE_CODE: u16 = 1008;
 
-/// Serves one accepted socket until it closes.
-pub async fn serve<S>(stream: S, peer: SocketAddr, shared: Arc<Shared>)
+/// Serves one accepted socket, given as its read and write halves, until it closes.
+pub async fn serve<R, W>(mut reader: R, mut writer: W, peer: SocketAddr, shared: Arc<Shared>)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
 {
-    let (mut reader, mut writer) = tokio::io::split(stream);
     let mut buf = BytesMut::with_capacity(1024);
     let handshake = timeout(
         shared.settings.handshake_timeout,
@@ -206,7 +206,9 @@ impl Session<'_> {
         let timer = sleep_until(last_input + settings.idle_timeout);
         // Created once: polling a fresh `cancelled()` each turn would re-register it.
         let shutdown = self.shared.shutdown.clone().cancelled_owned();
-        tokio::pin!(timer, shutdown);
+        let overflow_signal = self.mailbox.overflow.clone();
+        let overflow = overflow_signal.notified();
+        tokio::pin!(timer, shutdown, overflow);
         loop {
             if pending.is_none() && ended.is_none() {
                 match self.protocol.read(&mut input) {
@@ -239,6 +241,15 @@ impl Session<'_> {
                     }
                 }
             }
+            // Take every reply already queued, so that one write carries them all.
+            if self.protocol.state() != State::Closed {
+                while self.protocol.output().len() < OUTPUT_HIGH_WATER {
+                    let Ok(command) = self.mailbox.commands.try_recv() else { break };
+                    if self.apply(command) {
+                        deadline = Some(Instant::now() + settings.close_timeout);
+                    }
+                }
+            }
             let state = self.protocol.state();
             let closed = state == State::Closed;
             let open = matches!(state, State::Open | State::CloseSent);
@@ -254,15 +265,17 @@ impl Session<'_> {
             if want_input {
                 input.reserve(READ_CHUNK);
             }
-            // One timer serves the closing deadline and the idle check.
+            // One timer serves the closing deadline and the idle check. It is moved
+            // earlier at once but never later: input arrives far more often than the
+            // timer fires, so a timer that fires early is simply re-armed then.
             let wake = deadline.unwrap_or(last_input + settings.idle_timeout * (1 + u32::from(pinged)));
-            if timer.deadline() != wake {
+            if wake < timer.deadline() || timer.is_elapsed() {
                 timer.as_mut().reset(wake);
             }
             let output = self.protocol.output();
             tokio::select! {
                 biased;
-                () = self.mailbox.overflow.notified() => {
+                () = &mut overflow => {
                     tracing::warn!(conn = self.id, "outbound queue overflowed: dropping the slow reader");
                     return (OVERFLOW_CLOSE_CODE, "outbound queue overflow".into());
                 }
@@ -298,6 +311,9 @@ impl Session<'_> {
                     deadline = Some(Instant::now() + settings.close_timeout);
                 }
                 () = &mut timer => {
+                    if Instant::now() < wake {
+                        continue; // fired for an older deadline: input arrived since
+                    }
                     if deadline.is_none() {
                         // Idle: ping once; if that is not answered in time either, give up.
                         if !pinged {

@@ -145,10 +145,17 @@ impl Server {
 async fn accept(stream: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     match tls {
-        None => connection::serve(stream, peer, shared).await,
+        None => {
+            // Owned halves of a TcpStream need no lock between reading and writing.
+            let (reader, writer) = stream.into_split();
+            connection::serve(reader, writer, peer, shared).await;
+        }
         Some(acceptor) => {
             match tokio::time::timeout(shared.settings.handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => connection::serve(stream, peer, shared).await,
+                Ok(Ok(stream)) => {
+                    let (reader, writer) = tokio::io::split(stream);
+                    connection::serve(reader, writer, peer, shared).await;
+                }
                 Ok(Err(error)) => tracing::debug!(%peer, "TLS handshake failed: {error}"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }

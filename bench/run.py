@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""`make bench`: runs each scenario against wsplug and the reference servers, in the
+same run, alternating servers within each round, and prints a table of medians with
+ratios wsplug / reference.
+
+Servers are started fresh for every measurement and announce their address on
+stdout. The load generator is `wsbench` (bench/src/bin/wsbench.rs); its last line is
+`RESULT {json}`.
+"""
+
+import argparse
+import json
+import os
+import re
+import resource
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELEASE = os.path.join(ROOT, "target", "release")
+PLUGINS = os.path.join(ROOT, "target", "wasm32-wasip2", "release")
+
+
+def server_command(name, mode, extra):
+    """The command line of a server under test; `mode` is echo or broadcast."""
+    if name.startswith("wsplug"):
+        plugin = "echo.wasm" if mode == "echo" else "broadcast.wasm"
+        return [
+            os.path.join(RELEASE, "host"), "--listen", "127.0.0.1:0", "--plugin", os.path.join(PLUGINS, plugin),
+            "--log", "warn", "--timeout", "120", "--max-connections", "100000",
+            "--max-payload-size", str(16 << 20), "--max-messages-buffering", "10000",
+            "--cache-dir", os.path.join(tempfile.gettempdir(), "wsplug-bench-cache"), *extra,
+        ]
+    if name == "fastwebsockets":
+        return [os.path.join(RELEASE, "ref-fastwebsockets"), "--listen", "127.0.0.1:0", "--mode", mode]
+    if name == "tokio-tungstenite":
+        return [os.path.join(RELEASE, "ref-tungstenite"), "--listen", "127.0.0.1:0", "--mode", mode]
+    if name == "node-ws":
+        return ["node", os.path.join(ROOT, "bench", "node", "echo.mjs"), "--listen", "127.0.0.1:0"]
+    raise ValueError(name)
+
+
+def start(command):
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+        if ready:
+            line = proc.stdout.readline()
+            match = re.search(r"wss?://([\d.]+:\d+)", line)
+            if match:
+                return proc, match.group(1)
+            if not line:
+                break
+    proc.kill()
+    sys.exit(f"bench: {command[0]} did not start")
+
+
+def measure(server, mode, wsbench_args, server_extra=()):
+    proc, addr = start(server_command(server, mode, list(server_extra)))
+    try:
+        out = subprocess.run(
+            [os.path.join(RELEASE, "wsbench"), "--addr", addr, "--server-pid", str(proc.pid), *wsbench_args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300,
+        )
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+    if out.returncode != 0 or not lines:
+        print(f"bench: wsbench failed against {server}: {out.stderr.strip()[-500:]}", file=sys.stderr)
+        return None
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def scenarios(duration, certs):
+    d = str(duration)
+    wss = ["--ssl", "true", "--cert-file", certs] if certs else []
+    return [
+        # (title, metric, higher is better, [(server, mode, wsbench args, server args)])
+        ("echo 100 x 20 B", "msgs_per_s", True, "echo",
+         ["echo", "--conns", "100", "--size", "20", "--inflight", "4", "--duration", d],
+         ["wsplug", "fastwebsockets", "tokio-tungstenite"], []),
+        ("echo 100 x 16 KiB", "msgs_per_s", True, "echo",
+         ["echo", "--conns", "100", "--size", "16384", "--inflight", "2", "--duration", d],
+         ["wsplug", "fastwebsockets", "tokio-tungstenite"], []),
+        ("echo 100 x 20 B, permessage-deflate", "msgs_per_s", True, "echo",
+         ["--deflate", "echo", "--conns", "100", "--size", "20", "--inflight", "4", "--duration", d],
+         ["wsplug", "node-ws"], []),
+        ("fanout 1000 conns x 1 sender", "deliveries_per_s", True, "broadcast",
+         ["fanout", "--conns", "1000", "--senders", "1", "--size", "32", "--window", "8", "--duration", d],
+         ["wsplug", "fastwebsockets", "tokio-tungstenite"], []),
+        ("10,000 idle connections (KiB RSS/conn)", "rss_per_conn_kib", False, "echo",
+         ["conns", "--conns", "10000"],
+         ["wsplug", "fastwebsockets", "tokio-tungstenite"], []),
+        ("10,000 idle compressed connections (KiB RSS/conn)", "rss_per_conn_kib", False, "echo",
+         ["--deflate", "conns", "--conns", "10000"],
+         ["wsplug", "node-ws"], []),
+        ("WSS echo 100 x 1 KiB", "msgs_per_s", True, "echo",
+         ["--tls", "echo", "--conns", "100", "--size", "1024", "--inflight", "4", "--duration", d],
+         ["wsplug"], wss),
+    ]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=4.0)
+    parser.add_argument("--only", help="run only scenarios whose title contains this")
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        certs = os.path.join(tmp, "combined.pem")
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+             "-keyout", os.path.join(tmp, "key.pem"), "-out", os.path.join(tmp, "cert.pem")],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(certs, "w") as out:
+            for part in ("cert.pem", "key.pem"):
+                out.write(open(os.path.join(tmp, part)).read())
+
+        results = {}
+        chosen = [s for s in scenarios(args.duration, certs) if not args.only or args.only in s[0]]
+        started = time.monotonic()
+        for round_ in range(args.rounds):
+            for title, metric, _, mode, wsbench_args, servers, wsplug_extra in chosen:
+                # Alternate which server goes first, so drift does not favour one.
+                order = servers if round_ % 2 == 0 else list(reversed(servers))
+                for server in order:
+                    extra = wsplug_extra if server == "wsplug" else []
+                    result = measure(server, mode, wsbench_args, extra)
+                    value = None if result is None else result.get(metric)
+                    results.setdefault((title, server), []).append((value, result))
+                    print(f"bench: round {round_ + 1} {title} {server}: {metric}={value}", flush=True)
+
+    print()
+    print(f"Medians of {args.rounds} alternating rounds, {args.duration:g} s each; ratio = wsplug / reference "
+          f"(for memory, reference / wsplug: above 1 means wsplug is better). Took {time.monotonic() - started:.0f} s.")
+    print()
+    print("| scenario | server | median | p99 latency (µs) | lost/errors | ratio |")
+    print("|---|---|---|---|---|---|")
+    for title, metric, higher, _, _, servers, _ in chosen:
+        medians = {}
+        for server in servers:
+            values = [v for v, _ in results[(title, server)] if v is not None]
+            medians[server] = statistics.median(values) if values else None
+        for server in servers:
+            runs = [r for _, r in results[(title, server)] if r]
+            p99 = statistics.median([r["p99_us"] for r in runs if "p99_us" in r]) if any("p99_us" in r for r in runs) else ""
+            bad = sum(r.get("lost", 0) + r.get("errors", 0) + r.get("failed", 0) for r in runs)
+            mine, theirs = medians.get("wsplug"), medians[server]
+            ratio = ""
+            if server != "wsplug" and mine and theirs:
+                ratio = f"{(mine / theirs) if higher else (theirs / mine):.2f}"
+            value = "failed" if theirs is None else f"{theirs:,.0f}" if higher else f"{theirs:.2f}"
+            print(f"| {title} | {server} | {value} | {p99} | {bad} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
