@@ -18,7 +18,7 @@ export CARGO_TARGET_DIR := $(TARGET_DIR)
 KOSOKU_VERSION     := 0.1.0
 WEBSOCKETS_VERSION := 17.4
 
-.PHONY: help deps rust-deps py-deps browser-deps bench-deps bench plugins build lint unit integration runtime autobahn browser test run clean
+.PHONY: help deps rust-deps py-deps browser-deps bench-deps bench plugins build lint unit integration autobahn browser test run clean
 
 help:
 	@echo "make run        build the plugins and start the server on $(LISTEN)"
@@ -89,11 +89,10 @@ bench: rust-deps plugins bench-deps
 unit: build
 	cargo test --lib --quiet
 
+# The real host binary with the real plugins: protocol (integration), plugin runtime
+# (runtime) and configuration, TLS, static files, shutdown (settings).
 integration: build plugins
-	WSPLUG_PLUGIN_DIR=$(PLUGIN_DIR) cargo test --test integration --quiet
-
-runtime: build plugins
-	WSPLUG_PLUGIN_DIR=$(PLUGIN_DIR) cargo test --test runtime --quiet
+	WSPLUG_PLUGIN_DIR=$(PLUGIN_DIR) cargo test --quiet --test integration --test runtime --test settings
 
 browser: build plugins browser-deps
 	cd tests/browser && HOST=$(HOST) CHAT_PLUGIN=$(PLUGIN_DIR)/chat.wasm node --test
@@ -101,7 +100,7 @@ browser: build plugins browser-deps
 autobahn: build plugins py-deps
 	$(PY) tests/autobahn.py --host $(HOST) --plugin $(PLUGIN_DIR)/echo.wasm --outdir $(TARGET_DIR)/autobahn --kosoku $(VENV)/bin/kosoku
 
-test: deps lint unit integration runtime browser autobahn
+test: deps lint unit integration browser autobahn
 	@echo "make test: all checks passed"
 
 ## Run --------------------------------------------------------------------------

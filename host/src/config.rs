@@ -255,8 +255,25 @@ impl Options {
     }
 
     /// Parses TOML configuration text.
+    /// Errors fit on one line and name the line, the key and the value when the
+    /// parser points at one.
     pub fn from_toml(text: &str) -> Result<Options, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError(e.to_string().trim_end().to_owned()))
+        toml::from_str(text).map_err(|e| {
+            let message = e.message().trim_end().replace('\n', " ");
+            let Some(span) = e.span() else {
+                return ConfigError(message);
+            };
+            let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let line = text.lines().nth(line_no - 1).unwrap_or_default().trim();
+            match line.split_once('=') {
+                Some((key, value)) => ConfigError(format!(
+                    "invalid {} = {} (line {line_no}): {message}",
+                    key.trim(),
+                    value.trim()
+                )),
+                None => ConfigError(format!("line {line_no}: {message}")),
+            }
+        })
     }
 
     /// Fills every setting not given here (on the command line) from `file`.
@@ -341,6 +358,7 @@ impl Options {
         let plugin = self.plugin.ok_or_else(|| {
             ConfigError("no plugin: give --plugin FILE or `plugin = \"FILE\"` in the config file".into())
         })?;
+        let plugin = existing_file("plugin", plugin)?;
         let timeout = seconds("timeout", self.timeout.unwrap_or(5))?;
         let handshake_timeout = match self.handshake_timeout {
             Some(s) => seconds("handshake_timeout", s)?,
@@ -516,32 +534,43 @@ fn seconds(key: &str, value: u64) -> Result<Duration, ConfigError> {
 }
 
 fn existing_file(key: &str, path: PathBuf) -> Result<PathBuf, ConfigError> {
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(ConfigError::invalid(
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_file() => Ok(path),
+        Ok(_) => Err(ConfigError::invalid(
             key,
             path.display(),
-            "expected an existing, readable file",
-        ))
+            "expected a file, not a directory",
+        )),
+        Err(error) => Err(ConfigError::invalid(
+            key,
+            path.display(),
+            &format!("expected an existing, readable file ({error})"),
+        )),
     }
 }
 
 fn existing_dir(key: &str, path: PathBuf) -> Result<PathBuf, ConfigError> {
-    if path.is_dir() {
-        Ok(path)
-    } else {
-        Err(ConfigError::invalid(
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_dir() => Ok(path),
+        Ok(_) => Err(ConfigError::invalid(
             key,
             path.display(),
-            "expected an existing directory",
-        ))
+            "expected a directory, not a file",
+        )),
+        Err(error) => Err(ConfigError::invalid(
+            key,
+            path.display(),
+            &format!("expected an existing directory ({error})"),
+        )),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Validation checks that the plugin file exists; any existing file will do here.
+    const PLUGIN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
 
     fn parse(args: &[&str]) -> Options {
         Options::try_parse_from(std::iter::once("host").chain(args.iter().copied())).unwrap()
@@ -553,7 +582,7 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_original_library() {
-        let config = parse(&["--plugin", "p.wasm"]).validate().unwrap();
+        let config = parse(&["--plugin", PLUGIN]).validate().unwrap();
         assert_eq!(config.listen, "127.0.0.1:9001".parse().unwrap());
         assert_eq!(config.handshake_timeout, Duration::from_secs(5));
         assert_eq!(config.idle_timeout, Duration::from_secs(5));
@@ -566,22 +595,22 @@ mod tests {
     #[test]
     fn flags_override_the_file() {
         let file = Options::from_toml(
-            "plugin = \"chat.wasm\"\ntimeout = 7\nmax_payload_size = 1000\nprod = false\nallowed_origins = [\"https://a.example\"]\n",
+            &format!("plugin = \"{PLUGIN}\"\ntimeout = 7\nmax_payload_size = 1000\nprod = false\nallowed_origins = [\"https://a.example\"]\n"),
         )
         .unwrap();
         let config = parse(&["--max-payload-size", "2000", "--no-compression"])
             .merge(file)
             .validate()
             .unwrap();
-        assert_eq!(config.plugin, PathBuf::from("chat.wasm"));
+        assert_eq!(config.plugin, PathBuf::from(PLUGIN));
         assert_eq!(config.handshake_timeout, Duration::from_secs(7));
         assert_eq!(config.max_payload_size, 2000);
         assert!(config.compression.is_none());
         assert!(!config.prod);
         assert_eq!(config.log, "debug");
         assert_eq!(config.allowed_origins, ["https://a.example"]);
-        let config =
-            parse(&["--handshake-timeout", "2"]).merge(Options::from_toml("plugin = \"p\"\ntimeout = 9").unwrap());
+        let config = parse(&["--handshake-timeout", "2"])
+            .merge(Options::from_toml(&format!("plugin = \"{PLUGIN}\"\ntimeout = 9")).unwrap());
         let config = config.validate().unwrap();
         assert_eq!(
             (config.handshake_timeout, config.idle_timeout),
@@ -591,7 +620,7 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key_the_value_and_what_is_allowed() {
-        let with = |extra: &str| Options::from_toml(&format!("plugin = \"p\"\n{extra}")).unwrap();
+        let with = |extra: &str| Options::from_toml(&format!("plugin = \"{PLUGIN}\"\n{extra}")).unwrap();
         assert_eq!(
             error_of(with("timeout = 0")),
             "invalid timeout = 0: expected 1 to 3600 seconds"
@@ -614,11 +643,20 @@ mod tests {
         let unknown = Options::from_toml("plugin = \"p\"\nmax_payload = 3")
             .unwrap_err()
             .to_string();
-        assert!(unknown.contains("unknown field `max_payload`"), "{unknown}");
+        assert!(
+            unknown.starts_with("invalid max_payload = 3 (line 2): unknown field `max_payload`"),
+            "{unknown}"
+        );
+        assert!(!unknown.contains('\n'));
         let wrong_type = Options::from_toml("timeout = \"soon\"").unwrap_err().to_string();
         assert!(
-            wrong_type.contains("timeout") && wrong_type.contains("invalid type"),
+            wrong_type.starts_with("invalid timeout = \"soon\" (line 1): invalid type"),
             "{wrong_type}"
         );
+        let missing = parse(&["--plugin", "/nonexistent/p.wasm"])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(missing.starts_with("invalid plugin = /nonexistent/p.wasm"), "{missing}");
     }
 }

@@ -1,6 +1,7 @@
 //! Helpers for the integration tests: the real `host` binary with a real plugin, and
-//! a deliberately small raw WebSocket client over `std::net::TcpStream`, so that the
-//! tests control every bit on the wire (masking, RSV bits, opcodes, fragmentation).
+//! a deliberately small raw WebSocket client over `std::net::TcpStream` (or any other
+//! [`Transport`], such as a TLS stream), so that the tests control every bit on the
+//! wire (masking, RSV bits, opcodes, fragmentation).
 //!
 //! Nothing here waits by sleeping: the server announces its port on stdout, and the
 //! client's reads block until the expected bytes arrive. The read timeout only turns a
@@ -11,9 +12,9 @@
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,19 @@ pub const PONG: u8 = 0x8A;
 /// FIN and RSV1: a compressed (permessage-deflate) single-frame message.
 pub const COMPRESSED_TEXT: u8 = 0xC1;
 pub const COMPRESSED_BINARY: u8 = 0xC2;
+
+/// What a [`Client`] speaks WebSocket over: a byte stream on top of a TCP connection
+/// (the connection itself, or TLS over it).
+pub trait Transport: Read + Write {
+    /// The TCP connection underneath, for timeouts, addresses and shutdown.
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Transport for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
 
 /// The path of a built plugin: `$WSPLUG_PLUGIN_DIR/<name>.wasm`, by default in the
 /// workspace's target directory.
@@ -127,11 +141,21 @@ struct Log {
     grew: Condvar,
 }
 
+impl Log {
+    /// The text, even if a test failed (panicked) while holding the lock: a failure
+    /// must still show the log, not turn into a panic while panicking.
+    fn lock(&self) -> MutexGuard<'_, String> {
+        self.text.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 /// A running `host` process, killed when dropped.
 pub struct Server {
     child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// The scheme it announced: `ws` or `wss`.
+    pub scheme: String,
     log: Arc<Log>,
     readers: Vec<JoinHandle<()>>,
     /// The server's own compile cache, removed after the process is killed.
@@ -162,14 +186,21 @@ impl Server {
     }
 
     /// Starts `host --listen 127.0.0.1:0 --plugin <plugin> <args>` with the plugin at
-    /// any path, and waits for the line that announces its address.
+    /// any path, and waits for the line that announces its address. (When `args` has a
+    /// `--listen` of its own, it replaces `127.0.0.1:0`; this holds for every `start`.)
     pub fn start_file(plugin: &Path, args: &[&str]) -> Server {
         Server::launch(plugin, args, &[])
     }
 
     fn launch(plugin: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let listen: &[&str] = if args.contains(&"--listen") {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_host"))
-            .args(["--listen", "127.0.0.1:0", "--plugin"])
+            .args(listen)
+            .arg("--plugin")
             .arg(plugin)
             .args(args)
             // --log decides the level: a RUST_LOG in the environment would override it.
@@ -188,7 +219,7 @@ impl Server {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 let line = strip_ansi(&line);
-                let mut text = stderr_log.text.lock().unwrap();
+                let mut text = stderr_log.lock();
                 text.push_str(&line);
                 text.push('\n');
                 stderr_log.grew.notify_all();
@@ -208,6 +239,7 @@ impl Server {
         let mut server = Server {
             child,
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            scheme: String::new(),
             log,
             readers: vec![],
             cache: None,
@@ -218,9 +250,17 @@ impl Server {
             Ok(_) => server.fail("the server exited before announcing its address"),
             Err(_) => server.fail("the server did not announce its address in time"),
         };
-        match line.strip_prefix("wsplug listening on ws://").map(str::parse) {
-            Some(Ok(addr)) => server.addr = addr,
-            _ => server.fail(&format!("unexpected first stdout line {line:?}")),
+        let announced = line
+            .strip_prefix("wsplug listening on ")
+            .and_then(|url| url.split_once("://"))
+            .filter(|(scheme, _)| ["ws", "wss"].contains(scheme))
+            .and_then(|(scheme, addr)| Some((scheme, addr.parse().ok()?)));
+        match announced {
+            Some((scheme, addr)) => {
+                server.scheme = scheme.to_owned();
+                server.addr = addr;
+            }
+            None => server.fail(&format!("unexpected first stdout line {line:?}")),
         }
         server
     }
@@ -232,7 +272,8 @@ impl Server {
         for reader in self.readers.drain(..) {
             let _ = reader.join();
         }
-        panic!("{message}; server stderr:\n{}", self.log.text.lock().unwrap());
+        let log = self.log.lock().clone();
+        panic!("{message}; server stderr:\n{log}");
     }
 
     /// Opens a WebSocket connection to `path` (asserting a plain 101 response).
@@ -243,7 +284,7 @@ impl Server {
     /// Waits until the server's stderr contains `needle`; panics after [`TIMEOUT`].
     pub fn wait_for_log(&self, needle: &str) {
         let deadline = Instant::now() + TIMEOUT;
-        let mut text = self.log.text.lock().unwrap();
+        let mut text = self.log.lock();
         while !text.contains(needle) {
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(
@@ -256,12 +297,12 @@ impl Server {
 
     /// Everything the server logged so far (stderr, colours removed).
     pub fn log(&self) -> String {
-        self.log.text.lock().unwrap().clone()
+        self.log.lock().clone()
     }
 
     /// The lines of the log so far that satisfy `matches`.
     pub fn log_lines(&self, matches: impl Fn(&str) -> bool) -> Vec<String> {
-        let text = self.log.text.lock().unwrap();
+        let text = self.log.lock();
         text.lines().filter(|line| matches(line)).map(str::to_owned).collect()
     }
 
@@ -269,7 +310,7 @@ impl Server {
     /// every such line; panics after [`TIMEOUT`].
     pub fn wait_for_log_lines(&self, count: usize, matches: impl Fn(&str) -> bool) -> Vec<String> {
         let deadline = Instant::now() + TIMEOUT;
-        let mut text = self.log.text.lock().unwrap();
+        let mut text = self.log.lock();
         loop {
             let lines: Vec<String> = text.lines().filter(|line| matches(line)).map(str::to_owned).collect();
             if lines.len() >= count {
@@ -311,12 +352,93 @@ impl Server {
 
     /// Sends SIGHUP to the process (with `kill -HUP`).
     pub fn hangup(&self) {
+        self.signal("HUP");
+    }
+
+    /// Sends SIGTERM to the process (with `kill -TERM`).
+    pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the signal `name` (`HUP`, `TERM`, ...) to the process with `kill`.
+    fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-HUP", &self.pid().to_string()])
+            .args([&format!("-{name}"), &self.pid().to_string()])
             .status()
             .expect("cannot run kill");
-        assert!(status.success(), "kill -HUP failed: {status}");
+        assert!(status.success(), "kill -{name} failed: {status}");
     }
+
+    /// Waits for the process to exit, polling, and returns its status; panics, with the
+    /// log, if it is still running after `within`. Once it has exited, the log holds
+    /// everything it wrote.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let status = wait_child(&mut self.child, within)
+            .unwrap_or_else(|| self.fail(&format!("the server did not exit within {within:?}")));
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        status
+    }
+}
+
+/// Waits for `child` to exit, polling every 10 ms for at most `within`.
+fn wait_child(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("cannot wait for the process") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// How a `host` run that was expected to stop by itself ended.
+#[derive(Debug)]
+pub struct Exit {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `host <args>` (nothing added: no `--listen`, no `--plugin`) and waits for it to
+/// exit by itself; kills it and panics, with what it wrote, if it is still running
+/// after `within` (a server that started when it should have refused to). It runs
+/// with `RUST_BACKTRACE=1`, so that a panic, or an error printed with its backtrace,
+/// shows in what it wrote.
+pub fn run_host(args: &[&str], within: Duration) -> Exit {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_host"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start the host binary");
+    let read_all = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = pipe.read_to_end(&mut text);
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = read_all(Box::new(child.stderr.take().expect("piped stderr")));
+    let exited = wait_child(&mut child, within).is_some();
+    if !exited {
+        let _ = child.kill();
+    }
+    let exit = Exit {
+        status: child.wait().expect("cannot wait for the process"),
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    };
+    assert!(exited, "host {args:?} still ran after {within:?}; it wrote: {exit:?}");
+    exit
 }
 
 impl Drop for Server {
@@ -327,7 +449,7 @@ impl Drop for Server {
             for reader in self.readers.drain(..) {
                 let _ = reader.join();
             }
-            eprintln!("--- server stderr ---\n{}", self.log.text.lock().unwrap());
+            eprintln!("--- server stderr ---\n{}", self.log.lock());
         }
     }
 }
@@ -381,9 +503,9 @@ pub fn http_request(addr: SocketAddr, request: &[u8]) -> Response {
     response
 }
 
-/// A raw WebSocket client.
-pub struct Client {
-    pub stream: TcpStream,
+/// A raw WebSocket client, over TCP unless said otherwise.
+pub struct Client<S: Transport = TcpStream> {
+    pub stream: S,
     /// Bytes received and not consumed yet.
     buf: Vec<u8>,
     /// Varies the masking key from frame to frame.
@@ -394,13 +516,7 @@ impl Client {
     /// A plain TCP connection, before any handshake.
     pub fn open(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).expect("cannot connect to the server");
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        Client {
-            stream,
-            buf: Vec::new(),
-            frames_sent: 0,
-        }
+        Client::over(stream)
     }
 
     /// Sends the upgrade request for `path` with `extra` headers and reads the
@@ -421,10 +537,28 @@ impl Client {
     /// Opens a connection, asserting a 101 with the right accept key and no extension.
     pub fn connect(addr: SocketAddr, path: &str) -> Client {
         let (client, response) = Client::handshake(addr, path, &[]);
-        assert_switched(&response);
-        assert_eq!(response.header("sec-websocket-extensions"), None);
-        assert_eq!(response.header("sec-websocket-protocol"), None);
+        assert_plain_switch(&response);
         client
+    }
+}
+
+impl<S: Transport> Client<S> {
+    /// A client over `stream`, before any handshake (for TCP, [`Client::open`]).
+    pub fn over(stream: S) -> Client<S> {
+        stream.tcp().set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.tcp().set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+            frames_sent: 0,
+        }
+    }
+
+    /// Sends the upgrade request for `path` and asserts a 101 with the right accept
+    /// key and no extension (for TCP, [`Client::connect`] does it all).
+    pub fn upgrade(&mut self, path: &str) {
+        self.send_raw(upgrade_request(path, &[]).as_bytes());
+        assert_plain_switch(&self.read_response());
     }
 
     /// Reads an HTTP response head.
@@ -597,7 +731,7 @@ impl Client {
             "unexpected bytes before the end: {:?}",
             lossy(&self.buf)
         );
-        self.stream.set_read_timeout(Some(EOF_TIMEOUT)).unwrap();
+        self.stream.tcp().set_read_timeout(Some(EOF_TIMEOUT)).unwrap();
         let mut byte = [0u8; 1];
         match self.stream.read(&mut byte) {
             Ok(0) => {}
@@ -607,15 +741,23 @@ impl Client {
             }
             Err(e) => panic!("expected the end of the connection, got error {e}"),
         }
-        self.stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        self.stream.tcp().set_read_timeout(Some(TIMEOUT)).unwrap();
     }
 
     /// Drops the TCP connection without a closing handshake.
     pub fn shutdown(&self) {
         self.stream
+            .tcp()
             .shutdown(Shutdown::Both)
             .expect("cannot shut the connection down");
     }
+}
+
+/// Asserts a successful upgrade without extension or subprotocol.
+fn assert_plain_switch(response: &Response) {
+    assert_switched(response);
+    assert_eq!(response.header("sec-websocket-extensions"), None);
+    assert_eq!(response.header("sec-websocket-protocol"), None);
 }
 
 /// Asserts a successful upgrade: 101, the right accept key, the upgrade headers.

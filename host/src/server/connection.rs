@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -18,8 +19,11 @@ use crate::ws::close;
 use crate::ws::handshake::{self, Accepted, Outcome, Rejection, Request};
 use crate::ws::protocol::{Event, Message, Protocol, ProtocolConfig, State};
 
-/// Read at least this much at a time, so that many small frames arrive in one syscall.
-const READ_CHUNK: usize = 16 * 1024;
+/// Bounds of the read buffer's free space. It starts small, so an idle connection
+/// costs little memory, doubles while reads fill it (many frames per syscall under
+/// load) and shrinks when they do not.
+const MIN_READ: usize = 512;
+const MAX_READ: usize = 64 * 1024;
 /// Stop taking commands and reading while this much output waits for a slow peer.
 const OUTPUT_HIGH_WATER: usize = 256 * 1024;
 /// Close code reported when a reader was too slow for its outbound queue.
@@ -57,7 +61,7 @@ where
             return;
         }
     };
-    if shared.registry.len() >= shared.settings.max_connections {
+    let Some(slot) = Slot::take(&shared) else {
         tracing::warn!(%peer, max = shared.settings.max_connections, "connection refused: too many connections");
         let rejection = Rejection {
             status: 503,
@@ -65,7 +69,7 @@ where
         };
         let _ = writer.write_all(&rejection.response(detailed)).await;
         return linger(reader, writer, &shared).await;
-    }
+    };
     if writer.write_all(&accepted.response).await.is_err() {
         return;
     }
@@ -108,9 +112,28 @@ where
     let (code, reason) = session.run(&mut reader, &mut writer, buf).await;
 
     shared.registry.unregister(id);
+    drop(slot);
     tracing::debug!(%peer, conn = id, code, reason, "connection closed");
     let _ = events.send(PluginEvent::Close(id, code, reason)).await;
     linger(reader, writer, &shared).await;
+}
+
+/// One of the `max_connections` places, taken before the 101 is sent (so that
+/// simultaneous handshakes cannot overshoot) and given back when dropped.
+struct Slot<'a>(&'a AtomicUsize);
+
+impl<'a> Slot<'a> {
+    fn take(shared: &'a Shared) -> Option<Self> {
+        let before = shared.open.fetch_add(1, Ordering::AcqRel);
+        let slot = Slot(&shared.open);
+        (before < shared.settings.max_connections).then_some(slot)
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Answers a request without `Upgrade: websocket`: a static file if a directory is
@@ -203,6 +226,7 @@ impl Session<'_> {
         // Liveness: the last time the peer sent anything, and whether we pinged since.
         let mut last_input = Instant::now();
         let mut pinged = false;
+        let mut read_size = MIN_READ;
         let timer = sleep_until(last_input + settings.idle_timeout);
         // Created once: polling a fresh `cancelled()` each turn would re-register it.
         let shutdown = self.shared.shutdown.clone().cancelled_owned();
@@ -244,7 +268,9 @@ impl Session<'_> {
             // Take every reply already queued, so that one write carries them all.
             if self.protocol.state() != State::Closed {
                 while self.protocol.output().len() < OUTPUT_HIGH_WATER {
-                    let Ok(command) = self.mailbox.commands.try_recv() else { break };
+                    let Ok(command) = self.mailbox.commands.try_recv() else {
+                        break;
+                    };
                     if self.apply(command) {
                         deadline = Some(Instant::now() + settings.close_timeout);
                     }
@@ -263,8 +289,12 @@ impl Session<'_> {
             let take_commands = !closed && output_len < OUTPUT_HIGH_WATER;
             let want_input = pending.is_none() && open && output_len < OUTPUT_HIGH_WATER;
             if want_input {
-                input.reserve(READ_CHUNK);
+                if input.is_empty() && input.capacity() > 4 * read_size {
+                    input = BytesMut::new(); // give back what a burst made it grow to
+                }
+                input.reserve(read_size);
             }
+            let spare = input.capacity() - input.len();
             // One timer serves the closing deadline and the idle check. It is moved
             // earlier at once but never later: input arrives far more often than the
             // timer fires, so a timer that fires early is simply re-armed then.
@@ -296,9 +326,14 @@ impl Session<'_> {
                     Err(_) => return (close::INTERNAL_ERROR, "plugin stopped".into()),
                 },
                 read = reader.read_buf(&mut input), if want_input => match read {
-                    Ok(1..) => {
+                    Ok(n @ 1..) => {
                         last_input = Instant::now();
                         pinged = false;
+                        if n == spare {
+                            read_size = (read_size * 2).min(MAX_READ);
+                        } else if n < read_size / 8 {
+                            read_size = (read_size / 2).max(MIN_READ);
+                        }
                     }
                     _ => break,
                 },

@@ -50,6 +50,8 @@ pub struct Shared {
     static_files: Option<StaticFiles>,
     /// Cancelled when the server shuts down: connections close with 1001.
     shutdown: CancellationToken,
+    /// WebSocket connections open or being opened, against `max_connections`.
+    open: std::sync::atomic::AtomicUsize,
 }
 
 /// A bound, not yet running, server.
@@ -77,6 +79,7 @@ impl Server {
             plugin,
             static_files,
             shutdown,
+            open: Default::default(),
         });
         Ok(Self { listener, tls, shared })
     }

@@ -3,7 +3,8 @@
 //! - On open: a connection to `/observe` joins the group `observers`; every
 //!   connection is sent `id <id>`, and the observers (but not the connection
 //!   itself) are sent `opened <id>`.
-//! - On close: the observers are sent `closed <id> <code> <reason>`.
+//! - On close: the observers are sent `closed <id> <code> <reason>`, and
+//!   `on-close <id> <code>` is logged at info level.
 //! - Binary messages are echoed as binary.
 //! - Text messages are commands, answered on the same connection:
 //!
@@ -19,6 +20,8 @@
 //! | `send-to <id> <msg>`     | `send-text` to that connection; `ok` (or `error <e>`)                  |
 //! | `log <msg>`              | `log` at info level; `ok`                                              |
 //! | `panic`                  | panics (the host closes the connection with 1011)                      |
+//! | `flood <n> <size>`       | sends `n` text messages of `size` bytes (`x`s) to the sender, stopping |
+//! |                          | at the first error (its queue overflowed); no other answer             |
 //!
 //! And commands that probe the sandbox from inside, through WASI and Rust's `std`:
 //!
@@ -132,6 +135,20 @@ fn command(conn: ConnectionId, text: &str) -> bool {
             reply(conn, "ok");
         }
         ("panic", "") => panic!("probe: panic on command"),
+        ("flood", args) => {
+            let Some((Ok(count), Ok(size))) = args
+                .split_once(' ')
+                .map(|(count, size)| (count.parse::<u64>(), size.parse::<usize>()))
+            else {
+                return false;
+            };
+            let message = "x".repeat(size);
+            for _ in 0..count {
+                if host::send_text(conn, &message).is_err() {
+                    break;
+                }
+            }
+        }
         ("read-file", path) if !path.is_empty() => match std::fs::read_to_string(path) {
             Ok(text) => reply(conn, &format!("ok {}", text.len())),
             Err(error) => reply(conn, &format!("error {error}")),
@@ -182,6 +199,7 @@ impl Guest for Probe {
 
     fn on_close(conn: ConnectionId, code: u16, reason: String) {
         host::publish_text(OBSERVERS, &format!("closed {conn} {code} {reason}"), None);
+        host::log(LogLevel::Info, &format!("on-close {conn} {code}"));
     }
 }
 
