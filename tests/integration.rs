@@ -333,14 +333,7 @@ fn a_64_bit_length_with_the_top_bit_set_gets_1002() {
 fn replies_to_earlier_messages_precede_the_close_of_a_violation() {
     let server = Server::start("echo", &[]);
     let mut client = server.connect("/");
-    let mut bytes = Vec::new();
-    for i in 0..20u8 {
-        bytes.extend(encode_frame(
-            TEXT,
-            format!("message {i}").as_bytes(),
-            Some([i, 1, 2, 3]),
-        ));
-    }
+    let mut bytes = twenty_numbered_messages();
     bytes.extend(encode_frame(TEXT, b"unmasked", None));
     client.send_raw(&bytes);
     for i in 0..20 {
@@ -575,14 +568,7 @@ fn replies_to_earlier_messages_precede_the_answer_to_a_close() {
     // on-close), so its echoes must go out before the close frame that answers ours.
     let server = Server::start("echo", &[]);
     let mut client = server.connect("/");
-    let mut bytes = Vec::new();
-    for i in 0..20u8 {
-        bytes.extend(encode_frame(
-            TEXT,
-            format!("message {i}").as_bytes(),
-            Some([i, 1, 2, 3]),
-        ));
-    }
+    let mut bytes = twenty_numbered_messages();
     bytes.extend(encode_frame(CLOSE, &close_payload(1000, ""), Some([9, 9, 9, 9])));
     client.send_raw(&bytes);
     for i in 0..20 {
@@ -824,4 +810,11 @@ fn log_writes_to_the_server_log() {
     let (mut client, _) = open(&server, "/");
     assert_eq!(ask(&mut client, "log probe says 7f3a9c"), "ok");
     server.wait_for_log("probe says 7f3a9c");
+}
+
+/// Twenty masked text frames, `message 0` to `message 19`, in one buffer.
+fn twenty_numbered_messages() -> Vec<u8> {
+    (0..20u8)
+        .flat_map(|i| encode_frame(TEXT, format!("message {i}").as_bytes(), Some([i, 1, 2, 3])))
+        .collect()
 }

@@ -213,20 +213,31 @@ impl Client {
         Ok(())
     }
 
-    /// The next data frame, answering pings on the way.
-    pub async fn next_data(&mut self) -> anyhow::Result<Frame> {
-        loop {
-            match self.parse()? {
-                Some(frame) if frame.opcode == 9 => {
+    /// The next data frame among what was already read, queueing a pong for each
+    /// ping on the way; `None` if more must be read.
+    pub fn parse_data(&mut self) -> anyhow::Result<Option<Frame>> {
+        while let Some(frame) = self.parse()? {
+            match frame.opcode {
+                9 => {
                     let payload = frame.payload.to_vec();
                     self.queue_control(10, &payload);
-                    self.flush().await?;
                 }
-                Some(frame) if frame.opcode == 8 => bail!("the server closed the connection"),
-                Some(frame) if frame.opcode == 10 => {}
-                Some(frame) => return Ok(frame),
-                None => self.fill().await?,
+                10 => {}
+                8 => bail!("the server closed the connection"),
+                _ => return Ok(Some(frame)),
             }
+        }
+        Ok(None)
+    }
+
+    /// The next data frame: flushes what is queued (messages, pongs) before waiting.
+    pub async fn next_data(&mut self) -> anyhow::Result<Frame> {
+        loop {
+            if let Some(frame) = self.parse_data()? {
+                return Ok(frame);
+            }
+            self.flush().await?;
+            self.fill().await?;
         }
     }
 

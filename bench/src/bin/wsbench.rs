@@ -191,13 +191,16 @@ async fn echo(target: &Target, conns: usize, size: usize, inflight: usize, durat
             }
             client.flush().await?;
             while next_recv < next_send {
-                let frame = client.next_data().await?;
-                ensure!(frame.opcode == 1, "expected a text echo, got opcode {}", frame.opcode);
+                // Handle every echo already read before writing (and waiting) again.
+                let frame = match client.parse_data()? {
+                    Some(frame) => frame,
+                    None => client.next_data().await?,
+                };
                 ensure!(
-                    &frame.payload[..] == pattern.message(next_recv),
+                    frame.opcode == 1 && &frame.payload[..] == pattern.message(next_recv),
                     "echo {next_recv} differs from what was sent"
                 );
-                let sent = sent_at.pop_front().expect("one timestamp per message in flight");
+                let sent = sent_at.pop_front().context("an echo nobody asked for")?;
                 histogram.record(sent.elapsed().as_micros().max(1) as u64)?;
                 next_recv += 1;
                 if !stop.load(Ordering::Relaxed) {
@@ -205,22 +208,6 @@ async fn echo(target: &Target, conns: usize, size: usize, inflight: usize, durat
                     sent_at.push_back(Instant::now());
                     next_send += 1;
                 }
-                // Answer everything already received before writing once.
-                while let Some(frame) = client.parse()? {
-                    ensure!(
-                        frame.opcode == 1 && &frame.payload[..] == pattern.message(next_recv),
-                        "echo {next_recv} differs"
-                    );
-                    let sent = sent_at.pop_front().context("an echo nobody asked for")?;
-                    histogram.record(sent.elapsed().as_micros().max(1) as u64)?;
-                    next_recv += 1;
-                    if !stop.load(Ordering::Relaxed) {
-                        client.queue(1, pattern.message(next_send));
-                        sent_at.push_back(Instant::now());
-                        next_send += 1;
-                    }
-                }
-                client.flush().await?;
             }
             let _ = client.close().await;
             anyhow::Ok(histogram)
