@@ -44,6 +44,9 @@ where
     let accepted = match handshake.await {
         Ok(Ok(Outcome::Accepted { accepted, consumed })) => {
             buf.advance(consumed);
+            if buf.is_empty() {
+                buf = BytesMut::new(); // the session sizes its own buffer
+            }
             accepted
         }
         Ok(Ok(Outcome::Rejected(rejection))) => {
@@ -186,7 +189,9 @@ where
     W: AsyncWrite + Unpin,
 {
     let _ = writer.shutdown().await;
-    let mut sink = [0u8; 4096];
+    // On the heap: an array here would make every connection's future 4 KiB larger,
+    // all its life, though only a closing connection uses it.
+    let mut sink = vec![0u8; 4096];
     let drain = async {
         let mut budget = 1usize << 20;
         while let Ok(n @ 1..) = reader.read(&mut sink).await {
