@@ -601,22 +601,6 @@ fn the_first_offered_subprotocol_the_server_speaks_is_selected() {
 // Probe plugin: every host import
 // ---------------------------------------------------------------------------------
 
-/// Reads the `id <n>` the probe sends on open.
-fn expect_id(client: &mut Client) -> u64 {
-    let text = client.recv_text();
-    text.strip_prefix("id ")
-        .and_then(|id| id.parse().ok())
-        .unwrap_or_else(|| panic!("expected `id <n>`, got {text:?}"))
-}
-
-/// Connects to the probe plugin; returns the client and its connection id. Once the
-/// id has arrived, the plugin has handled the open.
-fn open(server: &Server, path: &str) -> (Client, u64) {
-    let mut client = server.connect(path);
-    let id = expect_id(&mut client);
-    (client, id)
-}
-
 /// Sends a probe command and returns the reply.
 fn ask(client: &mut Client, command: &str) -> String {
     client.send_text(command);
@@ -626,10 +610,10 @@ fn ask(client: &mut Client, command: &str) -> String {
 #[test]
 fn observers_see_each_open_and_exactly_one_close() {
     let server = Server::start("probe", &[]);
-    let (mut observer, observer_id) = open(&server, "/observe");
+    let (mut observer, observer_id) = open_probe(&server, "/observe");
 
     // (a) A normal closing handshake.
-    let (mut a, a_id) = open(&server, "/");
+    let (mut a, a_id) = open_probe(&server, "/");
     assert_eq!(observer.recv_text(), format!("opened {a_id}"));
     a.send_close(1000, "bye");
     assert_eq!(a.recv_close().0, 1000);
@@ -637,7 +621,7 @@ fn observers_see_each_open_and_exactly_one_close() {
     assert_eq!(observer.recv_text(), format!("closed {a_id} 1000 bye"));
 
     // (b) A protocol violation: the plugin hears the code the server closed with.
-    let (mut b, b_id) = open(&server, "/");
+    let (mut b, b_id) = open_probe(&server, "/");
     assert_eq!(observer.recv_text(), format!("opened {b_id}"));
     b.send_frame(TEXT, b"bad \xFF", true);
     let (code, reason) = b.recv_close();
@@ -646,7 +630,7 @@ fn observers_see_each_open_and_exactly_one_close() {
     assert_eq!(observer.recv_text(), format!("closed {b_id} 1007 {reason}"));
 
     // (c) The TCP connection drops without a close frame.
-    let (c, c_id) = open(&server, "/");
+    let (c, c_id) = open_probe(&server, "/");
     assert_eq!(observer.recv_text(), format!("opened {c_id}"));
     c.shutdown();
     let closed = observer.recv_text();
@@ -674,7 +658,7 @@ fn whoami_reports_the_handshake() {
         format!("path=/room query=x=1 subprotocol=- remote={remote} headers=7")
     );
 
-    let (mut plain, _) = open(&server, "/");
+    let (mut plain, _) = open_probe(&server, "/");
     let remote = plain.stream.local_addr().unwrap();
     assert_eq!(
         ask(&mut plain, "whoami"),
@@ -685,7 +669,7 @@ fn whoami_reports_the_handshake() {
 #[test]
 fn probe_echoes_binary_and_text_that_is_not_a_command() {
     let server = Server::start("probe", &[]);
-    let (mut client, _) = open(&server, "/");
+    let (mut client, _) = open_probe(&server, "/");
     client.send_binary(&[9, 8, 7]);
     assert_eq!(client.recv_binary(), [9, 8, 7]);
     assert_eq!(ask(&mut client, "hello there"), "hello there");
@@ -695,9 +679,9 @@ fn probe_echoes_binary_and_text_that_is_not_a_command() {
 #[test]
 fn broadcast_reaches_every_other_connection() {
     let server = Server::start("probe", &[]);
-    let (mut a, _) = open(&server, "/");
-    let (mut b, _) = open(&server, "/");
-    let (mut c, _) = open(&server, "/");
+    let (mut a, _) = open_probe(&server, "/");
+    let (mut b, _) = open_probe(&server, "/");
+    let (mut c, _) = open_probe(&server, "/");
 
     // Had the sender received it, it would arrive before the reply.
     assert_eq!(ask(&mut a, "broadcast hello all"), "sent 2");
@@ -716,9 +700,9 @@ fn broadcast_reaches_every_other_connection() {
 #[test]
 fn groups_join_publish_list_and_leave() {
     let server = Server::start("probe", &[]);
-    let (mut a, a_id) = open(&server, "/");
-    let (mut b, b_id) = open(&server, "/");
-    let (mut c, _) = open(&server, "/");
+    let (mut a, a_id) = open_probe(&server, "/");
+    let (mut b, b_id) = open_probe(&server, "/");
+    let (mut c, _) = open_probe(&server, "/");
 
     assert_eq!(ask(&mut a, "join room"), "ok");
     assert_eq!(ask(&mut b, "join room"), "ok");
@@ -752,8 +736,8 @@ fn groups_join_publish_list_and_leave() {
 #[test]
 fn send_to_reaches_a_connection_until_it_is_gone() {
     let server = Server::start("probe", &[]);
-    let (mut a, a_id) = open(&server, "/");
-    let (mut b, b_id) = open(&server, "/");
+    let (mut a, a_id) = open_probe(&server, "/");
+    let (mut b, b_id) = open_probe(&server, "/");
 
     assert_eq!(ask(&mut b, &format!("send-to {a_id} hi a")), "ok");
     assert_eq!(a.recv_text(), "hi a");
@@ -772,8 +756,8 @@ fn send_to_reaches_a_connection_until_it_is_gone() {
 #[test]
 fn a_plugin_close_sends_its_code_and_reason() {
     let server = Server::start("probe", &[]);
-    let (mut observer, _) = open(&server, "/observe");
-    let (mut client, id) = open(&server, "/");
+    let (mut observer, _) = open_probe(&server, "/observe");
+    let (mut client, id) = open_probe(&server, "/");
     assert_eq!(observer.recv_text(), format!("opened {id}"));
 
     client.send_text("close 4001 done");
@@ -786,7 +770,7 @@ fn a_plugin_close_sends_its_code_and_reason() {
 #[test]
 fn a_plugin_close_with_an_invalid_code_or_long_reason_is_refused() {
     let server = Server::start("probe", &[]);
-    let (mut client, _) = open(&server, "/");
+    let (mut client, _) = open_probe(&server, "/");
     assert_eq!(ask(&mut client, "close 1005 x"), "error invalid-code");
     assert_eq!(ask(&mut client, "close 1006 x"), "error invalid-code");
     assert_eq!(ask(&mut client, "close 999 x"), "error invalid-code");
@@ -807,7 +791,7 @@ fn a_plugin_close_with_an_invalid_code_or_long_reason_is_refused() {
 #[test]
 fn log_writes_to_the_server_log() {
     let server = Server::start("probe", &[]);
-    let (mut client, _) = open(&server, "/");
+    let (mut client, _) = open_probe(&server, "/");
     assert_eq!(ask(&mut client, "log probe says 7f3a9c"), "ok");
     server.wait_for_log("probe says 7f3a9c");
 }

@@ -291,30 +291,14 @@ fn after_a_panic_a_fresh_instance_serves_the_connections_opened_before() {
     server.wait_for_log("chaos: panic on command");
 }
 
-/// Reads the `id <n>` the probe sends from `on-open`.
-fn expect_id(client: &mut Client) -> u64 {
-    let text = client.recv_text();
-    text.strip_prefix("id ")
-        .and_then(|id| id.parse().ok())
-        .unwrap_or_else(|| panic!("expected `id <n>`, got {text:?}"))
-}
-
-/// Connects to the probe plugin; returns the client and its connection id (once it has
-/// arrived, the plugin has handled the open).
-fn open_probe(server: &Server) -> (Client, u64) {
-    let mut client = server.connect("/");
-    let id = expect_id(&mut client);
-    (client, id)
-}
-
 #[test]
 fn after_a_panic_the_fresh_instance_gets_on_open_for_every_live_connection() {
     // The probe answers every `on-open` with `id <conn>`, so a replayed open is visible.
     let _serial = serial();
     let server = Server::start_isolated(&plugin_path("probe"), &[]);
-    let (mut b, b_id) = open_probe(&server);
-    let (mut c, c_id) = open_probe(&server);
-    let (mut a, _) = open_probe(&server);
+    let (mut b, b_id) = open_probe(&server, "/");
+    let (mut c, c_id) = open_probe(&server, "/");
+    let (mut a, _) = open_probe(&server, "/");
     a.send_text("panic");
     expect_internal_error(&mut a);
 
@@ -754,7 +738,7 @@ fn the_sandbox_grants_no_files_sockets_environment_or_arguments() {
     let host_dir = TempDir::new("not-granted");
     fs::write(host_dir.join("secret.txt"), "secret").unwrap();
     let server = Server::start_isolated(&plugin_path("probe"), &[]);
-    let (mut client, _) = open_probe(&server);
+    let (mut client, _) = open_probe(&server, "/");
     let secret = host_dir.join("secret.txt").display().to_string();
     let escaped = host_dir.join("escaped.txt").display().to_string();
     for command in [
@@ -782,7 +766,7 @@ fn a_granted_directory_is_readable_at_data_and_nothing_else_is() {
     let data = TempDir::new("data");
     fs::write(data.join("hello.txt"), "hello, plugin\n").unwrap();
     let server = Server::start_isolated(&plugin_path("probe"), &["--plugin-dir", data.arg()]);
-    let (mut client, _) = open_probe(&server);
+    let (mut client, _) = open_probe(&server, "/");
     assert_eq!(ask(&mut client, "read-file /data/hello.txt"), "ok 14");
     assert_eq!(ask(&mut client, "list-dir /data"), "ok 1");
     for command in [
@@ -803,7 +787,7 @@ fn a_granted_directory_is_readable_at_data_and_nothing_else_is() {
 fn the_plugins_stdout_and_stderr_go_to_the_log() {
     let _serial = serial();
     let server = Server::start_isolated(&plugin_path("probe"), &[]);
-    let (mut client, _) = open_probe(&server);
+    let (mut client, _) = open_probe(&server, "/");
     assert_eq!(ask(&mut client, "print hi"), "ok");
     for (stream, level) in [("stdout", " INFO "), ("stderr", " WARN ")] {
         let field = format!("stream=\"{stream}\"");

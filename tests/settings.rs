@@ -71,22 +71,6 @@ fn echo_binary(client: &mut Client, data: &[u8]) {
     );
 }
 
-/// Reads the `id <n>` the probe sends on open.
-fn expect_id(client: &mut Client) -> u64 {
-    let text = client.recv_text();
-    text.strip_prefix("id ")
-        .and_then(|id| id.parse().ok())
-        .unwrap_or_else(|| panic!("expected `id <n>`, got {text:?}"))
-}
-
-/// Connects to the probe plugin; returns the client and its connection id. Once the
-/// id has arrived, the plugin has handled the open (and the server registered it).
-fn open_probe(server: &Server, path: &str) -> (Client, u64) {
-    let mut client = server.connect(path);
-    let id = expect_id(&mut client);
-    (client, id)
-}
-
 /// Reads the next text message, answering the server's pings on the way (as every
 /// WebSocket client does); returns the text and how many pings were answered.
 fn recv_text_answering_pings(client: &mut Client) -> (String, usize) {
@@ -205,6 +189,18 @@ fn invalid_flags_exit_2_with_one_error_line_naming_key_value_and_what_is_allowed
     );
 }
 
+/// For each (TOML text, needles): a config file holding the text stops the start with
+/// one error line containing every needle (see `assert_config_error`).
+fn assert_config_file_errors(dir: &TempDir, cases: &[(&str, &[&str])]) {
+    for (i, (toml, needles)) in cases.iter().enumerate() {
+        let file = dir.join(&format!("case{i}.toml"));
+        std::fs::write(&file, toml).unwrap();
+        let mut args = with_plugin(dir, &[]);
+        args.extend(["--config".to_owned(), path_arg(&file).to_owned()]);
+        assert_config_error(&strs(&args), needles);
+    }
+}
+
 #[test]
 fn refused_keys_in_a_config_file_exit_2_with_one_error_line() {
     let _turn = serial();
@@ -214,13 +210,7 @@ fn refused_keys_in_a_config_file_exit_2_with_one_error_line() {
         ("ssl = true\n", &["ssl = true", "cert_file"]),
         ("timeout = 0\n", &["timeout", "= 0", "1 to 3600 seconds"]),
     ];
-    for (i, (toml, needles)) in cases.into_iter().enumerate() {
-        let file = dir.join(&format!("case{i}.toml"));
-        std::fs::write(&file, toml).unwrap();
-        let mut args = with_plugin(&dir, &[]);
-        args.extend(["--config".to_owned(), path_arg(&file).to_owned()]);
-        assert_config_error(&strs(&args), needles);
-    }
+    assert_config_file_errors(&dir, &cases);
 }
 
 #[test]
@@ -232,13 +222,7 @@ fn a_config_file_with_an_unknown_key_or_a_wrong_type_exits_2_with_one_error_line
         ("max_payload = 1000\n", &["max_payload", "max_payload_size", "config"]),
         ("timeout = \"soon\"\n", &["timeout", "soon", "expected"]),
     ];
-    for (i, (toml, needles)) in cases.into_iter().enumerate() {
-        let file = dir.join(&format!("case{i}.toml"));
-        std::fs::write(&file, toml).unwrap();
-        let mut args = with_plugin(&dir, &[]);
-        args.extend(["--config".to_owned(), path_arg(&file).to_owned()]);
-        assert_config_error(&strs(&args), needles);
-    }
+    assert_config_file_errors(&dir, &cases);
 }
 
 #[test]

@@ -827,3 +827,19 @@ fn lossy(bytes: &[u8]) -> String {
         String::from_utf8_lossy(bytes).into_owned()
     }
 }
+
+/// Reads the `id <n>` the probe plugin sends on open.
+pub fn expect_id(client: &mut Client) -> u64 {
+    let text = client.recv_text();
+    text.strip_prefix("id ")
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("expected `id <n>`, got {text:?}"))
+}
+
+/// Connects to the probe plugin at `path`; returns the client and its connection id.
+/// Once the id has arrived, the plugin has handled the open (and the server registered it).
+pub fn open_probe(server: &Server, path: &str) -> (Client, u64) {
+    let mut client = server.connect(path);
+    let id = expect_id(&mut client);
+    (client, id)
+}
