@@ -82,6 +82,7 @@ bench-deps:
 
 bench: rust-deps plugins bench-deps
 	cargo build --release --quiet -p wsplug-host -p wsplug-bench
+	cargo bench --quiet -p wsplug-host --bench protocol -- --warm-up-time 1 --measurement-time 2
 	python3 bench/run.py
 
 ## Tests ------------------------------------------------------------------------
