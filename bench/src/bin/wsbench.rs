@@ -156,24 +156,41 @@ impl Pattern {
     }
 }
 
-async fn connect_all(target: &Target, conns: usize, concurrency: usize) -> anyhow::Result<Vec<Client>> {
+/// Opens `conns` connections, at most `concurrency` handshakes at a time; returns those
+/// that succeeded and how many failed.
+async fn connect_all(target: &Target, conns: usize, concurrency: usize) -> (Vec<Client>, usize) {
     let mut clients = Vec::with_capacity(conns);
+    let mut failed = 0;
     let mut pending = tokio::task::JoinSet::new();
-    let mut started = 0;
-    while clients.len() < conns {
-        while started < conns && pending.len() < concurrency {
+    let mut launched = 0;
+    while launched < conns || !pending.is_empty() {
+        while launched < conns && pending.len() < concurrency {
             let target = target.clone();
             pending.spawn(async move { Client::connect(&target).await });
-            started += 1;
+            launched += 1;
         }
-        let joined = pending.join_next().await.context("connect task")?;
-        clients.push(joined??);
+        match pending.join_next().await {
+            Some(Ok(Ok(client))) => clients.push(client),
+            Some(Ok(Err(error))) => {
+                failed += 1;
+                eprintln!("wsbench: handshake failed: {error:#}");
+            }
+            Some(Err(_)) => failed += 1,
+            None => break,
+        }
     }
+    (clients, failed)
+}
+
+/// Opens every connection of a load test, which needs all of them.
+async fn connect_every(target: &Target, conns: usize) -> anyhow::Result<Vec<Client>> {
+    let (clients, failed) = connect_all(target, conns, 200).await;
+    ensure!(failed == 0, "{failed} of {conns} connections failed");
     Ok(clients)
 }
 
 async fn echo(target: &Target, conns: usize, size: usize, inflight: usize, duration: f64) -> anyhow::Result<Report> {
-    let clients = connect_all(target, conns, 200).await?;
+    let clients = connect_every(target, conns).await?;
     let pattern = Arc::new(Pattern::new(size));
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
@@ -258,7 +275,7 @@ async fn fanout(
         "need at least one sender and one receiver"
     );
     ensure!(size >= 16, "fanout messages carry a 16-byte header");
-    let mut clients = connect_all(target, conns, 200).await?;
+    let mut clients = connect_every(target, conns).await?;
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     // What the last connection (the monitor) has seen of each sender: the window's reference.
@@ -387,22 +404,7 @@ async fn fanout(
 async fn idle(target: &Target, conns: usize, concurrency: usize, server_pid: Option<u32>) -> anyhow::Result<Report> {
     let rss_before = server_pid.and_then(rss_kib);
     let started = Instant::now();
-    let mut clients = Vec::with_capacity(conns);
-    let mut failed = 0usize;
-    let mut pending = tokio::task::JoinSet::new();
-    let mut launched = 0;
-    while launched < conns || !pending.is_empty() {
-        while launched < conns && pending.len() < concurrency {
-            let target = target.clone();
-            pending.spawn(async move { Client::connect(&target).await });
-            launched += 1;
-        }
-        match pending.join_next().await {
-            Some(Ok(Ok(client))) => clients.push(client),
-            Some(_) => failed += 1,
-            None => break,
-        }
-    }
+    let (clients, failed) = connect_all(target, conns, concurrency).await;
     let connect_s = started.elapsed().as_secs_f64();
     // Every handshake is complete; let the server's last replies settle into memory.
     tokio::time::sleep(Duration::from_millis(500)).await;

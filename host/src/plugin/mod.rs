@@ -136,16 +136,6 @@ pub enum PluginEvent {
 }
 
 impl PluginEvent {
-    /// The connection the event is about, if any.
-    pub fn conn(&self) -> Option<ConnId> {
-        match self {
-            Self::Open(c) | Self::Text(c, _) | Self::Binary(c, _) | Self::Close(c, _, _) | Self::Barrier(c, _) => {
-                Some(*c)
-            }
-            Self::Reload(_) => None,
-        }
-    }
-
     /// The export that handles it, for logs.
     pub fn export_name(&self) -> &'static str {
         match self {
