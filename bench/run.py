@@ -29,9 +29,11 @@ PLUGINS = os.path.join(ROOT, "target", "wasm32-wasip2", "release")
 def server_command(name, mode, extra):
     """The command line of a server under test; `mode` is echo or broadcast."""
     if name.startswith("wsplug"):
+        # wsplug-native: the same host with the plugin replaced by native code.
+        binary = "wsplug-native-echo" if name == "wsplug-native" else "host"
         plugin = "echo.wasm" if mode == "echo" else "broadcast.wasm"
         return [
-            os.path.join(RELEASE, "host"), "--listen", "127.0.0.1:0", "--plugin", os.path.join(PLUGINS, plugin),
+            os.path.join(RELEASE, binary), "--listen", "127.0.0.1:0", "--plugin", os.path.join(PLUGINS, plugin),
             "--log", "warn", "--timeout", "120", "--max-connections", "100000",
             "--max-payload-size", str(16 << 20), "--max-messages-buffering", "10000",
             "--cache-dir", os.path.join(tempfile.gettempdir(), "wsplug-bench-cache"), *extra,
@@ -85,10 +87,10 @@ def scenarios(duration, certs):
         # (title, metric, higher is better, [(server, mode, wsbench args, server args)])
         ("echo 100 x 20 B", "msgs_per_s", True, "echo",
          ["echo", "--conns", "100", "--size", "20", "--inflight", "4", "--duration", d],
-         ["wsplug", "fastwebsockets", "tokio-tungstenite"], []),
+         ["wsplug", "fastwebsockets", "tokio-tungstenite", "wsplug-native"], []),
         ("echo 100 x 16 KiB", "msgs_per_s", True, "echo",
          ["echo", "--conns", "100", "--size", "16384", "--inflight", "2", "--duration", d],
-         ["wsplug", "fastwebsockets", "tokio-tungstenite"], []),
+         ["wsplug", "fastwebsockets", "tokio-tungstenite", "wsplug-native"], []),
         ("echo 100 x 20 B, permessage-deflate", "msgs_per_s", True, "echo",
          ["--deflate", "echo", "--conns", "100", "--size", "20", "--inflight", "4", "--duration", d],
          ["wsplug", "node-ws"], []),
@@ -142,7 +144,8 @@ def main():
 
     print()
     print(f"Medians of {args.rounds} alternating rounds, {args.duration:g} s each; ratio = wsplug / reference "
-          f"(for memory, reference / wsplug: above 1 means wsplug is better). Took {time.monotonic() - started:.0f} s.")
+          f"(for memory, reference / wsplug: above 1 means wsplug is better). Against wsplug-native (the same "
+          f"host with a native echo in place of the plugin) the ratio is the plugin's share. Took {time.monotonic() - started:.0f} s.")
     print()
     print("| scenario | server | median | p99 latency (µs) | lost/errors | ratio |")
     print("|---|---|---|---|---|---|")

@@ -1,11 +1,13 @@
 //! wsplug: a WebSocket server whose business logic runs in sandboxed WebAssembly
 //! components.
 //!
+//! - [`app`]: the `host` program, from command line to shutdown.
 //! - [`config`]: the TOML file and command line, merged and validated.
 //! - [`ws`]: the protocol, sans I/O.
 //! - [`plugin`]: the WebAssembly runtime that runs a plugin; it knows nothing of frames.
 //! - [`server`]: the tokio shell that connects sockets, protocol and plugin.
 
+pub mod app;
 pub mod config;
 pub mod plugin;
 pub mod server;

@@ -16,7 +16,7 @@ pub mod watcher;
 use std::sync::Arc;
 
 pub use loader::{Loaded, Loader};
-pub use runner::{Grants, PluginHandle, PluginLimits, spawn};
+pub use runner::{Grants, PluginHandle, PluginLimits, Runner, spawn, spawn_handler};
 
 /// An error and its causes on one log line: wasmtime's messages (a trap's wasm
 /// backtrace, a parse error's details) span several lines, which would split one log

@@ -84,21 +84,23 @@ pub fn spawn(
     limits: PluginLimits,
     grants: Grants,
 ) -> wasmtime::Result<PluginHandle> {
-    let mut runner = Runner {
-        engine: engine.clone(),
-        services,
-        limits,
-        grants,
-        loaded,
-        instance: None,
-        opened: BTreeSet::new(),
-        crashes: 0,
-    };
-    runner.instance = Some(runner.instantiate(&runner.loaded)?);
-    let (events, queue) = mpsc::channel(limits.queue_len.max(1));
-    thread::Builder::new()
-        .name("plugin".into())
-        .spawn(move || runner.run(queue))?;
+    let mut runner = Runner::new(engine, loaded, services, limits, grants)?;
+    Ok(spawn_handler(limits.queue_len, move |event| runner.handle(event))?)
+}
+
+/// Runs `handle` on a thread of its own for every queued event, in order: the event
+/// loop of [`spawn`], open to other handlers (the benchmarks compare the WebAssembly
+/// echo plugin with a native one on this same path).
+pub fn spawn_handler(
+    queue_len: usize,
+    mut handle: impl FnMut(PluginEvent) + Send + 'static,
+) -> std::io::Result<PluginHandle> {
+    let (events, mut queue) = mpsc::channel(queue_len.max(1));
+    thread::Builder::new().name("plugin".into()).spawn(move || {
+        while let Some(event) = queue.blocking_recv() {
+            handle(event);
+        }
+    })?;
     Ok(PluginHandle { events })
 }
 
@@ -108,7 +110,9 @@ struct Instance {
     bindings: Plugin,
 }
 
-struct Runner {
+/// Calls a plugin's exports, one event at a time, on the caller's thread. [`spawn`]
+/// runs one on a thread of its own; benchmarks call it directly.
+pub struct Runner {
     engine: Engine,
     services: Arc<dyn HostServices>,
     limits: PluginLimits,
@@ -132,28 +136,51 @@ struct Crash {
 }
 
 impl Runner {
-    fn run(mut self, mut queue: mpsc::Receiver<PluginEvent>) {
-        while let Some(event) = queue.blocking_recv() {
-            match event {
-                PluginEvent::Barrier(_, done) => {
-                    let _ = done.send(());
-                }
-                PluginEvent::Reload(loaded) => self.reload(*loaded),
-                PluginEvent::Open(conn) => {
-                    self.opened.insert(conn);
+    /// Instantiates `loaded` once, so that a plugin that cannot start fails here.
+    pub fn new(
+        engine: &Engine,
+        loaded: Loaded,
+        services: Arc<dyn HostServices>,
+        limits: PluginLimits,
+        grants: Grants,
+    ) -> wasmtime::Result<Self> {
+        let mut runner = Runner {
+            engine: engine.clone(),
+            services,
+            limits,
+            grants,
+            loaded,
+            instance: None,
+            opened: BTreeSet::new(),
+            crashes: 0,
+        };
+        runner.instance = Some(runner.instantiate(&runner.loaded)?);
+        Ok(runner)
+    }
+
+    /// Handles one event: calls its export (a trap closes that connection with 1011
+    /// and the next event gets a fresh instance), swaps in a reload, or answers a
+    /// barrier.
+    pub fn handle(&mut self, event: PluginEvent) {
+        match event {
+            PluginEvent::Barrier(_, done) => {
+                let _ = done.send(());
+            }
+            PluginEvent::Reload(loaded) => self.reload(*loaded),
+            PluginEvent::Open(conn) => {
+                self.opened.insert(conn);
+                self.dispatch(conn, &event);
+            }
+            // Events of a connection the plugin does not know (it was closed with
+            // 1011 after a trap) are dropped.
+            PluginEvent::Text(conn, _) | PluginEvent::Binary(conn, _) => {
+                if self.opened.contains(&conn) {
                     self.dispatch(conn, &event);
                 }
-                // Events of a connection the plugin does not know (it was closed with
-                // 1011 after a trap) are dropped.
-                PluginEvent::Text(conn, _) | PluginEvent::Binary(conn, _) => {
-                    if self.opened.contains(&conn) {
-                        self.dispatch(conn, &event);
-                    }
-                }
-                PluginEvent::Close(conn, ..) => {
-                    if self.opened.remove(&conn) {
-                        self.dispatch(conn, &event);
-                    }
+            }
+            PluginEvent::Close(conn, ..) => {
+                if self.opened.remove(&conn) {
+                    self.dispatch(conn, &event);
                 }
             }
         }

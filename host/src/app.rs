@@ -1,0 +1,159 @@
+//! The `host` program: command line and TOML file, logging, plugin, server, signals.
+//! `src/main.rs` is a call to [`main`].
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, Options};
+use crate::plugin::{self, Grants, HostServices, Loader, PluginEvent, PluginHandle, PluginLimits};
+use crate::server::registry::Registry;
+use crate::server::static_files::StaticFiles;
+use crate::server::{Server, Settings, tls};
+use crate::ws::handshake::HandshakeConfig;
+
+/// Native code that handles plugin events in place of a WebAssembly plugin.
+pub type NativeHandler = Box<dyn FnMut(&dyn HostServices, PluginEvent) + Send>;
+
+/// Runs the host as the `host` binary does: reads the command line (and the TOML
+/// file it names), sets up logging, serves until SIGTERM or SIGINT. Returns the
+/// process's exit code: 2 for a bad setting, 1 for a failure to start.
+///
+/// `native` replaces the plugin with native code on the same event path; it exists
+/// so that benchmarks can measure what the WebAssembly sandbox costs.
+pub fn main(native: Option<NativeHandler>) -> ExitCode {
+    let config = match Options::load() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("host: error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = match EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&config.log)) {
+        Ok(filter) => filter,
+        Err(error) => {
+            eprintln!("host: error: invalid log = {:?}: {error}", config.log);
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    // Every connection is a file descriptor: use all the process may have, not the
+    // usual soft limit of 1024.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "file descriptor limit"),
+        Err(error) => tracing::warn!("cannot raise the file descriptor limit: {error}"),
+    }
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("host: error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config, native)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("host: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config, native: Option<NativeHandler>) -> anyhow::Result<()> {
+    // Load everything that can fail before binding, so a bad setting never leaves a
+    // half-started server.
+    let tls = config
+        .tls
+        .as_ref()
+        .map(tls::acceptor)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let static_files = config
+        .static_dir
+        .as_deref()
+        .map(StaticFiles::new)
+        .transpose()
+        .context("cannot serve the static directory")?;
+
+    let registry = Arc::new(Registry::new(config.max_messages_buffering));
+    let plugin = match native {
+        Some(mut handle) => {
+            let services = registry.clone();
+            plugin::spawn_handler(config.plugin_queue, move |event| handle(&*services, event))?
+        }
+        None => start_plugin(&config, registry.clone())?,
+    };
+
+    let settings = Settings {
+        handshake: HandshakeConfig {
+            subprotocols: config.subprotocols.clone(),
+            deflate: config.compression,
+            allowed_origins: config.allowed_origins.clone(),
+            ..HandshakeConfig::default()
+        },
+        handshake_timeout: config.handshake_timeout,
+        idle_timeout: config.idle_timeout,
+        close_timeout: config.handshake_timeout,
+        max_message_size: config.max_payload_size,
+        max_connections: config.max_connections,
+        prod: config.prod,
+    };
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    let server = Server::bind(config.listen, settings, registry, plugin, static_files, tls)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = server.local_addr()?;
+    // Tests and scripts wait for this line to know the server is ready.
+    println!("wsplug listening on {scheme}://{addr}");
+    server.run(stop_signal()?, config.shutdown_grace).await;
+    Ok(())
+}
+
+/// Loads the configured plugin, starts it on its own thread and watches its file
+/// for new versions.
+fn start_plugin(config: &Config, registry: Arc<Registry>) -> anyhow::Result<PluginHandle> {
+    let loader = Arc::new(Loader::new(config.cache_dir.clone())?);
+    let loaded = loader.load(&config.plugin, Instant::now())?;
+    tracing::info!(
+        plugin = &*loaded.name,
+        file = %config.plugin.display(),
+        size = loaded.size,
+        load_ms = loaded.load_time.as_millis() as u64,
+        cache_hit = loaded.cache_hit,
+        "plugin loaded"
+    );
+    let serving = loaded.digest;
+    let limits = PluginLimits {
+        deadline: config.plugin_deadline,
+        memory_bytes: config.plugin_memory_bytes,
+        queue_len: config.plugin_queue,
+    };
+    let grants = Grants {
+        data_dir: config.plugin_dir.clone(),
+    };
+    let plugin = plugin::spawn(loader.engine(), loaded, registry, limits, grants)?;
+    plugin::watcher::watch(loader, config.plugin.clone(), plugin.clone(), serving, config.watch)
+        .with_context(|| format!("cannot watch {}", config.plugin.display()))?;
+    Ok(plugin)
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+fn stop_signal() -> std::io::Result<impl Future<Output = ()>> {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
+        }
+    })
+}
