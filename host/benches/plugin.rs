@@ -15,9 +15,18 @@ use wsplug::plugin::{
     ConnId, ConnectionInfo, Grants, HostError, HostServices, Loader, Outgoing, PluginEvent, PluginLimits, Runner,
 };
 
-/// The echo plugin of each language, by file name.
-const ECHO_PLUGINS: [&str; 4] = ["echo.wasm", "echo-c.wasm", "echo-js.wasm", "echo-py.wasm"];
+/// The echo plugin of each language, by file name (`echo` is Rust with the SDK,
+/// `echo-raw` Rust on bare wit-bindgen bindings).
+const ECHO_PLUGINS: [&str; 5] = [
+    "echo.wasm",
+    "echo-raw.wasm",
+    "echo-c.wasm",
+    "echo-js.wasm",
+    "echo-py.wasm",
+];
 const SIZES: [usize; 2] = [20, 16 * 1024];
+/// Criterion's group name; `bench/run.py` reads the results from `target/criterion/<GROUP>/`.
+const GROUP: &str = "plugin call";
 
 /// Host services that count what the plugin sends and drop it.
 #[derive(Default)]
@@ -26,6 +35,7 @@ struct Sink {
 }
 
 impl HostServices for Sink {
+    fn opened(&self, _: ConnId) {}
     fn send(&self, _: ConnId, message: Outgoing) -> Result<(), HostError> {
         let len = match &message {
             Outgoing::Text(text) => text.as_str().len(),
@@ -69,7 +79,7 @@ fn plugin_dir() -> PathBuf {
 
 fn plugin_call(c: &mut Criterion) {
     let loader = Loader::new(None).expect("engine");
-    let mut group = c.benchmark_group("plugin call (on-text + send-text)");
+    let mut group = c.benchmark_group(GROUP);
     let mut found = 0;
     for file in ECHO_PLUGINS {
         let path = plugin_dir().join(file);
@@ -99,7 +109,7 @@ fn plugin_call(c: &mut Criterion) {
                 "{file} does not echo"
             );
             group.throughput(Throughput::Bytes(size as u64));
-            group.bench_function(format!("{} {size} B", file.trim_end_matches(".wasm")), |b| {
+            group.bench_function(format!("{} {size}", file.trim_end_matches(".wasm")), |b| {
                 b.iter_batched(
                     || PluginEvent::Text(1, text.clone()),
                     |event| runner.handle(black_box(event)),

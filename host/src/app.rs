@@ -88,7 +88,12 @@ async fn run(config: Config, native: Option<NativeHandler>) -> anyhow::Result<()
     let plugin = match native {
         Some(mut handle) => {
             let services = registry.clone();
-            plugin::spawn_handler(config.plugin_queue, move |event| handle(&*services, event))?
+            plugin::spawn_handler(config.plugin_queue, move |event| {
+                if let PluginEvent::Open(conn) = event {
+                    services.opened(conn);
+                }
+                handle(&*services, event)
+            })?
         }
         None => start_plugin(&config, registry.clone())?,
     };
@@ -126,6 +131,7 @@ fn start_plugin(config: &Config, registry: Arc<Registry>) -> anyhow::Result<Plug
     tracing::info!(
         plugin = &*loaded.name,
         file = %config.plugin.display(),
+        language = %loaded.language,
         size = loaded.size,
         load_ms = loaded.load_time.as_millis() as u64,
         cache_hit = loaded.cache_hit,

@@ -3,11 +3,13 @@
 //! of its own. It knows connections only by id and messages only as text or
 //! bytes; what "sending" means is up to the [`HostServices`] it is given.
 //!
+//! - [`language`]: tells a plugin's source language from its producers sections.
 //! - [`loader`]: compiles (or loads from the cache) and links a plugin file.
 //! - [`runner`]: the plugin thread: instances, traps, crash-loop back-off, reload swaps.
 //! - [`watcher`]: notices a changed plugin file (or SIGHUP) and hands the new version over.
 
 mod bindings;
+pub mod language;
 pub mod loader;
 mod output;
 pub mod runner;
@@ -97,6 +99,10 @@ pub struct ConnectionInfo {
 /// The services a plugin's imports are served by. The server implements this
 /// over its live connections; every method returns without blocking.
 pub trait HostServices: Send + Sync + 'static {
+    /// The plugin is about to get `on-open` for `conn`. Until then the connection is
+    /// left out of broadcasts and [`HostServices::connections`], so that nothing
+    /// reaches a client before what the plugin sends it in `on-open`.
+    fn opened(&self, conn: ConnId);
     /// Queues a message to one connection.
     fn send(&self, conn: ConnId, message: Outgoing) -> Result<(), HostError>;
     /// Starts closing a connection (code and reason already validated).

@@ -169,6 +169,7 @@ impl Runner {
             PluginEvent::Reload(loaded) => self.reload(*loaded),
             PluginEvent::Open(conn) => {
                 self.opened.insert(conn);
+                self.services.opened(conn);
                 self.dispatch(conn, &event);
             }
             // Events of a connection the plugin does not know (it was closed with
@@ -298,6 +299,8 @@ impl Runner {
             plugin = &*loaded.name,
             file,
             connections = self.opened.len(),
+            language = %loaded.language,
+            size = loaded.size,
             load_ms = loaded.load_time.as_millis() as u64,
             cache_hit = loaded.cache_hit,
             swap_ms = swap_started.elapsed().as_millis() as u64,

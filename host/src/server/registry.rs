@@ -31,6 +31,8 @@ struct Entry {
     overflow: Arc<Notify>,
     info: Arc<ConnectionInfo>,
     groups: HashSet<String>,
+    /// The plugin has been told of it (`on-open`): broadcasts and `connections` include it.
+    opened: bool,
 }
 
 #[derive(Default)]
@@ -70,6 +72,7 @@ impl Registry {
             overflow: overflow.clone(),
             info: Arc::new(info),
             groups: HashSet::new(),
+            opened: false,
         };
         self.lock().conns.insert(entry.info.id, entry);
         Mailbox {
@@ -126,6 +129,12 @@ impl Entry {
 }
 
 impl HostServices for Registry {
+    fn opened(&self, conn: ConnId) {
+        if let Some(entry) = self.lock().conns.get_mut(&conn) {
+            entry.opened = true;
+        }
+    }
+
     fn send(&self, conn: ConnId, message: Outgoing) -> Result<(), HostError> {
         self.lock()
             .conns
@@ -144,7 +153,10 @@ impl HostServices for Registry {
 
     fn broadcast(&self, message: Outgoing, except: Option<ConnId>) -> u32 {
         let inner = self.lock();
-        let targets = inner.conns.iter().filter(|(id, _)| Some(**id) != except);
+        let targets = inner
+            .conns
+            .iter()
+            .filter(|(id, entry)| entry.opened && Some(**id) != except);
         targets
             .filter(|(_, entry)| entry.push(Command::Send(message.clone())).is_ok())
             .count() as u32
@@ -193,7 +205,13 @@ impl HostServices for Registry {
     }
 
     fn connections(&self) -> Vec<ConnId> {
-        self.lock().conns.keys().copied().collect()
+        let inner = self.lock();
+        inner
+            .conns
+            .iter()
+            .filter(|(_, entry)| entry.opened)
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     fn info(&self, conn: ConnId) -> Option<Arc<ConnectionInfo>> {
@@ -226,6 +244,11 @@ mod tests {
         let mut a = registry.register(info(1));
         let mut b = registry.register(info(2));
         let mut c = registry.register(info(3));
+        // Not yet opened: only direct sends reach it.
+        let mut d = registry.register(info(4));
+        for id in [1, 2, 3] {
+            registry.opened(id);
+        }
         registry.send(1, text("to a")).unwrap();
         assert_eq!(registry.broadcast(text("all but b"), Some(2)), 2);
         registry.join(2, "room").unwrap();
@@ -245,6 +268,17 @@ mod tests {
         assert_eq!(drain(&mut a), ["to a", "all but b"]);
         assert_eq!(drain(&mut b), ["room"]);
         assert_eq!(drain(&mut c), ["all but b"]);
+        assert!(drain(&mut d).is_empty());
+        let mut conns = registry.connections();
+        conns.sort();
+        assert_eq!(conns, vec![1, 2, 3]);
+        registry.opened(4);
+        registry.send(4, text("to d")).unwrap();
+        assert_eq!(registry.broadcast(text("all"), None), 4);
+        assert_eq!(drain(&mut d), ["to d", "all"]);
+        drain(&mut a);
+        drain(&mut b);
+        drain(&mut c);
 
         registry.unregister(2);
         assert_eq!(registry.group_members("room"), vec![3]);
@@ -254,7 +288,7 @@ mod tests {
         assert_eq!(registry.info(3).unwrap().id, 3);
         registry.leave(3, "room").unwrap();
         assert!(registry.group_members("room").is_empty());
-        assert_eq!(registry.len(), 2);
+        assert_eq!(registry.len(), 3);
     }
 
     #[tokio::test]
