@@ -14,6 +14,7 @@ use wasmtime::error::Context as _;
 use wasmtime::{Config, Engine};
 
 use super::bindings::{HostState, Plugin, PluginPre};
+use super::language::{self, Language};
 
 /// How often the engine's epoch advances; CPU deadlines are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -30,6 +31,8 @@ pub struct Loaded {
     pub digest: [u8; 32],
     /// Size of the file in bytes.
     pub size: u64,
+    /// The language it was written in, if its producers sections tell.
+    pub language: Language,
     /// Time spent reading, compiling (or loading from the cache) and linking.
     pub load_time: Duration,
     /// Whether the compiled code came from the cache.
@@ -43,6 +46,7 @@ impl std::fmt::Debug for Loaded {
         f.debug_struct("Loaded")
             .field("path", &self.path)
             .field("size", &self.size)
+            .field("language", &self.language)
             .field("load_time", &self.load_time)
             .field("cache_hit", &self.cache_hit)
             .finish_non_exhaustive()
@@ -121,6 +125,7 @@ impl Loader {
             pre,
             digest,
             size: bytes.len() as u64,
+            language: language::detect(bytes),
             load_time: started.elapsed(),
             cache_hit,
             requested_at,
