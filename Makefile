@@ -14,16 +14,28 @@ LISTEN      ?= 127.0.0.1:9001
 
 export CARGO_TARGET_DIR := $(TARGET_DIR)
 
-# Versions of the test tools, pinned so that a CI run is reproducible.
-KOSOKU_VERSION     := 0.1.0
-WEBSOCKETS_VERSION := 17.4
+# Versions of the test tools and plugin toolchains, pinned so that a CI run is
+# reproducible. (componentize-js is pinned in plugins/package.json and its lockfile.)
+KOSOKU_VERSION          := 0.1.0
+WEBSOCKETS_VERSION      := 17.4
+COMPONENTIZE_PY_VERSION := 0.25.1
+WIT_BINDGEN_VERSION     := 0.63.0
+WASM_TOOLS_VERSION      := 1.262.0
 
-.PHONY: help deps rust-deps py-deps browser-deps bench-deps bench plugins build lint unit integration autobahn browser test run clean
+# Tools that cargo installs for the C plugins, kept inside target/.
+TOOLS      := $(TARGET_DIR)/tools
+WIT_BINDGEN := $(TOOLS)/bin/wit-bindgen
+WASM_TOOLS := $(TOOLS)/bin/wasm-tools
+WASI_ADAPTER := $(TOOLS)/wasi_snapshot_preview1.reactor.wasm
+WIT        := $(wildcard wit/*.wit)
+
+.PHONY: help deps rust-deps py-deps browser-deps js-deps c-deps bench-deps bench plugins plugins-rust plugins-js plugins-py plugins-c build lint unit integration autobahn browser test run clean
 
 help:
 	@echo "make run        build the plugins and start the server on $(LISTEN)"
 	@echo "make test       install what is missing, build everything, run every test"
-	@echo "make plugins    build the WebAssembly plugins into $(PLUGIN_DIR)"
+	@echo "make plugins    build every WebAssembly plugin (Rust, JavaScript, Python, C) into $(PLUGIN_DIR)"
+	@echo "make plugins-rust (-js, -py, -c)   build one language's plugins"
 	@echo "make autobahn   run the Autobahn TestSuite (kosoku) against the echo plugin"
 	@echo "make browser    run the chat example in headless Chromium (ws:// and wss://)"
 	@echo "make lint       cargo fmt --check and clippy -D warnings"
@@ -31,22 +43,48 @@ help:
 
 ## Installation -----------------------------------------------------------------
 
-deps: rust-deps py-deps browser-deps
+deps: rust-deps py-deps js-deps c-deps browser-deps
 
 rust-deps:
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 
-# The Python test tools live in a venv under target/, made once.
-py-deps: $(VENV)/.installed
+# The Python tools (test tools and componentize-py) live in a venv under target/,
+# made once per set of pinned versions.
+PY_STAMP := $(VENV)/.installed-kosoku$(KOSOKU_VERSION)-websockets$(WEBSOCKETS_VERSION)-cpy$(COMPONENTIZE_PY_VERSION)
 
-$(VENV)/.installed:
+py-deps: $(PY_STAMP)
+
+$(PY_STAMP):
 	@python3 -m venv --help >/dev/null 2>&1 || (apt-get update && apt-get install -y python3-venv)
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check \
-		kosoku==$(KOSOKU_VERSION) websockets==$(WEBSOCKETS_VERSION)
+		kosoku==$(KOSOKU_VERSION) websockets==$(WEBSOCKETS_VERSION) componentize-py==$(COMPONENTIZE_PY_VERSION)
 	@touch $@
+
+# componentize-js, pinned by plugins/package-lock.json.
+js-deps: plugins/node_modules/.package-lock.json
+
+plugins/node_modules/.package-lock.json: plugins/package.json plugins/package-lock.json
+	cd plugins && npm ci --no-audit --no-fund --loglevel=error
+
+# C: Debian's clang, lld and wasi-libc (preview1); wit-bindgen and wasm-tools from
+# crates.io with only the features used; the preview1 adapter from wasmtime's crate.
+c-deps: $(WIT_BINDGEN) $(WASM_TOOLS) $(WASI_ADAPTER)
+	@command -v clang >/dev/null && command -v wasm-ld >/dev/null && test -d /usr/include/wasm32-wasi \
+		&& test -n "$$(ls /usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a 2>/dev/null)" \
+		|| (apt-get update && apt-get install -y clang lld wasi-libc libclang-rt-14-dev-wasm32)
+
+$(WIT_BINDGEN):
+	cargo install --quiet --locked --root $(TOOLS) wit-bindgen-cli@$(WIT_BINDGEN_VERSION) --no-default-features --features c
+
+$(WASM_TOOLS):
+	cargo install --quiet --locked --root $(TOOLS) wasm-tools@$(WASM_TOOLS_VERSION) --no-default-features --features component
+
+$(WASI_ADAPTER): plugins/wasi-adapter/Cargo.toml plugins/wasi-adapter/src/main.rs
+	@mkdir -p $(TOOLS)
+	cargo run --quiet --manifest-path plugins/wasi-adapter/Cargo.toml -- $@
 
 # Headless Chromium from Debian, driven by playwright-core (pinned in tests/browser).
 browser-deps:
@@ -56,13 +94,44 @@ browser-deps:
 
 ## Build ------------------------------------------------------------------------
 
-# counter is built twice, as counter-v1.wasm and counter-v2.wasm, for the reload tests.
-plugins: rust-deps
+plugins: plugins-rust plugins-js plugins-py plugins-c
+
+# Cargo names a cdylib with underscores; plugins are named with dashes. counter is built twice, as counter-v1.wasm and counter-v2.wasm, for the reload tests.
+plugins-rust: rust-deps
 	cd plugins && cargo build --target wasm32-wasip2 --release --quiet
+	cp $(PLUGIN_DIR)/echo_raw.wasm $(PLUGIN_DIR)/echo-raw.wasm
 	cp $(PLUGIN_DIR)/counter.wasm $(PLUGIN_DIR)/counter-v1.wasm
 	cd plugins && cargo build --target wasm32-wasip2 --release --quiet -p counter --features v2
 	mv $(PLUGIN_DIR)/counter.wasm $(PLUGIN_DIR)/counter-v2.wasm
-	@ls -1 $(PLUGIN_DIR)/*.wasm
+
+# One component per directory: plugins/<name>-js/app.js -> <name>-js.wasm. No
+# wasi:http (the world does not need it; without -d the component would import it).
+plugins-js: $(PLUGIN_DIR)/chat-js.wasm $(PLUGIN_DIR)/echo-js.wasm
+
+$(PLUGIN_DIR)/%-js.wasm: plugins/%-js/app.js $(WIT) plugins/node_modules/.package-lock.json
+	@mkdir -p $(PLUGIN_DIR)
+	cd plugins && npx --no-install componentize-js $*-js/app.js --wit ../wit -n plugin -d http fetch-event -o $@
+
+# plugins/<name>-py/app.py -> <name>-py.wasm; componentize-py generates the bindings.
+plugins-py: $(PLUGIN_DIR)/chat-py.wasm $(PLUGIN_DIR)/echo-py.wasm
+
+$(PLUGIN_DIR)/%-py.wasm: plugins/%-py/app.py $(WIT) $(PY_STAMP)
+	@mkdir -p $(PLUGIN_DIR)
+	cd plugins/$*-py && $(VENV)/bin/componentize-py -d ../../wit -w plugin componentize app -o $@
+
+# plugins/<name>-c/app.c -> <name>-c.wasm: bindings from the WIT, a preview1 reactor
+# module from clang, then a component with the adapter.
+plugins-c: c-deps $(PLUGIN_DIR)/chat-c.wasm $(PLUGIN_DIR)/echo-c.wasm
+
+C_BUILD := $(TARGET_DIR)/c-plugins
+
+$(PLUGIN_DIR)/%-c.wasm: plugins/%-c/app.c $(WIT) | c-deps
+	@mkdir -p $(PLUGIN_DIR) $(C_BUILD)/$*
+	$(WIT_BINDGEN) c ./wit --world plugin --out-dir $(C_BUILD)/$*
+	clang --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Wextra -Werror -Wl,--strip-debug \
+		-I $(C_BUILD)/$* -o $(C_BUILD)/$*/core.wasm \
+		plugins/$*-c/app.c $(C_BUILD)/$*/plugin.c $(C_BUILD)/$*/plugin_component_type.o
+	$(WASM_TOOLS) component new $(C_BUILD)/$*/core.wasm --adapt wasi_snapshot_preview1=$(WASI_ADAPTER) -o $@
 
 build: rust-deps
 	cargo build --all-targets --quiet
@@ -82,7 +151,7 @@ bench-deps:
 
 bench: rust-deps plugins bench-deps
 	cargo build --release --quiet -p wsplug-host -p wsplug-bench
-	cargo bench --quiet -p wsplug-host --bench protocol -- --warm-up-time 1 --measurement-time 2
+	cargo bench --quiet -p wsplug-host --bench protocol --bench plugin -- --warm-up-time 1 --measurement-time 2
 	python3 bench/run.py
 
 ## Tests ------------------------------------------------------------------------
@@ -93,7 +162,7 @@ unit: build
 # The real host binary with the real plugins: protocol (integration), plugin runtime
 # (runtime) and configuration, TLS, static files, shutdown (settings).
 integration: build plugins
-	WSPLUG_PLUGIN_DIR=$(PLUGIN_DIR) cargo test --quiet --test integration --test runtime --test settings
+	WSPLUG_PLUGIN_DIR=$(PLUGIN_DIR) cargo test --quiet --test integration --test runtime --test settings --test chat
 
 browser: build plugins browser-deps
 	cd tests/browser && HOST=$(HOST) CHAT_PLUGIN=$(PLUGIN_DIR)/chat.wasm node --test
@@ -106,7 +175,7 @@ test: deps lint unit integration browser autobahn
 
 ## Run --------------------------------------------------------------------------
 
-run: rust-deps plugins
+run: rust-deps plugins-rust
 	cargo build --release --quiet --bin host
 	@echo
 	@echo "  wsplug chat: open http://$(LISTEN)/ in two browser windows"

@@ -28,10 +28,13 @@ PLUGINS = os.path.join(ROOT, "target", "wasm32-wasip2", "release")
 
 def server_command(name, mode, extra):
     """The command line of a server under test; `mode` is echo or broadcast."""
-    if name.startswith("wsplug"):
-        # wsplug-native: the same host with the plugin replaced by native code.
+    if name.startswith("wsplug") or name.startswith("echo-"):
+        # wsplug-native: the same host with the plugin replaced by native code;
+        # echo-*: the host with another language's echo plugin.
         binary = "wsplug-native-echo" if name == "wsplug-native" else "host"
         plugin = "echo.wasm" if mode == "echo" else "broadcast.wasm"
+        if name.startswith("echo-"):
+            plugin = name + ".wasm"
         return [
             os.path.join(RELEASE, binary), "--listen", "127.0.0.1:0", "--plugin", os.path.join(PLUGINS, plugin),
             "--log", "warn", "--timeout", "120", "--max-connections", "100000",
@@ -80,6 +83,51 @@ def measure(server, mode, wsbench_args, server_extra=()):
     return json.loads(lines[-1][len("RESULT "):])
 
 
+# The echo plugin of each language; the first is the one "wsplug" runs.
+LANGUAGE_PLUGINS = [("echo", "Rust (SDK)"), ("echo-raw", "Rust (bare bindings)"), ("echo-c", "C"),
+                    ("echo-js", "JavaScript"), ("echo-py", "Python")]
+LANGUAGES = "echo 100 x 20 B, plugin per language"
+CRITERION = os.path.join(ROOT, "target", "criterion", "plugin call")
+
+
+def plugin_call_ns(plugin, size):
+    """Median time of one plugin call from `cargo bench --bench plugin`, run just before."""
+    try:
+        with open(os.path.join(CRITERION, f"{plugin} {size}", "new", "estimates.json")) as f:
+            return json.load(f)["median"]["point_estimate"]
+    except OSError:
+        return None
+
+
+def problems(runs):
+    """Lost messages, errors and failed connections over all runs of one server."""
+    return sum(r.get("lost", 0) + r.get("errors", 0) + r.get("failed", 0) for r in runs)
+
+
+def print_languages(results):
+    """The per-language table: echo throughput through the host and the cost of one call."""
+    rust = statistics.median([v for v, _ in results[(LANGUAGES, "wsplug")] if v is not None] or [0])
+    print()
+    print("Echo plugins by language: msgs/s through the host (echo 100 x 20 B), and one plugin call "
+          "(on-text + send-text, criterion median, `cargo bench --bench plugin`).")
+    print()
+    print("| plugin | language | size | msgs/s | errors | vs Rust (SDK) | call 20 B (µs) | call 16 KiB (µs) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for plugin, language in LANGUAGE_PLUGINS:
+        server = "wsplug" if plugin == "echo" else plugin
+        runs = results.get((LANGUAGES, server), [])
+        values = [v for v, _ in runs if v is not None]
+        median = statistics.median(values) if values else None
+        path = os.path.join(PLUGINS, plugin + ".wasm")
+        size = f"{os.path.getsize(path) / 1024:,.0f} KiB" if os.path.exists(path) else "missing"
+        calls = [plugin_call_ns(plugin, n) for n in (20, 16384)]
+        calls = ["" if c is None else f"{c / 1000:.2f}" for c in calls]
+        ratio = f"{median / rust:.2f}" if median and rust else ""
+        shown = "failed" if median is None else f"{median:,.0f}"
+        bad = problems([r for _, r in runs if r])
+        print(f"| {plugin} | {language} | {size} | {shown} | {bad} | {ratio} | {calls[0]} | {calls[1]} |")
+
+
 def scenarios(duration, certs):
     d = str(duration)
     wss = ["--ssl", "true", "--cert-file", certs] if certs else []
@@ -103,6 +151,9 @@ def scenarios(duration, certs):
         ("10,000 idle compressed connections (KiB RSS/conn)", "rss_per_conn_kib", False, "echo",
          ["--deflate", "conns", "--conns", "10000"],
          ["wsplug", "node-ws"], []),
+        (LANGUAGES, "msgs_per_s", True, "echo",
+         ["echo", "--conns", "100", "--size", "20", "--inflight", "4", "--duration", d],
+         ["wsplug"] + [plugin for plugin, _ in LANGUAGE_PLUGINS[1:]], []),
         ("WSS echo 100 x 1 KiB", "msgs_per_s", True, "echo",
          ["--tls", "echo", "--conns", "100", "--size", "1024", "--inflight", "4", "--duration", d],
          ["wsplug"], wss),
@@ -150,6 +201,8 @@ def main():
     print("| scenario | server | median | p99 latency (µs) | lost/errors | ratio |")
     print("|---|---|---|---|---|---|")
     for title, metric, higher, _, _, servers, _ in chosen:
+        if title == LANGUAGES:
+            continue
         medians = {}
         for server in servers:
             values = [v for v, _ in results[(title, server)] if v is not None]
@@ -157,13 +210,15 @@ def main():
         for server in servers:
             runs = [r for _, r in results[(title, server)] if r]
             p99 = statistics.median([r["p99_us"] for r in runs if "p99_us" in r]) if any("p99_us" in r for r in runs) else ""
-            bad = sum(r.get("lost", 0) + r.get("errors", 0) + r.get("failed", 0) for r in runs)
+            bad = problems(runs)
             mine, theirs = medians.get("wsplug"), medians[server]
             ratio = ""
             if server != "wsplug" and mine and theirs:
                 ratio = f"{(mine / theirs) if higher else (theirs / mine):.2f}"
             value = "failed" if theirs is None else f"{theirs:,.0f}" if higher else f"{theirs:.2f}"
             print(f"| {title} | {server} | {value} | {p99} | {bad} | {ratio} |")
+    if any(title == LANGUAGES for title, *_ in chosen):
+        print_languages(results)
 
 
 if __name__ == "__main__":

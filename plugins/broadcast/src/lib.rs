@@ -2,15 +2,11 @@
 //! text and binary as binary, never back to its sender. Nothing is sent when a
 //! connection opens or closes. The benchmarks' fan-out workload.
 
-wit_bindgen::generate!({ world: "plugin", path: "../../wit" });
-
-use wsplug::plugin::host;
+use wsplug_plugin::{ConnectionId, Plugin, host};
 
 struct Broadcast;
 
-impl Guest for Broadcast {
-    fn on_open(_conn: ConnectionId) {}
-
+impl Plugin for Broadcast {
     fn on_text(conn: ConnectionId, text: String) {
         // The count of recipients is of no use here.
         host::broadcast_text(&text, Some(conn));
@@ -19,8 +15,6 @@ impl Guest for Broadcast {
     fn on_binary(conn: ConnectionId, data: Vec<u8>) {
         host::broadcast_binary(&data, Some(conn));
     }
-
-    fn on_close(_conn: ConnectionId, _code: u16, _reason: String) {}
 }
 
-export!(Broadcast);
+wsplug_plugin::export!(Broadcast);

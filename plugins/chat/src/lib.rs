@@ -11,13 +11,11 @@
 //! name can also be given when connecting, as `?name=NEW`. Binary messages are
 //! relayed to everyone else unchanged.
 
-wit_bindgen::generate!({ world: "plugin", path: "../../wit" });
-
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use wsplug::plugin::host;
+use wsplug_plugin::{ConnectionId, Plugin, host};
 
 const COLORS: [&str; 8] = [
     "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#008080", "#9a6324", "#800000",
@@ -84,7 +82,7 @@ fn name_from_query(conn: ConnectionId) -> Option<String> {
 
 struct Chat;
 
-impl Guest for Chat {
+impl Plugin for Chat {
     fn on_open(conn: ConnectionId) {
         let user = User {
             id: conn,
@@ -146,4 +144,4 @@ impl Guest for Chat {
     }
 }
 
-export!(Chat);
+wsplug_plugin::export!(Chat);

@@ -1,24 +1,18 @@
 //! Echoes text as text and binary as binary to the connection that sent it.
 
-wit_bindgen::generate!({ world: "plugin", path: "../../wit" });
-
-use wsplug::plugin::host;
+use wsplug_plugin::{ConnectionId, Plugin, host};
 
 struct Echo;
 
-impl Guest for Echo {
-    fn on_open(_conn: ConnectionId) {}
-
+impl Plugin for Echo {
+    // The only possible error is that the connection is gone: nothing to do then.
     fn on_text(conn: ConnectionId, text: String) {
-        // The only possible error is that the connection is gone: nothing to do then.
         let _ = host::send_text(conn, &text);
     }
 
     fn on_binary(conn: ConnectionId, data: Vec<u8>) {
         let _ = host::send_binary(conn, &data);
     }
-
-    fn on_close(_conn: ConnectionId, _code: u16, _reason: String) {}
 }
 
-export!(Echo);
+wsplug_plugin::export!(Echo);
