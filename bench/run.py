@@ -104,6 +104,29 @@ def problems(runs):
     return sum(r.get("lost", 0) + r.get("errors", 0) + r.get("failed", 0) for r in runs)
 
 
+def startup(plugin):
+    """Start-up of the host with `plugin`, cold (compiled now) and warm (from the compile
+    cache): the load time it logs, and the time until it listens (process start included)."""
+    timings = []
+    with tempfile.TemporaryDirectory() as cache:
+        for _ in ("cold", "warm"):
+            command = [os.path.join(RELEASE, "host"), "--listen", "127.0.0.1:0", "--log", "info",
+                       "--plugin", os.path.join(PLUGINS, plugin + ".wasm"), "--cache-dir", cache]
+            started = time.monotonic()
+            proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                ready = proc.stdout.readline()
+                ready_ms = (time.monotonic() - started) * 1000
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                _, log = proc.communicate(timeout=30)
+            match = re.search(r"plugin loaded.*?load_ms=(\d+)", re.sub(r"\x1b\[[0-9;]*m", "", log))
+            if "listening" not in ready or not match:
+                return None
+            timings.append((int(match.group(1)), ready_ms))
+    return timings
+
+
 def print_languages(results):
     """The per-language table: echo throughput through the host and the cost of one call."""
     rust = statistics.median([v for v, _ in results[(LANGUAGES, "wsplug")] if v is not None] or [0])
@@ -111,8 +134,9 @@ def print_languages(results):
     print("Echo plugins by language: msgs/s through the host (echo 100 x 20 B), and one plugin call "
           "(on-text + send-text, criterion median, `cargo bench --bench plugin`).")
     print()
-    print("| plugin | language | size | msgs/s | errors | vs Rust (SDK) | call 20 B (µs) | call 16 KiB (µs) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| plugin | language | size | msgs/s | errors | vs Rust (SDK) | call 20 B (µs) | call 16 KiB (µs) "
+          "| load cold / cached (ms) | ready cold / cached (ms) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for plugin, language in LANGUAGE_PLUGINS:
         server = "wsplug" if plugin == "echo" else plugin
         runs = results.get((LANGUAGES, server), [])
@@ -125,7 +149,13 @@ def print_languages(results):
         ratio = f"{median / rust:.2f}" if median and rust else ""
         shown = "failed" if median is None else f"{median:,.0f}"
         bad = problems([r for _, r in runs if r])
-        print(f"| {plugin} | {language} | {size} | {shown} | {bad} | {ratio} | {calls[0]} | {calls[1]} |")
+        times = startup(plugin) if os.path.exists(path) else None
+        load = ready = "failed"
+        if times:
+            load = f"{times[0][0]:,} / {times[1][0]:,}"
+            ready = f"{times[0][1]:,.0f} / {times[1][1]:,.0f}"
+        print(f"| {plugin} | {language} | {size} | {shown} | {bad} | {ratio} | {calls[0]} | {calls[1]} "
+              f"| {load} | {ready} |")
 
 
 def scenarios(duration, certs):

@@ -106,7 +106,8 @@ fn wait_for_traps(server: &Server, count: usize) -> Vec<String> {
 }
 
 /// Asserts that the log holds exactly one trap record, and that it names the plugin, the
-/// export, the connection and the trap.
+/// export, the connection and the trap, with a wasm backtrace that names functions down
+/// to the export (the plugins keep their name section).
 fn assert_one_trap_logged(server: &Server, plugin: &str, export: &str, conn: u64, trap: &str) {
     let traps = wait_for_traps(server, 1);
     assert_eq!(
@@ -121,6 +122,7 @@ fn assert_one_trap_logged(server: &Server, plugin: &str, export: &str, conn: u64
         format!("export=\"{export}\""),
         format!("conn={conn} "),
         format!("trap=\"wasm trap: {trap}\""),
+        format!(" - {plugin}.wasm!{export}"),
     ] {
         assert!(record.contains(&field), "the trap record lacks {field}:\n{record}");
     }
