@@ -76,11 +76,12 @@ c-deps: $(WIT_BINDGEN) $(WASM_TOOLS) $(WASI_ADAPTER)
 		&& test -n "$$(ls /usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a 2>/dev/null)" \
 		|| (apt-get update && apt-get install -y clang lld wasi-libc libclang-rt-14-dev-wasm32)
 
+# opt-level 1: the tools read a few kilobytes per plugin; their build time is what counts.
 $(WIT_BINDGEN):
-	cargo install --quiet --locked --root $(TOOLS) wit-bindgen-cli@$(WIT_BINDGEN_VERSION) --no-default-features --features c
+	CARGO_PROFILE_RELEASE_OPT_LEVEL=1 cargo install --quiet --locked --root $(TOOLS) wit-bindgen-cli@$(WIT_BINDGEN_VERSION) --no-default-features --features c
 
 $(WASM_TOOLS):
-	cargo install --quiet --locked --root $(TOOLS) wasm-tools@$(WASM_TOOLS_VERSION) --no-default-features --features component
+	CARGO_PROFILE_RELEASE_OPT_LEVEL=1 cargo install --quiet --locked --root $(TOOLS) wasm-tools@$(WASM_TOOLS_VERSION) --no-default-features --features component
 
 $(WASI_ADAPTER): plugins/wasi-adapter/Cargo.toml plugins/wasi-adapter/src/main.rs
 	@mkdir -p $(TOOLS)
@@ -133,8 +134,10 @@ $(PLUGIN_DIR)/%-c.wasm: plugins/%-c/app.c $(WIT) | c-deps
 		plugins/$*-c/app.c $(C_BUILD)/$*/plugin.c $(C_BUILD)/$*/plugin_component_type.o
 	$(WASM_TOOLS) component new $(C_BUILD)/$*/core.wasm --adapt wasi_snapshot_preview1=$(WASI_ADAPTER) -o $@
 
+# The host, its library and its tests. Benchmarks build in release (the bench profile),
+# a second wasmtime build: `make bench` builds them, and lint type-checks them.
 build: rust-deps
-	cargo build --all-targets --quiet
+	cargo build --bins --tests --quiet
 
 lint: rust-deps
 	cargo fmt --all --check

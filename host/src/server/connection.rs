@@ -235,8 +235,7 @@ impl Session<'_> {
         let timer = sleep_until(last_input + settings.idle_timeout);
         // Created once: polling a fresh `cancelled()` each turn would re-register it.
         let shutdown = self.shared.shutdown.clone().cancelled_owned();
-        let overflow_signal = self.mailbox.overflow.clone();
-        let overflow = overflow_signal.notified();
+        let overflow = self.mailbox.overflowed();
         tokio::pin!(timer, shutdown, overflow);
         loop {
             if pending.is_none() && ended.is_none() {
@@ -273,7 +272,7 @@ impl Session<'_> {
             // Take every reply already queued, so that one write carries them all.
             if self.protocol.state() != State::Closed {
                 while self.protocol.output().len() < OUTPUT_HIGH_WATER {
-                    let Ok(command) = self.mailbox.commands.try_recv() else {
+                    let Some(command) = self.mailbox.try_recv() else {
                         break;
                     };
                     if self.apply(command) {
@@ -318,14 +317,11 @@ impl Session<'_> {
                     Ok(n @ 1..) => output.advance(n),
                     _ => break,
                 },
-                command = self.mailbox.commands.recv(), if take_commands => match command {
-                    Some(command) => {
-                        if self.apply(command) {
-                            deadline = Some(Instant::now() + settings.close_timeout);
-                        }
+                command = self.mailbox.recv(), if take_commands => {
+                    if self.apply(command) {
+                        deadline = Some(Instant::now() + settings.close_timeout);
                     }
-                    None => break,
-                },
+                }
                 permit = self.events.reserve(), if pending.is_some() => match permit {
                     Ok(permit) => permit.send(pending.take().expect("checked above")),
                     Err(_) => return (close::INTERNAL_ERROR, "plugin stopped".into()),
@@ -391,7 +387,7 @@ impl Session<'_> {
     /// Sends what the plugin queued in reply to the messages before the peer's close
     /// or violation, then our close frame.
     fn finish_closing(&mut self) {
-        while let Ok(command) = self.mailbox.commands.try_recv() {
+        while let Some(command) = self.mailbox.try_recv() {
             self.apply(command);
         }
         self.protocol.finish_closing();

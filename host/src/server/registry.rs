@@ -1,11 +1,11 @@
 //! The live connections, their outbound queues and their groups: what plugins
 //! reach through [`HostServices`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use crate::plugin::{ConnId, ConnectionInfo, HostError, HostServices, Outgoing};
 
@@ -18,17 +18,60 @@ pub enum Command {
     Close(u16, String),
 }
 
-/// A connection's side of the registry: its queue and its overflow signal.
-pub struct Mailbox {
-    /// Commands from the plugin, in order.
-    pub commands: mpsc::Receiver<Command>,
+/// A connection's outbound queue: what the plugin asked it to do, in order, at most
+/// `capacity` commands. An idle connection's queue holds no allocation (a tokio mpsc
+/// channel allocates a 32-slot block up front, about 1.5 KiB per connection).
+struct Queue {
+    commands: Mutex<VecDeque<Command>>,
+    capacity: usize,
+    /// Signalled when a command is queued.
+    ready: Notify,
     /// Signalled when the queue overflowed: the reader is too slow and must be dropped.
-    pub overflow: Arc<Notify>,
+    overflow: Notify,
+}
+
+/// A connection's side of the registry: the receiving end of its queue.
+pub struct Mailbox {
+    queue: Arc<Queue>,
+}
+
+impl Mailbox {
+    /// The next queued command, if any, without waiting.
+    pub fn try_recv(&self) -> Option<Command> {
+        lock(&self.queue.commands).pop_front()
+    }
+
+    /// Waits for the next command. Cancel-safe: a command is taken only when returned.
+    pub async fn recv(&self) -> Command {
+        loop {
+            if let Some(command) = self.try_recv() {
+                return command;
+            }
+            // A command queued between the check and here leaves a permit behind.
+            self.queue.ready.notified().await;
+        }
+    }
+
+    /// Resolves once the queue has overflowed. Owns what it waits on, so that the
+    /// connection can hold it across its whole loop.
+    pub fn overflowed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let queue = self.queue.clone();
+        async move { queue.overflow.notified().await }
+    }
+
+    /// How many commands wait.
+    pub fn len(&self) -> usize {
+        lock(&self.queue.commands).len()
+    }
+
+    /// Whether no command waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 struct Entry {
-    commands: mpsc::Sender<Command>,
-    overflow: Arc<Notify>,
+    queue: Arc<Queue>,
     info: Arc<ConnectionInfo>,
     groups: HashSet<String>,
     /// The plugin has been told of it (`on-open`): broadcasts and `connections` include it.
@@ -65,20 +108,20 @@ impl Registry {
 
     /// Adds a connection; the returned mailbox receives what the plugin sends it.
     pub fn register(&self, info: ConnectionInfo) -> Mailbox {
-        let (commands, receiver) = mpsc::channel(self.queue_len);
-        let overflow = Arc::new(Notify::new());
+        let queue = Arc::new(Queue {
+            commands: Mutex::default(),
+            capacity: self.queue_len,
+            ready: Notify::new(),
+            overflow: Notify::new(),
+        });
         let entry = Entry {
-            commands,
-            overflow: overflow.clone(),
+            queue: queue.clone(),
             info: Arc::new(info),
             groups: HashSet::new(),
             opened: false,
         };
         self.lock().conns.insert(entry.info.id, entry);
-        Mailbox {
-            commands: receiver,
-            overflow,
-        }
+        Mailbox { queue }
     }
 
     /// Removes a connection and its group memberships. Later calls naming it return `Gone`.
@@ -107,24 +150,32 @@ impl Registry {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock cannot leave the maps half-updated in a way
-        // that matters more than losing every connection would, so carry on.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.inner)
     }
+}
+
+/// Locks a registry mutex. A panic while holding one cannot leave the maps or a queue
+/// half-updated in a way that matters more than losing every connection would, so
+/// carry on.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Entry {
     /// Queues a command without waiting. A full queue means the reader cannot keep up:
     /// the connection is told to drop, and the command is lost with it.
     fn push(&self, command: Command) -> Result<(), HostError> {
-        match self.commands.try_send(command) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.overflow.notify_one();
-                Err(HostError::Gone)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(HostError::Gone),
+        let queue = &*self.queue;
+        let mut commands = lock(&queue.commands);
+        if commands.len() >= queue.capacity {
+            drop(commands);
+            queue.overflow.notify_one();
+            return Err(HostError::Gone);
         }
+        commands.push_back(command);
+        drop(commands);
+        queue.ready.notify_one();
+        Ok(())
     }
 }
 
@@ -260,7 +311,7 @@ mod tests {
 
         let drain = |m: &mut Mailbox| {
             let mut got = Vec::new();
-            while let Ok(Command::Send(Outgoing::Text(t))) = m.commands.try_recv() {
+            while let Some(Command::Send(Outgoing::Text(t))) = m.try_recv() {
                 got.push(t.as_str().to_owned());
             }
             got
@@ -299,7 +350,10 @@ mod tests {
         registry.send(1, text("2")).unwrap();
         assert_eq!(registry.send(1, text("3")), Err(HostError::Gone));
         // The permit stored by `notify_one` makes this return at once.
-        mailbox.overflow.notified().await;
-        assert_eq!(mailbox.commands.len(), 2);
+        mailbox.overflowed().await;
+        assert_eq!(mailbox.len(), 2);
+        assert!(matches!(mailbox.recv().await, Command::Send(_)));
+        assert!(matches!(mailbox.try_recv(), Some(Command::Send(_))));
+        assert!(mailbox.is_empty());
     }
 }
