@@ -39,7 +39,7 @@ help:
 	@echo "make autobahn   run the Autobahn TestSuite (kosoku) against the echo plugin"
 	@echo "make browser    run the chat example in headless Chromium (ws:// and wss://)"
 	@echo "make lint       cargo fmt --check and clippy -D warnings"
-	@echo "make bench      build in release and compare wsplug with reference servers (about 8 minutes)"
+	@echo "make bench      build in release and compare wsplug with reference servers (about 9 minutes)"
 
 ## Installation -----------------------------------------------------------------
 
