@@ -144,6 +144,8 @@ lint: rust-deps
 	cd plugins && cargo fmt --all --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
 	cd plugins && cargo clippy --target wasm32-wasip2 --release --quiet -- -D warnings
+	cargo fmt --check --manifest-path plugins/wasi-adapter/Cargo.toml
+	cargo clippy --quiet --manifest-path plugins/wasi-adapter/Cargo.toml -- -D warnings
 
 ## Benchmarks -------------------------------------------------------------------
 

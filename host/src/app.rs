@@ -10,7 +10,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, Options};
-use crate::plugin::{self, Grants, HostServices, Loader, PluginEvent, PluginHandle, PluginLimits};
+use crate::plugin::{self, Grants, HostServices, Loader, PluginEvent, PluginHandle, PluginLimits, Runner};
 use crate::server::registry::Registry;
 use crate::server::static_files::StaticFiles;
 use crate::server::{Server, Settings, tls};
@@ -87,15 +87,7 @@ async fn run(config: Config, native: Option<NativeHandler>) -> anyhow::Result<()
 
     let registry = Arc::new(Registry::new(config.max_messages_buffering));
     let plugin = match native {
-        Some(mut handle) => {
-            let services = registry.clone();
-            plugin::spawn_handler(config.plugin_queue, move |event| {
-                if let PluginEvent::Open(conn) = event {
-                    services.opened(conn);
-                }
-                handle(&*services, event)
-            })?
-        }
+        Some(handle) => plugin::spawn_handler(config.plugin_queue, registry.clone(), handle)?,
         None => start_plugin(&config, registry.clone())?,
     };
 
@@ -147,7 +139,7 @@ fn start_plugin(config: &Config, registry: Arc<Registry>) -> anyhow::Result<Plug
     let grants = Grants {
         data_dir: config.plugin_dir.clone(),
     };
-    let plugin = plugin::spawn(loader.engine(), loaded, registry, limits, grants)?;
+    let plugin = plugin::spawn(Runner::new(loader.engine(), loaded, registry, limits, grants)?)?;
     plugin::watcher::watch(loader, config.plugin.clone(), plugin.clone(), serving, config.watch)
         .with_context(|| format!("cannot watch {}", config.plugin.display()))?;
     Ok(plugin)

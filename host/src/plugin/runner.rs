@@ -75,30 +75,28 @@ impl PluginHandle {
     }
 }
 
-/// Starts running `loaded` on its own thread. Instantiates it once first, so that a
-/// plugin that cannot start fails the server's startup.
-pub fn spawn(
-    engine: &Engine,
-    loaded: Loaded,
-    services: Arc<dyn HostServices>,
-    limits: PluginLimits,
-    grants: Grants,
-) -> wasmtime::Result<PluginHandle> {
-    let mut runner = Runner::new(engine, loaded, services, limits, grants)?;
-    Ok(spawn_handler(limits.queue_len, move |event| runner.handle(event))?)
+/// Runs `runner` on a thread of its own (see [`spawn_handler`]).
+pub fn spawn(mut runner: Runner) -> std::io::Result<PluginHandle> {
+    let (queue_len, services) = (runner.limits.queue_len, runner.services.clone());
+    spawn_handler(queue_len, services, move |_, event| runner.handle(event))
 }
 
-/// Runs `handle` on a thread of its own for every queued event, in order: the event
-/// loop of [`spawn`], open to other handlers (the benchmarks compare the WebAssembly
-/// echo plugin with a native one on this same path).
+/// Runs `handle` on a thread of its own for every queued event, in order, and tells
+/// `services` of each connection just before its `on-open` (from then on broadcasts
+/// include it). The event loop of [`spawn`], open to other handlers: the benchmarks
+/// compare the WebAssembly echo plugin with a native one on this same path.
 pub fn spawn_handler(
     queue_len: usize,
-    mut handle: impl FnMut(PluginEvent) + Send + 'static,
+    services: Arc<dyn HostServices>,
+    mut handle: impl FnMut(&dyn HostServices, PluginEvent) + Send + 'static,
 ) -> std::io::Result<PluginHandle> {
     let (events, mut queue) = mpsc::channel(queue_len.max(1));
     thread::Builder::new().name("plugin".into()).spawn(move || {
         while let Some(event) = queue.blocking_recv() {
-            handle(event);
+            if let PluginEvent::Open(conn) = event {
+                services.opened(conn);
+            }
+            handle(&*services, event);
         }
     })?;
     Ok(PluginHandle { events })
@@ -136,7 +134,8 @@ struct Crash {
 }
 
 impl Runner {
-    /// Instantiates `loaded` once, so that a plugin that cannot start fails here.
+    /// Instantiates `loaded` once, so that a plugin that cannot start fails here
+    /// (and the server's startup with it).
     pub fn new(
         engine: &Engine,
         loaded: Loaded,
@@ -169,7 +168,6 @@ impl Runner {
             PluginEvent::Reload(loaded) => self.reload(*loaded),
             PluginEvent::Open(conn) => {
                 self.opened.insert(conn);
-                self.services.opened(conn);
                 self.dispatch(conn, &event);
             }
             // Events of a connection the plugin does not know (it was closed with
