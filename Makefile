@@ -18,6 +18,7 @@ export CARGO_TARGET_DIR := $(TARGET_DIR)
 # reproducible. (componentize-js is pinned in plugins/package.json and its lockfile.)
 KOSOKU_VERSION          := 0.1.0
 WEBSOCKETS_VERSION      := 17.4
+PYTEST_VERSION          := 9.2.0
 COMPONENTIZE_PY_VERSION := 0.25.1
 WIT_BINDGEN_VERSION     := 0.63.0
 WASM_TOOLS_VERSION      := 1.262.0
@@ -29,7 +30,7 @@ WASM_TOOLS := $(TOOLS)/bin/wasm-tools
 WASI_ADAPTER := $(TOOLS)/wasi_snapshot_preview1.reactor.wasm
 WIT        := $(wildcard wit/*.wit)
 
-.PHONY: help deps rust-deps py-deps browser-deps js-deps c-deps bench-deps bench plugins plugins-rust plugins-js plugins-py plugins-c build lint unit integration autobahn browser test run clean
+.PHONY: help deps rust-deps py-deps browser-deps js-deps c-deps bench-deps bench plugins plugins-rust plugins-js plugins-py plugins-c build lint unit integration clients autobahn browser test run clean
 
 help:
 	@echo "make run        build the plugins and start the server on $(LISTEN)"
@@ -37,6 +38,7 @@ help:
 	@echo "make plugins    build every WebAssembly plugin (Rust, JavaScript, Python, C) into $(PLUGIN_DIR)"
 	@echo "make plugins-rust (-js, -py, -c)   build one language's plugins"
 	@echo "make autobahn   run the Autobahn TestSuite (kosoku) against the echo plugin"
+	@echo "make clients    run Python websockets and Node ws clients against the host"
 	@echo "make browser    run the chat example in headless Chromium (ws:// and wss://)"
 	@echo "make lint       cargo fmt --check and clippy -D warnings"
 	@echo "make bench      build in release and compare wsplug with reference servers (about 9 minutes)"
@@ -52,7 +54,7 @@ rust-deps:
 
 # The Python tools (test tools and componentize-py) live in a venv under target/,
 # made once per set of pinned versions.
-PY_STAMP := $(VENV)/.installed-kosoku$(KOSOKU_VERSION)-websockets$(WEBSOCKETS_VERSION)-cpy$(COMPONENTIZE_PY_VERSION)
+PY_STAMP := $(VENV)/.installed-kosoku$(KOSOKU_VERSION)-websockets$(WEBSOCKETS_VERSION)-cpy$(COMPONENTIZE_PY_VERSION)-pytest$(PYTEST_VERSION)
 
 py-deps: $(PY_STAMP)
 
@@ -60,7 +62,8 @@ $(PY_STAMP):
 	@python3 -m venv --help >/dev/null 2>&1 || (apt-get update && apt-get install -y python3-venv)
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check \
-		kosoku==$(KOSOKU_VERSION) websockets==$(WEBSOCKETS_VERSION) componentize-py==$(COMPONENTIZE_PY_VERSION)
+		kosoku==$(KOSOKU_VERSION) websockets==$(WEBSOCKETS_VERSION) componentize-py==$(COMPONENTIZE_PY_VERSION) \
+		pytest==$(PYTEST_VERSION)
 	@touch $@
 
 # componentize-js, pinned by plugins/package-lock.json.
@@ -162,12 +165,19 @@ bench: rust-deps plugins bench-deps
 ## Tests ------------------------------------------------------------------------
 
 unit: build
-	cargo test --lib --quiet
+	cargo test --lib --quiet --workspace --exclude wsplug-bench
 
 # The real host binary with the real plugins: protocol (integration), plugin runtime
 # (runtime) and configuration, TLS, static files, shutdown (settings).
 integration: build plugins
 	WSPLUG_PLUGIN_DIR=$(PLUGIN_DIR) cargo test --quiet --test integration --test runtime --test settings --test chat
+
+# Stock clients against the real host: Python `websockets` and Node `ws` (pinned in
+# tests/clients/node), with and without compression, every size, bursts, broadcasts.
+clients: build plugins py-deps
+	HOST=$(HOST) PLUGIN_DIR=$(PLUGIN_DIR) $(PY) -m pytest tests/clients/python -q
+	cd tests/clients/node && npm ci --no-audit --no-fund --loglevel=error
+	cd tests/clients/node && HOST=$(HOST) PLUGIN_DIR=$(PLUGIN_DIR) node --test
 
 browser: build plugins browser-deps
 	cd tests/browser && HOST=$(HOST) CHAT_PLUGIN=$(PLUGIN_DIR)/chat.wasm node --test
@@ -175,7 +185,7 @@ browser: build plugins browser-deps
 autobahn: build plugins py-deps
 	$(PY) tests/autobahn.py --host $(HOST) --plugin $(PLUGIN_DIR)/echo.wasm --outdir $(TARGET_DIR)/autobahn --kosoku $(VENV)/bin/kosoku
 
-test: deps lint unit integration browser autobahn
+test: deps lint unit integration clients browser autobahn
 	@echo "make test: all checks passed"
 
 ## Run --------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 //!
 //! - A failing plugin (CPU deadline, out of memory, panic, trap) costs the connection whose
 //!   event failed a 1011, and nothing else: the process and every other connection live on.
-//! - A crash loop backs off without closing the server.
+//! - A plugin that fails every call backs off without closing the server; a burst of
+//!   traps from many clients costs each of them a 1011 and stalls nobody.
 //! - Hot reload, by the file watcher (three ways of replacing the file) under load and by
 //!   SIGHUP; replacements that cannot be loaded leave the old version serving.
 //! - The WASI sandbox, the plugin's stdout and stderr in the log, the compile cache.
@@ -317,6 +318,25 @@ fn after_a_panic_the_fresh_instance_gets_on_open_for_every_live_connection() {
 }
 
 #[test]
+fn a_connection_that_opens_right_after_a_trap_gets_on_open_once() {
+    // The first event after a trap makes the fresh instance; when that event is an open,
+    // the replay must not open the new connection a first time.
+    let _serial = serial();
+    let server = Server::start_isolated(&plugin_path("probe"), &[]);
+    let (mut a, _) = open_probe(&server, "/");
+    a.send_text("panic");
+    expect_internal_error(&mut a);
+    let (mut b, b_id) = open_probe(&server, "/");
+    // Exactly once: the next frame is the answer, not a second `id`.
+    assert_eq!(
+        ask(&mut b, "whoami").split(' ').next(),
+        Some("path=/"),
+        "connection {b_id}"
+    );
+    assert_eq!(ask(&mut b, "conns"), "1");
+}
+
+#[test]
 fn a_trap_is_logged_on_one_error_line() {
     let _serial = serial();
     let server = Server::start_isolated(&plugin_path("chaos"), &[]);
@@ -341,15 +361,12 @@ fn a_trap_is_logged_on_one_error_line() {
 
 #[test]
 fn a_crash_loop_backs_off_and_the_server_keeps_serving() {
+    // A plugin that fails every call: connections to /panic-on-open make chaos panic in
+    // `on-open`, so no instance ever completes a call and each crash counts.
     let _serial = serial();
     let mut server = Server::start_isolated(&plugin_path("chaos"), &[]);
-    // Opened (and their opens handled) first, so that the crashes follow each other with
-    // no successful call in between.
-    let mut crashers = open_echoing(&server, 6);
     let started = Instant::now();
-    for crasher in &mut crashers {
-        crasher.send_text("panic");
-    }
+    let mut crashers: Vec<Client> = (0..6).map(|_| server.connect("/panic-on-open")).collect();
     for crasher in &mut crashers {
         expect_internal_error(crasher);
         server.assert_running();
@@ -372,11 +389,56 @@ fn a_crash_loop_backs_off_and_the_server_keeps_serving() {
         );
     }
     assert_eq!(wait_for_traps(&server, 6).len(), 6);
+    // Three crashes free, then 100 + 200 + 400 ms of back-off before the late open.
+    assert!(
+        recovered >= Duration::from_millis(700),
+        "no back-off: the late connection was served {recovered:?} after the first crash"
+    );
     eprintln!(
         "crash loop: six 1011s after {crashed:?}, echo on a new connection after {recovered:?}, \
          {} back-off warnings",
         warnings.len()
     );
+}
+
+#[test]
+fn a_burst_of_traps_from_many_clients_does_not_stall_the_others() {
+    // Each attacker's message traps, but every fresh instance serves the replayed opens of
+    // the others: one bad message from each of 50 clients is not a plugin that cannot
+    // start, so nobody waits for a crash-loop back-off.
+    let _serial = serial();
+    let server = Server::start_isolated(&plugin_path("chaos"), &[]);
+    let mut bystander = server.connect("/");
+    echo(&mut bystander, "before");
+    let mut attackers = open_echoing(&server, 50);
+    // Every attacker's frame is written before any is answered.
+    let frame = encode_frame(TEXT, b"panic", Some([1, 2, 3, 4]));
+    for attacker in &mut attackers {
+        attacker.send_raw(&frame);
+    }
+    let started = Instant::now();
+    let mut worst = Duration::ZERO;
+    for i in 0..20 {
+        let sent = Instant::now();
+        echo(&mut bystander, &format!("during the burst {i}"));
+        worst = worst.max(sent.elapsed());
+    }
+    for attacker in &mut attackers {
+        expect_internal_error(attacker);
+    }
+    let all_closed = started.elapsed();
+    assert_eq!(wait_for_traps(&server, 50).len(), 50);
+    assert!(
+        server
+            .log_lines(|line| line.contains("plugin keeps crashing"))
+            .is_empty(),
+        "50 traps by 50 clients put the plugin into back-off"
+    );
+    assert!(
+        worst < Duration::from_secs(1),
+        "the bystander waited {worst:?} for an echo"
+    );
+    eprintln!("trap burst: worst bystander echo {worst:?}, 50 x 1011 within {all_closed:?}");
 }
 
 // ---------------------------------------------------------------------------------

@@ -450,6 +450,25 @@ fn a_reader_that_lets_its_queue_overflow_is_dropped_and_spares_the_others() {
         echo(&mut other, &message);
         round_trips.push(start.elapsed());
     }
+    // The flooder never read: what its socket holds, then a 1008 close frame ahead of
+    // the rest of its queue, then the end of the connection.
+    let mut received = 0;
+    let (code, reason) = loop {
+        let (first, payload) = flooder.read_frame();
+        match first {
+            TEXT => received += 1,
+            CLOSE => break (u16::from_be_bytes([payload[0], payload[1]]), payload[2..].to_vec()),
+            other => panic!("unexpected frame {other:#x} after {received} messages"),
+        }
+    };
+    assert_eq!(
+        code,
+        POLICY_VIOLATION,
+        "close reason {:?}",
+        String::from_utf8_lossy(&reason)
+    );
+    assert!(received < 100_000, "the whole flood was kept for the slow reader");
+    flooder.expect_eof();
     let closed = observer.recv_text();
     let dropped_after = flood_sent.elapsed();
     assert!(
@@ -474,7 +493,6 @@ fn a_reader_that_lets_its_queue_overflow_is_dropped_and_spares_the_others() {
         p99 < Duration::from_millis(200),
         "p99 round trip {p99:?}: {round_trips:?}"
     );
-    drop(flooder);
 }
 
 // ---------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 //! depend on sockets or the plugin. `cargo bench -p wsplug-host --bench protocol`.
 
 use std::hint::black_box;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -33,7 +34,18 @@ fn client_frames(size: usize, count: usize) -> Vec<u8> {
     out.to_vec()
 }
 
+fn config() -> ProtocolConfig {
+    ProtocolConfig {
+        max_message_size: 1 << 20,
+        deflate: None,
+        deflate_level: 6,
+        idle_timeout: Duration::from_secs(5),
+        close_timeout: Duration::from_secs(5),
+    }
+}
+
 fn decode_messages(c: &mut Criterion) {
+    let now = Instant::now();
     let mut group = c.benchmark_group("read text messages");
     for size in SIZES {
         let count = (64 * 1024 / size).max(1);
@@ -41,14 +53,10 @@ fn decode_messages(c: &mut Criterion) {
         group.throughput(Throughput::Elements(count as u64));
         group.bench_function(format!("{size} B"), |b| {
             b.iter(|| {
-                let mut protocol = Protocol::new(ProtocolConfig {
-                    max_message_size: 1 << 20,
-                    deflate: None,
-                    deflate_level: 6,
-                });
+                let mut protocol = Protocol::new(config(), now);
                 let mut input = BytesMut::from(&frames[..]);
                 let mut messages = 0;
-                while let Some(event) = protocol.read(&mut input).expect("valid frames") {
+                while let Some(event) = protocol.read(&mut input, now).expect("valid frames") {
                     black_box(event);
                     messages += 1;
                 }
@@ -64,15 +72,12 @@ fn encode_messages(c: &mut Criterion) {
     for size in SIZES {
         let text = "x".repeat(size);
         group.throughput(Throughput::Bytes(size as u64));
-        let mut protocol = Protocol::new(ProtocolConfig {
-            max_message_size: 1 << 20,
-            deflate: None,
-            deflate_level: 6,
-        });
+        let mut protocol = Protocol::new(config(), Instant::now());
         group.bench_function(format!("{size} B"), |b| {
             b.iter(|| {
                 protocol.send_text(black_box(&text)).expect("open");
-                protocol.output().clear();
+                let written = protocol.output().len();
+                protocol.advance_output(written);
             })
         });
     }

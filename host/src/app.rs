@@ -11,6 +11,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, Options};
 use crate::plugin::{self, Grants, HostServices, Loader, PluginEvent, PluginHandle, PluginLimits, Runner};
+use crate::server::outbound::OutboundLimits;
 use crate::server::registry::Registry;
 use crate::server::static_files::StaticFiles;
 use crate::server::{Server, Settings, tls};
@@ -85,7 +86,10 @@ async fn run(config: Config, native: Option<NativeHandler>) -> anyhow::Result<()
         .transpose()
         .context("cannot serve the static directory")?;
 
-    let registry = Arc::new(Registry::new(config.max_messages_buffering));
+    let registry = Arc::new(Registry::new(OutboundLimits {
+        max_messages: config.max_messages_buffering,
+        max_bytes: config.max_buffered_bytes,
+    }));
     let plugin = match native {
         Some(handle) => plugin::spawn_handler(config.plugin_queue, registry.clone(), handle)?,
         None => start_plugin(&config, registry.clone())?,

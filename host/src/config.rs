@@ -59,9 +59,13 @@ pub struct Options {
     #[arg(long, value_name = "BYTES")]
     pub max_payload_size: Option<u64>,
 
-    /// Messages that may wait in one connection's outbound queue; a reader that lets it overflow is dropped (1008) [default: 100]
+    /// Messages that may wait for a client whose socket takes no more; past it the client is dropped (1008) [default: 100]
     #[arg(long, value_name = "N")]
     pub max_messages_buffering: Option<u64>,
+
+    /// Bytes that may wait for a client whose socket takes no more; past it the client is dropped (1008) [default: 1 MiB or twice max_payload_size, whichever is larger]
+    #[arg(long, value_name = "BYTES")]
+    pub max_buffered_bytes: Option<u64>,
 
     /// Open connections at most; handshakes past it get 503 [default: 10000]
     #[arg(long, value_name = "N")]
@@ -202,8 +206,10 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Largest message, after inflation.
     pub max_payload_size: usize,
-    /// Bound of each outbound queue.
+    /// Messages that may wait for a client whose socket takes no more.
     pub max_messages_buffering: usize,
+    /// Bytes that may wait for a client whose socket takes no more.
+    pub max_buffered_bytes: usize,
     /// Open connections at most.
     pub max_connections: usize,
     /// Allowed `Origin` values; empty means any.
@@ -307,6 +313,7 @@ impl Options {
             idle_timeout,
             max_payload_size,
             max_messages_buffering,
+            max_buffered_bytes,
             max_connections,
             allowed_origins,
             subprotocols,
@@ -381,6 +388,13 @@ impl Options {
             1,
             1_000_000,
             "messages",
+        )?;
+        let max_buffered_bytes = range(
+            "max_buffered_bytes",
+            self.max_buffered_bytes.unwrap_or((1 << 20).max(2 * max_payload_size)),
+            1024,
+            1 << 40,
+            "bytes",
         )?;
         let max_connections = range(
             "max_connections",
@@ -471,6 +485,7 @@ impl Options {
             idle_timeout,
             max_payload_size: max_payload_size as usize,
             max_messages_buffering: max_messages_buffering as usize,
+            max_buffered_bytes: max_buffered_bytes as usize,
             max_connections: max_connections as usize,
             allowed_origins,
             subprotocols,
@@ -588,6 +603,7 @@ mod tests {
         assert_eq!(config.idle_timeout, Duration::from_secs(5));
         assert_eq!(config.max_payload_size, 524_288);
         assert_eq!(config.max_messages_buffering, 100);
+        assert_eq!(config.max_buffered_bytes, 1 << 20);
         assert!(config.prod && config.tls.is_none() && config.compression.is_some() && config.watch);
         assert_eq!(config.log, "info");
     }

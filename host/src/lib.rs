@@ -3,7 +3,7 @@
 //!
 //! - [`app`]: the `host` program, from command line to shutdown.
 //! - [`config`]: the TOML file and command line, merged and validated.
-//! - [`ws`]: the protocol, sans I/O.
+//! - [`ws`]: the protocol, sans I/O (the `wsplug-ws` crate, in `host/ws`).
 //! - [`plugin`]: the WebAssembly runtime that runs a plugin; it knows nothing of frames.
 //! - [`server`]: the tokio shell that connects sockets, protocol and plugin.
 
@@ -11,4 +11,4 @@ pub mod app;
 pub mod config;
 pub mod plugin;
 pub mod server;
-pub mod ws;
+pub use wsplug_ws as ws;

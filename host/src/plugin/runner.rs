@@ -167,6 +167,8 @@ impl Runner {
             }
             PluginEvent::Reload(loaded) => self.reload(*loaded),
             PluginEvent::Open(conn) => {
+                // A fresh instance first, so that the replay does not open `conn` too.
+                self.live_instance();
                 self.opened.insert(conn);
                 self.dispatch(conn, &event);
             }
@@ -214,7 +216,15 @@ impl Runner {
             }
             match self.instantiate(&self.loaded) {
                 Ok(mut instance) => match self.replay(&mut instance) {
-                    Ok(()) => self.instance = Some(instance),
+                    Ok(()) => {
+                        // Replayed opens are successful calls: the plugin works, and the
+                        // trap before was one event's fault. Only a plugin that fails
+                        // every call (or cannot start) keeps counting towards back-off.
+                        if !self.opened.is_empty() {
+                            self.crashes = 0;
+                        }
+                        self.instance = Some(instance);
+                    }
                     Err(crash) => self.crashed(crash),
                 },
                 Err(error) => {

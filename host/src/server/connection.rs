@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -12,22 +13,25 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until, timeout};
 
 use super::Shared;
-use super::registry::{Command, Mailbox};
+use super::outbound::{Command, Mailbox};
 use super::static_files::Body;
 use crate::plugin::{ConnectionInfo, Outgoing, PluginEvent};
 use crate::ws::close;
 use crate::ws::handshake::{self, Accepted, Outcome, Rejection, Request};
-use crate::ws::protocol::{Event, Message, Protocol, ProtocolConfig, State};
+use crate::ws::protocol::{Ended, Event, Message, Protocol, ProtocolConfig, State, Timeout};
 
 /// Bounds of the read buffer's free space. It starts small, so an idle connection
 /// costs little memory, doubles while reads fill it (many frames per syscall under
 /// load) and shrinks when they do not.
 const MIN_READ: usize = 512;
 const MAX_READ: usize = 64 * 1024;
-/// Stop taking commands and reading while this much output waits for a slow peer.
+/// Leave commands in the mailbox, and stop reading, while this much output waits for
+/// the socket: encoding more would only copy it.
 const OUTPUT_HIGH_WATER: usize = 256 * 1024;
-/// Close code reported when a reader was too slow for its outbound queue.
-pub const OVERFLOW_CLOSE_CODE: u16 = 1008;
+/// How long a socket may take nothing, while output waits, before its client counts
+/// as not reading. A reader that is merely behind a burst makes progress at every
+/// round trip; one that stopped makes none.
+const STALL_GRACE: Duration = Duration::from_secs(1);
 
 /// Serves one accepted socket, given as its read and write halves, until it closes.
 pub async fn serve<R, W>(mut reader: R, mut writer: W, peer: SocketAddr, shared: Arc<Shared>)
@@ -104,20 +108,27 @@ where
         max_message_size: shared.settings.max_message_size,
         deflate,
         deflate_level: shared.settings.handshake.deflate.map_or(0, |d| d.level),
+        idle_timeout: shared.settings.idle_timeout,
+        close_timeout: shared.settings.close_timeout,
     };
     let mut session = Session {
         id,
-        protocol: Protocol::new(config),
+        protocol: Protocol::new(config, Instant::now().into_std()),
         mailbox,
         events,
         shared: &shared,
+        blocked: false,
+        progress_at: Instant::now(),
+        stalled: false,
+        aborted: false,
     };
-    let (code, reason) = session.run(&mut reader, &mut writer, buf).await;
+    let ended = session.run(&mut reader, &mut writer, buf).await;
 
     shared.registry.unregister(id);
     drop(slot);
+    let (code, reason) = ended.code_and_reason();
     tracing::debug!(%peer, conn = id, code, reason, "connection closed");
-    let _ = events.send(PluginEvent::Close(id, code, reason)).await;
+    let _ = events.send(PluginEvent::Close(id, code, reason.to_owned())).await;
     linger(reader, writer, &shared).await;
 }
 
@@ -204,94 +215,94 @@ where
     let _ = timeout(shared.settings.close_timeout, drain).await;
 }
 
-/// The open phase of a connection.
+/// The open phase of a connection: moves bytes between the socket and the protocol,
+/// messages to the plugin and its commands back, and fires the protocol's timers.
+/// Every rule about time and closing lives in [`Protocol`].
 struct Session<'a> {
     id: u64,
     protocol: Protocol,
     mailbox: Mailbox,
     events: &'a mpsc::Sender<PluginEvent>,
     shared: &'a Shared,
+    /// The socket refused part of the last write: the client is behind.
+    blocked: bool,
+    /// When the socket last took bytes, or last had nothing to take.
+    progress_at: Instant,
+    /// The socket has taken nothing for [`STALL_GRACE`] while output waited: the
+    /// client is not reading, and the outbound limits apply.
+    stalled: bool,
+    /// The client was dropped ahead of its queue (too slow, or the plugin is gone).
+    aborted: bool,
 }
 
 impl Session<'_> {
-    /// Runs the connection until it closes; returns the code and reason for `on-close`.
-    async fn run<R, W>(&mut self, reader: &mut R, writer: &mut W, mut input: BytesMut) -> (u16, String)
+    /// Runs the connection until it is over; returns why it ended.
+    async fn run<R, W>(&mut self, reader: &mut R, writer: &mut W, mut input: BytesMut) -> Ended
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let settings = &self.shared.settings;
+        // A message read but not yet taken by the plugin's queue.
         let mut pending: Option<PluginEvent> = None;
-        let mut ended: Option<(u16, String)> = None;
-        // When the closing handshake (or the flush after it) must be over.
-        let mut deadline: Option<Instant> = None;
         // After the peer's close or a violation: resolves once the plugin has handled
-        // every earlier message, so its replies go out before our close frame.
+        // every earlier message, so that its replies go out before our close frame.
         let mut barrier: Option<oneshot::Receiver<()>> = None;
-        // Liveness: the last time the peer sent anything, and whether we pinged since.
-        let mut last_input = Instant::now();
-        let mut pinged = false;
         let mut read_size = MIN_READ;
-        let timer = sleep_until(last_input + settings.idle_timeout);
+        let first_deadline = self
+            .protocol
+            .poll_timeout()
+            .expect("a new connection has an idle deadline");
+        let timer = sleep_until(Instant::from_std(first_deadline));
         // Created once: polling a fresh `cancelled()` each turn would re-register it.
         let shutdown = self.shared.shutdown.clone().cancelled_owned();
         let overflow = self.mailbox.overflowed();
         tokio::pin!(timer, shutdown, overflow);
         loop {
-            if pending.is_none() && ended.is_none() {
-                match self.protocol.read(&mut input) {
+            let now = Instant::now();
+            // Messages in, for as long as the plugin's queue takes them.
+            while pending.is_none() && self.replies_have_room() {
+                match self.protocol.read(&mut input, now.into_std()) {
                     Ok(Some(Event::Message(Message::Text(text)))) => pending = Some(PluginEvent::Text(self.id, text)),
                     Ok(Some(Event::Message(Message::Binary(data)))) => {
                         pending = Some(PluginEvent::Binary(self.id, data));
                     }
-                    Ok(Some(Event::Closed { code, reason })) => ended = Some((code, reason)),
-                    Ok(None) => {}
-                    Err(error) => {
-                        tracing::debug!(conn = self.id, "protocol error: {error}");
-                        ended = Some((error.code, error.reason.to_owned()));
-                    }
+                    Ok(Some(Event::Closed { .. })) => {}
+                    Ok(None) => break,
+                    Err(error) => tracing::debug!(conn = self.id, "protocol error: {error}"),
                 }
                 // The peer closed or broke the protocol: before our close frame goes
                 // out, let the plugin answer the messages that came before.
-                if matches!(self.protocol.state(), State::CloseReceived | State::Failed) {
+                if pending.is_none() && matches!(self.protocol.state(), State::CloseReceived | State::Failed) {
                     let (done, wait) = oneshot::channel();
                     pending = Some(PluginEvent::Barrier(self.id, done));
                     barrier = Some(wait);
-                    deadline = Some(Instant::now() + settings.close_timeout);
                 }
-            }
-            if let Some(event) = pending.take() {
-                match self.events.try_send(event) {
-                    Ok(()) => continue,
-                    Err(mpsc::error::TrySendError::Full(event)) => pending = Some(event),
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
-                        return (close::INTERNAL_ERROR, "plugin stopped".into());
+                if let Some(event) = pending.take() {
+                    match self.events.try_send(event) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(event)) => pending = Some(event),
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            self.abort(close::INTERNAL_ERROR, "plugin stopped")
+                        }
                     }
                 }
             }
-            // Take every reply already queued, so that one write carries them all.
-            if self.protocol.state() != State::Closed {
-                while self.protocol.output().len() < OUTPUT_HIGH_WATER {
-                    let Some(command) = self.mailbox.try_recv() else {
-                        break;
-                    };
-                    if self.apply(command) {
-                        deadline = Some(Instant::now() + settings.close_timeout);
-                    }
-                }
+            // Replies in: every command already queued, so that one write carries them all.
+            while self.protocol.state() != State::Closed && self.protocol.output().len() < OUTPUT_HIGH_WATER {
+                let Some(command) = self.mailbox.try_recv() else {
+                    break;
+                };
+                self.apply(command, now);
             }
-            let state = self.protocol.state();
-            let closed = state == State::Closed;
-            let open = matches!(state, State::Open | State::CloseSent);
-            if closed && deadline.is_none() {
-                deadline = Some(Instant::now() + settings.close_timeout);
-            }
-            let output_len = self.protocol.output().len();
-            if closed && output_len == 0 {
+            if self.protocol.is_done() {
                 break;
             }
-            let take_commands = !closed && output_len < OUTPUT_HIGH_WATER;
-            let want_input = pending.is_none() && open && output_len < OUTPUT_HIGH_WATER;
+            let state = self.protocol.state();
+            let output_len = self.protocol.output().len();
+            let take_commands = state != State::Closed && output_len < OUTPUT_HIGH_WATER;
+            let readable = matches!(state, State::Open | State::CloseSent);
+            let want_input =
+                pending.is_none() && readable && output_len < OUTPUT_HIGH_WATER && self.replies_have_room();
             if want_input {
                 if input.is_empty() && input.capacity() > 4 * read_size {
                     input = BytesMut::new(); // give back what a burst made it grow to
@@ -299,112 +310,155 @@ impl Session<'_> {
                 input.reserve(read_size);
             }
             let spare = input.capacity() - input.len();
-            // One timer serves the closing deadline and the idle check. It is moved
-            // earlier at once but never later: input arrives far more often than the
-            // timer fires, so a timer that fires early is simply re-armed then.
-            let wake = deadline.unwrap_or(last_input + settings.idle_timeout * (1 + u32::from(pinged)));
-            if wake < timer.deadline() || timer.is_elapsed() {
+            if output_len == 0 {
+                self.progress_at = now; // nothing waits, so nothing is overdue
+            }
+            // One timer serves every deadline of the protocol and the stall check. It is
+            // moved earlier at once but never later: input moves the idle deadline far
+            // more often than the timer fires, so a timer that fires early is simply
+            // re-armed then.
+            let stall_check = (output_len > 0 && !self.stalled).then(|| self.progress_at + STALL_GRACE);
+            let protocol_deadline = self.protocol.poll_timeout().map(Instant::from_std);
+            if let Some(wake) = protocol_deadline.into_iter().chain(stall_check).min()
+                && (wake < timer.deadline() || timer.is_elapsed())
+            {
                 timer.as_mut().reset(wake);
             }
             let output = self.protocol.output();
             tokio::select! {
                 biased;
-                () = &mut overflow => {
-                    tracing::warn!(conn = self.id, "outbound queue overflowed: dropping the slow reader");
-                    return (OVERFLOW_CLOSE_CODE, "outbound queue overflow".into());
-                }
+                () = &mut overflow, if !self.aborted => self.drop_slow_reader(),
                 written = writer.write(output), if output_len > 0 => match written {
-                    Ok(n @ 1..) => output.advance(n),
-                    _ => break,
-                },
-                command = self.mailbox.recv(), if take_commands => {
-                    if self.apply(command) {
-                        deadline = Some(Instant::now() + settings.close_timeout);
+                    Ok(n @ 1..) => {
+                        self.protocol.advance_output(n);
+                        self.blocked = n < output_len;
+                        self.progress_at = Instant::now();
+                        self.stalled = false;
+                        self.mailbox.update(self.protocol.backlog(), false);
                     }
-                }
+                    _ => self.protocol.handle_eof(),
+                },
+                command = self.mailbox.recv(), if take_commands => self.apply(command, Instant::now()),
                 permit = self.events.reserve(), if pending.is_some() => match permit {
                     Ok(permit) => permit.send(pending.take().expect("checked above")),
-                    Err(_) => return (close::INTERNAL_ERROR, "plugin stopped".into()),
+                    Err(_) => {
+                        pending = None;
+                        self.abort(close::INTERNAL_ERROR, "plugin stopped");
+                    }
                 },
                 read = reader.read_buf(&mut input), if want_input => match read {
                     Ok(n @ 1..) => {
-                        last_input = Instant::now();
-                        pinged = false;
                         if n == spare {
                             read_size = (read_size * 2).min(MAX_READ);
                         } else if n < read_size / 8 {
                             read_size = (read_size / 2).max(MIN_READ);
                         }
                     }
-                    _ => break,
+                    _ => self.protocol.handle_eof(),
                 },
                 _ = async { barrier.as_mut().expect("guarded").await }, if barrier.is_some() && pending.is_none() => {
                     barrier = None;
                     self.finish_closing();
                 }
                 () = &mut shutdown, if state == State::Open => {
-                    let _ = self.protocol.close(close::GOING_AWAY, "server shutting down");
-                    deadline = Some(Instant::now() + settings.close_timeout);
+                    let _ = self.protocol.close(close::GOING_AWAY, "server shutting down", now.into_std());
                 }
                 () = &mut timer => {
-                    if Instant::now() < wake {
-                        continue; // fired for an older deadline: input arrived since
-                    }
-                    if deadline.is_none() {
-                        // Idle: ping once; if that is not answered in time either, give up.
-                        if !pinged {
-                            pinged = true;
-                            let _ = self.protocol.send_ping(b"wsplug");
-                        } else {
-                            tracing::debug!(conn = self.id, "no answer to ping: closing");
-                            let _ = self.protocol.close(close::GOING_AWAY, "idle timeout");
-                            ended = Some((close::ABNORMAL, "no answer to ping".into()));
-                            deadline = Some(Instant::now() + settings.close_timeout);
-                        }
-                        continue;
-                    }
-                    if barrier.take().is_some() {
-                        tracing::warn!(conn = self.id, "plugin did not catch up in time: closing without its replies");
-                        self.finish_closing();
-                        deadline = Some(Instant::now() + settings.close_timeout);
-                        continue;
-                    }
-                    tracing::debug!(conn = self.id, "closing handshake timed out");
-                    break;
+                    self.fire_timer();
+                    self.check_stall();
                 }
             }
+            if !matches!(self.protocol.state(), State::CloseReceived | State::Failed) {
+                barrier = None; // the wait for replies is over (they came, or timed out)
+            }
         }
-        if let Some(end) = ended {
-            return end;
+        self.protocol.ended().cloned().unwrap_or(Ended::Dropped)
+    }
+
+    /// Whether to take more messages from the client: not while it fails to take the
+    /// replies already waiting for it. A client that sends without reading is slowed
+    /// down by its own TCP window, instead of growing its backlog to the drop.
+    fn replies_have_room(&self) -> bool {
+        if !self.blocked {
+            return true;
         }
-        match self.protocol.state() {
-            // We sent a close frame and the peer never answered it.
-            State::CloseSent => (close::ABNORMAL, "closing handshake did not complete".into()),
-            _ => (close::ABNORMAL, "connection dropped without a close frame".into()),
+        let limits = self.mailbox.limits();
+        let waiting = self.mailbox.waiting(self.protocol.backlog());
+        waiting.frames < limits.max_messages / 2 && waiting.bytes < limits.max_bytes / 2
+    }
+
+    /// Acts on the protocol's timer, if its deadline has come.
+    fn fire_timer(&mut self) {
+        let Some(timeout) = self.protocol.handle_timeout(Instant::now().into_std()) else {
+            return; // fired for an older deadline: input arrived since
+        };
+        match timeout {
+            Timeout::Ping => {}
+            Timeout::Idle => tracing::debug!(conn = self.id, "no answer to ping: closing"),
+            Timeout::Replies => {
+                tracing::warn!(
+                    conn = self.id,
+                    "plugin did not catch up in time: closing without its replies"
+                );
+            }
+            Timeout::CloseHandshake => tracing::debug!(conn = self.id, "closing handshake timed out"),
+            Timeout::Flush => tracing::debug!(conn = self.id, "close frame not flushed in time"),
         }
+    }
+
+    /// Once the socket has taken nothing for [`STALL_GRACE`] while output waits, the
+    /// client counts as not reading: from then on (until it takes something), more than
+    /// the outbound limits waiting for it drops it.
+    fn check_stall(&mut self) {
+        let now = Instant::now();
+        if self.stalled || self.protocol.output().is_empty() || now < self.progress_at + STALL_GRACE {
+            return;
+        }
+        self.stalled = true;
+        if self.mailbox.update(self.protocol.backlog(), true) && !self.aborted {
+            self.drop_slow_reader();
+        }
+    }
+
+    /// Drops a client that does not take what waits for it: a 1008 close frame goes out
+    /// ahead of its queue, after the frame being written.
+    fn drop_slow_reader(&mut self) {
+        let limits = self.mailbox.limits();
+        tracing::warn!(
+            conn = self.id,
+            max_messages = limits.max_messages,
+            max_bytes = limits.max_bytes,
+            "client too slow for its outbound bound: dropping it"
+        );
+        self.abort(close::POLICY_VIOLATION, "outbound queue overflow");
+    }
+
+    fn abort(&mut self, code: u16, reason: &'static str) {
+        self.aborted = true;
+        self.protocol.abort(code, reason, Instant::now().into_std());
     }
 
     /// Sends what the plugin queued in reply to the messages before the peer's close
     /// or violation, then our close frame.
     fn finish_closing(&mut self) {
+        let now = Instant::now();
         while let Some(command) = self.mailbox.try_recv() {
-            self.apply(command);
+            self.apply(command, now);
         }
-        self.protocol.finish_closing();
+        self.protocol.finish_closing(now.into_std());
     }
 
-    /// Applies a plugin command; returns whether it started the closing handshake.
-    fn apply(&mut self, command: Command) -> bool {
-        match command {
-            Command::Send(Outgoing::Text(text)) => {
-                let _ = self.protocol.send_text(text.as_str());
-                false
-            }
-            Command::Send(Outgoing::Binary(data)) => {
-                let _ = self.protocol.send_binary(&data);
-                false
-            }
-            Command::Close(code, reason) => self.protocol.close(code, &reason).is_ok(),
-        }
+    /// Applies a plugin command. Commands that come too late (the connection is
+    /// closing) are dropped.
+    fn apply(&mut self, command: Command, now: Instant) {
+        let _ = match command {
+            Command::Send(Outgoing::Text(text)) => self.protocol.send_text(text.as_str()),
+            Command::Send(Outgoing::Binary(data)) => self.protocol.send_binary(&data),
+            Command::Close(code, reason) => self.protocol.close(code, &reason, now.into_std()),
+        };
     }
 }
+
+#[cfg(test)]
+#[path = "connection_tests.rs"]
+mod tests;

@@ -2,6 +2,7 @@
 //! connection, each driving the sans-IO protocol and feeding the plugin.
 
 mod connection;
+pub mod outbound;
 pub mod registry;
 pub mod static_files;
 pub mod tls;
@@ -20,8 +21,6 @@ use crate::plugin::{PluginEvent, PluginHandle};
 use crate::ws::handshake::HandshakeConfig;
 use registry::Registry;
 use static_files::StaticFiles;
-
-pub use connection::OVERFLOW_CLOSE_CODE;
 
 /// Settings of every connection.
 #[derive(Clone, Debug)]

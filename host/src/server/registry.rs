@@ -1,67 +1,15 @@
 //! The live connections, their outbound queues and their groups: what plugins
 //! reach through [`HostServices`].
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::Notify;
-
+use super::outbound::{self, Command, Mailbox, OutboundLimits, Outbox};
 use crate::plugin::{ConnId, ConnectionInfo, HostError, HostServices, Outgoing};
 
-/// What the plugin asks a connection's task to do.
-#[derive(Debug)]
-pub enum Command {
-    /// Send a message.
-    Send(Outgoing),
-    /// Start the closing handshake.
-    Close(u16, String),
-}
-
-/// A connection's outbound queue: what the plugin asked it to do, in order, at most
-/// `capacity` commands. An idle connection's queue holds no allocation (a tokio mpsc
-/// channel allocates a 32-slot block up front, about 1.5 KiB per connection).
-struct Queue {
-    commands: Mutex<VecDeque<Command>>,
-    capacity: usize,
-    /// Signalled when a command is queued.
-    ready: Notify,
-    /// Signalled when the queue overflowed: the reader is too slow and must be dropped.
-    overflow: Notify,
-}
-
-/// A connection's side of the registry: the receiving end of its queue.
-pub struct Mailbox {
-    queue: Arc<Queue>,
-}
-
-impl Mailbox {
-    /// The next queued command, if any, without waiting.
-    pub fn try_recv(&self) -> Option<Command> {
-        lock(&self.queue.commands).pop_front()
-    }
-
-    /// Waits for the next command. Cancel-safe: a command is taken only when returned.
-    pub async fn recv(&self) -> Command {
-        loop {
-            if let Some(command) = self.try_recv() {
-                return command;
-            }
-            // A command queued between the check and here leaves a permit behind.
-            self.queue.ready.notified().await;
-        }
-    }
-
-    /// Resolves once the queue has overflowed. Owns what it waits on, so that the
-    /// connection can hold it across its whole loop.
-    pub fn overflowed(&self) -> impl Future<Output = ()> + Send + 'static {
-        let queue = self.queue.clone();
-        async move { queue.overflow.notified().await }
-    }
-}
-
 struct Entry {
-    queue: Arc<Queue>,
+    outbox: Outbox,
     info: Arc<ConnectionInfo>,
     groups: HashSet<String>,
     /// The plugin has been told of it (`on-open`): broadcasts and `connections` include it.
@@ -78,16 +26,16 @@ struct Inner {
 pub struct Registry {
     inner: Mutex<Inner>,
     next_id: AtomicU64,
-    queue_len: usize,
+    limits: OutboundLimits,
 }
 
 impl Registry {
-    /// An empty registry whose connections each queue at most `queue_len` commands.
-    pub fn new(queue_len: usize) -> Self {
+    /// An empty registry whose connections' outbound queues enforce `limits`.
+    pub fn new(limits: OutboundLimits) -> Self {
         Self {
             inner: Mutex::default(),
             next_id: AtomicU64::new(1),
-            queue_len: queue_len.max(1),
+            limits,
         }
     }
 
@@ -98,20 +46,15 @@ impl Registry {
 
     /// Adds a connection; the returned mailbox receives what the plugin sends it.
     pub fn register(&self, info: ConnectionInfo) -> Mailbox {
-        let queue = Arc::new(Queue {
-            commands: Mutex::default(),
-            capacity: self.queue_len,
-            ready: Notify::new(),
-            overflow: Notify::new(),
-        });
+        let (outbox, mailbox) = outbound::queue(self.limits);
         let entry = Entry {
-            queue: queue.clone(),
+            outbox,
             info: Arc::new(info),
             groups: HashSet::new(),
             opened: false,
         };
         self.lock().conns.insert(entry.info.id, entry);
-        Mailbox { queue }
+        mailbox
     }
 
     /// Removes a connection and its group memberships. Later calls naming it return `Gone`.
@@ -144,7 +87,7 @@ impl Registry {
     }
 }
 
-/// Locks a registry mutex. A panic while holding one cannot leave the maps or a queue
+/// Locks the registry. A panic while holding it cannot leave the maps
 /// half-updated in a way that matters more than losing every connection would, so
 /// carry on.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -152,20 +95,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Entry {
-    /// Queues a command without waiting. A full queue means the reader cannot keep up:
-    /// the connection is told to drop, and the command is lost with it.
     fn push(&self, command: Command) -> Result<(), HostError> {
-        let queue = &*self.queue;
-        let mut commands = lock(&queue.commands);
-        if commands.len() >= queue.capacity {
-            drop(commands);
-            queue.overflow.notify_one();
-            return Err(HostError::Gone);
-        }
-        commands.push_back(command);
-        drop(commands);
-        queue.ready.notify_one();
-        Ok(())
+        self.outbox.push(command)
     }
 }
 
@@ -281,7 +212,10 @@ mod tests {
 
     #[test]
     fn routes_sends_broadcasts_and_groups() {
-        let registry = Registry::new(8);
+        let registry = Registry::new(OutboundLimits {
+            max_messages: 8,
+            max_bytes: 1 << 20,
+        });
         let mut a = registry.register(info(1));
         let mut b = registry.register(info(2));
         let mut c = registry.register(info(3));
@@ -330,19 +264,5 @@ mod tests {
         registry.leave(3, "room").unwrap();
         assert!(registry.group_members("room").is_empty());
         assert_eq!(registry.len(), 3);
-    }
-
-    #[tokio::test]
-    async fn a_full_queue_signals_overflow_and_never_grows() {
-        let registry = Registry::new(2);
-        let mailbox = registry.register(info(1));
-        registry.send(1, text("1")).unwrap();
-        registry.send(1, text("2")).unwrap();
-        assert_eq!(registry.send(1, text("3")), Err(HostError::Gone));
-        // The permit stored by `notify_one` makes this return at once.
-        mailbox.overflowed().await;
-        assert!(matches!(mailbox.recv().await, Command::Send(_)));
-        assert!(matches!(mailbox.try_recv(), Some(Command::Send(_))));
-        assert!(mailbox.try_recv().is_none(), "the queue grew past its bound");
     }
 }

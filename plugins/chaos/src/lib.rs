@@ -1,7 +1,9 @@
 //! A plugin that echoes every text message, except four commands that make it fail
 //! the way real plugins do: `panic` panics, `loop` never returns, `oom` allocates
-//! until memory runs out, `trap` executes `unreachable`. The host's tests use it to
-//! check that a failing plugin takes down neither the server nor other connections.
+//! until memory runs out, `trap` executes `unreachable`. A connection whose path is
+//! `/panic-on-open` makes `on-open` panic, so a plugin that fails on every event can
+//! be played. The host's tests use it to check that a failing plugin takes down
+//! neither the server nor other connections.
 
 wit_bindgen::generate!({ world: "plugin", path: "../../wit" });
 
@@ -10,7 +12,11 @@ use wsplug::plugin::host;
 struct Chaos;
 
 impl Guest for Chaos {
-    fn on_open(_conn: ConnectionId) {}
+    fn on_open(conn: ConnectionId) {
+        if host::info(conn).is_some_and(|info| info.path == "/panic-on-open") {
+            panic!("chaos: panic on open");
+        }
+    }
 
     fn on_text(conn: ConnectionId, text: String) {
         match text.as_str() {

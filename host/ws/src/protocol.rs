@@ -1,14 +1,26 @@
 //! The per-connection protocol state machine, after the handshake: turns received
-//! bytes into whole messages and encodes what the server sends. No I/O happens here:
-//! the caller feeds bytes in with [`Protocol::read`] and writes out whatever
-//! [`Protocol::output`] holds.
+//! bytes into whole messages, encodes what the server sends, and owns the
+//! connection's timers (idle ping, ping answer, closing handshake, final flush). No
+//! I/O happens here and no clock is read: the caller passes the time in.
+//!
+//! The contract, for the I/O shell that drives it:
+//! 1. Bytes from the socket go to [`Protocol::read`] (until it returns `Ok(None)`);
+//!    end of stream or a socket error to [`Protocol::handle_eof`].
+//! 2. [`Protocol::output`] is written to the socket, and what was written removed
+//!    with [`Protocol::advance_output`].
+//! 3. At [`Protocol::poll_timeout`] (re-read after every call), call
+//!    [`Protocol::handle_timeout`].
+//! 4. Once [`Protocol::is_done`], close the socket; [`Protocol::ended`] says why.
+
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 
 use super::close::{self, ProtocolError};
 use super::deflate::{DeflateParams, Deflater, InflateError, Inflater};
-use super::frame::{self, FrameHeader, MAX_CONTROL_PAYLOAD, Opcode};
+use super::frame::{FrameHeader, MAX_CONTROL_PAYLOAD, Opcode};
 use super::mask::apply_mask;
+use super::output::{Backlog, Output};
 use super::utf8::Utf8Validator;
 
 /// Settings of one connection's protocol.
@@ -20,6 +32,71 @@ pub struct ProtocolConfig {
     pub deflate: Option<DeflateParams>,
     /// Compression level for sent messages, 0..=9.
     pub deflate_level: u32,
+    /// Silence from the peer before it is pinged, and then the time it has to answer.
+    pub idle_timeout: Duration,
+    /// How long the closing handshake may take, the wait for replies to messages
+    /// received before the peer's close, and the flush of our close frame.
+    pub close_timeout: Duration,
+}
+
+/// Why a connection ended. The first cause wins: a close frame that answers ours after
+/// an idle timeout does not hide the timeout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// The peer's close frame, sent first or in answer to ours.
+    ByPeer {
+        /// Its code ([`close::NO_STATUS`] if it carried none).
+        code: u16,
+        /// Its reason.
+        reason: String,
+    },
+    /// The peer broke the protocol; our close frame carried the error's code.
+    Violation(ProtocolError),
+    /// The peer sent nothing for the idle timeout, nor in the same time after a ping.
+    PingTimeout,
+    /// We sent a close frame and the peer neither answered it nor hung up in time.
+    CloseUnanswered,
+    /// The connection ended without a close frame from the peer.
+    Dropped,
+    /// We closed it ahead of everything queued, for a reason of the caller's (see
+    /// [`Protocol::abort`]).
+    Aborted {
+        /// The code of our close frame.
+        code: u16,
+        /// Its reason.
+        reason: &'static str,
+    },
+}
+
+impl Ended {
+    /// The code and reason reported for this ending (to the plugin's `on-close`): the
+    /// close frame's, or 1006 when no close frame ended the connection.
+    pub fn code_and_reason(&self) -> (u16, &str) {
+        match self {
+            Self::ByPeer { code, reason } => (*code, reason),
+            Self::Violation(error) => (error.code, error.reason),
+            Self::PingTimeout => (close::ABNORMAL, "no answer to ping"),
+            Self::CloseUnanswered => (close::ABNORMAL, "closing handshake did not complete"),
+            Self::Dropped => (close::ABNORMAL, "connection dropped without a close frame"),
+            Self::Aborted { code, reason } => (*code, reason),
+        }
+    }
+}
+
+/// Which timer [`Protocol::handle_timeout`] acted on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timeout {
+    /// The peer was silent: a ping was queued.
+    Ping,
+    /// The ping went unanswered: the closing handshake started (1001).
+    Idle,
+    /// The replies to messages received before the peer's close (or violation) did not
+    /// come in time: our close frame was queued without them.
+    Replies,
+    /// Our close frame was not answered: the connection is over.
+    CloseHandshake,
+    /// The final output could not be flushed: the connection is over.
+    Flush,
 }
 
 /// A complete message received from the peer.
@@ -92,6 +169,15 @@ pub struct Closing;
 pub struct Protocol {
     config: ProtocolConfig,
     state: State,
+    /// In [`State::Open`]: when to ping (or, after a ping, to give up). Otherwise: when
+    /// the current closing step must be over.
+    deadline: Instant,
+    /// A ping was sent for silence, and nothing arrived since.
+    pinged: bool,
+    /// Why the connection ended, once known.
+    ended: Option<Ended>,
+    /// Nothing more will be written or read.
+    done: bool,
     /// The payload of the close frame that [`Protocol::finish_closing`] will send.
     pending_close: Option<Vec<u8>>,
     frame: Option<CurrentFrame>,
@@ -102,15 +188,19 @@ pub struct Protocol {
     deflater: Option<Deflater>,
     /// Scratch buffer for compressing outgoing messages.
     compressed: Vec<u8>,
-    out: BytesMut,
+    out: Output,
 }
 
 impl Protocol {
-    /// State for a connection whose handshake has just completed.
-    pub fn new(config: ProtocolConfig) -> Self {
+    /// State for a connection whose handshake completed at `now`.
+    pub fn new(config: ProtocolConfig, now: Instant) -> Self {
         Self {
             config,
             state: State::Open,
+            deadline: now + config.idle_timeout,
+            pinged: false,
+            ended: None,
+            done: false,
             pending_close: None,
             frame: None,
             control: Vec::new(),
@@ -118,7 +208,7 @@ impl Protocol {
             inflater: None,
             deflater: None,
             compressed: Vec::new(),
-            out: BytesMut::new(),
+            out: Output::default(),
         }
     }
 
@@ -127,32 +217,119 @@ impl Protocol {
         self.state
     }
 
-    /// Bytes to send to the peer. The caller writes them and removes what was written.
-    pub fn output(&mut self) -> &mut BytesMut {
-        &mut self.out
+    /// Bytes to send to the peer. The caller writes them, then reports how many with
+    /// [`Protocol::advance_output`].
+    pub fn output(&self) -> &[u8] {
+        self.out.bytes()
     }
 
-    /// Consumes bytes from `input` until an event is complete or `input` runs out.
+    /// Removes the first `n` bytes of the output, which the socket took.
+    pub fn advance_output(&mut self, n: usize) {
+        self.out.advance(n);
+    }
+
+    /// What waits for the peer beyond the frame being written: the measure of a slow
+    /// reader.
+    pub fn backlog(&self) -> Backlog {
+        self.out.backlog()
+    }
+
+    /// Why the connection ended; `None` while it has not.
+    pub fn ended(&self) -> Option<&Ended> {
+        self.ended.as_ref()
+    }
+
+    /// Whether the connection is over: the socket can be closed.
+    pub fn is_done(&self) -> bool {
+        self.done || (self.state == State::Closed && self.out.is_empty())
+    }
+
+    /// Consumes bytes from `input`, received by `now`, until an event is complete or
+    /// `input` runs out. Consumed bytes count as activity for the idle timer.
     ///
     /// Returns `Ok(None)` when more input is needed. On a protocol violation the error
     /// is returned and the state becomes [`State::Failed`] (or [`State::Closed`] if our
     /// close frame was already sent): the caller may still send replies to earlier
     /// messages, then calls [`Protocol::finish_closing`], which queues the close frame
     /// with the violation's code. Pongs are put in the output as a side effect.
-    pub fn read(&mut self, input: &mut BytesMut) -> Result<Option<Event>, ProtocolError> {
+    pub fn read(&mut self, input: &mut BytesMut, now: Instant) -> Result<Option<Event>, ProtocolError> {
         if !matches!(self.state, State::Open | State::CloseSent) {
             return Ok(None);
         }
-        match self.read_inner(input) {
+        let before = input.len();
+        let result = self.read_inner(input, now);
+        if input.len() < before && self.state == State::Open {
+            self.deadline = now + self.config.idle_timeout;
+            self.pinged = false;
+        }
+        match result {
             Err(e) => {
-                self.fail(e);
+                self.fail(e, now);
                 Err(e)
             }
             ok => ok,
         }
     }
 
-    fn read_inner(&mut self, input: &mut BytesMut) -> Result<Option<Event>, ProtocolError> {
+    /// The connection's byte stream ended (or failed) at the peer's side: nothing more
+    /// can be read, and nothing more is written.
+    pub fn handle_eof(&mut self) {
+        let ended = match self.state {
+            State::CloseSent => Ended::CloseUnanswered,
+            _ => Ended::Dropped,
+        };
+        self.ended.get_or_insert(ended);
+        self.state = State::Closed;
+        self.done = true;
+    }
+
+    /// When [`Protocol::handle_timeout`] must next be called; `None` once done.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        (!self.is_done()).then_some(self.deadline)
+    }
+
+    /// Acts on the timer that expired by `now`, if any: pings a silent peer, gives up
+    /// on one that did not answer, or ends a closing step that took too long.
+    pub fn handle_timeout(&mut self, now: Instant) -> Option<Timeout> {
+        if self.is_done() || now < self.deadline {
+            return None;
+        }
+        match self.state {
+            State::Open if !self.pinged => {
+                let _ = self.send_ping(b"wsplug");
+                self.pinged = true;
+                self.deadline = now + self.config.idle_timeout;
+                Some(Timeout::Ping)
+            }
+            State::Open => {
+                self.ended.get_or_insert(Ended::PingTimeout);
+                let _ = self.close(close::GOING_AWAY, "idle timeout", now);
+                Some(Timeout::Idle)
+            }
+            State::CloseReceived | State::Failed => {
+                self.finish_closing(now);
+                Some(Timeout::Replies)
+            }
+            State::CloseSent => {
+                self.ended.get_or_insert(Ended::CloseUnanswered);
+                self.state = State::Closed;
+                self.done = true;
+                Some(Timeout::CloseHandshake)
+            }
+            State::Closed => {
+                self.done = true;
+                Some(Timeout::Flush)
+            }
+        }
+    }
+
+    /// Enters a closing state whose step must be over within the close timeout.
+    fn enter(&mut self, state: State, now: Instant) {
+        self.state = state;
+        self.deadline = now + self.config.close_timeout;
+    }
+
+    fn read_inner(&mut self, input: &mut BytesMut, now: Instant) -> Result<Option<Event>, ProtocolError> {
         loop {
             let Some(frame) = self.frame else {
                 let Some((header, len)) = FrameHeader::decode(input)? else {
@@ -161,7 +338,7 @@ impl Protocol {
                 input.advance(len);
                 self.start_frame(header)?;
                 if header.payload_len == 0
-                    && let Some(event) = self.end_frame()?
+                    && let Some(event) = self.end_frame(now)?
                 {
                     return Ok(Some(event));
                 }
@@ -182,7 +359,7 @@ impl Protocol {
             let frame = self.frame.as_mut().expect("frame in progress");
             frame.received += take as u64;
             if frame.received == frame.header.payload_len
-                && let Some(event) = self.end_frame()?
+                && let Some(event) = self.end_frame(now)?
             {
                 return Ok(Some(event));
             }
@@ -283,18 +460,18 @@ impl Protocol {
     }
 
     /// Handles the end of the current frame.
-    fn end_frame(&mut self) -> Result<Option<Event>, ProtocolError> {
+    fn end_frame(&mut self, now: Instant) -> Result<Option<Event>, ProtocolError> {
         let frame = self.frame.take().expect("frame in progress");
         let header = frame.header;
         match header.opcode {
             Opcode::Ping => {
                 if self.state == State::Open {
-                    frame::encode_server_frame(&mut self.out, Opcode::Pong, false, &self.control);
+                    self.out.push_frame(Opcode::Pong, false, &self.control);
                 }
                 Ok(None)
             }
             Opcode::Pong => Ok(None),
-            Opcode::Close => self.receive_close(),
+            Opcode::Close => self.receive_close(now),
             Opcode::Text | Opcode::Binary | Opcode::Continuation => {
                 if !header.fin {
                     return Ok(None);
@@ -336,25 +513,30 @@ impl Protocol {
         }
     }
 
-    fn receive_close(&mut self) -> Result<Option<Event>, ProtocolError> {
+    fn receive_close(&mut self, now: Instant) -> Result<Option<Event>, ProtocolError> {
         let (code, reason) = close::parse_payload(&self.control)?;
+        self.ended.get_or_insert_with(|| Ended::ByPeer {
+            code,
+            reason: reason.clone(),
+        });
         if self.state == State::Open {
             // Echo the peer's code, as RFC 6455 section 5.5.1 suggests.
             self.pending_close = Some(close::encode_payload(code, ""));
-            self.state = State::CloseReceived;
+            self.enter(State::CloseReceived, now);
         } else {
-            self.state = State::Closed;
+            self.enter(State::Closed, now);
         }
         Ok(Some(Event::Closed { code, reason }))
     }
 
     /// Stops reading after a violation; the close frame follows in `finish_closing`.
-    fn fail(&mut self, error: ProtocolError) {
+    fn fail(&mut self, error: ProtocolError, now: Instant) {
+        self.ended.get_or_insert(Ended::Violation(error));
         if self.state == State::Open {
             self.pending_close = Some(close::encode_payload(error.code, error.reason));
-            self.state = State::Failed;
+            self.enter(State::Failed, now);
         } else {
-            self.state = State::Closed;
+            self.enter(State::Closed, now);
         }
         self.frame = None;
         self.message = None;
@@ -363,11 +545,30 @@ impl Protocol {
     /// Queues the close frame that is due in [`State::CloseReceived`] (the answer to
     /// the peer's) or [`State::Failed`] (the violation's code); the state becomes
     /// [`State::Closed`]. Does nothing in other states.
-    pub fn finish_closing(&mut self) {
+    pub fn finish_closing(&mut self, now: Instant) {
         if let Some(payload) = self.pending_close.take() {
-            frame::encode_server_frame(&mut self.out, Opcode::Close, false, &payload);
-            self.state = State::Closed;
+            self.out.push_frame(Opcode::Close, false, &payload);
+            self.enter(State::Closed, now);
         }
+    }
+
+    /// Drops the peer ahead of everything queued: frames the socket has not started are
+    /// discarded, our close frame follows the one being written, and the state becomes
+    /// [`State::Closed`] without waiting for an answer (the close timeout bounds the
+    /// flush). For a peer that stopped reading (its backlog is over a bound), or a
+    /// server that can no longer serve it. Does nothing once our close frame is queued.
+    pub fn abort(&mut self, code: u16, reason: &'static str, now: Instant) {
+        if !matches!(self.state, State::Open | State::CloseReceived | State::Failed) {
+            return;
+        }
+        self.ended.get_or_insert(Ended::Aborted { code, reason });
+        self.out.discard_unstarted();
+        self.out
+            .push_frame(Opcode::Close, false, &close::encode_payload(code, reason));
+        self.pending_close = None;
+        self.frame = None;
+        self.message = None;
+        self.enter(State::Closed, now);
     }
 
     /// Queues a text message.
@@ -389,9 +590,9 @@ impl Protocol {
                 let level = self.config.deflate_level;
                 let deflater = self.deflater.get_or_insert_with(|| Deflater::new(params, level));
                 deflater.compress(payload, &mut self.compressed);
-                frame::encode_server_frame(&mut self.out, opcode, true, &self.compressed);
+                self.out.push_frame(opcode, true, &self.compressed);
             }
-            None => frame::encode_server_frame(&mut self.out, opcode, false, payload),
+            None => self.out.push_frame(opcode, false, payload),
         }
         Ok(())
     }
@@ -402,19 +603,19 @@ impl Protocol {
             return Err(Closing);
         }
         let len = payload.len().min(MAX_CONTROL_PAYLOAD);
-        frame::encode_server_frame(&mut self.out, Opcode::Ping, false, &payload[..len]);
+        self.out.push_frame(Opcode::Ping, false, &payload[..len]);
         Ok(())
     }
 
-    /// Starts the closing handshake. The caller should keep reading until
-    /// [`Event::Closed`] arrives (or a timeout passes), then close the socket.
-    pub fn close(&mut self, code: u16, reason: &str) -> Result<(), Closing> {
+    /// Starts the closing handshake at `now`. The caller keeps reading until
+    /// [`Event::Closed`] arrives; the close timeout ends the wait.
+    pub fn close(&mut self, code: u16, reason: &str, now: Instant) -> Result<(), Closing> {
         if self.state != State::Open {
             return Err(Closing);
         }
         let payload = close::encode_payload(code, reason);
-        frame::encode_server_frame(&mut self.out, Opcode::Close, false, &payload);
-        self.state = State::CloseSent;
+        self.out.push_frame(Opcode::Close, false, &payload);
+        self.enter(State::CloseSent, now);
         Ok(())
     }
 }

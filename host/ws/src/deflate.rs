@@ -255,6 +255,13 @@ impl Deflater {
         if out.ends_with(&SYNC_TRAILER) {
             out.truncate(out.len() - SYNC_TRAILER.len());
         }
+        if out.is_empty() {
+            // Nothing was pending (an empty message after a sync flush): send an empty
+            // stored block's first byte, which with the peer's implied trailer is a
+            // complete empty block (RFC 7692 section 7.2.3.6). An empty payload with
+            // RSV1 would leave some decoders' streams in a state the next message breaks.
+            out.push(0x00);
+        }
         if self.reset_after_message {
             self.inner.reset();
         }
@@ -363,6 +370,50 @@ mod tests {
                 }
                 inflater.finish_message(&mut out, 1 << 20).unwrap();
                 assert_eq!(out, message.as_bytes());
+            }
+        }
+    }
+
+    /// Decodes one message the way any RFC 7692 peer does: a raw inflate stream kept
+    /// across messages (or fresh per message), fed the payload plus the sync trailer.
+    fn plain_inflate(decoder: &mut Decompress, payload: &[u8]) -> Vec<u8> {
+        let mut input = payload.to_vec();
+        input.extend_from_slice(&SYNC_TRAILER);
+        let mut out = Vec::with_capacity(input.len() * 8 + 64);
+        let mut rest = &input[..];
+        loop {
+            let before = decoder.total_in();
+            decoder
+                .decompress_vec(rest, &mut out, FlushDecompress::Sync)
+                .expect("a plain decoder accepts what we send");
+            rest = &rest[(decoder.total_in() - before) as usize..];
+            if rest.is_empty() && out.len() < out.capacity() {
+                return out;
+            }
+            out.reserve(out.capacity());
+        }
+    }
+
+    #[test]
+    fn an_empty_message_between_others_decodes_with_a_plain_inflater() {
+        // RFC 7692 section 7.2.3.6: an empty message must still be a valid deflate
+        // block, or the peer's decoder fails on it or on the message after it.
+        for nct in [false, true] {
+            let p = params(nct, nct, 15);
+            let mut deflater = Deflater::new(&p, 6);
+            let mut decoder = Decompress::new(false);
+            let mut compressed = Vec::new();
+            for message in ["", "hello", "", "", "world", "", "hello"] {
+                deflater.compress(message.as_bytes(), &mut compressed);
+                assert!(!compressed.is_empty(), "{message:?} was sent as an empty payload");
+                if nct {
+                    decoder.reset(false);
+                }
+                assert_eq!(
+                    plain_inflate(&mut decoder, &compressed),
+                    message.as_bytes(),
+                    "context takeover off: {nct}"
+                );
             }
         }
     }

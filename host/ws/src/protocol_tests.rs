@@ -1,10 +1,12 @@
 //! Unit tests of the protocol state machine: every framing, fragmentation, UTF-8,
 //! size, compression and close rule, fed with the bytes a client would send.
 
+use std::time::{Duration, Instant};
+
 use bytes::BytesMut;
 
 use super::*;
-use crate::ws::deflate::{DeflateParams, Deflater};
+use crate::deflate::{DeflateParams, Deflater};
 
 const MASK: [u8; 4] = [0x11, 0x22, 0x33, 0x44];
 const TEXT: u8 = 0x1;
@@ -43,7 +45,19 @@ fn config() -> ProtocolConfig {
         max_message_size: 1 << 20,
         deflate: None,
         deflate_level: 6,
+        idle_timeout: IDLE,
+        close_timeout: CLOSE_TIMEOUT,
     }
+}
+
+const IDLE: Duration = Duration::from_secs(5);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The time every test starts at: the protocol reads no clock, so any instant will do.
+fn t0() -> Instant {
+    use std::sync::OnceLock;
+    static T0: OnceLock<Instant> = OnceLock::new();
+    *T0.get_or_init(Instant::now)
 }
 
 fn deflate_params() -> DeflateParams {
@@ -58,7 +72,7 @@ fn deflate_params() -> DeflateParams {
 fn feed(protocol: &mut Protocol, bytes: &[u8]) -> Result<Vec<Event>, ProtocolError> {
     let mut input = BytesMut::from(bytes);
     let mut events = Vec::new();
-    while let Some(event) = protocol.read(&mut input)? {
+    while let Some(event) = protocol.read(&mut input, t0())? {
         events.push(event);
     }
     Ok(events)
@@ -66,7 +80,8 @@ fn feed(protocol: &mut Protocol, bytes: &[u8]) -> Result<Vec<Event>, ProtocolErr
 
 /// Decodes the server's output into (first byte, payload) pairs, checking it is unmasked.
 fn sent_frames(protocol: &mut Protocol) -> Vec<(u8, Vec<u8>)> {
-    let out = protocol.output().split();
+    let out = protocol.output().to_vec();
+    protocol.advance_output(out.len());
     let mut frames = Vec::new();
     let mut at = 0;
     while at < out.len() {
@@ -92,19 +107,19 @@ fn expect_failure(bytes: &[u8], code: u16) {
 }
 
 fn expect_failure_with(config: ProtocolConfig, bytes: &[u8], code: u16) {
-    let mut protocol = Protocol::new(config);
+    let mut protocol = Protocol::new(config, t0());
     let error = feed(&mut protocol, bytes).expect_err("must fail");
     assert_eq!(error.code, code, "{error}");
     assert_eq!(protocol.state(), State::Failed);
     assert!(protocol.output().is_empty(), "the close frame waits for finish_closing");
-    protocol.finish_closing();
+    protocol.finish_closing(t0());
     assert_eq!(protocol.state(), State::Closed);
     assert_eq!(close_code_sent(&mut protocol), code);
 }
 
 #[test]
 fn reads_single_frame_messages() {
-    let mut p = Protocol::new(config());
+    let mut p = Protocol::new(config(), t0());
     let mut bytes = frame(true, TEXT, "héllo".as_bytes());
     bytes.extend(frame(true, BINARY, &[0, 1, 2]));
     bytes.extend(frame(true, TEXT, b""));
@@ -124,12 +139,12 @@ fn reads_byte_by_byte() {
     let payload: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
     let mut bytes = frame(false, BINARY, &payload[..100]);
     bytes.extend(frame(true, CONT, &payload[100..]));
-    let mut p = Protocol::new(config());
+    let mut p = Protocol::new(config(), t0());
     let mut input = BytesMut::new();
     let mut events = Vec::new();
     for b in bytes {
         input.extend_from_slice(&[b]);
-        if let Some(event) = p.read(&mut input).unwrap() {
+        if let Some(event) = p.read(&mut input, t0()).unwrap() {
             events.push(event);
         }
     }
@@ -138,7 +153,7 @@ fn reads_byte_by_byte() {
 
 #[test]
 fn reassembles_fragments_with_interleaved_control_frames() {
-    let mut p = Protocol::new(config());
+    let mut p = Protocol::new(config(), t0());
     let mut bytes = frame(false, TEXT, b"frag");
     bytes.extend(frame(true, PING, b"ping!"));
     bytes.extend(frame(false, CONT, b"men"));
@@ -153,7 +168,7 @@ fn reassembles_fragments_with_interleaved_control_frames() {
 
 #[test]
 fn answers_every_ping_with_its_payload() {
-    let mut p = Protocol::new(config());
+    let mut p = Protocol::new(config(), t0());
     let payload = [0xAB; 125];
     let mut bytes = frame(true, PING, &payload);
     bytes.extend(frame(true, PING, b""));
@@ -211,10 +226,10 @@ fn invalid_utf8_closes_with_1007_as_soon_as_it_arrives() {
     expect_failure(&frame(false, TEXT, b"ok \xff"), 1007);
     // ... even inside one frame whose end has not arrived.
     let bytes = frame(true, TEXT, b"\xc0\xafand much more to come");
-    let mut p = Protocol::new(config());
+    let mut p = Protocol::new(config(), t0());
     assert_eq!(feed(&mut p, &bytes[..8]).unwrap_err().code, 1007);
     // A character split across fragments is fine.
-    let mut p = Protocol::new(config());
+    let mut p = Protocol::new(config(), t0());
     let mut split = frame(false, TEXT, b"\xce");
     split.extend(frame(true, CONT, b"\xba"));
     assert_eq!(
@@ -229,14 +244,14 @@ fn oversized_messages_close_with_1009() {
         max_message_size: 100,
         ..config()
     };
-    let mut p = Protocol::new(small);
+    let mut p = Protocol::new(small, t0());
     // The header alone is enough to refuse it: no payload was sent.
     let header_only = &frame(true, BINARY, &[0; 101])[..8];
     assert_eq!(feed(&mut p, header_only).unwrap_err().code, 1009);
     let mut fragmented = frame(false, BINARY, &[0; 60]);
     fragmented.extend(frame(true, CONT, &[0; 41]));
     expect_failure_with(small, &fragmented, 1009);
-    let mut p = Protocol::new(small);
+    let mut p = Protocol::new(small, t0());
     assert_eq!(feed(&mut p, &frame(true, BINARY, &[7; 100])).unwrap().len(), 1);
 }
 
@@ -252,7 +267,7 @@ fn inflates_compressed_messages_including_fragmented_ones() {
         deflate: Some(deflate_params()),
         ..config()
     };
-    let mut p = Protocol::new(cfg);
+    let mut p = Protocol::new(cfg, t0());
     let text = "compress me ".repeat(100);
     let compressed = compress(text.as_bytes());
     let mut bytes = raw_frame(0xC1, &compressed, Some(MASK));
@@ -292,7 +307,7 @@ fn compresses_sent_messages_when_negotiated() {
         deflate: Some(deflate_params()),
         ..config()
     };
-    let mut p = Protocol::new(cfg);
+    let mut p = Protocol::new(cfg, t0());
     let text = "hello ".repeat(100);
     p.send_text(&text).unwrap();
     let frames = sent_frames(&mut p);
@@ -307,7 +322,7 @@ fn compresses_sent_messages_when_negotiated() {
 
 #[test]
 fn answers_a_close_and_reports_it() {
-    let mut p = Protocol::new(config());
+    let mut p = Protocol::new(config(), t0());
     let events = feed(&mut p, &frame(true, CLOSE, b"\x03\xe8bye")).unwrap();
     assert_eq!(
         events,
@@ -319,8 +334,8 @@ fn answers_a_close_and_reports_it() {
     assert_eq!(p.state(), State::CloseReceived);
     // Replies to earlier messages may still go out before the answering close.
     p.send_text("reply").unwrap();
-    assert_eq!(p.close(1000, ""), Err(Closing));
-    p.finish_closing();
+    assert_eq!(p.close(1000, "", t0()), Err(Closing));
+    p.finish_closing(t0());
     assert_eq!(p.state(), State::Closed);
     assert_eq!(
         sent_frames(&mut p),
@@ -330,7 +345,7 @@ fn answers_a_close_and_reports_it() {
     // Nothing after the close is read.
     assert_eq!(feed(&mut p, &frame(true, TEXT, b"ignored")).unwrap(), vec![]);
 
-    let mut p = Protocol::new(config());
+    let mut p = Protocol::new(config(), t0());
     let events = feed(&mut p, &frame(true, CLOSE, b"")).unwrap();
     assert_eq!(
         events,
@@ -339,7 +354,7 @@ fn answers_a_close_and_reports_it() {
             reason: String::new()
         }]
     );
-    p.finish_closing();
+    p.finish_closing(t0());
     assert_eq!(sent_frames(&mut p), vec![(0x88, vec![])]);
 }
 
@@ -354,11 +369,11 @@ fn bad_close_frames_fail_the_connection() {
 
 #[test]
 fn server_initiated_close_waits_for_the_peer() {
-    let mut p = Protocol::new(config());
-    p.close(4000, "done").unwrap();
+    let mut p = Protocol::new(config(), t0());
+    p.close(4000, "done", t0()).unwrap();
     assert_eq!(p.state(), State::CloseSent);
     assert_eq!(sent_frames(&mut p), vec![(0x88, b"\x0f\xa0done".to_vec())]);
-    assert_eq!(p.close(1000, ""), Err(Closing));
+    assert_eq!(p.close(1000, "", t0()), Err(Closing));
     // Data still in flight from the peer is not delivered, and pings are not answered.
     let mut bytes = frame(true, TEXT, b"in flight");
     bytes.extend(frame(true, PING, b""));
@@ -376,20 +391,23 @@ fn server_initiated_close_waits_for_the_peer() {
 
 #[test]
 fn replies_to_earlier_messages_go_out_before_the_failure_close() {
-    let mut p = Protocol::new(config());
+    let mut p = Protocol::new(config(), t0());
     let mut bytes = frame(true, TEXT, b"valid");
     bytes.extend(raw_frame(0xA1, b"rsv2", Some(MASK)));
     let mut input = BytesMut::from(&bytes[..]);
     assert_eq!(
-        p.read(&mut input).unwrap(),
+        p.read(&mut input, t0()).unwrap(),
         Some(Event::Message(Message::Text("valid".into())))
     );
-    assert_eq!(p.read(&mut input).unwrap_err().code, 1002);
+    assert_eq!(p.read(&mut input, t0()).unwrap_err().code, 1002);
     // Nothing more is read once failed.
-    assert_eq!(p.read(&mut BytesMut::from(&frame(true, TEXT, b"x")[..])).unwrap(), None);
+    assert_eq!(
+        p.read(&mut BytesMut::from(&frame(true, TEXT, b"x")[..]), t0()).unwrap(),
+        None
+    );
     p.send_text("reply").unwrap();
-    assert_eq!(p.close(1000, ""), Err(Closing));
-    p.finish_closing();
+    assert_eq!(p.close(1000, "", t0()), Err(Closing));
+    p.finish_closing(t0());
     assert_eq!(p.send_text("late"), Err(Closing));
     let frames = sent_frames(&mut p);
     assert_eq!(frames[0], (0x81, b"reply".to_vec()));
@@ -399,14 +417,155 @@ fn replies_to_earlier_messages_go_out_before_the_failure_close() {
 
 #[test]
 fn a_violation_after_our_close_needs_no_second_close_frame() {
-    let mut p = Protocol::new(config());
-    p.close(1000, "").unwrap();
+    let mut p = Protocol::new(config(), t0());
+    p.close(1000, "", t0()).unwrap();
     sent_frames(&mut p);
     assert_eq!(
         feed(&mut p, &raw_frame(0x81, b"unmasked", None)).unwrap_err().code,
         1002
     );
     assert_eq!(p.state(), State::Closed);
-    p.finish_closing();
+    p.finish_closing(t0());
     assert!(p.output().is_empty());
+}
+
+// ---------------------------------------------------------------------------------
+// Timers and endings: the clock is whatever instant the test passes in.
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn a_silent_peer_is_pinged_then_closed_with_1001() {
+    let mut p = Protocol::new(config(), t0());
+    assert_eq!(p.poll_timeout(), Some(t0() + IDLE));
+    assert_eq!(p.handle_timeout(t0() + IDLE - Duration::from_millis(1)), None);
+    assert_eq!(p.handle_timeout(t0() + IDLE), Some(Timeout::Ping));
+    assert_eq!(sent_frames(&mut p), vec![(0x89, b"wsplug".to_vec())]);
+    assert_eq!(p.poll_timeout(), Some(t0() + 2 * IDLE));
+    assert_eq!(p.handle_timeout(t0() + 2 * IDLE), Some(Timeout::Idle));
+    assert_eq!(p.state(), State::CloseSent);
+    assert_eq!(close_code_sent(&mut p), 1001);
+    // The peer answers our close: the timeout stays the reason.
+    feed(&mut p, &frame(true, CLOSE, &close_payload(1001))).unwrap();
+    assert!(p.is_done());
+    assert_eq!(p.ended(), Some(&Ended::PingTimeout));
+    assert_eq!(p.ended().unwrap().code_and_reason(), (1006, "no answer to ping"));
+}
+
+fn close_payload(code: u16) -> Vec<u8> {
+    code.to_be_bytes().to_vec()
+}
+
+#[test]
+fn any_consumed_input_restarts_the_idle_timer_and_an_answered_ping_keeps_it_open() {
+    let mut p = Protocol::new(config(), t0());
+    let later = t0() + Duration::from_secs(4);
+    let mut input = BytesMut::from(&frame(true, PONG, b"")[..]);
+    assert_eq!(p.read(&mut input, later).unwrap(), None);
+    assert_eq!(p.poll_timeout(), Some(later + IDLE));
+    assert_eq!(p.handle_timeout(later + IDLE), Some(Timeout::Ping));
+    let answered = later + IDLE + Duration::from_secs(1);
+    let mut input = BytesMut::from(&frame(true, PONG, b"wsplug")[..]);
+    p.read(&mut input, answered).unwrap();
+    assert_eq!(p.poll_timeout(), Some(answered + IDLE));
+    assert_eq!(
+        p.handle_timeout(answered + IDLE),
+        Some(Timeout::Ping),
+        "pings again, does not close"
+    );
+    assert_eq!(p.state(), State::Open);
+}
+
+#[test]
+fn an_incomplete_header_is_not_activity() {
+    // A slow trickle of header bytes must not keep a connection alive forever.
+    let mut p = Protocol::new(config(), t0());
+    let mut input = BytesMut::from(&frame(true, TEXT, b"hi")[..1]);
+    assert_eq!(p.read(&mut input, t0() + Duration::from_secs(4)).unwrap(), None);
+    assert_eq!(p.poll_timeout(), Some(t0() + IDLE));
+}
+
+#[test]
+fn an_unanswered_close_ends_at_the_close_timeout() {
+    let mut p = Protocol::new(config(), t0());
+    let at = t0() + Duration::from_secs(1);
+    p.close(4000, "bye", at).unwrap();
+    assert_eq!(p.poll_timeout(), Some(at + CLOSE_TIMEOUT));
+    assert_eq!(p.handle_timeout(at + CLOSE_TIMEOUT), Some(Timeout::CloseHandshake));
+    assert!(p.is_done());
+    assert_eq!(p.poll_timeout(), None);
+    assert_eq!(p.ended(), Some(&Ended::CloseUnanswered));
+}
+
+#[test]
+fn replies_that_do_not_come_in_time_are_given_up_and_the_flush_is_bounded() {
+    let mut p = Protocol::new(config(), t0());
+    feed(&mut p, &frame(true, CLOSE, &close_payload(1000))).unwrap();
+    assert_eq!(p.state(), State::CloseReceived);
+    let waited = t0() + CLOSE_TIMEOUT;
+    assert_eq!(p.handle_timeout(waited), Some(Timeout::Replies));
+    assert_eq!(p.state(), State::Closed);
+    assert!(!p.is_done(), "our close frame is still to be written");
+    assert_eq!(p.poll_timeout(), Some(waited + CLOSE_TIMEOUT));
+    assert_eq!(p.handle_timeout(waited + CLOSE_TIMEOUT), Some(Timeout::Flush));
+    assert!(p.is_done());
+    assert_eq!(
+        p.ended(),
+        Some(&Ended::ByPeer {
+            code: 1000,
+            reason: String::new()
+        })
+    );
+}
+
+#[test]
+fn end_of_stream_is_a_drop_or_an_unanswered_close() {
+    let mut p = Protocol::new(config(), t0());
+    p.handle_eof();
+    assert!(p.is_done());
+    assert_eq!(p.ended(), Some(&Ended::Dropped));
+    let mut p = Protocol::new(config(), t0());
+    p.close(1000, "", t0()).unwrap();
+    p.handle_eof();
+    assert_eq!(p.ended(), Some(&Ended::CloseUnanswered));
+}
+
+#[test]
+fn a_violation_is_the_reason_even_after_the_flush() {
+    let mut p = Protocol::new(config(), t0());
+    let mut input = BytesMut::from(&raw_frame(0x81, b"x", None)[..]);
+    assert!(p.read(&mut input, t0()).is_err());
+    p.finish_closing(t0());
+    let (code, reason) = p.ended().unwrap().code_and_reason();
+    assert_eq!((code, reason), (1002, "client frame is not masked"));
+}
+
+#[test]
+fn abort_puts_its_close_frame_ahead_of_the_queue_and_after_the_frame_in_flight() {
+    let mut p = Protocol::new(config(), t0());
+    for i in 0..10 {
+        p.send_text(&format!("queued {i}")).unwrap();
+    }
+    assert_eq!(p.backlog().frames, 10);
+    p.advance_output(3); // the socket took part of the first frame
+    assert_eq!(p.backlog().frames, 9);
+    p.abort(1008, "outbound queue overflow", t0());
+    assert_eq!(p.state(), State::Closed);
+    assert!(!p.is_done(), "the close frame is still to be written");
+    assert_eq!(p.backlog().frames, 1, "only the close frame waits");
+    let rest = p.output().to_vec();
+    p.advance_output(rest.len());
+    // The rest of "queued 0" (a 2-byte header and 8 bytes, 3 of them written), then the close.
+    assert_eq!(&rest[..7], b"ueued 0");
+    assert_eq!(rest[7], 0x88);
+    assert_eq!(u16::from_be_bytes([rest[9], rest[10]]), 1008);
+    assert_eq!(&rest[11..], b"outbound queue overflow");
+    assert!(p.is_done());
+    assert_eq!(p.send_text("late"), Err(Closing));
+    assert_eq!(
+        p.ended(),
+        Some(&Ended::Aborted {
+            code: 1008,
+            reason: "outbound queue overflow"
+        })
+    );
 }

@@ -13,6 +13,9 @@ pub const NO_STATUS: u16 = 1005;
 pub const ABNORMAL: u16 = 1006;
 /// A message's data did not match its type (bad UTF-8 in a text message).
 pub const INVALID_DATA: u16 = 1007;
+/// The endpoint got a message (or behaviour) that violates its policy; the server
+/// sends it to a reader too slow for its outbound bound.
+pub const POLICY_VIOLATION: u16 = 1008;
 /// A message was too big to process.
 pub const TOO_BIG: u16 = 1009;
 /// The server hit an unexpected condition (e.g. the plugin trapped).

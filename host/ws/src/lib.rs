@@ -7,5 +7,6 @@ pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
+pub mod output;
 pub mod protocol;
 pub mod utf8;

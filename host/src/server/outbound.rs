@@ -1,0 +1,285 @@
+//! A connection's outbound queue, from the plugin thread to the connection's task, and
+//! the rule that tells a slow reader from a prompt one.
+//!
+//! What counts is the data waiting for the client beyond what its socket accepted:
+//! the commands queued here plus the frames the connection encoded and has not started
+//! to write. While the socket keeps taking data, the client keeps up, however large a
+//! burst is: it is never dropped. Once the socket has taken nothing for a while (the
+//! connection decides when: it knows the socket), the client is stalled, and dropped
+//! with 1008 as soon as more than `max_messages` messages or `max_bytes` bytes wait
+//! for it. A hard cap bounds the queue's memory in every case.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use crate::plugin::{HostError, Outgoing};
+use crate::ws::output::Backlog;
+
+/// What the plugin asks a connection's task to do.
+#[derive(Debug)]
+pub enum Command {
+    /// Send a message.
+    Send(Outgoing),
+    /// Start the closing handshake.
+    Close(u16, String),
+}
+
+impl Command {
+    /// Bytes the command holds, with a fixed allowance for its bookkeeping, so that a
+    /// flood of empty messages is bounded too.
+    fn size(&self) -> usize {
+        const OVERHEAD: usize = 64;
+        OVERHEAD
+            + match self {
+                Command::Send(Outgoing::Text(text)) => text.as_str().len(),
+                Command::Send(Outgoing::Binary(data)) => data.len(),
+                Command::Close(_, reason) => reason.len(),
+            }
+    }
+}
+
+/// How much may wait for a client that does not take it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutboundLimits {
+    /// Messages (frames) waiting beyond what the socket accepted.
+    pub max_messages: usize,
+    /// Bytes waiting beyond what the socket accepted.
+    pub max_bytes: usize,
+}
+
+impl OutboundLimits {
+    /// Whether `waiting` is more than these limits allow.
+    pub fn exceeded_by(&self, waiting: Backlog) -> bool {
+        waiting.frames > self.max_messages || waiting.bytes > self.max_bytes
+    }
+
+    /// Commands the queue holds at most while the socket still takes data, however
+    /// briefly the connection's task lags behind the plugin: the memory bound of a
+    /// client that reads, but is not scheduled as fast as the plugin sends.
+    fn hard_cap(&self) -> Backlog {
+        Backlog {
+            frames: self.max_messages.saturating_mul(16).max(4096),
+            bytes: self.max_bytes.saturating_mul(4),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Pending {
+    commands: VecDeque<Command>,
+    /// Sum of the commands' [`Command::size`].
+    bytes: usize,
+}
+
+/// The queue both sides share.
+struct Queue {
+    pending: Mutex<Pending>,
+    limits: OutboundLimits,
+    /// Signalled when a command is queued.
+    ready: Notify,
+    /// Signalled once, when the client is found too slow.
+    overflow: Notify,
+    overflowed: AtomicBool,
+    /// The connection's socket has stopped taking data.
+    stalled: AtomicBool,
+    /// The connection's encoded backlog, as of its last write.
+    output_frames: AtomicUsize,
+    output_bytes: AtomicUsize,
+}
+
+/// Creates a connection's queue: the side the registry pushes to, and the side the
+/// connection's task takes from.
+pub fn queue(limits: OutboundLimits) -> (Outbox, Mailbox) {
+    let queue = Arc::new(Queue {
+        pending: Mutex::default(),
+        limits,
+        ready: Notify::new(),
+        overflow: Notify::new(),
+        overflowed: AtomicBool::new(false),
+        stalled: AtomicBool::new(false),
+        output_frames: AtomicUsize::new(0),
+        output_bytes: AtomicUsize::new(0),
+    });
+    (Outbox { queue: queue.clone() }, Mailbox { queue })
+}
+
+/// The plugin's side of a connection's queue.
+pub struct Outbox {
+    queue: Arc<Queue>,
+}
+
+impl Outbox {
+    /// Queues a command without waiting. If the client is too slow for it (see the
+    /// module doc), the connection is told to drop the client, and the command is lost
+    /// with it.
+    pub fn push(&self, command: Command) -> Result<(), HostError> {
+        let queue = &*self.queue;
+        if queue.overflowed.load(Ordering::Acquire) {
+            return Err(HostError::Gone);
+        }
+        let mut pending = lock(&queue.pending);
+        let queued = Backlog {
+            frames: pending.commands.len() + 1,
+            bytes: pending.bytes + command.size(),
+        };
+        let waiting = Backlog {
+            frames: queued.frames + queue.output_frames.load(Ordering::Relaxed),
+            bytes: queued.bytes + queue.output_bytes.load(Ordering::Relaxed),
+        };
+        let stalled = queue.stalled.load(Ordering::Acquire);
+        let cap = queue.limits.hard_cap();
+        if (stalled && queue.limits.exceeded_by(waiting)) || queued.frames > cap.frames || queued.bytes > cap.bytes {
+            drop(pending);
+            if !queue.overflowed.swap(true, Ordering::AcqRel) {
+                queue.overflow.notify_one();
+            }
+            return Err(HostError::Gone);
+        }
+        pending.bytes = queued.bytes;
+        pending.commands.push_back(command);
+        drop(pending);
+        queue.ready.notify_one();
+        Ok(())
+    }
+}
+
+/// A connection's side of its queue.
+pub struct Mailbox {
+    queue: Arc<Queue>,
+}
+
+impl Mailbox {
+    /// The next queued command, if any, without waiting.
+    pub fn try_recv(&self) -> Option<Command> {
+        let mut pending = lock(&self.queue.pending);
+        let command = pending.commands.pop_front()?;
+        pending.bytes -= command.size();
+        if pending.commands.capacity() > 64 && pending.commands.is_empty() {
+            pending.commands = VecDeque::new(); // an idle connection holds no allocation
+        }
+        Some(command)
+    }
+
+    /// Waits for the next command. Cancel-safe: a command is taken only when returned.
+    pub async fn recv(&self) -> Command {
+        loop {
+            if let Some(command) = self.try_recv() {
+                return command;
+            }
+            // A command queued between the check and here leaves a permit behind.
+            self.queue.ready.notified().await;
+        }
+    }
+
+    /// Resolves once the client was found too slow. Owns what it waits on, so that the
+    /// connection can hold it across its whole loop.
+    pub fn overflowed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let queue = self.queue.clone();
+        async move { queue.overflow.notified().await }
+    }
+
+    /// Records the connection's encoded backlog, and whether its socket has stopped
+    /// taking data; returns whether the client is now too slow.
+    pub fn update(&self, output: Backlog, stalled: bool) -> bool {
+        let queue = &*self.queue;
+        queue.output_frames.store(output.frames, Ordering::Relaxed);
+        queue.output_bytes.store(output.bytes, Ordering::Relaxed);
+        queue.stalled.store(stalled, Ordering::Release);
+        if queue.overflowed.load(Ordering::Acquire) {
+            return true;
+        }
+        let too_slow = stalled && queue.limits.exceeded_by(self.waiting(output));
+        if too_slow {
+            queue.overflowed.store(true, Ordering::Release);
+        }
+        too_slow
+    }
+
+    /// Everything waiting for the client: the queue plus `output`.
+    pub fn waiting(&self, output: Backlog) -> Backlog {
+        let pending = lock(&self.queue.pending);
+        Backlog {
+            frames: pending.commands.len() + output.frames,
+            bytes: pending.bytes + output.bytes,
+        }
+    }
+
+    /// The limits this queue enforces.
+    pub fn limits(&self) -> OutboundLimits {
+        self.queue.limits
+    }
+}
+
+/// Locks a queue. A panic while holding it cannot leave it half-updated in a way that
+/// matters more than losing the connection would, so carry on.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: OutboundLimits = OutboundLimits {
+        max_messages: 3,
+        max_bytes: 1 << 20,
+    };
+
+    fn text(s: &'static str) -> Command {
+        Command::Send(Outgoing::Text(s.into()))
+    }
+
+    #[test]
+    fn a_burst_beyond_the_bound_is_kept_while_the_socket_takes_data() {
+        let (outbox, mailbox) = queue(LIMITS);
+        for _ in 0..100 {
+            outbox.push(text("burst")).unwrap();
+        }
+        assert!(!mailbox.update(Backlog::default(), false));
+        let mut taken = 0;
+        while mailbox.try_recv().is_some() {
+            taken += 1;
+        }
+        assert_eq!(taken, 100);
+    }
+
+    #[tokio::test]
+    async fn a_stalled_socket_with_too_much_waiting_overflows_once_and_refuses_more() {
+        let (outbox, mailbox) = queue(LIMITS);
+        // The socket refused part of a write; two frames wait in the output.
+        assert!(!mailbox.update(Backlog { frames: 2, bytes: 20 }, true));
+        outbox.push(text("third")).unwrap();
+        assert_eq!(outbox.push(text("fourth")), Err(HostError::Gone));
+        mailbox.overflowed().await; // the permit stored by `notify_one`
+        assert_eq!(outbox.push(text("fifth")), Err(HostError::Gone));
+        assert!(mailbox.update(Backlog { frames: 2, bytes: 20 }, true));
+    }
+
+    #[test]
+    fn the_connection_finds_a_stalled_client_too_slow_by_its_bytes() {
+        let (outbox, mailbox) = queue(OutboundLimits {
+            max_messages: 100,
+            max_bytes: 1000,
+        });
+        outbox.push(text("queued")).unwrap();
+        assert!(!mailbox.update(Backlog { frames: 1, bytes: 950 }, false));
+        assert!(mailbox.update(Backlog { frames: 1, bytes: 950 }, true));
+    }
+
+    #[test]
+    fn the_hard_cap_bounds_memory_even_while_the_socket_takes_data() {
+        let (outbox, _mailbox) = queue(OutboundLimits {
+            max_messages: 1,
+            max_bytes: 1000,
+        });
+        let mut accepted = 0;
+        while outbox.push(text("x")).is_ok() {
+            accepted += 1;
+            assert!(accepted < 100, "the queue grew past its hard cap");
+        }
+        assert_eq!(accepted, 4000 / 65);
+    }
+}
