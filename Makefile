@@ -30,7 +30,7 @@ WASM_TOOLS := $(TOOLS)/bin/wasm-tools
 WASI_ADAPTER := $(TOOLS)/wasi_snapshot_preview1.reactor.wasm
 WIT        := $(wildcard wit/*.wit)
 
-.PHONY: help deps rust-deps py-deps browser-deps js-deps c-deps bench-deps bench plugins plugins-rust plugins-js plugins-py plugins-c build lint unit integration clients autobahn browser test run clean
+.PHONY: help deps rust-deps py-deps browser-deps js-deps c-deps bench-deps bench plugins plugins-rust plugins-js plugins-py plugins-c build lint unit integration clients adversarial autobahn browser test run clean
 
 help:
 	@echo "make run        build the plugins and start the server on $(LISTEN)"
@@ -39,6 +39,7 @@ help:
 	@echo "make plugins-rust (-js, -py, -c)   build one language's plugins"
 	@echo "make autobahn   run the Autobahn TestSuite (kosoku) against the echo plugin"
 	@echo "make clients    run Python websockets and Node ws clients against the host"
+	@echo "make adversarial  hostile traffic; writes RSS growth and bystander p99 per case"
 	@echo "make browser    run the chat example in headless Chromium (ws:// and wss://)"
 	@echo "make lint       cargo fmt --check and clippy -D warnings"
 	@echo "make bench      build in release and compare wsplug with reference servers (about 9 minutes)"
@@ -179,13 +180,22 @@ clients: build plugins py-deps
 	cd tests/clients/node && npm ci --no-audit --no-fund --loglevel=error
 	cd tests/clients/node && HOST=$(HOST) PLUGIN_DIR=$(PLUGIN_DIR) node --test
 
+# Hostile traffic against the real host: slowloris, half-open connections, header bombs,
+# fragment and ping floods, slow readers, compression bombs, garbage, churn, trap bursts.
+# Each case checks the host lives, its RSS stays bounded and a bystander's latency stays
+# low; the table of numbers goes to $(ADVERSARIAL_REPORT).
+ADVERSARIAL_REPORT ?= $(TARGET_DIR)/adversarial-report.md
+
+adversarial: build plugins-rust py-deps
+	WSPLUG_HOST=$(HOST) WSPLUG_PLUGIN_DIR=$(PLUGIN_DIR) ADVERSARIAL_REPORT=$(ADVERSARIAL_REPORT) $(PY) -m pytest tests/adversarial
+
 browser: build plugins browser-deps
-	cd tests/browser && HOST=$(HOST) CHAT_PLUGIN=$(PLUGIN_DIR)/chat.wasm node --test
+	cd tests/browser && HOST=$(HOST) PLUGIN_DIR=$(PLUGIN_DIR) node --test
 
 autobahn: build plugins py-deps
 	$(PY) tests/autobahn.py --host $(HOST) --plugin $(PLUGIN_DIR)/echo.wasm --outdir $(TARGET_DIR)/autobahn --kosoku $(VENV)/bin/kosoku
 
-test: deps lint unit integration clients browser autobahn
+test: deps lint unit integration clients adversarial browser autobahn
 	@echo "make test: all checks passed"
 
 ## Run --------------------------------------------------------------------------

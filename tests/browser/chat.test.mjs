@@ -2,31 +2,22 @@
 // `host --static examples/chat` serves, one types a message, the other sees it.
 // Runs over ws:// and over wss:// with a throw-away certificate.
 //
-// Needs: HOST (the host binary), CHAT_PLUGIN (chat.wasm), Debian's /usr/bin/chromium.
+// Needs: HOST (the host binary), PLUGIN_DIR (or CHAT_PLUGIN), Debian's /usr/bin/chromium.
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, execFileSync } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
-import { createInterface } from "node:readline";
-import { chromium } from "playwright-core";
+import { join } from "node:path";
+import { launchChromium, pluginDir, root, startHost as startAnyHost } from "./support.mjs";
 
-const root = resolve(import.meta.dirname, "../..");
-const hostBinary = process.env.HOST ?? join(root, "target/debug/host");
-const chatPlugin = process.env.CHAT_PLUGIN ?? join(root, "target/wasm32-wasip2/release/chat.wasm");
+const chatPlugin = process.env.CHAT_PLUGIN ?? join(pluginDir, "chat.wasm");
 const work = mkdtempSync(join(tmpdir(), "wsplug-browser-"));
 let browser;
 
 before(async () => {
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    args: [
-      "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    ],
-  });
+  browser = await launchChromium();
 });
 
 after(async () => {
@@ -34,20 +25,11 @@ after(async () => {
   rmSync(work, { recursive: true, force: true });
 });
 
-/** Starts the host and resolves with its URL once it prints `wsplug listening on`. */
+/** The chat host, serving the example page. */
 function startHost(extraArgs) {
-  const child = spawn(hostBinary, [
-    "--listen", "127.0.0.1:0", "--plugin", chatPlugin, "--static", join(root, "examples/chat"),
-    "--cache-dir", join(work, "cache"), ...extraArgs,
-  ], { stdio: ["ignore", "pipe", "inherit"] });
-  const url = new Promise((resolveUrl, reject) => {
-    child.on("exit", (code) => reject(new Error(`host exited with ${code}`)));
-    createInterface({ input: child.stdout }).on("line", (line) => {
-      const match = line.match(/wsplug listening on (wss?):\/\/(\S+)/);
-      if (match) resolveUrl(`${match[1] === "wss" ? "https" : "http"}://${match[2]}/`);
-    });
-  });
-  return { child, url };
+  return startAnyHost(chatPlugin, [
+    "--static", join(root, "examples/chat"), "--cache-dir", join(work, "cache"), ...extraArgs,
+  ]);
 }
 
 /** A self-signed certificate for 127.0.0.1, key and chain in one PEM as the original library required. */

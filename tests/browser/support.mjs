@@ -1,0 +1,40 @@
+// What the browser tests share: Debian's Chromium, driven by playwright-core, and the
+// host binary started on a free port.
+
+import { spawn } from "node:child_process";
+import { join, resolve } from "node:path";
+import { createInterface } from "node:readline";
+import { chromium } from "playwright-core";
+
+export const root = resolve(import.meta.dirname, "../..");
+export const hostBinary = process.env.HOST ?? join(root, "target/debug/host");
+export const pluginDir = process.env.PLUGIN_DIR ?? join(root, "target/wasm32-wasip2/release");
+
+/** Headless Chromium with the flags this machine's closed network needs. */
+export function launchChromium() {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    args: [
+      "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    ],
+  });
+}
+
+/**
+ * Starts `host --plugin <plugin> <args>` on 127.0.0.1:0; `url` resolves with the page
+ * URL (http or https) once it prints `wsplug listening on`.
+ */
+export function startHost(plugin, args) {
+  const child = spawn(hostBinary, ["--listen", "127.0.0.1:0", "--plugin", plugin, ...args], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const url = new Promise((resolveUrl, reject) => {
+    child.on("exit", (code) => reject(new Error(`host exited with ${code}`)));
+    createInterface({ input: child.stdout }).on("line", (line) => {
+      const match = line.match(/wsplug listening on (wss?):\/\/(\S+)/);
+      if (match) resolveUrl(`${match[1] === "wss" ? "https" : "http"}://${match[2]}/`);
+    });
+  });
+  return { child, url };
+}
