@@ -104,7 +104,7 @@ async fn run(config: Config, native: Option<NativeHandler>) -> anyhow::Result<()
         },
         handshake_timeout: config.handshake_timeout,
         idle_timeout: config.idle_timeout,
-        close_timeout: config.handshake_timeout,
+        close_timeout: config.close_timeout,
         max_message_size: config.max_payload_size,
         max_connections: config.max_connections,
         prod: config.prod,

@@ -55,6 +55,10 @@ pub struct Options {
     #[arg(long, value_name = "SECONDS")]
     pub idle_timeout: Option<u64>,
 
+    /// Seconds for the closing handshake, for the plugin's last replies after the peer's close, and for the final flush [default: timeout]
+    #[arg(long, value_name = "SECONDS")]
+    pub close_timeout: Option<u64>,
+
     /// Largest message in bytes, after reassembly and inflation; larger ones get close code 1009 [default: 524288]
     #[arg(long, value_name = "BYTES")]
     pub max_payload_size: Option<u64>,
@@ -204,6 +208,8 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Silence before a ping, and time to answer it.
     pub idle_timeout: Duration,
+    /// Time for each closing step.
+    pub close_timeout: Duration,
     /// Largest message, after inflation.
     pub max_payload_size: usize,
     /// Messages that may wait for a client whose socket takes no more.
@@ -311,6 +317,7 @@ impl Options {
             timeout,
             handshake_timeout,
             idle_timeout,
+            close_timeout,
             max_payload_size,
             max_messages_buffering,
             max_buffered_bytes,
@@ -373,6 +380,10 @@ impl Options {
         };
         let idle_timeout = match self.idle_timeout {
             Some(s) => seconds("idle_timeout", s)?,
+            None => timeout,
+        };
+        let close_timeout = match self.close_timeout {
+            Some(s) => seconds("close_timeout", s)?,
             None => timeout,
         };
         let max_payload_size = range(
@@ -483,6 +494,7 @@ impl Options {
             plugin,
             handshake_timeout,
             idle_timeout,
+            close_timeout,
             max_payload_size: max_payload_size as usize,
             max_messages_buffering: max_messages_buffering as usize,
             max_buffered_bytes: max_buffered_bytes as usize,
@@ -629,8 +641,8 @@ mod tests {
             .merge(Options::from_toml(&format!("plugin = \"{PLUGIN}\"\ntimeout = 9")).unwrap());
         let config = config.validate().unwrap();
         assert_eq!(
-            (config.handshake_timeout, config.idle_timeout),
-            (Duration::from_secs(2), Duration::from_secs(9))
+            (config.handshake_timeout, config.idle_timeout, config.close_timeout),
+            (Duration::from_secs(2), Duration::from_secs(9), Duration::from_secs(9))
         );
     }
 

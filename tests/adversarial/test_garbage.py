@@ -134,7 +134,7 @@ async def send_after(port, data, *, stream_seed=None):
 
 def test_garbage_before_handshake(case):
     async def body(case):
-        host = case.host("echo.wasm", "--handshake-timeout", HANDSHAKE_TIMEOUT)
+        host = case.host("echo.wasm", "--handshake-timeout", HANDSHAKE_TIMEOUT, "--close-timeout", HANDSHAKE_TIMEOUT)
         bystander = await case.bystander(host)
         cases = before_handshake(host.authority)
 
@@ -171,7 +171,7 @@ def test_garbage_before_handshake(case):
 
 def test_garbage_after_handshake(case):
     async def body(case):
-        host = case.host("echo.wasm", "--handshake-timeout", HANDSHAKE_TIMEOUT)
+        host = case.host("echo.wasm", "--handshake-timeout", HANDSHAKE_TIMEOUT, "--close-timeout", HANDSHAKE_TIMEOUT)
         bystander = await case.bystander(host)
         crafted = handcrafted()
 

@@ -2,7 +2,7 @@
 never close. Half of them stop in the middle of a frame (a header announcing 100
 bytes, 10 of them sent). The idle check (--idle-timeout 1) must ping each one, then
 close it with 1001 and drop it: ping after ~1 s, close frame after ~2 s, TCP
-close after the closing handshake times out (close timeout = --handshake-timeout 2).
+close after the closing handshake times out (--close-timeout 2).
 
 The clients do not read while this happens: the ping's arrival is seen with FIONREAD
 and the server's FIN in the socket's TCP state; what was sent is read only after."""
@@ -22,7 +22,7 @@ DROPPED_BY = 2 * IDLE + CLOSE_TIMEOUT + 2.5
 
 def test_half_open_connections(case):
     async def body(case):
-        host = case.host("echo.wasm", "--idle-timeout", IDLE, "--handshake-timeout", CLOSE_TIMEOUT)
+        host = case.host("echo.wasm", "--idle-timeout", IDLE, "--close-timeout", CLOSE_TIMEOUT)
         bystander = await case.bystander(host)
         clients, quiet_since, pinged_at, dropped_at = [], [], {}, {}
 

@@ -83,7 +83,7 @@ async def bomb(port, data, expected):
 
 def test_header_bombs(case):
     async def body(case):
-        host = case.host("echo.wasm", "--handshake-timeout", CLOSE_TIMEOUT)
+        host = case.host("echo.wasm", "--handshake-timeout", CLOSE_TIMEOUT, "--close-timeout", CLOSE_TIMEOUT)
         bystander = await case.bystander(host)
         cases = bombs(host.authority)
 

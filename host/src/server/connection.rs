@@ -292,7 +292,7 @@ impl Session<'_> {
                 let Some(command) = self.mailbox.try_recv() else {
                     break;
                 };
-                self.apply(command, now);
+                self.apply(command);
             }
             if self.protocol.is_done() {
                 break;
@@ -338,7 +338,7 @@ impl Session<'_> {
                     }
                     _ => self.protocol.handle_eof(),
                 },
-                command = self.mailbox.recv(), if take_commands => self.apply(command, Instant::now()),
+                command = self.mailbox.recv(), if take_commands => self.apply(command),
                 permit = self.events.reserve(), if pending.is_some() => match permit {
                     Ok(permit) => permit.send(pending.take().expect("checked above")),
                     Err(_) => {
@@ -441,20 +441,19 @@ impl Session<'_> {
     /// Sends what the plugin queued in reply to the messages before the peer's close
     /// or violation, then our close frame.
     fn finish_closing(&mut self) {
-        let now = Instant::now();
         while let Some(command) = self.mailbox.try_recv() {
-            self.apply(command, now);
+            self.apply(command);
         }
-        self.protocol.finish_closing(now.into_std());
+        self.protocol.finish_closing(Instant::now().into_std());
     }
 
     /// Applies a plugin command. Commands that come too late (the connection is
     /// closing) are dropped.
-    fn apply(&mut self, command: Command, now: Instant) {
+    fn apply(&mut self, command: Command) {
         let _ = match command {
             Command::Send(Outgoing::Text(text)) => self.protocol.send_text(text.as_str()),
             Command::Send(Outgoing::Binary(data)) => self.protocol.send_binary(&data),
-            Command::Close(code, reason) => self.protocol.close(code, &reason, now.into_std()),
+            Command::Close(code, reason) => self.protocol.close(code, &reason, Instant::now().into_std()),
         };
     }
 }
