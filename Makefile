@@ -30,7 +30,7 @@ WASM_TOOLS := $(TOOLS)/bin/wasm-tools
 WASI_ADAPTER := $(TOOLS)/wasi_snapshot_preview1.reactor.wasm
 WIT        := $(wildcard wit/*.wit)
 
-.PHONY: help deps rust-deps py-deps browser-deps js-deps c-deps bench-deps bench plugins plugins-rust plugins-js plugins-py plugins-c build lint unit integration clients adversarial autobahn browser test run clean
+.PHONY: help deps rust-deps py-deps browser-deps js-deps c-deps bench-deps bench plugins plugins-rust plugins-js plugins-py plugins-c build lint unit integration clients adversarial fuzz fuzz-smoke autobahn browser test run clean
 
 help:
 	@echo "make run        build the plugins and start the server on $(LISTEN)"
@@ -40,6 +40,7 @@ help:
 	@echo "make autobahn   run the Autobahn TestSuite (kosoku) against the echo plugin"
 	@echo "make clients    run Python websockets and Node ws clients against the host"
 	@echo "make adversarial  hostile traffic; writes RSS growth and bystander p99 per case"
+	@echo "make fuzz       fuzz the protocol core, FUZZ_SECONDS (300) per target (make test: 12 s)"
 	@echo "make browser    run the chat example in headless Chromium (ws:// and wss://)"
 	@echo "make lint       cargo fmt --check and clippy -D warnings"
 	@echo "make bench      build in release and compare wsplug with reference servers (about 9 minutes)"
@@ -149,6 +150,7 @@ lint: rust-deps
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
 	cd plugins && cargo clippy --target wasm32-wasip2 --release --quiet -- -D warnings
 	cargo fmt --check --manifest-path plugins/wasi-adapter/Cargo.toml
+	cargo fmt --check --manifest-path host/fuzz/Cargo.toml
 	cargo clippy --quiet --manifest-path plugins/wasi-adapter/Cargo.toml -- -D warnings
 
 ## Benchmarks -------------------------------------------------------------------
@@ -189,13 +191,23 @@ ADVERSARIAL_REPORT ?= $(TARGET_DIR)/adversarial-report.md
 adversarial: build plugins-rust py-deps
 	WSPLUG_HOST=$(HOST) WSPLUG_PLUGIN_DIR=$(PLUGIN_DIR) ADVERSARIAL_REPORT=$(ADVERSARIAL_REPORT) $(PY) -m pytest tests/adversarial
 
+# Fuzz targets of the sans-IO protocol (host/fuzz: cargo-fuzz and libFuzzer, with
+# AddressSanitizer): 12 s per target in `make test`, FUZZ_SECONDS per target in `make fuzz`.
+FUZZ_SECONDS ?= 300
+
+fuzz-smoke: rust-deps
+	host/fuzz/run.sh 12
+
+fuzz: rust-deps
+	host/fuzz/run.sh $(FUZZ_SECONDS)
+
 browser: build plugins browser-deps
 	cd tests/browser && HOST=$(HOST) PLUGIN_DIR=$(PLUGIN_DIR) node --test
 
 autobahn: build plugins py-deps
 	$(PY) tests/autobahn.py --host $(HOST) --plugin $(PLUGIN_DIR)/echo.wasm --outdir $(TARGET_DIR)/autobahn --kosoku $(VENV)/bin/kosoku
 
-test: deps lint unit integration clients adversarial browser autobahn
+test: deps lint unit fuzz-smoke integration clients adversarial browser autobahn
 	@echo "make test: all checks passed"
 
 ## Run --------------------------------------------------------------------------

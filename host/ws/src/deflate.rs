@@ -129,9 +129,9 @@ fn unquote(value: &str) -> Option<&str> {
     }
 }
 
-/// A window size parameter: a decimal 8..=15 with no leading zero.
+/// A window size parameter: a decimal 8..=15 with no leading zero or sign.
 fn window_bits(value: &str) -> Option<u8> {
-    if value.starts_with('0') || value.len() > 2 {
+    if value.starts_with('0') || value.len() > 2 || !value.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     value.parse().ok().filter(|bits| (8..=15).contains(bits))
@@ -151,6 +151,8 @@ pub enum InflateError {
 pub struct Inflater {
     inner: Decompress,
     reset_after_message: bool,
+    /// The current message has brought compressed bytes.
+    fed: bool,
 }
 
 impl Inflater {
@@ -160,18 +162,29 @@ impl Inflater {
         Self {
             inner: Decompress::new_with_window_bits(false, 15),
             reset_after_message: params.client_no_context_takeover,
+            fed: false,
         }
     }
 
     /// Inflates the next piece of a message's compressed payload, appending to `out`,
     /// which must not grow past `limit` bytes.
     pub fn inflate(&mut self, input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), InflateError> {
+        self.fed |= !input.is_empty();
         self.run(input, out, limit, FlushDecompress::None)
     }
 
     /// Ends a message: inflates the implied sync trailer and resets if agreed.
+    ///
+    /// A message with no compressed bytes at all is empty, and its trailer is not
+    /// inflated: RFC 7692 has the sender send 0x00 for it, but a sender that sends
+    /// nothing leaves its stream where it was, and inflating the bare trailer there
+    /// would open a stored block that the next message's bytes are taken into.
     pub fn finish_message(&mut self, out: &mut Vec<u8>, limit: usize) -> Result<(), InflateError> {
-        let result = self.run(&SYNC_TRAILER, out, limit, FlushDecompress::Sync);
+        let result = if std::mem::take(&mut self.fed) {
+            self.run(&SYNC_TRAILER, out, limit, FlushDecompress::Sync)
+        } else {
+            Ok(())
+        };
         if self.reset_after_message {
             self.inner.reset(false);
         }
@@ -206,9 +219,14 @@ impl Inflater {
                 return Err(InflateError::TooBig);
             }
             if status == Status::StreamEnd {
-                // The client ended the deflate stream (BFINAL); the next message starts a new one.
+                // The client ended the deflate stream (BFINAL, RFC 7692 section 7.2.3.5):
+                // what follows starts a new one, in this piece of input as in the next,
+                // so that how the frames were split never changes what they decode to.
                 self.inner.reset(false);
-                return Ok(());
+                if input.is_empty() {
+                    return Ok(());
+                }
+                continue;
             }
             if input.is_empty() && out.len() < out.capacity() {
                 return Ok(());
@@ -328,6 +346,8 @@ mod tests {
             "permessage-deflate; server_max_window_bits=7",
             "permessage-deflate; server_max_window_bits=16",
             "permessage-deflate; server_max_window_bits=010",
+            "permessage-deflate; server_max_window_bits=+9",
+            "permessage-deflate; client_max_window_bits=+9",
             "permessage-deflate; client_max_window_bits=x",
             "permessage-deflate; server_no_context_takeover=1",
             "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
@@ -436,6 +456,27 @@ mod tests {
             .unwrap();
         inflater.finish_message(&mut out, 100).unwrap();
         assert_eq!(out, b"Hello");
+    }
+
+    #[test]
+    fn a_final_block_decodes_the_same_however_the_frames_are_split() {
+        // A client may end each stream with BFINAL (RFC 7692 section 7.2.3.5); what comes
+        // after it in the same message starts a new stream (found by the fuzzer: fed
+        // whole, the second stream was dropped, fed in pieces it was not).
+        let mut finished = Vec::with_capacity(64);
+        Compress::new(Compression::default(), false)
+            .compress_vec(b"Hello", &mut finished, FlushCompress::Finish)
+            .unwrap();
+        let payload = [finished.clone(), finished].concat();
+        for piece in [payload.len(), 1, 3] {
+            let mut inflater = Inflater::new(&params(false, false, 15));
+            let mut out = Vec::new();
+            for chunk in payload.chunks(piece) {
+                inflater.inflate(chunk, &mut out, 100).unwrap();
+            }
+            inflater.finish_message(&mut out, 100).unwrap();
+            assert_eq!(out, b"HelloHello", "pieces of {piece}");
+        }
     }
 
     #[test]
