@@ -248,6 +248,8 @@ impl Session<'_> {
         // every earlier message, so that its replies go out before our close frame.
         let mut barrier: Option<oneshot::Receiver<()>> = None;
         let mut read_size = MIN_READ;
+        // The socket reached its end (or failed) in this turn.
+        let mut gone = false;
         let first_deadline = self
             .protocol
             .poll_timeout()
@@ -336,7 +338,7 @@ impl Session<'_> {
                         self.stalled = false;
                         self.mailbox.update(self.protocol.backlog(), false);
                     }
-                    _ => self.protocol.handle_eof(),
+                    _ => gone = true,
                 },
                 command = self.mailbox.recv(), if take_commands => self.apply(command),
                 permit = self.events.reserve(), if pending.is_some() => match permit {
@@ -354,7 +356,7 @@ impl Session<'_> {
                             read_size = (read_size / 2).max(MIN_READ);
                         }
                     }
-                    _ => self.protocol.handle_eof(),
+                    _ => gone = true,
                 },
                 _ = async { barrier.as_mut().expect("guarded").await }, if barrier.is_some() && pending.is_none() => {
                     barrier = None;
@@ -368,11 +370,36 @@ impl Session<'_> {
                     self.check_stall();
                 }
             }
+            if gone {
+                // The socket ended or failed: what the peer sent before still reaches
+                // the plugin, then nothing more is read or written.
+                self.deliver_rest(pending.take(), &mut input).await;
+                self.protocol.handle_eof();
+            }
             if !matches!(self.protocol.state(), State::CloseReceived | State::Failed) {
                 barrier = None; // the wait for replies is over (they came, or timed out)
             }
         }
         self.protocol.ended().cloned().unwrap_or(Ended::Dropped)
+    }
+
+    /// Hands the plugin the event that waited for room in its queue and every complete
+    /// message still in `input`, waiting for room as needed: a client that sends and
+    /// hangs up at once loses nothing it sent.
+    async fn deliver_rest(&mut self, mut next: Option<PluginEvent>, input: &mut BytesMut) {
+        let now = Instant::now().into_std();
+        loop {
+            if let Some(event) = next.take()
+                && self.events.send(event).await.is_err()
+            {
+                return;
+            }
+            next = match self.protocol.read(input, now) {
+                Ok(Some(Event::Message(Message::Text(text)))) => Some(PluginEvent::Text(self.id, text)),
+                Ok(Some(Event::Message(Message::Binary(data)))) => Some(PluginEvent::Binary(self.id, data)),
+                _ => return,
+            };
+        }
     }
 
     /// Whether to take more messages from the client: not while it fails to take the

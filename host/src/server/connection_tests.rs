@@ -35,21 +35,29 @@ enum Seen {
 }
 
 /// A server connection on one end of a duplex pipe of `pipe` bytes, its plugin a
-/// native handler that records events and answers `flood N` with N messages of 100
-/// bytes and anything else with an echo.
+/// native handler (its queue holds 64 events) that records events, blocks on `hold`
+/// until released, answers `flood N` with N messages of 100 bytes and anything else
+/// with an echo.
 struct Harness {
     client: DuplexStream,
     seen: UnboundedReceiver<Seen>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    /// Lets the plugin go on after `hold`, which blocks it.
+    release: std::sync::mpsc::Sender<()>,
 }
 
 impl Harness {
     async fn start(pipe: usize, limits: OutboundLimits, idle: Duration) -> Harness {
         let registry = Arc::new(Registry::new(limits));
         let (record, seen) = unbounded_channel();
+        let (release, held) = std::sync::mpsc::channel::<()>();
         let plugin = spawn_handler(64, registry.clone(), move |services: &dyn HostServices, event| {
             match event {
+                PluginEvent::Text(_, text) if text == "hold" => {
+                    let _ = record.send(Seen::Text(text));
+                    let _ = held.recv();
+                }
                 PluginEvent::Open(_) => {
                     let _ = record.send(Seen::Open);
                 }
@@ -105,6 +113,7 @@ impl Harness {
             seen,
             shutdown,
             task,
+            release,
         };
         harness.handshake().await;
         assert_eq!(harness.next_seen().await, Seen::Open);
@@ -338,4 +347,44 @@ async fn a_client_that_takes_nothing_is_dropped_once_the_stall_grace_is_over() {
     };
     assert_eq!(u16::from_be_bytes([close[0], close[1]]), 1008, "after {texts} messages");
     assert!(texts < 300, "the whole backlog went out before the close frame");
+}
+
+#[tokio::test]
+async fn messages_received_before_the_socket_broke_still_reach_the_plugin() {
+    let mut h = Harness::start(64 * 1024, LIMITS, IDLE).await;
+    h.send(Opcode::Text, b"hold").await;
+    assert_eq!(h.next_seen().await, Seen::Text("hold".into()));
+    // 200 messages while the plugin is blocked: its queue takes 64, the connection
+    // holds what it read beyond them. Then the client vanishes.
+    for i in 0..200 {
+        h.send(Opcode::Text, format!("m{i}").as_bytes()).await;
+    }
+    let (client, _) = tokio::io::duplex(1);
+    drop(std::mem::replace(&mut h.client, client));
+    // On the paused clock, past the idle timeout: the server's ping is the write that
+    // finds the socket gone (its timer is due first, so it has fired by the time this
+    // sleep ends).
+    tokio::time::pause();
+    tokio::time::sleep(IDLE + Duration::from_secs(1)).await;
+    h.release.send(()).unwrap();
+    // Every message the connection had read reaches the plugin, in order: more than
+    // its queue held (64), though not those still in the pipe when the write failed.
+    let mut delivered = 0;
+    let close = loop {
+        match h.next_seen().await {
+            Seen::Text(text) => {
+                assert_eq!(text, format!("m{delivered}"));
+                delivered += 1;
+            }
+            other => break other,
+        }
+    };
+    assert!(
+        delivered > 64,
+        "only the {delivered} messages in the plugin's queue arrived"
+    );
+    assert_eq!(
+        close,
+        Seen::Close(1006, "connection dropped without a close frame".into())
+    );
 }
