@@ -151,6 +151,7 @@ lint: rust-deps
 	cd plugins && cargo clippy --target wasm32-wasip2 --release --quiet -- -D warnings
 	cargo fmt --check --manifest-path plugins/wasi-adapter/Cargo.toml
 	cargo fmt --check --manifest-path host/fuzz/Cargo.toml
+	cargo clippy --quiet --manifest-path host/fuzz/Cargo.toml --all-targets -- -D warnings
 	cargo clippy --quiet --manifest-path plugins/wasi-adapter/Cargo.toml -- -D warnings
 
 ## Benchmarks -------------------------------------------------------------------
@@ -168,7 +169,8 @@ bench: rust-deps plugins bench-deps
 ## Tests ------------------------------------------------------------------------
 
 unit: build
-	cargo test --lib --quiet --workspace --exclude wsplug-bench
+	cargo test --lib --quiet -p wsplug-host
+	cargo test --quiet -p wsplug-ws
 
 # The real host binary with the real plugins: protocol (integration), plugin runtime
 # (runtime) and configuration, TLS, static files, shutdown (settings).
@@ -221,3 +223,4 @@ run: rust-deps plugins-rust
 
 clean:
 	cargo clean
+	rm -rf host/fuzz/target host/fuzz/artifacts

@@ -83,24 +83,30 @@ for t in "${TARGETS[@]}"; do
         handshake | deflate_negotiate) dict=$FUZZ_DIR/dict/$t.dict ;;
         *) dict=$FUZZ_DIR/dict/protocol.dict ;;
     esac
-    log=$LOGS/$t.log
+    # One log per run (another run.sh may be fuzzing the same target); kept if it fails.
+    log=$LOGS/$t.$$.log
     echo "run.sh: fuzzing $t for $SECONDS_PER_TARGET s (log: $log)"
     status=0
     fuzz run "$t" "$work" "$FUZZ_DIR/corpus/$t" -- \
         -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 \
-        -dict="$dict" -artifact_prefix="$artifacts/" -print_final_stats=1 \
+        -dict="$dict" -print_final_stats=1 \
         >"$log" 2>&1 || status=$?
-    execs=$(grep -ao 'stat::number_of_executed_units: *[0-9]*' "$log" | awk '{s += $2} END {print s + 0}')
-    rate=$(grep -ao 'stat::average_exec_per_sec: *[0-9]*' "$log" | awk '{s += $2} END {print s + 0}')
-    cov=$(grep -ao 'cov: [0-9]* ft: [0-9]*' "$log" | tail -1)
+    # (|| true: under pipefail a grep that finds nothing would end the script. A crash
+    # prints no final stats: its runs are counted from libFuzzer's progress lines.)
+    execs=$(grep -ao 'stat::number_of_executed_units: *[0-9]*' "$log" | awk '{s += $2} END {print s + 0}' || true)
+    [[ ${execs:-0} -gt 0 ]] || execs=$(grep -ao '^#[0-9]*' "$log" | tail -1 | tr -d '#' || true)
+    rate=$(grep -ao 'stat::average_exec_per_sec: *[0-9]*' "$log" | awk '{s += $2} END {print s + 0}' || true)
+    cov=$(grep -ao 'cov: [0-9]* ft: [0-9]*' "$log" | tail -1 || true)
     if [[ $status -eq 0 ]]; then
         echo "run.sh:   $t: ok, $execs runs, $rate exec/s, $cov, corpus $(ls "$work" | wc -l) files"
+        rm -f "$log"
     else
         failed+=("$t")
         echo "run.sh:   $t: FAILED (exit $status) after $execs runs:" >&2
         # The panic (message up to its backtrace), or the sanitizer's or libFuzzer's verdict.
-        { grep -A4 'panicked at' "$log" | sed '/^stack backtrace/,$d'; grep -E '^==[0-9]+==ERROR|^SUMMARY' "$log"; } | head -20 >&2
-        for input in $(grep -o "Test unit written to [^ ]*" "$log" | awk '{print $5}'); do
+        { grep -a -A4 'panicked at' "$log" | sed '/^stack backtrace/,$d' || true; grep -aE '^==[0-9]+==ERROR|^SUMMARY' "$log" || true; } | head -20 >&2
+        echo "run.sh:   log: $log" >&2
+        for input in $(grep -ao "Test unit written to [^ ]*" "$log" | awk '{print $5}' || true); do
             echo "run.sh:   failing input: $input" >&2
             echo "run.sh:   reproduce: RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=$CARGO_TARGET_DIR $CARGO_FUZZ fuzz run --fuzz-dir $FUZZ_DIR --sanitizer $SANITIZER $t $input" >&2
             echo "run.sh:   or without libFuzzer: cargo run --manifest-path $FUZZ_DIR/Cargo.toml --example replay -- $t $input" >&2

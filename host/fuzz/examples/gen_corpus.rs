@@ -84,19 +84,14 @@ impl Corpus<'_> {
 }
 
 fn main() {
-    let dir = std::env::args()
-        .nth(1)
-        .expect("usage: gen_corpus CORPUS_DIR | --findings DIR");
-    if dir == "--findings" {
-        findings(Path::new(&std::env::args().nth(2).expect("--findings DIR")));
-        return;
-    }
+    let dir = std::env::args().nth(1).expect("usage: gen_corpus CORPUS_DIR");
     let c = Corpus { dir: Path::new(&dir) };
     frames(&c);
     protocol(&c);
     protocol_deflate(&c);
     handshake(&c);
     negotiate(&c);
+    regressions(&c);
     eprintln!("seeds written to {dir}");
 }
 
@@ -534,12 +529,11 @@ fn negotiate(c: &Corpus) {
     );
 }
 
-/// Inputs that fail on the wsplug-ws of this writing: findings, kept out of the seed
-/// corpora (they would fail every run) until fixed. `gen_corpus --findings DIR`.
-pub fn findings(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    // RFC 7692 section 7.2.3.4's BFINAL "Hello", then section 7.2.3.1's: read at once,
-    // the second message fails (1007); in pieces that put the last 0x00 apart, it passes.
+/// Inputs that failed before a fix (named regression-*), so that every run checks them.
+fn regressions(c: &Corpus) {
+    // RFC 7692 section 7.2.3.4's BFINAL "Hello", then section 7.2.3.1's. The Inflater
+    // dropped the rest of a piece after a final block: read at once, the second message
+    // failed (1007); in pieces that put the last 0x00 apart, it passed.
     // Byte 0: 1 MiB limit, stream mode; byte 1: context takeover, 15-bit window, level 6.
     let mut wire = vec![0x07 | STREAM_MODE, 7 << 2 | 4 << 5];
     wire.push(5); // the split points: this seed puts the last 0x00 in a piece of its own
@@ -548,11 +542,33 @@ pub fn findings(dir: &Path) {
         &[0xf3, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00, 0x00],
     ));
     wire.extend(frame(FIN | RSV1 | TEXT, &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]));
-    std::fs::write(dir.join("protocol_deflate-bfinal-then-message"), &wire).unwrap();
-    // deflate::negotiate takes "+9" as a window size.
-    std::fs::write(
-        dir.join("deflate_negotiate-plus-sign"),
+    c.seed("protocol_deflate", "regression-bfinal-then-message", &wire);
+    // Found by the fuzzer: a 4-byte final block, then more data in the same frame,
+    // dropped when read at once and inflated (corrupt) when read in pieces.
+    c.seed(
+        "protocol_deflate",
+        "regression-data-after-bfinal",
+        &[
+            0xfb, 0x6b, 0x51, 0xc2, 0xcc, 0x21, 0x37, 0x3d, 0x37, 0xfa, 0x21, 0x3d, 0x37, 0xfa, 0x01, 0x80, 0x21, 0xfa,
+            0x3d, 0x37, 0x21, 0x5c, 0x37, 0xfa, 0x21, 0x3d, 0x34, 0xfa, 0x21, 0x3d, 0x00, 0xfa, 0x21, 0x3d, 0x37, 0xfa,
+            0x38, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x0d, 0x08, 0xff,
+        ],
+    );
+    // An empty compressed payload, then a stored-block message: the bare trailer used to
+    // open a stored block that took the next message in (without an error).
+    let mut stored = vec![0x00, 0x05, 0x00, 0xfa, 0xff];
+    stored.extend_from_slice(b"third");
+    let wire = [
+        vec![0x07 | STREAM_MODE, 7 << 2 | 4 << 5, 0],
+        frame(FIN | RSV1 | TEXT, &[]),
+        frame(FIN | RSV1 | BINARY, &stored),
+    ]
+    .concat();
+    c.seed("protocol_deflate", "regression-empty-payload", &wire);
+    // deflate::negotiate took "+9" as a window size.
+    c.seed(
+        "deflate_negotiate",
+        "regression-plus-sign",
         b"\x3epermessage-deflate; client_max_window_bits=+9",
-    )
-    .unwrap();
+    );
 }

@@ -224,6 +224,9 @@ impl Inflater {
                 // so that how the frames were split never changes what they decode to.
                 self.inner.reset(false);
                 if input.is_empty() {
+                    // Nothing of a new stream yet: unless more comes, the trailer has no
+                    // block to end (a sender that ends with BFINAL and no 0x00 after it).
+                    self.fed = false;
                     return Ok(());
                 }
                 continue;
