@@ -21,12 +21,10 @@ WEBSOCKETS_VERSION      := 17.4
 PYTEST_VERSION          := 9.2.0
 COMPONENTIZE_PY_VERSION := 0.25.1
 WIT_BINDGEN_VERSION     := 0.63.0
-WASM_TOOLS_VERSION      := 1.262.0
 
 # Tools that cargo installs for the C plugins, kept inside target/.
 TOOLS      := $(TARGET_DIR)/tools
 WIT_BINDGEN := $(TOOLS)/bin/wit-bindgen
-WASM_TOOLS := $(TOOLS)/bin/wasm-tools
 WASI_ADAPTER := $(TOOLS)/wasi_snapshot_preview1.reactor.wasm
 WIT        := $(wildcard wit/*.wit)
 
@@ -74,9 +72,10 @@ js-deps: plugins/node_modules/.package-lock.json
 plugins/node_modules/.package-lock.json: plugins/package.json plugins/package-lock.json
 	cd plugins && npm ci --no-audit --no-fund --loglevel=error
 
-# C: Debian's clang, lld and wasi-libc (preview1); wit-bindgen and wasm-tools from
-# crates.io with only the features used; the preview1 adapter from wasmtime's crate.
-c-deps: $(WIT_BINDGEN) $(WASM_TOOLS) $(WASI_ADAPTER)
+# C: Debian's clang, lld and wasi-libc (preview1); wit-bindgen from crates.io with only
+# the C generator; the preview1 adapter from wasmtime's crate; `jco new` (wasm-tools'
+# `component new`, in the jco that componentize-js brings) makes the component.
+c-deps: js-deps $(WIT_BINDGEN) $(WASI_ADAPTER)
 	@command -v clang >/dev/null && command -v wasm-ld >/dev/null && test -d /usr/include/wasm32-wasi \
 		&& test -n "$$(ls /usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a 2>/dev/null)" \
 		|| (apt-get update && apt-get install -y clang lld wasi-libc libclang-rt-14-dev-wasm32)
@@ -84,9 +83,6 @@ c-deps: $(WIT_BINDGEN) $(WASM_TOOLS) $(WASI_ADAPTER)
 # opt-level 1: the tools read a few kilobytes per plugin; their build time is what counts.
 $(WIT_BINDGEN):
 	CARGO_PROFILE_RELEASE_OPT_LEVEL=1 cargo install --quiet --locked --root $(TOOLS) wit-bindgen-cli@$(WIT_BINDGEN_VERSION) --no-default-features --features c
-
-$(WASM_TOOLS):
-	CARGO_PROFILE_RELEASE_OPT_LEVEL=1 cargo install --quiet --locked --root $(TOOLS) wasm-tools@$(WASM_TOOLS_VERSION) --no-default-features --features component
 
 $(WASI_ADAPTER): plugins/wasi-adapter/Cargo.toml plugins/wasi-adapter/src/main.rs
 	@mkdir -p $(TOOLS)
@@ -137,7 +133,7 @@ $(PLUGIN_DIR)/%-c.wasm: plugins/%-c/app.c $(WIT) | c-deps
 	clang --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Wextra -Werror -Wl,--strip-debug \
 		-I $(C_BUILD)/$* -o $(C_BUILD)/$*/core.wasm \
 		plugins/$*-c/app.c $(C_BUILD)/$*/plugin.c $(C_BUILD)/$*/plugin_component_type.o
-	$(WASM_TOOLS) component new $(C_BUILD)/$*/core.wasm --adapt wasi_snapshot_preview1=$(WASI_ADAPTER) -o $@
+	cd plugins && npx --no-install jco new $(C_BUILD)/$*/core.wasm --adapt wasi_snapshot_preview1=$(WASI_ADAPTER) -o $@
 
 # The host, its library and its tests. Benchmarks build in release (the bench profile),
 # a second wasmtime build: `make bench` builds them, and lint type-checks them.
