@@ -4,26 +4,14 @@
 //
 // Needs: HOST (the host binary), PLUGIN_DIR (or CHAT_PLUGIN), Debian's /usr/bin/chromium.
 
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { launchChromium, pluginDir, root, startHost as startAnyHost } from "./support.mjs";
+import { useChromium, pluginDir, root, startHost as startAnyHost } from "./support.mjs";
 
 const chatPlugin = process.env.CHAT_PLUGIN ?? join(pluginDir, "chat.wasm");
-const work = mkdtempSync(join(tmpdir(), "wsplug-browser-"));
-let browser;
-
-before(async () => {
-  browser = await launchChromium();
-});
-
-after(async () => {
-  await browser?.close();
-  rmSync(work, { recursive: true, force: true });
-});
+const { browser: chromium, work } = useChromium("browser");
 
 /** The chat host, serving the example page. */
 function startHost(extraArgs) {
@@ -46,8 +34,8 @@ function makeCertificate() {
 }
 
 async function chatBetweenTwoBrowsers(url) {
-  const alice = await (await browser.newContext({ ignoreHTTPSErrors: true })).newPage();
-  const bob = await (await browser.newContext({ ignoreHTTPSErrors: true })).newPage();
+  const alice = await (await chromium().newContext({ ignoreHTTPSErrors: true })).newPage();
+  const bob = await (await chromium().newContext({ ignoreHTTPSErrors: true })).newPage();
   await alice.goto(`${url}?name=alice`);
   await alice.getByText("Welcome, alice.").waitFor();
   await bob.goto(`${url}?name=bob`);

@@ -5,24 +5,12 @@
 //
 // Needs: HOST (the host binary), PLUGIN_DIR (echo.wasm), Debian's /usr/bin/chromium.
 
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { launchChromium, pluginDir, root, startHost } from "./support.mjs";
+import { useChromium, pluginDir, root, startHost } from "./support.mjs";
 
-const work = mkdtempSync(join(tmpdir(), "wsplug-browser-echo-"));
-let browser;
-
-before(async () => {
-  browser = await launchChromium();
-});
-
-after(async () => {
-  await browser?.close();
-  rmSync(work, { recursive: true, force: true });
-});
+const { browser: chromium, work } = useChromium("browser-echo");
 
 /**
  * In the page: opens a WebSocket to `url`, sends each message in `plan` ({text} or
@@ -76,7 +64,7 @@ for (const compression of [true, false]) {
     ]);
     try {
       const pageUrl = await url;
-      const page = await (await browser.newContext()).newPage();
+      const page = await (await chromium().newContext()).newPage();
       await page.goto(pageUrl);
       const plan = [
         { text: "hello" }, { text: "" }, { text: "world" }, { text: "" }, { text: "" }, { text: "after two empty" },

@@ -1,7 +1,10 @@
 // What the browser tests share: Debian's Chromium, driven by playwright-core, and the
 // host binary started on a free port.
 
+import { before, after } from "node:test";
 import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
@@ -10,8 +13,25 @@ export const root = resolve(import.meta.dirname, "../..");
 export const hostBinary = process.env.HOST ?? join(root, "target/debug/host");
 export const pluginDir = process.env.PLUGIN_DIR ?? join(root, "target/wasm32-wasip2/release");
 
+/**
+ * For a test file: one Chromium for all its tests and a scratch directory, both gone
+ * after them. Returns `{ browser, work }`; `browser()` is valid inside the tests.
+ */
+export function useChromium(label) {
+  const work = mkdtempSync(join(tmpdir(), `wsplug-${label}-`));
+  let browser;
+  before(async () => {
+    browser = await launchChromium();
+  });
+  after(async () => {
+    await browser?.close();
+    rmSync(work, { recursive: true, force: true });
+  });
+  return { browser: () => browser, work };
+}
+
 /** Headless Chromium with the flags this machine's closed network needs. */
-export function launchChromium() {
+function launchChromium() {
   return chromium.launch({
     executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
     args: [

@@ -178,6 +178,39 @@ impl Harness {
         Some((header.opcode, payload))
     }
 
+    /// Expects `n` flood messages (100 bytes of text each), then an echo of `after`: the
+    /// client was not dropped.
+    async fn expect_flood_then_echo(&mut self, n: usize) {
+        for i in 0..n {
+            let (opcode, payload) = self
+                .recv()
+                .await
+                .unwrap_or_else(|| panic!("dropped after {i} messages"));
+            assert_eq!((opcode, payload.len()), (Opcode::Text, 100), "message {i}");
+        }
+        self.send(Opcode::Text, b"after").await;
+        assert_eq!(self.recv().await, Some((Opcode::Text, b"after".to_vec())));
+    }
+
+    /// Reads text frames up to a close frame; returns how many came first, and the close
+    /// frame's code and reason.
+    async fn texts_then_close(&mut self) -> (usize, u16, Vec<u8>) {
+        let mut texts = 0;
+        loop {
+            match self.recv().await.expect("a close frame before the end") {
+                (Opcode::Text, _) => texts += 1,
+                (Opcode::Close, payload) => {
+                    return (
+                        texts,
+                        u16::from_be_bytes([payload[0], payload[1]]),
+                        payload[2..].to_vec(),
+                    );
+                }
+                other => panic!("unexpected frame {other:?} after {texts} messages"),
+            }
+        }
+    }
+
     /// Expects a close frame and returns its code and reason.
     async fn recv_close(&mut self) -> (u16, String) {
         let (opcode, payload) = self.recv().await.expect("a frame");
@@ -268,12 +301,7 @@ async fn a_burst_twenty_times_the_bound_reaches_a_client_whose_socket_takes_it()
     // waits for the client beyond what its socket accepted, and it is never dropped.
     let mut h = Harness::start(256 * 1024, LIMITS, Duration::from_secs(3600)).await;
     h.send(Opcode::Text, b"flood 2000").await;
-    for i in 0..2000 {
-        let (opcode, payload) = h.recv().await.unwrap_or_else(|| panic!("dropped after {i} messages"));
-        assert_eq!((opcode, payload.len()), (Opcode::Text, 100), "message {i}");
-    }
-    h.send(Opcode::Text, b"after").await;
-    assert_eq!(h.recv().await, Some((Opcode::Text, b"after".to_vec())));
+    h.expect_flood_then_echo(2000).await;
 }
 
 #[tokio::test]
@@ -282,16 +310,8 @@ async fn a_client_that_stops_reading_is_dropped_with_1008_ahead_of_its_queue() {
     h.send(Opcode::Text, b"flood 20000").await;
     // The client reads nothing until the plugin has queued (or tried to queue) it all.
     assert_eq!(h.next_seen().await, Seen::Text("flood 20000".into()));
-    let mut texts = 0;
-    let close = loop {
-        match h.recv().await.expect("a close frame before the end") {
-            (Opcode::Text, _) => texts += 1,
-            (Opcode::Close, payload) => break payload,
-            other => panic!("unexpected frame {other:?}"),
-        }
-    };
-    assert_eq!(u16::from_be_bytes([close[0], close[1]]), 1008);
-    assert_eq!(&close[2..], b"outbound queue overflow");
+    let (texts, code, reason) = h.texts_then_close().await;
+    assert_eq!((code, &reason[..]), (1008, &b"outbound queue overflow"[..]));
     // What the pipe held, and not the backlog: the close frame went ahead of it.
     assert!(texts <= 8 * 1024 / 102 + 1, "{texts} messages before the close frame");
     h.send(Opcode::Close, &1008u16.to_be_bytes()).await;
@@ -319,12 +339,7 @@ async fn a_reader_behind_a_burst_larger_than_its_socket_keeps_up_and_is_not_drop
     // the client takes something at every turn, so it never counts as not reading.
     let mut h = Harness::start(8 * 1024, LIMITS, Duration::from_secs(3600)).await;
     h.send(Opcode::Text, b"flood 3000").await;
-    for i in 0..3000 {
-        let (opcode, payload) = h.recv().await.unwrap_or_else(|| panic!("dropped after {i} messages"));
-        assert_eq!((opcode, payload.len()), (Opcode::Text, 100), "message {i}");
-    }
-    h.send(Opcode::Text, b"after").await;
-    assert_eq!(h.recv().await, Some((Opcode::Text, b"after".to_vec())));
+    h.expect_flood_then_echo(3000).await;
 }
 
 #[tokio::test]
@@ -337,15 +352,13 @@ async fn a_client_that_takes_nothing_is_dropped_once_the_stall_grace_is_over() {
     // The client's part: take nothing for longer than the grace (on the paused clock).
     tokio::time::pause();
     tokio::time::sleep(super::STALL_GRACE + Duration::from_millis(100)).await;
-    let mut texts = 0;
-    let close = loop {
-        match h.recv().await.expect("a close frame before the end") {
-            (Opcode::Text, _) => texts += 1,
-            (Opcode::Close, payload) => break payload,
-            other => panic!("unexpected frame {other:?}"),
-        }
-    };
-    assert_eq!(u16::from_be_bytes([close[0], close[1]]), 1008, "after {texts} messages");
+    let (texts, code, reason) = h.texts_then_close().await;
+    assert_eq!(
+        code,
+        1008,
+        "{:?} after {texts} messages",
+        String::from_utf8_lossy(&reason)
+    );
     assert!(texts < 300, "the whole backlog went out before the close frame");
 }
 
