@@ -26,7 +26,7 @@ WIT_BINDGEN_VERSION     := 0.63.0
 TOOLS      := $(TARGET_DIR)/tools
 WIT_BINDGEN := $(TOOLS)/bin/wit-bindgen
 WASI_ADAPTER := $(TOOLS)/wasi_snapshot_preview1.reactor.wasm
-WIT        := $(wildcard wit/*.wit)
+WIT        := $(wildcard wit/*.wit wit/0.1.0/*.wit)
 
 .PHONY: help deps rust-deps py-deps browser-deps js-deps c-deps bench-deps bench plugins plugins-rust plugins-js plugins-py plugins-c build lint unit integration clients adversarial fuzz fuzz-smoke autobahn browser test run clean
 
@@ -99,12 +99,24 @@ browser-deps:
 plugins: plugins-rust plugins-js plugins-py plugins-c
 
 # Cargo names a cdylib with underscores; plugins are named with dashes. counter is built twice, as counter-v1.wasm and counter-v2.wasm, for the reload tests.
+# The SDK's optional exports are cargo features, which cargo unifies within one build:
+# the plugins that turn them on (API 0.2 worlds with on-upgrade or snapshot/restore)
+# are built on their own, so that echo and broadcast stay without them.
+SDK_FEATURED := api chat
 plugins-rust: rust-deps
-	cd plugins && cargo build --target wasm32-wasip2 --release --quiet
+	cd plugins && cargo build --target wasm32-wasip2 --release --quiet --workspace $(SDK_FEATURED:%=--exclude %)
+	cd plugins && for p in $(SDK_FEATURED); do cargo build --target wasm32-wasip2 --release --quiet -p $$p || exit 1; done
 	cp $(PLUGIN_DIR)/echo_raw.wasm $(PLUGIN_DIR)/echo-raw.wasm
 	cp $(PLUGIN_DIR)/counter.wasm $(PLUGIN_DIR)/counter-v1.wasm
 	cd plugins && cargo build --target wasm32-wasip2 --release --quiet -p counter --features v2
 	mv $(PLUGIN_DIR)/counter.wasm $(PLUGIN_DIR)/counter-v2.wasm
+
+# Which WIT (version) and world each JavaScript, Python and C plugin is built against:
+# the echo plugins stay on 0.1.0 (the host serves both), the chats use 0.2.0.
+WIT_OF_echo   := wit/0.1.0
+WORLD_OF_echo := plugin
+WIT_OF_chat   := wit
+WORLD_OF_chat := plugin-handshake-state
 
 # One component per directory: plugins/<name>-js/app.js -> <name>-js.wasm. No
 # wasi:http (the world does not need it; without -d the component would import it).
@@ -112,14 +124,14 @@ plugins-js: $(PLUGIN_DIR)/chat-js.wasm $(PLUGIN_DIR)/echo-js.wasm
 
 $(PLUGIN_DIR)/%-js.wasm: plugins/%-js/app.js $(WIT) plugins/node_modules/.package-lock.json
 	@mkdir -p $(PLUGIN_DIR)
-	cd plugins && npx --no-install componentize-js $*-js/app.js --wit ../wit -n plugin -d http fetch-event -o $@
+	cd plugins && npx --no-install componentize-js $*-js/app.js --wit ../$(WIT_OF_$*) -n $(WORLD_OF_$*) -d http fetch-event -o $@
 
 # plugins/<name>-py/app.py -> <name>-py.wasm; componentize-py generates the bindings.
 plugins-py: $(PLUGIN_DIR)/chat-py.wasm $(PLUGIN_DIR)/echo-py.wasm
 
 $(PLUGIN_DIR)/%-py.wasm: plugins/%-py/app.py $(WIT) $(PY_STAMP)
 	@mkdir -p $(PLUGIN_DIR)
-	cd plugins/$*-py && $(VENV)/bin/componentize-py -d ../../wit -w plugin componentize app -o $@
+	cd plugins/$*-py && $(VENV)/bin/componentize-py -d ../../$(WIT_OF_$*) -w $(WORLD_OF_$*) componentize app -o $@
 
 # plugins/<name>-c/app.c -> <name>-c.wasm: bindings from the WIT, a preview1 reactor
 # module from clang, then a component with the adapter.
@@ -129,10 +141,10 @@ C_BUILD := $(TARGET_DIR)/c-plugins
 
 $(PLUGIN_DIR)/%-c.wasm: plugins/%-c/app.c $(WIT) | c-deps
 	@mkdir -p $(PLUGIN_DIR) $(C_BUILD)/$*
-	$(WIT_BINDGEN) c ./wit --world plugin --out-dir $(C_BUILD)/$*
+	$(WIT_BINDGEN) c ./$(WIT_OF_$*) --world $(WORLD_OF_$*) --out-dir $(C_BUILD)/$*
 	clang --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Wextra -Werror -Wl,--strip-debug \
 		-I $(C_BUILD)/$* -o $(C_BUILD)/$*/core.wasm \
-		plugins/$*-c/app.c $(C_BUILD)/$*/plugin.c $(C_BUILD)/$*/plugin_component_type.o
+		plugins/$*-c/app.c $(C_BUILD)/$*/$(subst -,_,$(WORLD_OF_$*)).c $(C_BUILD)/$*/$(subst -,_,$(WORLD_OF_$*))_component_type.o
 	cd plugins && npx --no-install jco new $(C_BUILD)/$*/core.wasm --adapt wasi_snapshot_preview1=$(WASI_ADAPTER) -o $@
 
 # The host, its library and its tests. Benchmarks build in release (the bench profile),
@@ -169,9 +181,10 @@ unit: build
 	cargo test --quiet -p wsplug-ws
 
 # The real host binary with the real plugins: protocol (integration), plugin runtime
-# (runtime) and configuration, TLS, static files, shutdown (settings).
+# (runtime), configuration, TLS, static files, shutdown (settings), the chat in every
+# language (chat) and plugin API 0.2 (plugin_api).
 integration: build plugins
-	WSPLUG_PLUGIN_DIR=$(PLUGIN_DIR) cargo test --quiet --test integration --test runtime --test settings --test chat
+	WSPLUG_PLUGIN_DIR=$(PLUGIN_DIR) cargo test --quiet --test integration --test runtime --test settings --test chat --test plugin_api
 
 # Stock clients against the real host: Python `websockets` and Node `ws` (pinned in
 # tests/clients/node), with and without compression, every size, bursts, broadcasts.

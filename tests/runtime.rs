@@ -17,8 +17,6 @@
 mod common;
 
 use std::fs;
-use std::io::Write as _;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread;
@@ -444,41 +442,6 @@ fn a_burst_of_traps_from_many_clients_does_not_stall_the_others() {
 // ---------------------------------------------------------------------------------
 // Hot reload
 // ---------------------------------------------------------------------------------
-
-/// A plugin file in a temp dir of its own, which the tests replace.
-struct PluginFile {
-    dir: TempDir,
-}
-
-impl PluginFile {
-    /// `<temp dir>/plugin.wasm`, a copy of the built plugin `name`.
-    fn copy_of(name: &str) -> PluginFile {
-        let dir = TempDir::new("plugin");
-        fs::copy(plugin_path(name), dir.join("plugin.wasm")).unwrap();
-        PluginFile { dir }
-    }
-
-    fn path(&self) -> PathBuf {
-        self.dir.join("plugin.wasm")
-    }
-
-    /// Replaces the file atomically: writes a temp file next to it, renames it over it.
-    fn replace_by_rename(&self, bytes: &[u8]) {
-        let partial = self.dir.join("plugin.wasm.partial");
-        fs::write(&partial, bytes).unwrap();
-        fs::rename(&partial, self.path()).unwrap();
-    }
-
-    /// Rewrites the file in place: opens it with truncation and writes the bytes.
-    fn replace_in_place(&self, bytes: &[u8]) {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(self.path())
-            .unwrap();
-        file.write_all(bytes).unwrap();
-    }
-}
 
 /// Connections that keep sending while the plugin is replaced.
 const LOAD_CLIENTS: usize = 50;

@@ -1,8 +1,14 @@
-//! Micro-benchmark of a plugin call: one `on-text` into the echo plugin and its
-//! `send-text` back to the host, on the caller's thread (no queues, no sockets), at
-//! 20 B and 16 KiB. Every echo plugin found in the plugin directory is measured, one
-//! per language. `cargo bench -p wsplug-host --bench plugin` after `make plugins`;
-//! `WSPLUG_PLUGIN_DIR` overrides where the `.wasm` files are looked for.
+//! Micro-benchmarks of plugin calls, on the caller's thread (no queues, no sockets):
+//!
+//! - "plugin call": one `on-text` into the echo plugin and its `send-text` back to the
+//!   host, at 20 B and 16 KiB, for every echo plugin found (one per language).
+//! - "plugin api": what API 0.2 costs where it is used, with the `api` test plugin: one
+//!   `on-upgrade` (a handshake's decision), and a hot reload that carries the plugin's
+//!   state through `snapshot`/`restore`, with 40 bytes and with 8 MiB of it (the
+//!   difference is the cost of carrying the state; the rest is instantiation).
+//!
+//! `cargo bench -p wsplug-host --bench plugin` after `make plugins`; `WSPLUG_PLUGIN_DIR`
+//! overrides where the `.wasm` files are looked for.
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -13,6 +19,7 @@ use std::time::Instant;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use wsplug::plugin::{
     ConnId, ConnectionInfo, Grants, HostError, HostServices, Loader, Outgoing, PluginEvent, PluginLimits, Runner,
+    UpgradeDecision, UpgradeRequest,
 };
 
 /// The echo plugin of each language, by file name (`echo` is Rust with the SDK,
@@ -36,6 +43,7 @@ struct Sink {
 
 impl HostServices for Sink {
     fn opened(&self, _: ConnId) {}
+    fn closed(&self, _: ConnId) {}
     fn send(&self, _: ConnId, message: Outgoing) -> Result<(), HostError> {
         let len = match &message {
             Outgoing::Text(text) => text.as_str().len(),
@@ -66,6 +74,12 @@ impl HostServices for Sink {
         vec![1]
     }
     fn info(&self, _: ConnId) -> Option<Arc<ConnectionInfo>> {
+        None
+    }
+    fn set_attachment(&self, _: ConnId, _: Vec<u8>) -> Result<(), HostError> {
+        Ok(())
+    }
+    fn attachment(&self, _: ConnId) -> Option<bytes::Bytes> {
         None
     }
 }
@@ -126,5 +140,81 @@ fn plugin_call(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, plugin_call);
+/// A runner of `path` over a [`Sink`], with one connection open.
+fn runner(loader: &Loader, path: &std::path::Path, sink: Arc<Sink>) -> Runner {
+    let loaded = loader.load(path, Instant::now()).expect("plugin loads");
+    let mut runner = Runner::new(
+        loader.engine(),
+        loaded,
+        sink,
+        PluginLimits::default(),
+        Grants::default(),
+    )
+    .expect("plugin starts");
+    runner.handle(PluginEvent::Open(1));
+    runner
+}
+
+fn plugin_api(c: &mut Criterion) {
+    let path = plugin_dir().join("api.wasm");
+    assert!(path.exists(), "{} not built: run `make plugins`", path.display());
+    let cache = std::env::temp_dir().join(format!("wsplug-bench-api-{}", std::process::id()));
+    let loader = Loader::new(Some(cache.clone())).expect("engine");
+    let mut group = c.benchmark_group("plugin api");
+
+    let sink = Arc::new(Sink::default());
+    let mut hook = runner(&loader, &path, sink.clone());
+    let request = UpgradeRequest {
+        remote_address: "127.0.0.1:50000".into(),
+        path: "/chat".into(),
+        query: Some("name=alice".into()),
+        headers: [
+            ("host", "127.0.0.1:9001"),
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("sec-websocket-version", "13"),
+            ("origin", "http://127.0.0.1:9001"),
+            ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) Chrome/156.0"),
+        ]
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        .to_vec(),
+        protocols: Vec::new(),
+    };
+    group.bench_function("on-upgrade", |b| {
+        b.iter_batched(
+            || {
+                let (reply, decision) = tokio::sync::oneshot::channel();
+                (PluginEvent::Upgrade(Box::new(request.clone()), reply), decision)
+            },
+            |(event, mut decision)| {
+                hook.handle(black_box(event));
+                assert!(matches!(decision.try_recv(), Ok(UpgradeDecision::Accept { .. })));
+            },
+            BatchSize::SmallInput,
+        );
+    });
+
+    group.sample_size(10);
+    for (name, state) in [("reload, state 40 B", 0usize), ("reload, state 8 MiB", 8 << 20)] {
+        let mut reloading = runner(&loader, &path, sink.clone());
+        reloading.handle(PluginEvent::Text(1, format!("grow {state}")));
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || loader.load(&path, Instant::now()).expect("plugin loads"),
+                |loaded| reloading.handle(PluginEvent::Reload(Box::new(loaded))),
+                BatchSize::PerIteration,
+            );
+        });
+        // Every reload carried the state (a failed one would have dropped nothing,
+        // so check that the blob is still there).
+        let before = sink.sent_bytes.load(Ordering::Relaxed);
+        reloading.handle(PluginEvent::Text(1, "blob".into()));
+        assert!(sink.sent_bytes.load(Ordering::Relaxed) > before, "the api plugin stopped answering");
+    }
+    group.finish();
+    let _ = std::fs::remove_dir_all(cache);
+}
+
+criterion_group!(benches, plugin_call, plugin_api);
 criterion_main!(benches);

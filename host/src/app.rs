@@ -128,6 +128,8 @@ fn start_plugin(config: &Config, registry: Arc<Registry>) -> anyhow::Result<Plug
     tracing::info!(
         plugin = &*loaded.name,
         file = %config.plugin.display(),
+        api = %loaded.linked.api(),
+        exports = %loaded.linked.optional_exports(),
         language = %loaded.language,
         size = loaded.size,
         load_ms = loaded.load_time.as_millis() as u64,
@@ -142,6 +144,7 @@ fn start_plugin(config: &Config, registry: Arc<Registry>) -> anyhow::Result<Plug
     };
     let grants = Grants {
         data_dir: config.plugin_dir.clone(),
+        store_dir: config.store_dir.clone(),
     };
     let plugin = plugin::spawn(Runner::new(loader.engine(), loaded, registry, limits, grants)?)?;
     plugin::watcher::watch(loader, config.plugin.clone(), plugin.clone(), serving, config.watch)

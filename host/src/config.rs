@@ -161,6 +161,11 @@ pub struct Options {
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
+    /// Where the plugins' key-value store keeps its database, created when a plugin first
+    /// uses it [default: $XDG_DATA_HOME/wsplug or ~/.local/share/wsplug]
+    #[arg(long, value_name = "DIR")]
+    pub store_dir: Option<PathBuf>,
+
     /// Cache compiled plugins [default: true]
     #[arg(long, value_name = "BOOL")]
     pub cache: Option<bool>,
@@ -242,6 +247,8 @@ pub struct Config {
     pub plugin_dir: Option<PathBuf>,
     /// Compiled-plugin cache, or `None` when off.
     pub cache_dir: Option<PathBuf>,
+    /// The key-value store's directory.
+    pub store_dir: PathBuf,
     /// Reload on file changes.
     pub watch: bool,
     /// Log filter.
@@ -342,6 +349,7 @@ impl Options {
             plugin_queue,
             plugin_dir,
             cache_dir,
+            store_dir,
             cache,
             watch,
             log,
@@ -536,6 +544,7 @@ impl Options {
             )? as usize,
             plugin_dir,
             cache_dir,
+            store_dir: self.store_dir.unwrap_or_else(crate::store::default_dir),
             watch: self.watch.unwrap_or(true),
             log: self
                 .log

@@ -11,4 +11,5 @@ pub mod app;
 pub mod config;
 pub mod plugin;
 pub mod server;
+pub mod store;
 pub use wsplug_ws as ws;

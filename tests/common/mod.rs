@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+use std::fs;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -160,6 +161,8 @@ pub struct Server {
     readers: Vec<JoinHandle<()>>,
     /// The server's own compile cache, removed after the process is killed.
     cache: Option<TempDir>,
+    /// Its key-value store's directory, unless the test gave one (`--store-dir`).
+    store: Option<TempDir>,
 }
 
 impl Server {
@@ -198,11 +201,16 @@ impl Server {
         } else {
             &["--listen", "127.0.0.1:0"]
         };
+        // Every server gets a store of its own, so that tests never share data (or the
+        // database's lock), unless the test names one.
+        let store = (!args.contains(&"--store-dir")).then(|| TempDir::new("store"));
+        let store_args: Vec<&str> = store.iter().flat_map(|dir| ["--store-dir", dir.arg()]).collect();
         let mut child = Command::new(env!("CARGO_BIN_EXE_host"))
             .args(listen)
             .arg("--plugin")
             .arg(plugin)
             .args(args)
+            .args(&store_args)
             // --log decides the level: a RUST_LOG in the environment would override it.
             .env_remove("RUST_LOG")
             .envs(env.iter().copied())
@@ -243,6 +251,7 @@ impl Server {
             log,
             readers: vec![],
             cache: None,
+            store,
         };
         server.readers = vec![stderr_reader, stdout_reader];
         let line = match announced.recv_timeout(STARTUP_TIMEOUT) {
@@ -842,4 +851,63 @@ pub fn open_probe(server: &Server, path: &str) -> (Client, u64) {
     let mut client = server.connect(path);
     let id = expect_id(&mut client);
     (client, id)
+}
+
+/// A plugin file in a temp dir of its own, which the tests replace.
+pub struct PluginFile {
+    dir: TempDir,
+}
+
+impl PluginFile {
+    /// `<temp dir>/plugin.wasm`, a copy of the built plugin `name`.
+    pub fn copy_of(name: &str) -> PluginFile {
+        let dir = TempDir::new("plugin");
+        fs::copy(plugin_path(name), dir.join("plugin.wasm")).unwrap();
+        PluginFile { dir }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.join("plugin.wasm")
+    }
+
+    /// Replaces the file atomically: writes a temp file next to it, renames it over it.
+    pub fn replace_by_rename(&self, bytes: &[u8]) {
+        let partial = self.dir.join("plugin.wasm.partial");
+        fs::write(&partial, bytes).unwrap();
+        fs::rename(&partial, self.path()).unwrap();
+    }
+
+    /// Rewrites the file in place: opens it with truncation and writes the bytes.
+    pub fn replace_in_place(&self, bytes: &[u8]) {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(self.path())
+            .unwrap();
+        file.write_all(bytes).unwrap();
+    }
+}
+
+/// `component` with a custom section (id 0) appended: `name`, then `payload`.
+pub fn with_custom_section(component: &[u8], name: &str, payload: &[u8]) -> Vec<u8> {
+    fn leb128(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7F) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let mut contents = Vec::new();
+    leb128(name.len(), &mut contents);
+    contents.extend_from_slice(name.as_bytes());
+    contents.extend_from_slice(payload);
+    let mut bytes = component.to_vec();
+    bytes.push(0x00);
+    leb128(contents.len(), &mut bytes);
+    bytes.extend_from_slice(&contents);
+    bytes
 }

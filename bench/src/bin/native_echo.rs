@@ -22,6 +22,10 @@ fn echo(services: &dyn HostServices, event: PluginEvent) {
         PluginEvent::Barrier(_, done) => {
             let _ = done.send(());
         }
-        PluginEvent::Open(_) | PluginEvent::Close(..) | PluginEvent::Reload(_) => {}
+        PluginEvent::Open(_)
+        | PluginEvent::Close(..)
+        | PluginEvent::Reload(_)
+        | PluginEvent::Upgrade(..)
+        | PluginEvent::Timer(..) => {}
     }
 }

@@ -1,18 +1,66 @@
-//! Host side of the `wsplug:plugin` world: generated bindings and the
-//! implementation of the `host` interface over [`HostServices`].
+//! Host side of the `wsplug:plugin` worlds, 0.1.0 (`wit/0.1.0`) and 0.2.0 (`wit/`):
+//! generated bindings, and the imports of both versions served by one [`HostState`]
+//! over [`HostServices`], [`Timers`] and the key-value store. The 0.1 imports are the
+//! 0.2 ones minus what 0.2 added, so they forward to them.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::{ConnId, HostError, HostServices, Outgoing};
+use super::timers::Timers;
+use super::{ConnId, ConnectionInfo, HostError, HostServices, MAX_ATTACHMENT, Outgoing, TimerId};
+use super::{UpgradeDecision, UpgradeRequest};
+use crate::store::{self, KeyValue, StoreError};
 use crate::ws::close;
 
-wasmtime::component::bindgen!({ world: "plugin", path: "../wit" });
+/// Bindings of `wsplug:plugin@0.2.0`: imports and the exports every 0.2 plugin has.
+pub mod v2 {
+    wasmtime::component::bindgen!({ world: "plugin", path: "../wit" });
+}
 
-pub use self::wsplug::plugin::types;
+/// The optional exports of 0.2 (the `handshake` and `state` interfaces), sharing the
+/// types and imports of [`v2`].
+pub mod v2_optional {
+    wasmtime::component::bindgen!({
+        world: "plugin-handshake-state",
+        path: "../wit",
+        with: {
+            "wsplug:plugin/types": super::v2::wsplug::plugin::types,
+            "wsplug:plugin/host": super::v2::wsplug::plugin::host,
+            "wsplug:plugin/timers": super::v2::wsplug::plugin::timers,
+            "wsplug:plugin/store": super::v2::wsplug::plugin::store,
+        },
+    });
+    pub use self::exports::wsplug::plugin::{handshake, state};
+}
+
+/// Bindings of `wsplug:plugin@0.1.0`.
+pub mod v1 {
+    wasmtime::component::bindgen!({ world: "plugin", path: "../wit/0.1.0" });
+}
+
+use v2::wsplug::plugin::types;
+
+/// The version of the WIT world a plugin implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiVersion {
+    /// `wsplug:plugin@0.1.0`.
+    V0_1,
+    /// `wsplug:plugin@0.2.0`.
+    V0_2,
+}
+
+impl std::fmt::Display for ApiVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::V0_1 => "0.1.0",
+            Self::V0_2 => "0.2.0",
+        })
+    }
+}
 
 /// The data of one plugin instance's store.
 pub struct HostState {
@@ -20,7 +68,9 @@ pub struct HostState {
     pub(super) table: ResourceTable,
     pub(super) limits: StoreLimits,
     pub(super) services: Arc<dyn HostServices>,
-    /// The plugin's name, for log lines.
+    pub(super) timers: Arc<Timers>,
+    pub(super) store: Arc<dyn KeyValue>,
+    /// The plugin's name, for log lines and as its namespace in the store.
     pub(super) name: Arc<str>,
 }
 
@@ -39,13 +89,67 @@ impl From<HostError> for types::Error {
             HostError::Gone => Self::Gone,
             HostError::InvalidCode => Self::InvalidCode,
             HostError::ReasonTooLong => Self::ReasonTooLong,
+            HostError::TooLarge => Self::TooLarge,
+            HostError::TooManyTimers => Self::TooManyTimers,
+            HostError::InvalidDuration => Self::InvalidDuration,
+        }
+    }
+}
+
+impl From<StoreError> for types::StoreError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::TooLarge => Self::TooLarge,
+            StoreError::Unavailable(why) => Self::Unavailable(why),
+        }
+    }
+}
+
+impl From<&ConnectionInfo> for types::ConnectionInfo {
+    fn from(info: &ConnectionInfo) -> Self {
+        Self {
+            id: info.id,
+            remote_address: info.remote_address.clone(),
+            path: info.path.clone(),
+            query: info.query.clone(),
+            subprotocol: info.subprotocol.clone(),
+            headers: info.headers.clone(),
+        }
+    }
+}
+
+impl From<&UpgradeRequest> for types::UpgradeRequest {
+    fn from(request: &UpgradeRequest) -> Self {
+        Self {
+            remote_address: request.remote_address.clone(),
+            path: request.path.clone(),
+            query: request.query.clone(),
+            headers: request.headers.clone(),
+            protocols: request.protocols.clone(),
+        }
+    }
+}
+
+impl From<types::UpgradeDecision> for UpgradeDecision {
+    fn from(decision: types::UpgradeDecision) -> Self {
+        match decision {
+            types::UpgradeDecision::Accept(accept) => Self::Accept {
+                subprotocol: accept.subprotocol,
+                attachment: accept.attachment,
+                groups: accept.groups,
+            },
+            types::UpgradeDecision::Reject(reject) => Self::Reject {
+                status: reject.status,
+                headers: reject.headers,
+                body: reject.body,
+            },
         }
     }
 }
 
 impl types::Host for HostState {}
 
-impl wsplug::plugin::host::Host for HostState {
+impl v2::wsplug::plugin::host::Host for HostState {
     fn send_text(&mut self, conn: ConnId, text: String) -> Result<(), types::Error> {
         Ok(self.services.send(conn, Outgoing::Text(text.into()))?)
     }
@@ -97,14 +201,18 @@ impl wsplug::plugin::host::Host for HostState {
     }
 
     fn info(&mut self, conn: ConnId) -> Option<types::ConnectionInfo> {
-        self.services.info(conn).map(|info| types::ConnectionInfo {
-            id: info.id,
-            remote_address: info.remote_address.clone(),
-            path: info.path.clone(),
-            query: info.query.clone(),
-            subprotocol: info.subprotocol.clone(),
-            headers: info.headers.clone(),
-        })
+        self.services.info(conn).map(|info| (&*info).into())
+    }
+
+    fn set_attachment(&mut self, conn: ConnId, data: Vec<u8>) -> Result<(), types::Error> {
+        if data.len() > MAX_ATTACHMENT {
+            return Err(types::Error::TooLarge);
+        }
+        Ok(self.services.set_attachment(conn, data)?)
+    }
+
+    fn attachment(&mut self, conn: ConnId) -> Option<Vec<u8>> {
+        self.services.attachment(conn).map(|data| data.to_vec())
     }
 
     fn log(&mut self, level: types::LogLevel, message: String) {
@@ -115,6 +223,140 @@ impl wsplug::plugin::host::Host for HostState {
             types::LogLevel::Info => tracing::info!(target: "plugin", plugin, "{message}"),
             types::LogLevel::Warn => tracing::warn!(target: "plugin", plugin, "{message}"),
             types::LogLevel::Error => tracing::error!(target: "plugin", plugin, "{message}"),
+        }
+    }
+}
+
+impl v2::wsplug::plugin::timers::Host for HostState {
+    fn set_timer(&mut self, id: TimerId, delay_ms: u32, repeat_ms: Option<u32>) -> Result<(), types::Error> {
+        let ms = |ms: u32| Duration::from_millis(ms.into());
+        Ok(self.timers.set(id, ms(delay_ms), repeat_ms.map(ms))?)
+    }
+
+    fn cancel_timer(&mut self, id: TimerId) -> bool {
+        self.timers.cancel(id)
+    }
+
+    fn timer_pending(&mut self, id: TimerId) -> bool {
+        self.timers.pending(id)
+    }
+}
+
+impl v2::wsplug::plugin::store::Host for HostState {
+    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, types::StoreError> {
+        store::check_sizes(&key, None)?;
+        Ok(self.store.get(&self.name, &key)?)
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), types::StoreError> {
+        store::check_sizes(&key, Some(&value))?;
+        Ok(self
+            .store
+            .set(&self.name, &key, &value, ttl_ms.map(Duration::from_millis))?)
+    }
+
+    fn delete(&mut self, key: String) -> Result<bool, types::StoreError> {
+        store::check_sizes(&key, None)?;
+        Ok(self.store.delete(&self.name, &key)?)
+    }
+
+    fn list_keys(
+        &mut self,
+        prefix: String,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<String>, types::StoreError> {
+        store::check_sizes(&prefix, None)?;
+        Ok(self.store.list_keys(&self.name, &prefix, after.as_deref(), limit)?)
+    }
+}
+
+/// The 0.1 imports: the same functions as 0.2's `host`, over types of their own.
+mod v0_1 {
+    use super::v1::wsplug::plugin::{host, types as old};
+    use super::v2::wsplug::plugin::host::Host as V2;
+    use super::v2::wsplug::plugin::types;
+    use super::{ConnId, HostState};
+
+    fn error(error: types::Error) -> old::Error {
+        match error {
+            types::Error::InvalidCode => old::Error::InvalidCode,
+            types::Error::ReasonTooLong => old::Error::ReasonTooLong,
+            // Only the 0.2 calls return the others.
+            _ => old::Error::Gone,
+        }
+    }
+
+    fn level_of(level: old::LogLevel) -> types::LogLevel {
+        match level {
+            old::LogLevel::Trace => types::LogLevel::Trace,
+            old::LogLevel::Debug => types::LogLevel::Debug,
+            old::LogLevel::Info => types::LogLevel::Info,
+            old::LogLevel::Warn => types::LogLevel::Warn,
+            old::LogLevel::Error => types::LogLevel::Error,
+        }
+    }
+
+    impl old::Host for HostState {}
+
+    impl host::Host for HostState {
+        fn send_text(&mut self, conn: ConnId, text: String) -> Result<(), old::Error> {
+            V2::send_text(self, conn, text).map_err(error)
+        }
+
+        fn send_binary(&mut self, conn: ConnId, data: Vec<u8>) -> Result<(), old::Error> {
+            V2::send_binary(self, conn, data).map_err(error)
+        }
+
+        fn close(&mut self, conn: ConnId, code: u16, reason: String) -> Result<(), old::Error> {
+            V2::close(self, conn, code, reason).map_err(error)
+        }
+
+        fn broadcast_text(&mut self, text: String, except: Option<ConnId>) -> u32 {
+            V2::broadcast_text(self, text, except)
+        }
+
+        fn broadcast_binary(&mut self, data: Vec<u8>, except: Option<ConnId>) -> u32 {
+            V2::broadcast_binary(self, data, except)
+        }
+
+        fn join(&mut self, conn: ConnId, group: String) -> Result<(), old::Error> {
+            V2::join(self, conn, group).map_err(error)
+        }
+
+        fn leave(&mut self, conn: ConnId, group: String) -> Result<(), old::Error> {
+            V2::leave(self, conn, group).map_err(error)
+        }
+
+        fn publish_text(&mut self, group: String, text: String, except: Option<ConnId>) -> u32 {
+            V2::publish_text(self, group, text, except)
+        }
+
+        fn publish_binary(&mut self, group: String, data: Vec<u8>, except: Option<ConnId>) -> u32 {
+            V2::publish_binary(self, group, data, except)
+        }
+
+        fn group_members(&mut self, group: String) -> Vec<ConnId> {
+            V2::group_members(self, group)
+        }
+
+        fn connections(&mut self) -> Vec<ConnId> {
+            V2::connections(self)
+        }
+
+        fn info(&mut self, conn: ConnId) -> Option<old::ConnectionInfo> {
+            self.services.info(conn).map(|info| old::ConnectionInfo {
+                id: info.id,
+                remote_address: info.remote_address.clone(),
+                path: info.path.clone(),
+                query: info.query.clone(),
+                subprotocol: info.subprotocol.clone(),
+                headers: info.headers.clone(),
+            })
+        }
+
+        fn log(&mut self, level: old::LogLevel, message: String) {
+            V2::log(self, level_of(level), message)
         }
     }
 }

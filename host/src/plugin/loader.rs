@@ -9,12 +9,98 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::error::Context as _;
 use wasmtime::{Config, Engine};
 
-use super::bindings::{HostState, Plugin, PluginPre};
+use super::bindings::{ApiVersion, HostState, v1, v2, v2_optional};
 use super::language::{self, Language};
+
+/// A component linked against one version of the world, ready to instantiate.
+pub enum Linked {
+    /// Implements `wsplug:plugin@0.1.0`.
+    V1(v1::PluginPre<HostState>),
+    /// Implements `wsplug:plugin@0.2.0`, with the optional exports it has.
+    V2 {
+        /// The linked component.
+        pre: InstancePre<HostState>,
+        /// Where its required exports are.
+        exports: v2::PluginIndices,
+        /// Where `on-upgrade` is, if it has one.
+        handshake: Option<v2_optional::handshake::GuestIndices>,
+        /// Where `snapshot` and `restore` are, if it has them.
+        state: Option<v2_optional::state::GuestIndices>,
+    },
+}
+
+impl Linked {
+    /// The version of the world.
+    pub fn api(&self) -> ApiVersion {
+        match self {
+            Self::V1(_) => ApiVersion::V0_1,
+            Self::V2 { .. } => ApiVersion::V0_2,
+        }
+    }
+
+    /// Whether the plugin decides handshakes (`on-upgrade`).
+    pub fn has_handshake(&self) -> bool {
+        matches!(self, Self::V2 { handshake: Some(_), .. })
+    }
+
+    /// Whether the plugin carries its state across reloads (`snapshot`, `restore`).
+    pub fn has_state(&self) -> bool {
+        matches!(self, Self::V2 { state: Some(_), .. })
+    }
+
+    /// The optional exports it has, for the load report: `on-upgrade`, `snapshot/restore`.
+    pub fn optional_exports(&self) -> String {
+        let mut names = Vec::new();
+        if self.has_handshake() {
+            names.push("on-upgrade");
+        }
+        if self.has_state() {
+            names.push("snapshot+restore");
+        }
+        if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(",")
+        }
+    }
+
+    fn link(linker: &Linker<HostState>, component: &Component) -> wasmtime::Result<Self> {
+        let pre = linker.instantiate_pre(component)?;
+        let ty = component.component_type();
+        let engine = component.engine();
+        // A component says which version it implements by the interfaces it imports
+        // (and exports) by name; one that names none is tried as 0.2, then 0.1.
+        let names: Vec<String> = ty
+            .imports(engine)
+            .map(|(name, _)| name.to_owned())
+            .chain(ty.exports(engine).map(|(name, _)| name.to_owned()))
+            .collect();
+        let claims = |version: &str| {
+            let version = format!("@{version}");
+            move |name: &String| name.starts_with("wsplug:plugin/") && name.ends_with(&version)
+        };
+        let claims_v1 = names.iter().any(claims("0.1.0"));
+        if !claims_v1 {
+            match v2::PluginIndices::new(&pre) {
+                Ok(exports) => {
+                    return Ok(Self::V2 {
+                        handshake: v2_optional::handshake::GuestIndices::new(&pre).ok(),
+                        state: v2_optional::state::GuestIndices::new(&pre).ok(),
+                        exports,
+                        pre,
+                    });
+                }
+                Err(error) if names.iter().any(claims("0.2.0")) => return Err(error),
+                Err(_) => {}
+            }
+        }
+        Ok(Self::V1(v1::PluginPre::new(pre)?))
+    }
+}
 
 /// How often the engine's epoch advances; CPU deadlines are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -26,7 +112,7 @@ pub struct Loaded {
     /// The plugin's name in logs: the file name without `.wasm`.
     pub name: Arc<str>,
     /// Ready to instantiate, as often as needed.
-    pub pre: PluginPre<HostState>,
+    pub linked: Linked,
     /// SHA-256 of the file's bytes.
     pub digest: [u8; 32],
     /// Size of the file in bytes.
@@ -46,6 +132,7 @@ impl std::fmt::Debug for Loaded {
         f.debug_struct("Loaded")
             .field("path", &self.path)
             .field("size", &self.size)
+            .field("api", &self.linked.api())
             .field("language", &self.language)
             .field("load_time", &self.load_time)
             .field("cache_hit", &self.cache_hit)
@@ -72,7 +159,8 @@ impl Loader {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
+        v2::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
+        v1::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
 
         let ticker = engine.weak();
         thread::Builder::new().name("plugin-epoch".into()).spawn(move || {
@@ -113,16 +201,17 @@ impl Loader {
         let started = Instant::now();
         let digest = digest(bytes);
         let (component, cache_hit) = self.compile(path, bytes, &digest)?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .and_then(PluginPre::new)
-            .with_context(|| format!("plugin {} does not implement the wsplug:plugin world", path.display()))?;
+        let linked = Linked::link(&self.linker, &component).with_context(|| {
+            format!(
+                "plugin {} does not implement the wsplug:plugin world (0.1.0 or 0.2.0)",
+                path.display()
+            )
+        })?;
         let name = path.file_stem().map_or("plugin".into(), |s| s.to_string_lossy().into());
         Ok(Loaded {
             path: path.to_owned(),
             name,
-            pre,
+            linked,
             digest,
             size: bytes.len() as u64,
             language: language::detect(bytes),

@@ -6,17 +6,23 @@
 //! - [`language`]: tells a plugin's source language from its producers sections.
 //! - [`loader`]: compiles (or loads from the cache) and links a plugin file.
 //! - [`runner`]: the plugin thread: instances, traps, crash-loop back-off, reload swaps.
+//! - [`timers`]: the plugin's timers, kept by the host and fired as events.
 //! - [`watcher`]: notices a changed plugin file (or SIGHUP) and hands the new version over.
+//!
+//! Two versions of the WIT world are served (`wit/0.1.0` and `wit/`, 0.2.0); [`bindings`]
+//! maps both onto the same [`HostServices`].
 
 mod bindings;
 pub mod language;
 pub mod loader;
 mod output;
 pub mod runner;
+pub mod timers;
 pub mod watcher;
 
 use std::sync::Arc;
 
+pub use bindings::ApiVersion;
 pub use loader::{Loaded, Loader};
 pub use runner::{Grants, PluginHandle, PluginLimits, Runner, spawn, spawn_handler};
 
@@ -34,6 +40,12 @@ pub fn one_line(error: &wasmtime::Error) -> String {
 
 /// Identifies a connection; the same id the plugin sees.
 pub type ConnId = u64;
+
+/// Names a timer; the plugin chooses it.
+pub type TimerId = u64;
+
+/// Largest attachment a connection may carry, in bytes.
+pub const MAX_ATTACHMENT: usize = 16 << 10;
 
 /// A message a plugin asks the host to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +89,12 @@ pub enum HostError {
     InvalidCode,
     /// A close reason longer than 123 bytes.
     ReasonTooLong,
+    /// An attachment over [`MAX_ATTACHMENT`].
+    TooLarge,
+    /// More pending timers than [`timers::MAX_TIMERS`].
+    TooManyTimers,
+    /// A timer's delay or repetition out of range.
+    InvalidDuration,
 }
 
 /// What the host knows about a connection, from its handshake.
@@ -103,6 +121,9 @@ pub trait HostServices: Send + Sync + 'static {
     /// left out of broadcasts and [`HostServices::connections`], so that nothing
     /// reaches a client before what the plugin sends it in `on-open`.
     fn opened(&self, conn: ConnId);
+    /// The plugin has handled `on-close` for `conn`: its attachment, readable until
+    /// then, can go.
+    fn closed(&self, conn: ConnId);
     /// Queues a message to one connection.
     fn send(&self, conn: ConnId, message: Outgoing) -> Result<(), HostError>;
     /// Starts closing a connection (code and reason already validated).
@@ -121,6 +142,54 @@ pub trait HostServices: Send + Sync + 'static {
     fn connections(&self) -> Vec<ConnId>;
     /// What the host knows about a connection.
     fn info(&self, conn: ConnId) -> Option<Arc<ConnectionInfo>>;
+    /// Replaces a connection's attachment (already checked against [`MAX_ATTACHMENT`]);
+    /// an empty one removes it.
+    fn set_attachment(&self, conn: ConnId, data: Vec<u8>) -> Result<(), HostError>;
+    /// A connection's attachment, also while the plugin handles its `on-close`.
+    fn attachment(&self, conn: ConnId) -> Option<bytes::Bytes>;
+}
+
+/// An opening handshake, as the plugin's `on-upgrade` sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpgradeRequest {
+    /// Peer address, `ip:port`.
+    pub remote_address: String,
+    /// Request path.
+    pub path: String,
+    /// Query string, without `?`.
+    pub query: Option<String>,
+    /// Request headers, names lower-case.
+    pub headers: Vec<(String, String)>,
+    /// Offered subprotocols, in the client's order.
+    pub protocols: Vec<String>,
+}
+
+/// What the plugin made of an [`UpgradeRequest`]. The server checks it (a subprotocol
+/// that was not offered, a status that is not an error, ...) before it acts on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpgradeDecision {
+    /// Let the client in.
+    Accept {
+        /// The chosen subprotocol.
+        subprotocol: Option<String>,
+        /// The connection's first attachment.
+        attachment: Option<Vec<u8>>,
+        /// Groups to join before `on-open`.
+        groups: Vec<String>,
+    },
+    /// Answer with this HTTP response.
+    Reject {
+        /// HTTP status.
+        status: u16,
+        /// Extra headers.
+        headers: Vec<(String, String)>,
+        /// Body.
+        body: Vec<u8>,
+    },
+    /// The plugin has no `on-upgrade`: the host's own rules decide.
+    NoHook,
+    /// `on-upgrade` trapped or ran past its deadline: fail closed.
+    Failed,
 }
 
 /// Something that happened to a connection, delivered to the plugin in order.
@@ -134,6 +203,11 @@ pub enum PluginEvent {
     Binary(ConnId, Vec<u8>),
     /// The connection closed, with this code and reason.
     Close(ConnId, u16, String),
+    /// A handshake waits for `on-upgrade`'s decision, to be sent back on the channel.
+    Upgrade(Box<UpgradeRequest>, tokio::sync::oneshot::Sender<UpgradeDecision>),
+    /// A timer is due: its id, and the generation it was set in (a timer set again
+    /// since, or cancelled, does not fire for an older generation).
+    Timer(TimerId, u64),
     /// Calls no export: signals once every earlier event has been handled, so that
     /// whatever the plugin sent in reply is already queued.
     Barrier(ConnId, tokio::sync::oneshot::Sender<()>),
@@ -149,6 +223,8 @@ impl PluginEvent {
             Self::Text(..) => "on-text",
             Self::Binary(..) => "on-binary",
             Self::Close(..) => "on-close",
+            Self::Upgrade(..) => "on-upgrade",
+            Self::Timer(..) => "on-timer",
             Self::Barrier(..) => "(barrier)",
             Self::Reload(_) => "(reload)",
         }

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -13,10 +14,12 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
-use super::bindings::{HostState, Plugin};
-use super::loader::{EPOCH_TICK, Loaded};
+use super::bindings::{HostState, v1, v2, v2_optional};
+use super::loader::{EPOCH_TICK, Linked, Loaded};
 use super::output::{LogOutput, Stream};
-use super::{ConnId, HostServices, PluginEvent};
+use super::timers::Timers;
+use super::{ConnId, HostServices, PluginEvent, UpgradeDecision, UpgradeRequest};
+use crate::store::{FileStore, KeyValue};
 use crate::ws::close;
 
 /// Resource limits of a plugin.
@@ -42,10 +45,21 @@ impl Default for PluginLimits {
 
 /// What the operator grants a plugin beyond the default sandbox (no files, network,
 /// environment or arguments; clocks and random are always available).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Grants {
     /// A host directory the plugin may read, mounted at [`DATA_DIR`].
     pub data_dir: Option<PathBuf>,
+    /// Where the plugin's key-value store keeps its database (the host's, not mounted).
+    pub store_dir: PathBuf,
+}
+
+impl Default for Grants {
+    fn default() -> Self {
+        Self {
+            data_dir: None,
+            store_dir: crate::store::default_dir(),
+        }
+    }
 }
 
 /// Where [`Grants::data_dir`] appears inside the plugin.
@@ -61,6 +75,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct PluginHandle {
     events: mpsc::Sender<PluginEvent>,
+    /// Whether the version being served has `on-upgrade`.
+    decides_handshakes: Arc<AtomicBool>,
 }
 
 impl PluginHandle {
@@ -69,21 +85,31 @@ impl PluginHandle {
         &self.events
     }
 
+    /// Whether handshakes should wait for the plugin's `on-upgrade`
+    /// ([`PluginEvent::Upgrade`]): the version being served has one.
+    pub fn decides_handshakes(&self) -> bool {
+        self.decides_handshakes.load(Ordering::Relaxed)
+    }
+
     /// Queues a new version; it takes over after the events already queued.
     pub async fn reload(&self, loaded: Loaded) {
         let _ = self.events.send(PluginEvent::Reload(Box::new(loaded))).await;
     }
 }
 
-/// Runs `runner` on a thread of its own (see [`spawn_handler`]).
+/// Runs `runner` on a thread of its own (see [`spawn_handler`]), and its timers on another.
 pub fn spawn(mut runner: Runner) -> std::io::Result<PluginHandle> {
     let (queue_len, services) = (runner.limits.queue_len, runner.services.clone());
-    spawn_handler(queue_len, services, move |_, event| runner.handle(event))
+    let (timers, decides_handshakes) = (runner.timers.clone(), runner.decides_handshakes.clone());
+    let mut handle = spawn_handler(queue_len, services, move |_, event| runner.handle(event))?;
+    timers.start(handle.events.downgrade())?;
+    handle.decides_handshakes = decides_handshakes;
+    Ok(handle)
 }
 
 /// Runs `handle` on a thread of its own for every queued event, in order, and tells
 /// `services` of each connection just before its `on-open` (from then on broadcasts
-/// include it). The event loop of [`spawn`], open to other handlers: the benchmarks
+/// include it), and after each `on-close` (its attachment goes). The event loop of [`spawn`], open to other handlers: the benchmarks
 /// compare the WebAssembly echo plugin with a native one on this same path.
 pub fn spawn_handler(
     queue_len: usize,
@@ -93,19 +119,50 @@ pub fn spawn_handler(
     let (events, mut queue) = mpsc::channel(queue_len.max(1));
     thread::Builder::new().name("plugin".into()).spawn(move || {
         while let Some(event) = queue.blocking_recv() {
-            if let PluginEvent::Open(conn) = event {
-                services.opened(conn);
-            }
+            let closed = match event {
+                PluginEvent::Open(conn) => {
+                    services.opened(conn);
+                    None
+                }
+                PluginEvent::Close(conn, ..) => Some(conn),
+                _ => None,
+            };
             handle(&*services, event);
+            if let Some(conn) = closed {
+                services.closed(conn);
+            }
         }
     })?;
-    Ok(PluginHandle { events })
+    Ok(PluginHandle {
+        events,
+        decides_handshakes: Arc::default(),
+    })
 }
 
 /// One instance of the component in its own store.
 struct Instance {
     store: Store<HostState>,
-    bindings: Plugin,
+    exports: Exports,
+}
+
+/// An instance's exports, by the version of the world it implements.
+enum Exports {
+    V1(v1::Plugin),
+    V2 {
+        plugin: v2::Plugin,
+        handshake: Option<v2_optional::handshake::Guest>,
+        state: Option<v2_optional::state::Guest>,
+    },
+}
+
+/// Calls the same export of either version's bindings.
+macro_rules! on_either {
+    ($exports:expr, $plugin:ident => $call:expr) => {
+        match $exports {
+            Exports::V1($plugin) => $call,
+            Exports::V2 { plugin: $plugin, .. } => $call,
+        }
+    };
 }
 
 /// Calls a plugin's exports, one event at a time, on the caller's thread. [`spawn`]
@@ -124,18 +181,25 @@ pub struct Runner {
     opened: BTreeSet<ConnId>,
     /// Crashes since the last successful call.
     crashes: u32,
+    /// The plugin's timers: the host's, so they outlive instances and versions.
+    timers: Arc<Timers>,
+    /// The key-value store its `store` imports use.
+    store: Arc<dyn KeyValue>,
+    /// Shared with [`PluginHandle::decides_handshakes`].
+    decides_handshakes: Arc<AtomicBool>,
 }
 
-/// A failed call: which connection's event and export, and the error.
+/// A failed call: the export, the connection whose event it was (if any), and the error.
 struct Crash {
-    conn: ConnId,
+    conn: Option<ConnId>,
     export: &'static str,
     error: wasmtime::Error,
 }
 
 impl Runner {
     /// Instantiates `loaded` once, so that a plugin that cannot start fails here
-    /// (and the server's startup with it).
+    /// (and the server's startup with it). Its key-value store is a [`FileStore`] in
+    /// `grants.store_dir`, opened when first used; [`Runner::with_store`] replaces it.
     pub fn new(
         engine: &Engine,
         loaded: Loaded,
@@ -143,18 +207,29 @@ impl Runner {
         limits: PluginLimits,
         grants: Grants,
     ) -> wasmtime::Result<Self> {
+        let store = Arc::new(FileStore::new(&grants.store_dir));
         let mut runner = Runner {
             engine: engine.clone(),
             services,
             limits,
             grants,
+            decides_handshakes: Arc::new(AtomicBool::new(loaded.linked.has_handshake())),
             loaded,
             instance: None,
             opened: BTreeSet::new(),
             crashes: 0,
+            timers: Timers::new(),
+            store,
         };
         runner.instance = Some(runner.instantiate(&runner.loaded)?);
         Ok(runner)
+    }
+
+    /// Serves the plugin's `store` imports from `store` instead.
+    pub fn with_store(mut self, store: Arc<dyn KeyValue>) -> Self {
+        self.store = store;
+        self.instance = None;
+        self
     }
 
     /// Handles one event: calls its export (a trap closes that connection with 1011
@@ -184,10 +259,52 @@ impl Runner {
                     self.dispatch(conn, &event);
                 }
             }
+            PluginEvent::Upgrade(request, reply) => {
+                let _ = reply.send(self.upgrade(&request));
+            }
+            PluginEvent::Timer(id, generation) => {
+                if self.timers.take(id, generation) {
+                    self.call(None, &event);
+                }
+            }
+        }
+    }
+
+    /// Asks `on-upgrade`; a trap or an overrun fails the handshake (and the instance).
+    fn upgrade(&mut self, request: &UpgradeRequest) -> UpgradeDecision {
+        let deadline = self.deadline_ticks();
+        let Some(Instance { store, exports }) = self.live_instance() else {
+            return UpgradeDecision::Failed;
+        };
+        let Exports::V2 {
+            handshake: Some(handshake),
+            ..
+        } = exports
+        else {
+            return UpgradeDecision::NoHook;
+        };
+        store.set_epoch_deadline(deadline);
+        match handshake.call_on_upgrade(&mut *store, &request.into()) {
+            Ok(decision) => {
+                self.crashes = 0;
+                decision.into()
+            }
+            Err(error) => {
+                self.crashed(Crash {
+                    conn: None,
+                    export: "on-upgrade",
+                    error,
+                });
+                UpgradeDecision::Failed
+            }
         }
     }
 
     fn dispatch(&mut self, conn: ConnId, event: &PluginEvent) {
+        self.call(Some(conn), event);
+    }
+
+    fn call(&mut self, conn: Option<ConnId>, event: &PluginEvent) {
         let deadline = self.deadline_ticks();
         let Some(instance) = self.live_instance() else { return };
         match deliver(instance, event, deadline) {
@@ -257,7 +374,9 @@ impl Runner {
         );
         self.instance = None;
         self.crashes += 1;
-        if self.opened.remove(&conn) {
+        if let Some(conn) = conn
+            && self.opened.remove(&conn)
+        {
             let _ = self
                 .services
                 .close(conn, close::INTERNAL_ERROR, "internal error".into());
@@ -268,7 +387,7 @@ impl Runner {
     fn replay(&self, instance: &mut Instance) -> Result<(), Crash> {
         for &conn in &self.opened {
             deliver(instance, &PluginEvent::Open(conn), self.deadline_ticks()).map_err(|error| Crash {
-                conn,
+                conn: Some(conn),
                 export: "on-open (replay)",
                 error,
             })?;
@@ -276,37 +395,45 @@ impl Runner {
         Ok(())
     }
 
-    /// Swaps in a new version between two events. If it cannot be instantiated, or traps
-    /// while `on-open` is replayed, the current version keeps serving.
+    /// Swaps in a new version between two events. The new version gets the old one's
+    /// state (`snapshot`, then `restore`) if both have the `state` exports and the old
+    /// instance is alive, else `on-open` for every open connection. If it cannot be
+    /// instantiated, or any of those calls fails, the current version keeps serving.
     fn reload(&mut self, loaded: Loaded) {
         let swap_started = Instant::now();
         let file = loaded.path.display().to_string();
-        let mut instance = match self.instantiate(&loaded) {
-            Ok(instance) => instance,
-            Err(error) => {
-                tracing::error!(
-                    plugin = &*loaded.name,
-                    file,
-                    "reload failed, previous version keeps serving: cannot instantiate: {}",
-                    super::one_line(&error)
-                );
-                return;
-            }
-        };
-        if let Err(Crash { conn, error, .. }) = self.replay(&mut instance) {
+        let fail = |why: String| {
             tracing::error!(
                 plugin = &*loaded.name,
                 file,
-                conn,
-                "reload failed, previous version keeps serving: on-open trapped: {}",
-                super::one_line(&error)
-            );
-            return;
-        }
+                "reload failed, previous version keeps serving: {why}"
+            )
+        };
+        let mut instance = match self.instantiate(&loaded) {
+            Ok(instance) => instance,
+            Err(error) => return fail(format!("cannot instantiate: {}", super::one_line(&error))),
+        };
+        let carried = match self.carry_state(&mut instance) {
+            Ok(carried) => carried,
+            Err(why) => return fail(why),
+        };
+        let state = match carried {
+            Some(bytes) => format!("restored {bytes} bytes"),
+            None => {
+                if let Err(Crash { conn, error, .. }) = self.replay(&mut instance) {
+                    let conn = conn.unwrap_or_default();
+                    return fail(format!("on-open of {conn} trapped: {}", super::one_line(&error)));
+                }
+                "on-open replayed".to_owned()
+            }
+        };
         tracing::info!(
             plugin = &*loaded.name,
             file,
             connections = self.opened.len(),
+            api = %loaded.linked.api(),
+            exports = %loaded.linked.optional_exports(),
+            state,
             language = %loaded.language,
             size = loaded.size,
             load_ms = loaded.load_time.as_millis() as u64,
@@ -315,9 +442,50 @@ impl Runner {
             total_ms = loaded.requested_at.elapsed().as_millis() as u64,
             "plugin reloaded"
         );
+        self.decides_handshakes
+            .store(loaded.linked.has_handshake(), Ordering::Relaxed);
         self.instance = Some(instance);
         self.loaded = loaded;
         self.crashes = 0;
+    }
+
+    /// Moves the serving instance's state into `new` if both have the `state` exports:
+    /// the size of what was carried, or `None` if nothing could be (the caller replays
+    /// `on-open`). A refusal or trap in either call is the error; a trap in `snapshot`
+    /// also drops the old instance, as any trap does.
+    fn carry_state(&mut self, new: &mut Instance) -> Result<Option<usize>, String> {
+        let deadline = self.deadline_ticks();
+        let Exports::V2 {
+            state: Some(restore), ..
+        } = &new.exports
+        else {
+            return Ok(None);
+        };
+        let Some(Instance {
+            store,
+            exports: Exports::V2 {
+                state: Some(snapshot), ..
+            },
+        }) = &mut self.instance
+        else {
+            return Ok(None);
+        };
+        store.set_epoch_deadline(deadline);
+        let state = match snapshot.call_snapshot(&mut *store) {
+            Ok(Ok(state)) => state,
+            Ok(Err(why)) => return Err(format!("snapshot refused: {why}")),
+            Err(error) => {
+                let why = format!("snapshot trapped: {}", super::one_line(&error));
+                self.instance = None;
+                return Err(why);
+            }
+        };
+        new.store.set_epoch_deadline(deadline);
+        match restore.call_restore(&mut new.store, &state) {
+            Ok(Ok(())) => Ok(Some(state.len())),
+            Ok(Err(why)) => Err(format!("restore refused: {why}")),
+            Err(error) => Err(format!("restore trapped: {}", super::one_line(&error))),
+        }
     }
 
     fn instantiate(&self, loaded: &Loaded) -> wasmtime::Result<Instance> {
@@ -332,13 +500,30 @@ impl Runner {
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new().memory_size(self.limits.memory_bytes).build(),
             services: self.services.clone(),
+            timers: self.timers.clone(),
+            store: self.store.clone(),
             name: loaded.name.clone(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(self.deadline_ticks());
-        let bindings = loaded.pre.instantiate(&mut store)?;
-        Ok(Instance { store, bindings })
+        let exports = match &loaded.linked {
+            Linked::V1(pre) => Exports::V1(pre.instantiate(&mut store)?),
+            Linked::V2 {
+                pre,
+                exports,
+                handshake,
+                state,
+            } => {
+                let instance = pre.instantiate(&mut store)?;
+                Exports::V2 {
+                    plugin: exports.load(&mut store, &instance)?,
+                    handshake: handshake.as_ref().map(|h| h.load(&mut store, &instance)).transpose()?,
+                    state: state.as_ref().map(|s| s.load(&mut store, &instance)).transpose()?,
+                }
+            }
+        };
+        Ok(Instance { store, exports })
     }
 
     fn deadline_ticks(&self) -> u64 {
@@ -348,14 +533,21 @@ impl Runner {
 
 /// Calls the export for `event`, with a fresh CPU deadline.
 fn deliver(instance: &mut Instance, event: &PluginEvent, deadline_ticks: u64) -> wasmtime::Result<()> {
-    let Instance { store, bindings } = instance;
+    let Instance { store, exports } = instance;
     store.set_epoch_deadline(deadline_ticks);
     match event {
-        PluginEvent::Open(conn) => bindings.call_on_open(store, *conn),
-        PluginEvent::Text(conn, text) => bindings.call_on_text(store, *conn, text),
-        PluginEvent::Binary(conn, data) => bindings.call_on_binary(store, *conn, data),
-        PluginEvent::Close(conn, code, reason) => bindings.call_on_close(store, *conn, *code, reason),
-        PluginEvent::Barrier(..) | PluginEvent::Reload(_) => Ok(()),
+        PluginEvent::Open(conn) => on_either!(exports, p => p.call_on_open(store, *conn)),
+        PluginEvent::Text(conn, text) => on_either!(exports, p => p.call_on_text(&mut *store, *conn, text)),
+        PluginEvent::Binary(conn, data) => on_either!(exports, p => p.call_on_binary(&mut *store, *conn, data)),
+        PluginEvent::Close(conn, code, reason) => {
+            on_either!(exports, p => p.call_on_close(&mut *store, *conn, *code, reason))
+        }
+        PluginEvent::Timer(id, _) => match exports {
+            Exports::V2 { plugin, .. } => plugin.call_on_timer(store, *id),
+            // A 0.1 plugin cannot set timers.
+            Exports::V1(_) => Ok(()),
+        },
+        PluginEvent::Upgrade(..) | PluginEvent::Barrier(..) | PluginEvent::Reload(_) => Ok(()),
     }
 }
 

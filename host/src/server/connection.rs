@@ -15,7 +15,8 @@ use tokio::time::{Instant, sleep_until, timeout};
 use super::Shared;
 use super::outbound::{Command, Mailbox};
 use super::static_files::Body;
-use crate::plugin::{ConnectionInfo, Outgoing, PluginEvent};
+use crate::plugin::{ConnectionInfo, HostServices, MAX_ATTACHMENT, Outgoing, PluginEvent};
+use crate::plugin::{UpgradeDecision, UpgradeRequest};
 use crate::ws::close;
 use crate::ws::handshake::{self, Accepted, Outcome, Rejection, Request};
 use crate::ws::protocol::{Ended, Event, Message, Protocol, ProtocolConfig, State, Timeout};
@@ -45,7 +46,7 @@ where
         read_handshake(&mut reader, &mut buf, &shared),
     );
     let detailed = !shared.settings.prod;
-    let accepted = match handshake.await {
+    let mut accepted = match handshake.await {
         Ok(Ok(Outcome::Accepted { accepted, consumed })) => {
             buf.advance(consumed);
             if buf.is_empty() {
@@ -77,7 +78,14 @@ where
         let _ = writer.write_all(&rejection.response(detailed)).await;
         return linger(reader, writer, &shared).await;
     };
-    if writer.write_all(&accepted.response).await.is_err() {
+    let admitted = match admit(&mut accepted, peer, &shared).await {
+        Ok(admitted) => admitted,
+        Err(response) => {
+            let _ = writer.write_all(&response).await;
+            return linger(reader, writer, &shared).await;
+        }
+    };
+    if writer.write_all(&accepted.response()).await.is_err() {
         return;
     }
 
@@ -97,6 +105,12 @@ where
         headers: request.headers,
     };
     let mailbox = shared.registry.register(info);
+    if let Some(attachment) = admitted.attachment {
+        let _ = shared.registry.set_attachment(id, attachment);
+    }
+    for group in &admitted.groups {
+        let _ = shared.registry.join(id, group);
+    }
     let events = shared.plugin.events();
     if events.send(PluginEvent::Open(id)).await.is_err() {
         shared.registry.unregister(id);
@@ -130,6 +144,73 @@ where
     tracing::debug!(%peer, conn = id, code, reason, "connection closed");
     let _ = events.send(PluginEvent::Close(id, code, reason.to_owned())).await;
     linger(reader, writer, &shared).await;
+}
+
+/// What the plugin's `on-upgrade` gave an accepted connection.
+#[derive(Default)]
+struct Admitted {
+    attachment: Option<Vec<u8>>,
+    groups: Vec<String>,
+}
+
+/// Asks the plugin's `on-upgrade`, if it has one, whether to let the client in, and
+/// checks its answer: the connection's attachment and groups, or the HTTP response to
+/// send instead. Anything but a clear, valid decision within the handshake timeout
+/// (a trap, a deadline overrun, a subprotocol that was not offered, a malformed
+/// rejection) is a 503: the hook fails closed.
+async fn admit(accepted: &mut Accepted, peer: SocketAddr, shared: &Shared) -> Result<Admitted, Vec<u8>> {
+    if !shared.plugin.decides_handshakes() {
+        return Ok(Admitted::default());
+    }
+    let request = &accepted.request;
+    let upgrade = UpgradeRequest {
+        remote_address: peer.to_string(),
+        path: request.path.clone(),
+        query: request.query.clone(),
+        headers: request.headers.clone(),
+        protocols: request.offered_subprotocols().map(str::to_owned).collect(),
+    };
+    let (reply, decision) = oneshot::channel();
+    let events = shared.plugin.events();
+    let decision = match events.send(PluginEvent::Upgrade(Box::new(upgrade), reply)).await {
+        Ok(()) => timeout(shared.settings.handshake_timeout, decision)
+            .await
+            .ok()
+            .and_then(Result::ok),
+        Err(_) => None,
+    };
+    let unavailable = |why: &str| {
+        tracing::warn!(%peer, "handshake refused with 503: {why}");
+        Rejection::new(503, "the application could not decide").response(!shared.settings.prod)
+    };
+    match decision.unwrap_or(UpgradeDecision::Failed) {
+        UpgradeDecision::Accept {
+            subprotocol,
+            attachment,
+            groups,
+        } => {
+            if accepted.choose_subprotocol(subprotocol).is_err() {
+                return Err(unavailable("on-upgrade chose a subprotocol the client did not offer"));
+            }
+            if attachment.as_ref().is_some_and(|a| a.len() > MAX_ATTACHMENT) {
+                return Err(unavailable("on-upgrade gave an attachment over 16 KiB"));
+            }
+            Ok(Admitted { attachment, groups })
+        }
+        UpgradeDecision::Reject { status, headers, body } => {
+            match handshake::custom_response(status, &headers, &body) {
+                Ok(response) => {
+                    tracing::debug!(%peer, status, "handshake rejected by the plugin");
+                    Err(response)
+                }
+                Err(bad) => Err(unavailable(&format!("on-upgrade's rejection cannot be sent: {bad}"))),
+            }
+        }
+        UpgradeDecision::NoHook => Ok(Admitted::default()),
+        UpgradeDecision::Failed => Err(unavailable(
+            "on-upgrade failed (trapped, ran past its deadline, or did not answer in time)",
+        )),
+    }
 }
 
 /// One of the `max_connections` places, taken before the 101 is sent (so that

@@ -76,7 +76,8 @@ impl Harness {
                 PluginEvent::Close(_, code, reason) => {
                     let _ = record.send(Seen::Close(code, reason));
                 }
-                PluginEvent::Binary(..) => {}
+                // Native handlers have no handshake hook and set no timers.
+                PluginEvent::Binary(..) | PluginEvent::Upgrade(..) | PluginEvent::Timer(..) => {}
                 PluginEvent::Barrier(_, done) => {
                     let _ = done.send(());
                 }

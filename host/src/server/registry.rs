@@ -5,6 +5,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use bytes::Bytes;
+
 use super::outbound::{self, Command, Mailbox, OutboundLimits, Outbox};
 use crate::plugin::{ConnId, ConnectionInfo, HostError, HostServices, Outgoing};
 
@@ -12,6 +14,8 @@ struct Entry {
     outbox: Outbox,
     info: Arc<ConnectionInfo>,
     groups: HashSet<String>,
+    /// The plugin's value for the connection, kept across reloads and traps.
+    attachment: Option<Bytes>,
     /// The plugin has been told of it (`on-open`): broadcasts and `connections` include it.
     opened: bool,
 }
@@ -20,6 +24,8 @@ struct Entry {
 struct Inner {
     conns: HashMap<ConnId, Entry>,
     groups: HashMap<String, HashSet<ConnId>>,
+    /// Attachments of closed connections whose `on-close` the plugin has not handled yet.
+    closing: HashMap<ConnId, Bytes>,
 }
 
 /// The registry of open connections.
@@ -51,6 +57,7 @@ impl Registry {
             outbox,
             info: Arc::new(info),
             groups: HashSet::new(),
+            attachment: None,
             opened: false,
         };
         self.lock().conns.insert(entry.info.id, entry);
@@ -61,6 +68,9 @@ impl Registry {
     pub fn unregister(&self, conn: ConnId) {
         let mut inner = self.lock();
         if let Some(entry) = inner.conns.remove(&conn) {
+            if let Some(attachment) = entry.attachment {
+                inner.closing.insert(conn, attachment);
+            }
             for group in entry.groups {
                 if let Some(members) = inner.groups.get_mut(&group) {
                     members.remove(&conn);
@@ -105,6 +115,10 @@ impl HostServices for Registry {
         if let Some(entry) = self.lock().conns.get_mut(&conn) {
             entry.opened = true;
         }
+    }
+
+    fn closed(&self, conn: ConnId) {
+        self.lock().closing.remove(&conn);
     }
 
     fn send(&self, conn: ConnId, message: Outgoing) -> Result<(), HostError> {
@@ -189,6 +203,21 @@ impl HostServices for Registry {
     fn info(&self, conn: ConnId) -> Option<Arc<ConnectionInfo>> {
         self.lock().conns.get(&conn).map(|entry| entry.info.clone())
     }
+
+    fn set_attachment(&self, conn: ConnId, data: Vec<u8>) -> Result<(), HostError> {
+        let mut inner = self.lock();
+        let entry = inner.conns.get_mut(&conn).ok_or(HostError::Gone)?;
+        entry.attachment = (!data.is_empty()).then(|| data.into());
+        Ok(())
+    }
+
+    fn attachment(&self, conn: ConnId) -> Option<Bytes> {
+        let inner = self.lock();
+        match inner.conns.get(&conn) {
+            Some(entry) => entry.attachment.clone(),
+            None => inner.closing.get(&conn).cloned(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -255,12 +284,23 @@ mod tests {
         drain(&mut b);
         drain(&mut c);
 
+        registry.set_attachment(2, b"bob".to_vec()).unwrap();
         registry.unregister(2);
+        // Readable until the plugin has handled on-close.
+        assert_eq!(registry.attachment(2).as_deref(), Some(&b"bob"[..]));
+        assert_eq!(registry.set_attachment(2, b"x".to_vec()), Err(HostError::Gone));
+        registry.closed(2);
+        assert_eq!(registry.attachment(2), None);
         assert_eq!(registry.group_members("room"), vec![3]);
         assert_eq!(registry.send(2, text("gone")), Err(HostError::Gone));
         assert_eq!(registry.join(2, "room"), Err(HostError::Gone));
         assert!(registry.info(2).is_none());
         assert_eq!(registry.info(3).unwrap().id, 3);
+        registry.set_attachment(3, b"alice".to_vec()).unwrap();
+        assert_eq!(registry.attachment(3).as_deref(), Some(&b"alice"[..]));
+        registry.set_attachment(3, Vec::new()).unwrap();
+        assert_eq!(registry.attachment(3), None);
+        assert_eq!(registry.set_attachment(2, b"x".to_vec()), Err(HostError::Gone));
         registry.leave(3, "room").unwrap();
         assert!(registry.group_members("room").is_empty());
         assert_eq!(registry.len(), 3);

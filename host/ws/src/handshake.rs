@@ -51,6 +51,14 @@ pub struct Request {
 }
 
 impl Request {
+    /// The subprotocols offered in `Sec-WebSocket-Protocol`, in the client's order.
+    pub fn offered_subprotocols(&self) -> impl Iterator<Item = &str> + '_ {
+        self.header_values("sec-websocket-protocol")
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+    }
+
     /// Values of every header named `name` (lower-case), in order.
     pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.headers
@@ -60,17 +68,103 @@ impl Request {
     }
 }
 
-/// The handshake succeeded: the 101 response to send and what was negotiated.
+/// The handshake succeeded: what was negotiated, and the 101 response to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Accepted {
     /// The parsed request.
     pub request: Request,
-    /// The selected subprotocol, if any.
+    /// The selected subprotocol, if any. The application may choose another of the
+    /// offered ones ([`Accepted::choose_subprotocol`]) before the response is built.
     pub subprotocol: Option<String>,
     /// The agreed permessage-deflate parameters, if compression is on.
     pub deflate: Option<DeflateParams>,
+    /// `Sec-WebSocket-Accept`.
+    accept_key: String,
+    /// `Sec-WebSocket-Extensions` of the response, if compression is on.
+    extension: Option<String>,
+}
+
+impl Accepted {
+    /// Selects `subprotocol` (or none) instead of the configured choice. Only one the
+    /// client offered may be chosen (RFC 6455 section 4.2.2): anything else is an error.
+    pub fn choose_subprotocol(&mut self, subprotocol: Option<String>) -> Result<(), NotOffered> {
+        if let Some(chosen) = &subprotocol
+            && !self.request.offered_subprotocols().any(|p| p == chosen)
+        {
+            return Err(NotOffered);
+        }
+        self.subprotocol = subprotocol;
+        Ok(())
+    }
+
     /// The complete `101 Switching Protocols` response.
-    pub response: Vec<u8>,
+    pub fn response(&self) -> Vec<u8> {
+        let mut response = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
+            self.accept_key
+        );
+        if let Some(protocol) = &self.subprotocol {
+            response.push_str(&format!("Sec-WebSocket-Protocol: {protocol}\r\n"));
+        }
+        if let Some(extension) = &self.extension {
+            response.push_str(&format!("Sec-WebSocket-Extensions: {extension}\r\n"));
+        }
+        response.push_str("\r\n");
+        response.into_bytes()
+    }
+}
+
+/// A subprotocol the client did not offer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("subprotocol not offered by the client")]
+pub struct NotOffered;
+
+/// Largest body of an application's own handshake response ([`custom_response`]).
+pub const MAX_CUSTOM_BODY: usize = 64 << 10;
+
+/// Why an application's handshake response cannot be sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BadResponse {
+    /// Not a status from 400 to 599.
+    #[error("status {0} is not an HTTP error (400-599)")]
+    Status(u16),
+    /// A header name that is not a token, or a value with a control character.
+    #[error("invalid response header")]
+    Header,
+    /// A body over [`MAX_CUSTOM_BODY`].
+    #[error("response body over 64 KiB")]
+    Body,
+}
+
+/// An HTTP error response an application chose to refuse a handshake with: its status
+/// (400-599), extra headers and body; the framing headers (`content-length`,
+/// `connection`, `transfer-encoding`) are the server's, and such headers given here
+/// are dropped. The connection closes after it.
+pub fn custom_response(status: u16, headers: &[(String, String)], body: &[u8]) -> Result<Vec<u8>, BadResponse> {
+    if !(400..=599).contains(&status) {
+        return Err(BadResponse::Status(status));
+    }
+    if body.len() > MAX_CUSTOM_BODY {
+        return Err(BadResponse::Body);
+    }
+    let mut head = format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status));
+    for (name, value) in headers {
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if name.is_empty() || !name.bytes().all(token) || value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+            return Err(BadResponse::Header);
+        }
+        if ["content-length", "connection", "transfer-encoding"]
+            .iter()
+            .any(|reserved| name.eq_ignore_ascii_case(reserved))
+        {
+            continue;
+        }
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()));
+    let mut response = head.into_bytes();
+    response.extend_from_slice(body);
+    Ok(response)
 }
 
 /// The handshake failed: the HTTP status to answer with, and why.
@@ -118,8 +212,12 @@ impl Rejection {
 fn reason_phrase(status: u16) -> &'static str {
     match status {
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
+        404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
+        429 => "Too Many Requests",
         426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
@@ -245,21 +343,13 @@ fn validate(parsed: &httparse::Request<'_, '_>, config: &HandshakeConfig) -> Res
         .as_ref()
         .and_then(|cfg| deflate::negotiate(request.header_values("sec-websocket-extensions"), cfg));
 
-    let mut response = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {key}\r\n"
-    );
-    if let Some(protocol) = &subprotocol {
-        response.push_str(&format!("Sec-WebSocket-Protocol: {protocol}\r\n"));
-    }
-    if let Some((_, extension)) = &deflate {
-        response.push_str(&format!("Sec-WebSocket-Extensions: {extension}\r\n"));
-    }
-    response.push_str("\r\n");
+    let (deflate, extension) = deflate.unzip();
     Ok(Validated::Upgrade(Accepted {
         request,
         subprotocol,
-        deflate: deflate.map(|(p, _)| p),
-        response: response.into_bytes(),
+        deflate,
+        accept_key: key,
+        extension,
     }))
 }
 
@@ -294,9 +384,7 @@ fn has_token(request: &Request, name: &str, token: &str) -> bool {
 /// The first subprotocol offered by the client that the server supports.
 fn select_subprotocol(request: &Request, supported: &[String]) -> Option<String> {
     request
-        .header_values("sec-websocket-protocol")
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .offered_subprotocols()
         .find(|offered| supported.iter().any(|s| s == offered))
         .map(str::to_owned)
 }
@@ -346,7 +434,7 @@ mod tests {
         assert_eq!(consumed, head_len);
         assert_eq!(accepted.request.path, "/chat");
         assert_eq!(accepted.request.query.as_deref(), Some("room=1"));
-        let response = String::from_utf8(accepted.response).unwrap();
+        let response = String::from_utf8(accepted.response()).unwrap();
         assert!(response.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
         assert!(response.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
         assert!(response.ends_with("\r\n\r\n"));
@@ -467,7 +555,7 @@ mod tests {
         };
         assert_eq!(accepted.subprotocol.as_deref(), Some("superchat"));
         assert!(
-            String::from_utf8(accepted.response)
+            String::from_utf8(accepted.response())
                 .unwrap()
                 .contains("Sec-WebSocket-Protocol: superchat\r\n")
         );
@@ -479,6 +567,52 @@ mod tests {
     }
 
     #[test]
+    fn the_application_may_choose_only_an_offered_subprotocol() {
+        let raw = request("Sec-WebSocket-Protocol: v1, v2\r\n");
+        let Outcome::Accepted { mut accepted, .. } = accept(raw.as_bytes(), &HandshakeConfig::default()) else {
+            panic!()
+        };
+        assert_eq!(
+            accepted.request.offered_subprotocols().collect::<Vec<_>>(),
+            ["v1", "v2"]
+        );
+        assert_eq!(accepted.choose_subprotocol(Some("v3".into())), Err(NotOffered));
+        accepted.choose_subprotocol(Some("v2".into())).unwrap();
+        let response = String::from_utf8(accepted.response()).unwrap();
+        assert!(response.contains("Sec-WebSocket-Protocol: v2\r\n"), "{response}");
+        accepted.choose_subprotocol(None).unwrap();
+        assert!(
+            !String::from_utf8(accepted.response())
+                .unwrap()
+                .contains("Sec-WebSocket-Protocol")
+        );
+    }
+
+    #[test]
+    fn a_custom_rejection_is_checked_and_framed_by_the_server() {
+        let headers = vec![
+            ("WWW-Authenticate".to_owned(), "Bearer".to_owned()),
+            ("Content-Length".to_owned(), "999".to_owned()),
+        ];
+        let response = String::from_utf8(custom_response(401, &headers, b"who are you?").unwrap()).unwrap();
+        assert!(response.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{response}");
+        assert!(response.contains("WWW-Authenticate: Bearer\r\n"));
+        assert!(response.contains("Content-Length: 12\r\n") && !response.contains("999"));
+        assert!(response.ends_with("\r\n\r\nwho are you?"));
+
+        assert_eq!(custom_response(101, &[], b""), Err(BadResponse::Status(101)));
+        assert_eq!(custom_response(200, &[], b""), Err(BadResponse::Status(200)));
+        let split = vec![("X".to_owned(), "a\r\nSet-Cookie: evil".to_owned())];
+        assert_eq!(custom_response(400, &split, b""), Err(BadResponse::Header));
+        let bad_name = vec![("X Y".to_owned(), "v".to_owned())];
+        assert_eq!(custom_response(400, &bad_name, b""), Err(BadResponse::Header));
+        assert_eq!(
+            custom_response(400, &[], &vec![0; MAX_CUSTOM_BODY + 1]),
+            Err(BadResponse::Body)
+        );
+    }
+
+    #[test]
     fn negotiates_deflate_only_when_enabled() {
         let raw = request("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n");
         let Outcome::Accepted { accepted, .. } = accept(raw.as_bytes(), &HandshakeConfig::default()) else {
@@ -486,7 +620,7 @@ mod tests {
         };
         assert!(accepted.deflate.is_some());
         assert!(
-            String::from_utf8(accepted.response)
+            String::from_utf8(accepted.response())
                 .unwrap()
                 .contains("Sec-WebSocket-Extensions: permessage-deflate\r\n")
         );

@@ -5,7 +5,8 @@
 //! be played. The host's tests use it to check that a failing plugin takes down
 //! neither the server nor other connections.
 
-wit_bindgen::generate!({ world: "plugin", path: "../../wit" });
+// Built against the 0.1.0 world on purpose: the host serves both versions.
+wit_bindgen::generate!({ world: "plugin", path: "../../wit/0.1.0" });
 
 use wsplug::plugin::host;
 

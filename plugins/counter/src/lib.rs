@@ -2,7 +2,8 @@
 //! feature), where n counts that connection's messages in this instance. Two builds
 //! of it let the tests watch a hot reload switch versions under load.
 
-wit_bindgen::generate!({ world: "plugin", path: "../../wit" });
+// Built against the 0.1.0 world on purpose: the host serves both versions.
+wit_bindgen::generate!({ world: "plugin", path: "../../wit/0.1.0" });
 
 use std::cell::RefCell;
 use std::collections::HashMap;

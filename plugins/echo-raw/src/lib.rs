@@ -1,7 +1,8 @@
 //! The echo plugin written against the raw wit-bindgen bindings, without the SDK:
 //! `make bench` compares the two to show the SDK costs nothing per call.
 
-wit_bindgen::generate!({ world: "plugin", path: "../../wit" });
+// Built against the 0.1.0 world on purpose: the host serves both versions.
+wit_bindgen::generate!({ world: "plugin", path: "../../wit/0.1.0" });
 
 use wsplug::plugin::host;
 

@@ -36,7 +36,8 @@
 //!
 //! Anything else is echoed back as text.
 
-wit_bindgen::generate!({ world: "plugin", path: "../../wit" });
+// Built against the 0.1.0 world on purpose: the host serves both versions.
+wit_bindgen::generate!({ world: "plugin", path: "../../wit/0.1.0" });
 
 use wsplug::plugin::host;
 use wsplug::plugin::types::{Error, LogLevel};

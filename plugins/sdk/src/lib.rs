@@ -14,15 +14,24 @@
 //! wsplug_plugin::export!(Echo);
 //! ```
 //!
-//! The crate holds the bindings of the `wsplug:plugin` world (`wit/plugin.wit`, the one
-//! contract between host and plugins), so a plugin needs neither the WIT files nor
+//! The crate holds the bindings of the `wsplug:plugin@0.2.0` world (`wit/plugin.wit`, the
+//! one contract between host and plugins), so a plugin needs neither the WIT files nor
 //! `wit_bindgen::generate!`. Every export has a default that does nothing, so a plugin
-//! implements only the events it cares about. The trait's methods are the bindings'
+//! implements only the events it cares about.
+//!
+//! The optional exports are cargo features, each of which picks the world that exports
+//! it: `handshake` adds [`Plugin::on_upgrade`] (world `plugin-handshake`), `state` adds
+//! [`Plugin::snapshot`] and [`Plugin::restore`] (`plugin-state`), both give
+//! `plugin-handshake-state`. Without them the plugin has none of those exports, and the
+//! host neither asks it at handshakes nor carries state at reloads. (Cargo unifies the
+//! features of one build: build a plugin that turns them on in a `cargo build -p` of
+//! its own, as the Makefile does, or every plugin in that build gets them.) The trait's methods are the bindings'
 //! own export signatures, called through a blanket impl that the compiler inlines:
 //! no extra cost per call (measured: `make bench`, "plugin call", echo vs echo-raw).
 
 /// The generated bindings, for what the re-exports below do not cover.
 pub mod bindings {
+    #[cfg(not(any(feature = "handshake", feature = "state")))]
     wit_bindgen::generate!({
         world: "plugin",
         path: "../../wit",
@@ -30,17 +39,108 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "export_guest",
     });
+    #[cfg(all(feature = "handshake", not(feature = "state")))]
+    wit_bindgen::generate!({
+        world: "plugin-handshake",
+        path: "../../wit",
+        default_bindings_module: "wsplug_plugin::bindings",
+        pub_export_macro: true,
+        export_macro_name: "export_guest",
+    });
+    #[cfg(all(feature = "state", not(feature = "handshake")))]
+    wit_bindgen::generate!({
+        world: "plugin-state",
+        path: "../../wit",
+        default_bindings_module: "wsplug_plugin::bindings",
+        pub_export_macro: true,
+        export_macro_name: "export_guest",
+    });
+    #[cfg(all(feature = "handshake", feature = "state"))]
+    wit_bindgen::generate!({
+        world: "plugin-handshake-state",
+        path: "../../wit",
+        default_bindings_module: "wsplug_plugin::bindings",
+        pub_export_macro: true,
+        export_macro_name: "export_guest",
+    });
 }
 
-/// The host's imports: send, close, broadcast, groups, connection info, log.
+/// The host's imports: send, close, broadcast, groups, connection info, attachments, log.
 pub use bindings::wsplug::plugin::host;
-/// Types shared with the host: [`ConnectionId`], [`Error`], [`LogLevel`], [`ConnectionInfo`].
-pub use bindings::wsplug::plugin::types::{ConnectionId, ConnectionInfo, Error, LogLevel};
+/// The key-value store: get, set (with expiry), delete, list keys by prefix.
+pub use bindings::wsplug::plugin::store;
+/// Timers: set, cancel, ask whether one is pending.
+pub use bindings::wsplug::plugin::timers;
+/// Types shared with the host.
+pub use bindings::wsplug::plugin::types::{
+    Accept, ConnectionId, ConnectionInfo, Error, LogLevel, Reject, StoreError, TimerId, UpgradeDecision, UpgradeRequest,
+};
+
+impl UpgradeDecision {
+    /// Lets the client in with no subprotocol, attachment or groups.
+    pub fn accept() -> Self {
+        Self::Accept(Accept {
+            subprotocol: None,
+            attachment: None,
+            groups: Vec::new(),
+        })
+    }
+
+    /// Turns the client away with `status` and a plain-text `body`.
+    pub fn reject(status: u16, body: &str) -> Self {
+        Self::Reject(Reject {
+            status,
+            headers: vec![("content-type".into(), "text/plain; charset=utf-8".into())],
+            body: body.as_bytes().to_vec(),
+        })
+    }
+}
+
+impl UpgradeRequest {
+    /// The value of query parameter `name`, percent-decoded (`+` is a space), if present.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.query
+            .as_deref()?
+            .split('&')
+            .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| percent_decode(value))
+    }
+
+    /// The first value of header `name` (lower-case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Decodes `%XX` escapes and `+`; invalid escapes stay as they are, invalid UTF-8 is replaced.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(hi), Some(lo)) => {
+                    out.push((hi * 16 + lo) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
 
 /// A plugin's event handlers. The host calls them one at a time, in order: for each
 /// connection `on_open` once, then `on_text`/`on_binary` per message, then `on_close`
-/// exactly once. State lives in statics (`thread_local!` with a `RefCell` is the
-/// usual way): the host keeps one instance for all connections.
+/// exactly once; `on_timer` in order with them. State lives in statics (`thread_local!`
+/// with a `RefCell` is the usual way): the host keeps one instance for all connections.
 pub trait Plugin {
     /// A client completed the opening handshake.
     fn on_open(conn: ConnectionId) {
@@ -57,6 +157,29 @@ pub trait Plugin {
     /// The connection closed with `code` and `reason` (1006 if it dropped).
     fn on_close(conn: ConnectionId, code: u16, reason: String) {
         let _ = (conn, code, reason);
+    }
+    /// Timer `id` (set with [`timers::set_timer`]) is due.
+    fn on_timer(id: TimerId) {
+        let _ = id;
+    }
+    /// Decides a handshake before the host answers it (feature `handshake`). A trap or
+    /// a deadline overrun gets the client a 503.
+    #[cfg(feature = "handshake")]
+    fn on_upgrade(request: UpgradeRequest) -> UpgradeDecision {
+        let _ = request;
+        UpgradeDecision::accept()
+    }
+    /// The state to hand to the next version at a hot reload (feature `state`).
+    #[cfg(feature = "state")]
+    fn snapshot() -> Result<Vec<u8>, String> {
+        Ok(Vec::new())
+    }
+    /// Takes over what the previous version's [`Plugin::snapshot`] returned, before any
+    /// other event (feature `state`). An error keeps the previous version serving.
+    #[cfg(feature = "state")]
+    fn restore(state: Vec<u8>) -> Result<(), String> {
+        let _ = state;
+        Ok(())
     }
 }
 
@@ -77,10 +200,31 @@ impl<T: Plugin> bindings::Guest for T {
     fn on_close(conn: ConnectionId, code: u16, reason: String) {
         <T as Plugin>::on_close(conn, code, reason)
     }
+    #[inline(always)]
+    fn on_timer(id: TimerId) {
+        <T as Plugin>::on_timer(id)
+    }
 }
 
-/// Exports a type that implements [`Plugin`] as the component's `on-open`,
-/// `on-text`, `on-binary` and `on-close`. Use it once per plugin.
+#[cfg(feature = "handshake")]
+impl<T: Plugin> bindings::exports::wsplug::plugin::handshake::Guest for T {
+    fn on_upgrade(request: UpgradeRequest) -> UpgradeDecision {
+        <T as Plugin>::on_upgrade(request)
+    }
+}
+
+#[cfg(feature = "state")]
+impl<T: Plugin> bindings::exports::wsplug::plugin::state::Guest for T {
+    fn snapshot() -> Result<Vec<u8>, String> {
+        <T as Plugin>::snapshot()
+    }
+    fn restore(state: Vec<u8>) -> Result<(), String> {
+        <T as Plugin>::restore(state)
+    }
+}
+
+/// Exports a type that implements [`Plugin`] as the component's exports. Use it once
+/// per plugin.
 #[macro_export]
 macro_rules! export {
     ($plugin:ident) => {

@@ -1,0 +1,323 @@
+//! The plugins' key-value store: [`KeyValue`] is what the plugin runtime calls, one
+//! namespace per plugin; [`FileStore`] serves it from an embedded database (redb) in a
+//! directory, durable across host restarts. A shared backend (Redis, for several hosts)
+//! implements the same trait: every call names its namespace, keys are listed in byte
+//! order a page at a time (what a sorted index, such as a Redis sorted set, gives), and
+//! expiry is a time to live per key.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redb::{Database, ReadableDatabase, TableDefinition, TableError};
+
+/// Longest key, in bytes.
+pub const MAX_KEY: usize = 1024;
+/// Longest value, in bytes.
+pub const MAX_VALUE: usize = 1 << 20;
+/// Most keys one `list_keys` call returns.
+pub const MAX_LIST: u32 = 10_000;
+
+/// Why a store call failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// A key over [`MAX_KEY`] or a value over [`MAX_VALUE`].
+    #[error("key or value too large")]
+    TooLarge,
+    /// The store could not be read or written.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A key-value store shared by plugins, each in its own namespace. Calls block until
+/// done: a plugin's events wait for them, nothing else does.
+pub trait KeyValue: Send + Sync + 'static {
+    /// The value of `key`, if set and not expired.
+    fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Sets `key`, expiring after `ttl` if given. Durable once it returns.
+    fn set(&self, namespace: &str, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError>;
+    /// Removes `key`; whether it was set (and not expired).
+    fn delete(&self, namespace: &str, key: &str) -> Result<bool, StoreError>;
+    /// Up to `limit` live keys starting with `prefix`, in byte order, after `after`.
+    fn list_keys(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError>;
+}
+
+/// The default directory of the store: `$XDG_DATA_HOME/wsplug` or
+/// `~/.local/share/wsplug` (`./wsplug-data` without a home).
+pub fn default_dir() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
+        .map_or_else(|| PathBuf::from("wsplug-data"), |dir| dir.join("wsplug"))
+}
+
+/// Checks a key and an optional value against the limits every backend shares.
+pub fn check_sizes(key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
+    if key.len() > MAX_KEY || value.is_some_and(|v| v.len() > MAX_VALUE) {
+        return Err(StoreError::TooLarge);
+    }
+    Ok(())
+}
+
+/// (namespace, key) -> expiry in ms since the epoch (0: never), little-endian, then the value.
+const ENTRIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("entries");
+
+/// The store in `DIR/store.redb`. The database is opened at the first call, so a host
+/// whose plugin never uses the store never touches the directory; a failure to open
+/// (another host holds the file, the directory is not writable) is that call's
+/// `Unavailable` error, and the next call tries again.
+pub struct FileStore {
+    path: PathBuf,
+    db: Mutex<Option<Arc<Database>>>,
+}
+
+impl FileStore {
+    /// A store in `dir`, created when first used.
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            path: dir.join("store.redb"),
+            db: Mutex::new(None),
+        }
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        let mut db = self.db.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(db) = &*db {
+            return Ok(db.clone());
+        }
+        let opened = Arc::new(open(&self.path)?);
+        tracing::info!(file = %self.path.display(), "key-value store opened");
+        *db = Some(opened.clone());
+        Ok(opened)
+    }
+}
+
+fn open(path: &Path) -> Result<Database, StoreError> {
+    let failed = |e: &dyn std::fmt::Display| StoreError::Unavailable(format!("cannot open {}: {e}", path.display()));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| failed(&e))?;
+    }
+    let db = Database::create(path).map_err(|e| failed(&e))?;
+    // Create the table, so that readers never meet a missing one, and drop what expired
+    // while the host was down.
+    let txn = db.begin_write().map_err(unavailable)?;
+    {
+        let mut table = txn.open_table(ENTRIES).map_err(unavailable)?;
+        let now = now_ms();
+        table.retain(|_, value| !expired(value, now)).map_err(unavailable)?;
+    }
+    txn.commit().map_err(unavailable)?;
+    Ok(db)
+}
+
+fn unavailable(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn expires_at(value: &[u8]) -> u64 {
+    value
+        .get(..8)
+        .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+}
+
+fn expired(value: &[u8], now: u64) -> bool {
+    let at = expires_at(value);
+    at != 0 && at <= now
+}
+
+impl KeyValue for FileStore {
+    fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(unavailable)?;
+        let table = match txn.open_table(ENTRIES) {
+            Ok(table) => table,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(error) => return Err(unavailable(error)),
+        };
+        let Some(entry) = table.get((namespace, key)).map_err(unavailable)? else {
+            return Ok(None);
+        };
+        let value = entry.value();
+        Ok((!expired(value, now_ms())).then(|| value[8..].to_vec()))
+    }
+
+    fn set(&self, namespace: &str, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
+        let db = self.db()?;
+        let expires = ttl.map_or(0, |ttl| now_ms().saturating_add(ttl.as_millis() as u64).max(1));
+        let mut entry = Vec::with_capacity(8 + value.len());
+        entry.extend_from_slice(&expires.to_le_bytes());
+        entry.extend_from_slice(value);
+        let txn = db.begin_write().map_err(unavailable)?;
+        txn.open_table(ENTRIES)
+            .map_err(unavailable)?
+            .insert((namespace, key), entry.as_slice())
+            .map_err(unavailable)?;
+        txn.commit().map_err(unavailable)
+    }
+
+    fn delete(&self, namespace: &str, key: &str) -> Result<bool, StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(unavailable)?;
+        let was_live = {
+            let mut table = txn.open_table(ENTRIES).map_err(unavailable)?;
+            let removed = table.remove((namespace, key)).map_err(unavailable)?;
+            removed.is_some_and(|entry| !expired(entry.value(), now_ms()))
+        };
+        txn.commit().map_err(unavailable)?;
+        Ok(was_live)
+    }
+
+    fn list_keys(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(unavailable)?;
+        let table = match txn.open_table(ENTRIES) {
+            Ok(table) => table,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(error) => return Err(unavailable(error)),
+        };
+        let start = after.filter(|a| *a >= prefix).unwrap_or(prefix);
+        let now = now_ms();
+        let mut keys = Vec::new();
+        for item in table.range((namespace, start)..).map_err(unavailable)? {
+            if keys.len() >= limit.min(MAX_LIST) as usize {
+                break;
+            }
+            let (entry_key, value) = item.map_err(unavailable)?;
+            let (ns, key) = entry_key.value();
+            if ns != namespace || !key.starts_with(prefix) {
+                break;
+            }
+            if Some(key) == after || expired(value.value(), now) {
+                continue;
+            }
+            keys.push(key.to_owned());
+        }
+        Ok(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("wsplug-store-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            Self(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn sets_gets_deletes_and_keeps_namespaces_apart() {
+        let dir = TempDir::new("basic");
+        let store = FileStore::new(&dir.0);
+        assert_eq!(store.get("a", "k"), Ok(None));
+        store.set("a", "k", b"one", None).unwrap();
+        store.set("b", "k", b"two", None).unwrap();
+        assert_eq!(store.get("a", "k"), Ok(Some(b"one".to_vec())));
+        assert_eq!(store.get("b", "k"), Ok(Some(b"two".to_vec())));
+        store.set("a", "k", b"", None).unwrap();
+        assert_eq!(store.get("a", "k"), Ok(Some(Vec::new())));
+        assert_eq!(store.delete("a", "k"), Ok(true));
+        assert_eq!(store.delete("a", "k"), Ok(false));
+        assert_eq!(store.get("a", "k"), Ok(None));
+        assert_eq!(store.get("b", "k"), Ok(Some(b"two".to_vec())));
+    }
+
+    #[test]
+    fn lists_keys_by_prefix_a_page_at_a_time() {
+        let dir = TempDir::new("list");
+        let store = FileStore::new(&dir.0);
+        for key in ["msg/3", "msg/1", "msg/2", "msh", "ms", "name/x"] {
+            store.set("chat", key, b"v", None).unwrap();
+        }
+        store.set("other", "msg/0", b"v", None).unwrap();
+        assert_eq!(
+            store.list_keys("chat", "msg/", None, 100).unwrap(),
+            ["msg/1", "msg/2", "msg/3"]
+        );
+        assert_eq!(store.list_keys("chat", "msg/", None, 2).unwrap(), ["msg/1", "msg/2"]);
+        assert_eq!(store.list_keys("chat", "msg/", Some("msg/2"), 2).unwrap(), ["msg/3"]);
+        assert_eq!(store.list_keys("chat", "", None, 100).unwrap().len(), 6);
+        assert!(store.list_keys("nobody", "", None, 100).unwrap().is_empty());
+    }
+
+    #[test]
+    fn expired_keys_are_gone() {
+        let dir = TempDir::new("ttl");
+        let store = FileStore::new(&dir.0);
+        store.set("a", "short", b"v", Some(Duration::from_millis(1))).unwrap();
+        store.set("a", "long", b"v", Some(Duration::from_secs(3600))).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while store.get("a", "short").unwrap().is_some() {
+            assert!(std::time::Instant::now() < deadline, "a 1 ms key still there after 5 s");
+            std::thread::yield_now();
+        }
+        assert_eq!(store.list_keys("a", "", None, 10).unwrap(), ["long"]);
+        assert_eq!(store.delete("a", "short"), Ok(false));
+        assert_eq!(store.get("a", "long").unwrap(), Some(b"v".to_vec()));
+    }
+
+    #[test]
+    fn data_survives_reopening() {
+        let dir = TempDir::new("reopen");
+        {
+            let store = FileStore::new(&dir.0);
+            store.set("a", "k", b"kept", None).unwrap();
+        }
+        let store = FileStore::new(&dir.0);
+        assert_eq!(store.get("a", "k"), Ok(Some(b"kept".to_vec())));
+    }
+
+    #[test]
+    fn a_store_that_cannot_open_says_why_and_does_not_panic() {
+        let dir = TempDir::new("blocked");
+        std::fs::create_dir_all(&dir.0).unwrap();
+        // A directory where the file should be.
+        std::fs::create_dir_all(dir.0.join("store.redb")).unwrap();
+        let store = FileStore::new(&dir.0);
+        let Err(StoreError::Unavailable(why)) = store.get("a", "k") else {
+            panic!("opened a directory as a database")
+        };
+        assert!(why.contains("store.redb"), "{why}");
+    }
+
+    #[test]
+    fn sizes_are_checked() {
+        assert_eq!(check_sizes(&"k".repeat(MAX_KEY), Some(&[0; MAX_VALUE])), Ok(()));
+        assert_eq!(check_sizes(&"k".repeat(MAX_KEY + 1), None), Err(StoreError::TooLarge));
+        assert_eq!(check_sizes("k", Some(&[0; MAX_VALUE + 1])), Err(StoreError::TooLarge));
+    }
+}
