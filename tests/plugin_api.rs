@@ -510,6 +510,28 @@ fn store_limits_and_expiry() {
 }
 
 #[test]
+fn time_waiting_for_the_store_does_not_count_against_the_cpu_deadline() {
+    let _serial = serial();
+    // 400 committed writes in one call take much longer than 10 ms (each is a
+    // transaction with an fsync), and a few ms in the plugin's code and the calls'
+    // crossings (about 8 us per call, measured), which is what the deadline counts.
+    let server = Server::start("api", &["--plugin-deadline-ms", "10"]);
+    let mut client = server.connect("/");
+    let started = Instant::now();
+    assert_eq!(ask(&mut client, "kv-fill 400"), "filled 400 failed 0");
+    let took = started.elapsed();
+    println!("400 store writes in one call: {took:?}");
+    assert!(
+        took > Duration::from_millis(20),
+        "the writes took {took:?}: too fast a disk to show anything about the deadline"
+    );
+    assert_eq!(ask(&mut client, "kv-get fill/00000399"), "value v");
+    // The plugin's own time still counts.
+    client.send_text("spin");
+    assert_eq!(client.recv_close().0, 1011);
+}
+
+#[test]
 fn a_store_that_cannot_open_is_an_error_not_a_trap() {
     let _serial = serial();
     let dir = TempDir::new("blocked-store");

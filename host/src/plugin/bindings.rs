@@ -4,7 +4,7 @@
 //! 0.2 ones minus what 0.2 added, so they forward to them.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
@@ -72,6 +72,23 @@ pub struct HostState {
     pub(super) store: Arc<dyn KeyValue>,
     /// The plugin's name, for log lines and as its namespace in the store.
     pub(super) name: Arc<str>,
+    /// CPU time one export call may take.
+    pub(super) deadline: Duration,
+    /// When the current export call started.
+    pub(super) call_started: Instant,
+    /// Time the current call waited in host calls, which its deadline does not count.
+    pub(super) in_host: Duration,
+}
+
+impl HostState {
+    /// Runs a host call that may block (on the disk, on a network backend) off the
+    /// plugin's deadline.
+    fn off_the_clock<R>(&mut self, call: impl FnOnce(&Self) -> R) -> R {
+        let started = Instant::now();
+        let result = call(self);
+        self.in_host += started.elapsed();
+        result
+    }
 }
 
 impl WasiView for HostState {
@@ -245,19 +262,18 @@ impl v2::wsplug::plugin::timers::Host for HostState {
 impl v2::wsplug::plugin::store::Host for HostState {
     fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, types::StoreError> {
         store::check_sizes(&key, None)?;
-        Ok(self.store.get(&self.name, &key)?)
+        Ok(self.off_the_clock(|s| s.store.get(&s.name, &key))?)
     }
 
     fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), types::StoreError> {
         store::check_sizes(&key, Some(&value))?;
-        Ok(self
-            .store
-            .set(&self.name, &key, &value, ttl_ms.map(Duration::from_millis))?)
+        let ttl = ttl_ms.map(Duration::from_millis);
+        Ok(self.off_the_clock(|s| s.store.set(&s.name, &key, &value, ttl))?)
     }
 
     fn delete(&mut self, key: String) -> Result<bool, types::StoreError> {
         store::check_sizes(&key, None)?;
-        Ok(self.store.delete(&self.name, &key)?)
+        Ok(self.off_the_clock(|s| s.store.delete(&s.name, &key))?)
     }
 
     fn list_keys(
@@ -267,7 +283,7 @@ impl v2::wsplug::plugin::store::Host for HostState {
         limit: u32,
     ) -> Result<Vec<String>, types::StoreError> {
         store::check_sizes(&prefix, None)?;
-        Ok(self.store.list_keys(&self.name, &prefix, after.as_deref(), limit)?)
+        Ok(self.off_the_clock(|s| s.store.list_keys(&s.name, &prefix, after.as_deref(), limit))?)
     }
 }
 

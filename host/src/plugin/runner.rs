@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use wasmtime::component::ResourceTable;
-use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap};
+use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use super::bindings::{HostState, v1, v2, v2_optional};
@@ -272,7 +272,6 @@ impl Runner {
 
     /// Asks `on-upgrade`; a trap or an overrun fails the handshake (and the instance).
     fn upgrade(&mut self, request: &UpgradeRequest) -> UpgradeDecision {
-        let deadline = self.deadline_ticks();
         let Some(Instance { store, exports }) = self.live_instance() else {
             return UpgradeDecision::Failed;
         };
@@ -283,7 +282,7 @@ impl Runner {
         else {
             return UpgradeDecision::NoHook;
         };
-        store.set_epoch_deadline(deadline);
+        start_call(store);
         match handshake.call_on_upgrade(&mut *store, &request.into()) {
             Ok(decision) => {
                 self.crashes = 0;
@@ -305,9 +304,8 @@ impl Runner {
     }
 
     fn call(&mut self, conn: Option<ConnId>, event: &PluginEvent) {
-        let deadline = self.deadline_ticks();
         let Some(instance) = self.live_instance() else { return };
-        match deliver(instance, event, deadline) {
+        match deliver(instance, event) {
             Ok(()) => self.crashes = 0,
             Err(error) => self.crashed(Crash {
                 conn,
@@ -386,7 +384,7 @@ impl Runner {
     /// Calls `on-open` on a fresh instance for every open connection.
     fn replay(&self, instance: &mut Instance) -> Result<(), Crash> {
         for &conn in &self.opened {
-            deliver(instance, &PluginEvent::Open(conn), self.deadline_ticks()).map_err(|error| Crash {
+            deliver(instance, &PluginEvent::Open(conn)).map_err(|error| Crash {
                 conn: Some(conn),
                 export: "on-open (replay)",
                 error,
@@ -454,7 +452,6 @@ impl Runner {
     /// `on-open`). A refusal or trap in either call is the error; a trap in `snapshot`
     /// also drops the old instance, as any trap does.
     fn carry_state(&mut self, new: &mut Instance) -> Result<Option<usize>, String> {
-        let deadline = self.deadline_ticks();
         let Exports::V2 {
             state: Some(restore), ..
         } = &new.exports
@@ -470,7 +467,7 @@ impl Runner {
         else {
             return Ok(None);
         };
-        store.set_epoch_deadline(deadline);
+        start_call(store);
         let state = match snapshot.call_snapshot(&mut *store) {
             Ok(Ok(state)) => state,
             Ok(Err(why)) => return Err(format!("snapshot refused: {why}")),
@@ -480,7 +477,7 @@ impl Runner {
                 return Err(why);
             }
         };
-        new.store.set_epoch_deadline(deadline);
+        start_call(&mut new.store);
         match restore.call_restore(&mut new.store, &state) {
             Ok(Ok(())) => Ok(Some(state.len())),
             Ok(Err(why)) => Err(format!("restore refused: {why}")),
@@ -503,10 +500,23 @@ impl Runner {
             timers: self.timers.clone(),
             store: self.store.clone(),
             name: loaded.name.clone(),
+            deadline: self.limits.deadline,
+            call_started: Instant::now(),
+            in_host: Duration::ZERO,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
-        store.set_epoch_deadline(self.deadline_ticks());
+        // The deadline of `start_call` is reached: the call has what is left of its
+        // deadline once the time it waited in host calls is taken off, if anything.
+        store.epoch_deadline_callback(|store| {
+            let state = store.data();
+            let spent = state.call_started.elapsed().saturating_sub(state.in_host);
+            match state.deadline.checked_sub(spent).filter(|left| !left.is_zero()) {
+                Some(left) => Ok(UpdateDeadline::Continue(ticks(left))),
+                None => Err(Trap::Interrupt.into()),
+            }
+        });
+        start_call(&mut store);
         let exports = match &loaded.linked {
             Linked::V1(pre) => Exports::V1(pre.instantiate(&mut store)?),
             Linked::V2 {
@@ -525,16 +535,30 @@ impl Runner {
         };
         Ok(Instance { store, exports })
     }
+}
 
-    fn deadline_ticks(&self) -> u64 {
-        (self.limits.deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
-    }
+/// Starts the deadline of an export call. It counts the time the plugin's code runs,
+/// not the time its calls into the host wait (a key-value write waits for the disk):
+/// when the engine's epoch reaches the deadline set here, the store's callback (set
+/// in [`Runner::instantiate`]) takes that time off and lets the call go on for what is
+/// left, or interrupts it.
+fn start_call(store: &mut Store<HostState>) {
+    let state = store.data_mut();
+    state.call_started = Instant::now();
+    state.in_host = Duration::ZERO;
+    let deadline = state.deadline;
+    store.set_epoch_deadline(ticks(deadline));
+}
+
+/// Epoch ticks in `time`, at least one.
+fn ticks(time: Duration) -> u64 {
+    time.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1) as u64
 }
 
 /// Calls the export for `event`, with a fresh CPU deadline.
-fn deliver(instance: &mut Instance, event: &PluginEvent, deadline_ticks: u64) -> wasmtime::Result<()> {
+fn deliver(instance: &mut Instance, event: &PluginEvent) -> wasmtime::Result<()> {
     let Instance { store, exports } = instance;
-    store.set_epoch_deadline(deadline_ticks);
+    start_call(store);
     match event {
         PluginEvent::Open(conn) => on_either!(exports, p => p.call_on_open(store, *conn)),
         PluginEvent::Text(conn, text) => on_either!(exports, p => p.call_on_text(&mut *store, *conn, text)),

@@ -14,7 +14,8 @@
 //!   text `timer ID late_us N` to connection `ID >> 20` (the tests pick ids that way),
 //!   where N is how late it came, by this instance's clock, in microseconds (0 if the
 //!   instance did not set it: after a reload or a trap).
-//! - `kv-set K V [TTL]`, `kv-get K`, `kv-del K`, `kv-list PREFIX [AFTER [LIMIT]]`.
+//! - `kv-set K V [TTL]`, `kv-get K`, `kv-del K`, `kv-list PREFIX [AFTER [LIMIT]]`,
+//!   `kv-fill N` (N writes in one call), `kv-big key|value` (one over the limit).
 //! - `+`: counts one, no reply; `total`: the count. The count, the memos, the blob and
 //!   the number of restores survive reloads through `snapshot`/`restore`.
 //! - `memo K V` / `memo? K`, `grow N` (an N-byte blob in the state), `blob` (its size
@@ -144,6 +145,13 @@ impl Plugin for Api {
                     Ok(keys) => format!("keys {}", keys.join(",")),
                     Err(error) => format!("error {error:?}"),
                 }
+            }
+            ("kv-fill", [n]) => {
+                let n: u32 = n.parse().unwrap_or_default();
+                let failed = (0..n)
+                    .filter(|i| store::set(&format!("fill/{i:08}"), b"v", None).is_err())
+                    .count();
+                format!("filled {} failed {failed}", n as usize - failed)
             }
             ("kv-big", [which]) => {
                 let big = "k".repeat(1025);
