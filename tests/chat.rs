@@ -384,9 +384,12 @@ fn history_is_sent_to_newcomers_and_survives_a_restart(plugin: &str) {
             alice.client.send_text(text);
             expect_message(&mut bob.client, &alice.user, text);
         }
-        // Binary messages and renames are not kept.
+        // Binary messages are not kept, nor messages over 4 KiB of JSON (relayed all the same).
         bob.client.send_binary(b"not kept");
         assert_eq!(alice.client.recv_binary(), b"not kept");
+        let long = "x".repeat(4096);
+        bob.client.send_text(&long);
+        expect_message(&mut alice.client, &bob.user, &long);
         let (carol, welcome) = connect_welcome(&server, "/?name=carol");
         assert_eq!(
             history_texts(&welcome),
@@ -439,6 +442,8 @@ fn hot_reload_keeps_the_room(plugin: &str) {
     // No idle pings (the raw client does not answer them) however long the swap takes.
     let server = Server::start_file(&file, &["--idle-timeout", "60"]);
     let [mut alice, mut bob] = room(&server, ["alice", "bob"]);
+    alice.client.send_text("before reload");
+    expect_message(&mut bob.client, &alice.user, "before reload");
 
     let partial = dir.join("plugin.wasm.partial");
     fs::write(&partial, &replacement).unwrap();
@@ -456,6 +461,11 @@ fn hot_reload_keeps_the_room(plugin: &str) {
     expect_message(&mut bob.client, &alice.user, "after reload");
     bob.client.send_text("back");
     expect_message(&mut alice.client, &bob.user, "back");
+    // The history is in the store, not in the instance.
+    let (carol, welcome) = connect_welcome(&server, "/?name=carol");
+    assert_eq!(history_texts(&welcome), ["before reload", "after reload", "back"]);
+    expect_about(&mut alice.client, "join", &carol.user);
+    expect_about(&mut bob.client, "join", &carol.user);
 
     close(&mut alice.client, 1000, "");
     expect_about(&mut bob.client, "leave", &alice.user);

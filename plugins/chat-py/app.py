@@ -1,22 +1,56 @@
-"""The chat room of plugins/chat, in Python: every text message is relayed to every
-other connection as JSON with the sender's name and colour; joins, leaves and renames
-are announced; binary messages are relayed unchanged. The protocol is documented at
-the top of plugins/chat/src/lib.rs.
+"""The chat room of plugins/chat, in Python: names given at the handshake
+(`?name=NAME`, refused with 400 or 409 before the upgrade), every text message relayed
+to every other connection as JSON with the sender's name and colour, joins, leaves and
+renames announced, the last 50 messages kept in the key-value store and sent to
+newcomers, and the list of who is here sent to everyone every 3 seconds. Binary
+messages are relayed unchanged. The protocol is documented at the top of
+plugins/chat/src/lib.rs.
 
-Built by componentize-py against wit/ (see the Makefile's `plugins-py`).
+The room lives in the host, not in this module's memory: each name is its connection's
+attachment, the history is in the store under `history/<sequence number>` and the
+presence timer is the host's. `snapshot`/`restore` carry nothing, so that a hot reload
+does not replay on-open (no second welcome).
+
+Built by componentize-py against wit/ (world plugin-handshake-state; see the Makefile's
+`plugins-py`). An import that returns a WIT result raises `Err` on an error.
 """
 
 import json
+import re
+import time
 
 import wit_world
-from wit_world.imports import host
+from wit_world import exports
+from wit_world.imports import host, store, timers
+from wit_world.imports.types import (
+    Accept,
+    LogLevel,
+    Reject,
+    StoreError,
+    StoreError_Unavailable,
+    UpgradeDecision,
+    UpgradeDecision_Accept,
+    UpgradeDecision_Reject,
+    UpgradeRequest,
+)
 from componentize_py_types import Err
 
 COLORS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#008080", "#9a6324", "#800000"]
 MAX_NAME = 24
+# Messages kept for newcomers.
+HISTORY = 50
+HISTORY_PREFIX = "history/"
+# Longest `message` (its JSON, in bytes) kept in the history; longer ones are only relayed.
+MAX_KEPT = 4096
+# The presence timer, and its period.
+PRESENCE = 1
+PRESENCE_MS = 3000
+# How long a name admitted at a handshake stays reserved for its on-open, in seconds.
+RESERVATION = 10.0
 
-# Everyone in the room: connection id -> {"id", "name", "color"}.
-users: dict[int, dict] = {}
+# Names let in by on_upgrade whose on_open has not come yet, with when: two handshakes
+# with one name, close together, must not both get in.
+admitted: list[tuple[str, float]] = []
 
 
 def clean_name(raw: str) -> str | None:
@@ -25,52 +59,201 @@ def clean_name(raw: str) -> str | None:
     return name or None
 
 
-def name_from_query(conn: int) -> str | None:
-    conn_info = host.info(conn)
-    if conn_info is None or conn_info.query is None:
+HEX = "0123456789abcdefABCDEF"
+
+
+def percent_decode(text: str) -> str:
+    """Decodes `%XX` escapes and `+`; invalid escapes stay as they are, invalid UTF-8 is
+    replaced."""
+    data = text.encode()
+    out = bytearray()
+    i = 0
+    while i < len(data):
+        b = data[i]
+        if b == 0x25 and i + 2 < len(data) and chr(data[i + 1]) in HEX and chr(data[i + 2]) in HEX:
+            out.append(int(data[i + 1 : i + 3], 16))
+            i += 3
+            continue
+        out.append(0x20 if b == 0x2B else b)
+        i += 1
+    return out.decode("utf-8", errors="replace")
+
+
+def query_param(query: str | None, name: str) -> str | None:
+    """The value of query parameter `name`, percent-decoded (`+` is a space), if present."""
+    if query is None:
         return None
-    for pair in conn_info.query.split("&"):
-        if pair.startswith("name="):
-            return clean_name(pair[len("name="):])
+    for pair in query.split("&"):
+        key, _, value = pair.partition("=")
+        if key == name:
+            return percent_decode(value)
     return None
 
 
-def message(kind: str, user: dict, **extra) -> str:
-    return json.dumps({"type": kind, **user, **extra}, ensure_ascii=False, separators=(",", ":"))
+def user(conn: int, attachment: bytes | None) -> dict | None:
+    """The user a connection is, from its attachment; None without a (UTF-8) one."""
+    if attachment is None:
+        return None
+    try:
+        name = bytes(attachment).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return {"id": conn, "name": name, "color": COLORS[conn % len(COLORS)]}
+
+
+def users() -> list[dict]:
+    """Everyone in the room, by id."""
+    everyone = (user(c, host.attachment(c)) for c in sorted(host.connections()))
+    return [u for u in everyone if u is not None]
+
+
+def name_taken(name: str) -> bool:
+    now = time.monotonic()
+    admitted[:] = [(n, at) for n, at in admitted if now - at < RESERVATION]
+    return any(n == name for n, _ in admitted) or any(u["name"] == name for u in users())
+
+
+def message(kind: str, **fields) -> str:
+    return json.dumps({"type": kind, **fields}, ensure_ascii=False, separators=(",", ":"))
+
+
+def list_history() -> list[str]:
+    try:
+        return store.list_keys(HISTORY_PREFIX, None, 1000)
+    except Err:
+        return []
+
+
+def describe(error: StoreError) -> str:
+    """A store error as the Rust plugin logs it (its Debug form)."""
+    if isinstance(error, StoreError_Unavailable):
+        return f"StoreError::Unavailable({json.dumps(error.value, ensure_ascii=False)})"
+    return "StoreError::TooLarge"
+
+
+def remember(text: str) -> None:
+    """Appends a `message` to the history, dropping the oldest beyond HISTORY."""
+    data = text.encode()
+    if len(data) > MAX_KEPT:
+        return
+    keys = list_history()
+    last = keys[-1][len(HISTORY_PREFIX):] if keys else ""
+    sequence = int(last) + 1 if re.fullmatch(r"\+?[0-9]+", last) and int(last) < 2**64 else 1
+    try:
+        store.set(f"{HISTORY_PREFIX}{sequence:020}", data, None)
+    except Err as error:
+        host.log(LogLevel.WARN, f"history not stored: {describe(error.value)}")
+    for old in keys[: max(0, len(keys) + 1 - HISTORY)]:
+        try:
+            store.delete(old)
+        except Err:
+            pass
+
+
+def history() -> list:
+    """The kept messages, oldest first."""
+    kept = []
+    for key in list_history():
+        try:
+            value = store.get(key)
+            if value is not None:
+                kept.append(json.loads(bytes(value).decode("utf-8")))
+        except (Err, ValueError):
+            pass
+    return kept
+
+
+def reject(status: int, body: str) -> UpgradeDecision:
+    return UpgradeDecision_Reject(
+        Reject(status, [("content-type", "text/plain; charset=utf-8")], body.encode())
+    )
+
+
+class Handshake(exports.Handshake):
+    def on_upgrade(self, request: UpgradeRequest) -> UpgradeDecision:
+        raw = query_param(request.query, "name")
+        name = None if raw is None else clean_name(raw)
+        if name is None:
+            return reject(400, "a name is required: connect with ?name=NAME\n")
+        if name_taken(name):
+            return reject(409, f"the name {name} is taken\n")
+        admitted.append((name, time.monotonic()))
+        return UpgradeDecision_Accept(Accept(subprotocol=None, attachment=name.encode(), groups=[]))
+
+
+class State(exports.State):
+    # The room is in the host: nothing to carry, but having these exports means a
+    # reload takes over without replaying on_open (and a second welcome).
+    def snapshot(self) -> bytes:
+        return b""
+
+    def restore(self, state: bytes) -> None:
+        pass
 
 
 class WitWorld(wit_world.WitWorld):
     def on_open(self, conn: int) -> None:
-        user = {
-            "id": conn,
-            "name": name_from_query(conn) or f"guest-{conn}",
-            "color": COLORS[conn % len(COLORS)],
-        }
-        others = list(users.values())
-        users[conn] = user
+        me = user(conn, host.attachment(conn))
+        if me is None:
+            # Let in before this version decided handshakes: no name to go by.
+            try:
+                host.close(conn, 4000, "a name is required: reconnect with ?name=NAME")
+            except Err:
+                pass
+            return
+        admitted[:] = [(n, at) for n, at in admitted if n != me["name"]]
+        others = [u for u in users() if u["id"] != conn]
         try:
-            host.send_text(conn, message("welcome", user, users=others))
+            host.send_text(conn, message("welcome", **me, users=others, history=history()))
         except Err:
-            return  # already gone: its on-close comes next
-        host.broadcast_text(message("join", user), conn)
+            pass
+        host.broadcast_text(message("join", **me), conn)
+        if not timers.timer_pending(PRESENCE):
+            try:
+                timers.set_timer(PRESENCE, PRESENCE_MS, PRESENCE_MS)
+            except Err:
+                pass
 
     def on_text(self, conn: int, text: str) -> None:
-        user = users.get(conn)
-        if user is None:
+        me = user(conn, host.attachment(conn))
+        if me is None:
             return
         if text.startswith("/name "):
             name = clean_name(text[len("/name "):])
             if name is None:
+                refusal = "a name needs a letter or a digit"
+            elif name != me["name"] and name_taken(name):
+                refusal = "that name is taken"
+            else:
+                try:
+                    host.set_attachment(conn, name.encode())
+                except Err:
+                    pass
+                host.broadcast_text(message("rename", **{**me, "name": name}, old=me["name"]), None)
                 return
-            old, user["name"] = user["name"], name
-            host.broadcast_text(message("rename", user, old=old), None)
+            try:
+                host.send_text(conn, message("error", text=refusal))
+            except Err:
+                pass
             return
-        host.broadcast_text(message("message", user, text=text), conn)
+        relayed = message("message", **me, text=text)
+        host.broadcast_text(relayed, conn)
+        remember(relayed)
 
     def on_binary(self, conn: int, data: bytes) -> None:
         host.broadcast_binary(data, conn)
 
     def on_close(self, conn: int, code: int, reason: str) -> None:
-        user = users.pop(conn, None)
-        if user is not None:
-            host.broadcast_text(message("leave", user), conn)
+        # The attachment is still readable during on_close.
+        me = user(conn, host.attachment(conn))
+        if me is not None:
+            host.broadcast_text(message("leave", **me), conn)
+
+    def on_timer(self, id: int) -> None:
+        if id != PRESENCE:
+            return
+        everyone = users()
+        if not everyone:
+            timers.cancel_timer(PRESENCE)
+            return
+        host.broadcast_text(message("presence", users=everyone), None)

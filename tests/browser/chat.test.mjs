@@ -1,6 +1,8 @@
-// The chat example in a real browser: two Chromium contexts open the page that
-// `host --static examples/chat` serves, one types a message, the other sees it.
-// Runs over ws:// and over wss:// with a throw-away certificate.
+// The chat example in a real browser: Chromium contexts open the page that
+// `host --static examples/chat` serves, join with a name (typed, or ?name= in the
+// page's URL), and chat: a newcomer sees the earlier messages as history, a refused
+// name (missing or taken) is reported and another can be tried. Runs over ws:// and
+// over wss:// with a throw-away certificate; each host has a store of its own.
 //
 // Needs: HOST (the host binary), PLUGIN_DIR (or CHAT_PLUGIN), Debian's /usr/bin/chromium.
 
@@ -33,18 +35,45 @@ function makeCertificate() {
   return combined;
 }
 
+/** A page of its own (a separate browser context: no shared storage). */
+async function newPage() {
+  return (await chromium().newContext({ ignoreHTTPSErrors: true })).newPage();
+}
+
+/** Asks for `name` in the page's join form and waits for the welcome. */
+async function joinAs(page, name) {
+  await page.locator("#name").fill(name);
+  await page.locator("#join-button").click();
+  await page.getByText(`Welcome, ${name}.`).waitFor();
+}
+
+async function say(page, text) {
+  await page.locator("#message").fill(text);
+  await page.locator("#submit").click();
+}
+
 async function chatBetweenTwoBrowsers(url) {
-  const alice = await (await chromium().newContext({ ignoreHTTPSErrors: true })).newPage();
-  const bob = await (await chromium().newContext({ ignoreHTTPSErrors: true })).newPage();
-  await alice.goto(`${url}?name=alice`);
-  await alice.getByText("Welcome, alice.").waitFor();
+  // Alice asks for her name on the page; she is alone, and says something.
+  const alice = await newPage();
+  await alice.goto(url);
+  assert.ok(await alice.locator("#message").isDisabled(), "no messages before joining");
+  await joinAs(alice, "alice");
+  await say(alice, "anyone here?");
+  await alice.locator("#log li.message", { hasText: "anyone here?" }).waitFor();
+
+  // Bob joins with ?name= in the page's URL and sees what alice said before, as history.
+  const bob = await newPage();
   await bob.goto(`${url}?name=bob`);
   await bob.getByText("Welcome, bob.").waitFor();
-  // Alice learns that bob joined.
+  const earlier = bob.locator("#log li.message.history", { hasText: "anyone here?" });
+  await earlier.waitFor();
+  assert.equal(await earlier.locator(".name").textContent(), "alice");
+  // Alice learns that bob joined; both are listed.
   await alice.locator("#log li", { hasText: "bob" }).filter({ hasText: "joined" }).waitFor();
+  await alice.locator("#users li", { hasText: "bob" }).waitFor();
+  await bob.locator("#users li", { hasText: "alice" }).waitFor();
 
-  await alice.locator("#message").fill("hello from alice");
-  await alice.locator("#submit").click();
+  await say(alice, "hello from alice");
   const line = bob.locator("#log li.message", { hasText: "hello from alice" });
   await line.waitFor();
   assert.equal(await line.locator(".name").textContent(), "alice");
@@ -53,9 +82,36 @@ async function chatBetweenTwoBrowsers(url) {
   await bob.locator("#message").press("Enter");
   await alice.locator("#log li.message", { hasText: "hi alice" }).waitFor();
 
+  // A rename to a taken name is refused to bob alone.
+  await say(bob, "/name alice");
+  await bob.locator("#log li.error", { hasText: "that name is taken" }).waitFor();
+
   await bob.context().close();
   await alice.locator("#log li", { hasText: "bob" }).filter({ hasText: "left" }).waitFor();
   await alice.context().close();
+}
+
+/** The handshake refuses a missing or taken name; the page says so and lets one retry. */
+async function refusedNameThenRetry(url) {
+  const dana = await newPage();
+  await dana.goto(`${url}?name=dana`);
+  await dana.getByText("Welcome, dana.").waitFor();
+  // A host of its own has a store of its own: nothing was said here before.
+  assert.equal(await dana.locator("#log li.history").count(), 0, "history from another test");
+
+  const other = await newPage();
+  await other.goto(url);
+  for (const name of ["dana", "!!"]) {
+    await other.locator("#name").fill(name);
+    await other.locator("#join-button").click();
+    await other.locator("#join-error", { hasText: "missing or taken" }).waitFor();
+    assert.ok(await other.locator("#message").isDisabled(), `joined as ${name}`);
+  }
+  await joinAs(other, "erin");
+  await other.locator("#users li", { hasText: "dana" }).waitFor();
+  await dana.locator("#log li", { hasText: "erin" }).filter({ hasText: "joined" }).waitFor();
+  await other.context().close();
+  await dana.context().close();
 }
 
 for (const scheme of ["ws", "wss"]) {
@@ -71,3 +127,12 @@ for (const scheme of ["ws", "wss"]) {
     }
   });
 }
+
+test("a refused name is reported and another can be tried", { timeout: 60_000 }, async () => {
+  const { child, url } = startHost([]);
+  try {
+    await refusedNameThenRetry(await url);
+  } finally {
+    child.kill("SIGTERM");
+  }
+});

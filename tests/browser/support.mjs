@@ -43,12 +43,17 @@ function launchChromium() {
 
 /**
  * Starts `host --plugin <plugin> <args>` on 127.0.0.1:0; `url` resolves with the page
- * URL (http or https) once it prints `wsplug listening on`.
+ * URL (http or https) once it prints `wsplug listening on`. Unless `args` names one,
+ * the host gets a key-value store of its own (`--store-dir`, a fresh temporary
+ * directory removed when it exits), so that tests never share stored data.
  */
-export function startHost(plugin, args) {
-  const child = spawn(hostBinary, ["--listen", "127.0.0.1:0", "--plugin", plugin, ...args], {
+export function startHost(plugin, args = []) {
+  const store = args.includes("--store-dir") ? null : mkdtempSync(join(tmpdir(), "wsplug-store-"));
+  const storeArgs = store ? ["--store-dir", store] : [];
+  const child = spawn(hostBinary, ["--listen", "127.0.0.1:0", "--plugin", plugin, ...storeArgs, ...args], {
     stdio: ["ignore", "pipe", "inherit"],
   });
+  if (store) child.on("exit", () => rmSync(store, { recursive: true, force: true }));
   const url = new Promise((resolveUrl, reject) => {
     child.on("exit", (code) => reject(new Error(`host exited with ${code}`)));
     createInterface({ input: child.stdout }).on("line", (line) => {

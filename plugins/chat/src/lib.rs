@@ -10,7 +10,9 @@
 //!
 //! Server to client (one JSON object per message, field `type`):
 //! - `welcome` `{id, name, color, users: [{id, name, color}], history: [message]}`: to a
-//!   newcomer; `history` holds the last 50 `message` objects, oldest first.
+//!   newcomer; `history` holds the last 50 `message` objects, oldest first (only those of
+//!   at most 4 KiB of JSON: longer ones are relayed but not kept, so that a few huge
+//!   messages cannot make the welcome too large for the newcomer's queue).
 //! - `join` / `leave` `{id, name, color}`: to everyone else.
 //! - `message` `{id, name, color, text}`: a message from someone else.
 //! - `rename` `{id, name, color, old}`: someone changed their name (to everyone).
@@ -40,6 +42,8 @@ const MAX_NAME: usize = 24;
 /// Messages kept for newcomers.
 const HISTORY: usize = 50;
 const HISTORY_PREFIX: &str = "history/";
+/// Longest `message` (its JSON, in bytes) kept in the history.
+const MAX_KEPT: usize = 4096;
 /// The presence timer, and its period.
 const PRESENCE: TimerId = 1;
 const PRESENCE_MS: u32 = 3000;
@@ -129,8 +133,12 @@ fn name_taken(name: &str) -> bool {
     reserved || users().iter().any(|u| u.name == name)
 }
 
-/// Appends a `message` to the history, dropping the oldest beyond [`HISTORY`].
+/// Appends a `message` to the history (unless it is over [`MAX_KEPT`]), dropping the
+/// oldest beyond [`HISTORY`].
 fn remember(message: &str) {
+    if message.len() > MAX_KEPT {
+        return;
+    }
     let keys = store::list_keys(HISTORY_PREFIX, None, 1000).unwrap_or_default();
     let next = keys
         .last()
