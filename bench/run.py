@@ -31,10 +31,13 @@ def server_command(name, mode, extra):
     if name.startswith("wsplug") or name.startswith("echo-"):
         # wsplug-native: the same host with the plugin replaced by native code;
         # echo-*: the host with another language's echo plugin.
+        # wsplug-hook: the host with api.wasm, whose on-upgrade decides every handshake.
         binary = "wsplug-native-echo" if name == "wsplug-native" else "host"
         plugin = "echo.wasm" if mode == "echo" else "broadcast.wasm"
         if name.startswith("echo-"):
             plugin = name + ".wasm"
+        if name == "wsplug-hook":
+            plugin = "api.wasm"
         return [
             os.path.join(RELEASE, binary), "--listen", "127.0.0.1:0", "--plugin", os.path.join(PLUGINS, plugin),
             "--log", "warn", "--timeout", "120", "--max-connections", "100000",
@@ -178,6 +181,11 @@ def scenarios(duration, certs):
         ("10,000 idle connections (KiB RSS/conn)", "rss_per_conn_kib", False, "echo",
          ["conns", "--conns", "10000"],
          ["wsplug", "fastwebsockets", "tokio-tungstenite"], []),
+        # The cost of a plugin's on-upgrade per handshake: api.wasm decides each one (an
+        # accept, one round trip to the plugin thread) against echo.wasm, which has no hook.
+        ("10,000 handshakes, with and without on-upgrade (handshakes/s)", "handshakes_per_s", True, "echo",
+         ["conns", "--conns", "10000"],
+         ["wsplug", "wsplug-hook"], []),
         ("10,000 idle compressed connections (KiB RSS/conn)", "rss_per_conn_kib", False, "echo",
          ["--deflate", "conns", "--conns", "10000"],
          ["wsplug", "node-ws"], []),

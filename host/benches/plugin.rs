@@ -210,7 +210,10 @@ fn plugin_api(c: &mut Criterion) {
         // so check that the blob is still there).
         let before = sink.sent_bytes.load(Ordering::Relaxed);
         reloading.handle(PluginEvent::Text(1, "blob".into()));
-        assert!(sink.sent_bytes.load(Ordering::Relaxed) > before, "the api plugin stopped answering");
+        assert!(
+            sink.sent_bytes.load(Ordering::Relaxed) > before,
+            "the api plugin stopped answering"
+        );
     }
     group.finish();
     let _ = std::fs::remove_dir_all(cache);

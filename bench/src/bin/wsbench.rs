@@ -425,6 +425,7 @@ async fn idle(target: &Target, conns: usize, concurrency: usize, server_pid: Opt
         ("conns", ok.to_string()),
         ("failed", failed.to_string()),
         ("connect_s", format!("{connect_s:.2}")),
+        ("handshakes_per_s", format!("{:.0}", ok as f64 / connect_s.max(1e-9))),
         ("rss_before_kib", rss_before.map_or("null".into(), |v| v.to_string())),
         ("rss_after_kib", rss_after.map_or("null".into(), |v| v.to_string())),
         ("rss_per_conn_kib", per_conn),

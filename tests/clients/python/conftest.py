@@ -113,6 +113,20 @@ def echo_host_uncompressed(cache_dir):
 
 
 @pytest.fixture(scope="module")
+def api_host(cache_dir, tmp_path_factory):
+    """api.wasm (plugin API 0.2 on command), a short CPU deadline, a store of its own."""
+    store = tmp_path_factory.mktemp("wsplug-store")
+    yield from _host(cache_dir, "api.wasm", "--plugin-deadline-ms", "100", "--store-dir", str(store))
+
+
+@pytest.fixture(scope="module")
+def chat_host(cache_dir, tmp_path_factory):
+    """chat.wasm (names at the handshake, history in the store), with a store of its own."""
+    store = tmp_path_factory.mktemp("wsplug-store")
+    yield from _host(cache_dir, "chat.wasm", "--store-dir", str(store))
+
+
+@pytest.fixture(scope="module")
 def broadcast_host(cache_dir):
     """broadcast.wasm: every message goes to every other connection."""
     yield from _host(cache_dir, "broadcast.wasm")
