@@ -601,12 +601,6 @@ fn the_first_offered_subprotocol_the_server_speaks_is_selected() {
 // Probe plugin: every host import
 // ---------------------------------------------------------------------------------
 
-/// Sends a probe command and returns the reply.
-fn ask(client: &mut Client, command: &str) -> String {
-    client.send_text(command);
-    client.recv_text()
-}
-
 #[test]
 fn observers_see_each_open_and_exactly_one_close() {
     let server = Server::start("probe", &[]);

@@ -10,23 +10,11 @@
 mod common;
 
 use std::fs;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// Held by every test for its whole run, so that the tests run one at a time.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Sends a command and returns the plugin's text reply.
-fn ask(client: &mut Client, command: &str) -> String {
-    client.send_text(command);
-    client.recv_text()
-}
 
 /// Sends a command whose reply must be `ok`.
 fn ok(client: &mut Client, command: &str) {
@@ -166,9 +154,9 @@ fn a_hook_past_its_deadline_or_trapping_gets_503_and_the_others_keep_working() {
     }
     // The fresh instances replayed on-open; the bystander's attachment is the host's.
     assert_eq!(ask(&mut bystander, "attachment"), "attachment bystander");
-    let traps = server.log_lines(|line| line.contains("plugin trapped") && line.contains("on-upgrade"));
+    let traps = server.wait_for_log_lines(6, |line| line.contains("plugin trapped") && line.contains("on-upgrade"));
     assert_eq!(traps.len(), 6, "{traps:?}");
-    assert!(server.log().contains("handshake refused with 503"));
+    server.wait_for_log("handshake refused with 503");
 }
 
 #[test]
@@ -270,14 +258,21 @@ fn a_cancelled_timer_never_fires_and_a_reset_one_fires_once_at_its_new_time() {
     let server = Server::start("api", &[]);
     let mut client = server.connect("/");
     let (cancelled, reset, sentinel) = (timer_id(FIRST, 1), timer_id(FIRST, 2), timer_id(FIRST, 3));
-    ok(&mut client, &format!("timer {cancelled} 20"));
-    ok(&mut client, &format!("timer {reset} 20"));
-    ok(&mut client, &format!("timer {reset} 100"));
+    // Delays long enough that the commands in between cannot be overtaken by a tick.
+    ok(&mut client, &format!("timer {cancelled} 1000"));
+    ok(&mut client, &format!("timer {reset} 1000"));
+    let reset_at = Instant::now();
+    ok(&mut client, &format!("timer {reset} 1500"));
     assert_eq!(ask(&mut client, &format!("pending {cancelled}")), "pending true");
     assert_eq!(ask(&mut client, &format!("cancel {cancelled}")), "cancelled true");
     assert_eq!(ask(&mut client, &format!("cancel {cancelled}")), "cancelled false");
-    ok(&mut client, &format!("timer {sentinel} 300"));
+    ok(&mut client, &format!("timer {sentinel} 2000"));
     assert_eq!(parse_timer(&client.recv_text()).0, reset);
+    let waited = reset_at.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "the reset timer fired after {waited:?}, at its old time"
+    );
     assert_eq!(parse_timer(&client.recv_text()).0, sentinel);
     // Limits are errors, not traps.
     assert_eq!(
@@ -297,14 +292,10 @@ fn a_repeating_timer_keeps_its_cadence_across_five_reloads_and_a_trap() {
     ok(&mut client, &format!("timer {id} 50 50"));
     let started = Instant::now();
     let mut ticks = 0u64;
-    let mut last = Instant::now();
-    let mut longest_gap = Duration::ZERO;
     let mut tick = |client: &mut Client| {
         let text = client.recv_text();
         assert_eq!(parse_timer(&text).0, id, "{text}");
         ticks += 1;
-        longest_gap = longest_gap.max(last.elapsed());
-        last = Instant::now();
     };
     for _ in 0..3 {
         tick(&mut client);
@@ -323,15 +314,36 @@ fn a_repeating_timer_keeps_its_cadence_across_five_reloads_and_a_trap() {
     for _ in 0..3 {
         tick(&mut client);
     }
+    // Ticks that came while the test waited for the reloads are still to be read: read
+    // them until the answer to the cancel, then check none is a duplicate.
+    client.send_text(&format!("cancel {id}"));
+    loop {
+        let text = client.recv_text();
+        if text == "cancelled true" {
+            break;
+        }
+        assert_eq!(parse_timer(&text).0, id, "{text}");
+        ticks += 1;
+    }
     let elapsed = started.elapsed();
     let most = (elapsed.as_millis() / PERIOD.as_millis()) as u64 + 1;
-    println!("repeating 50 ms timer: {ticks} ticks in {elapsed:?}, longest gap {longest_gap:?}");
+    println!("repeating 50 ms timer: {ticks} ticks in {elapsed:?} across 5 reloads and a trap");
     assert!(ticks <= most, "{ticks} ticks in {elapsed:?}: more than one per period");
-    assert!(
-        longest_gap < Duration::from_secs(2),
-        "the timer stalled for {longest_gap:?}"
-    );
-    assert_eq!(ask(&mut client, &format!("cancel {id}")), "cancelled true");
+}
+
+#[test]
+fn a_timer_that_traps_at_every_tick_backs_off_instead_of_restarting_at_its_pace() {
+    let _serial = serial();
+    let server = Server::start("api", &[]);
+    let mut client = server.connect("/");
+    // Bit 19: the api plugin traps in this timer's on-timer, every 10 ms.
+    let trapping = timer_id(FIRST, 1 << 19);
+    ok(&mut client, &format!("timer {trapping} 10 10"));
+    // A trap in on-timer is nobody's message: no connection closes, and the fresh
+    // instance's replay does not count as proof that the plugin works.
+    server.wait_for_log("plugin keeps crashing: restarting in");
+    assert_eq!(ask(&mut client, &format!("cancel {trapping}")), "cancelled true");
+    assert_eq!(ask(&mut client, "echo still here"), "still here");
 }
 
 // ---------------------------------------------------------------------------------
@@ -512,20 +524,20 @@ fn store_limits_and_expiry() {
 #[test]
 fn time_waiting_for_the_store_does_not_count_against_the_cpu_deadline() {
     let _serial = serial();
-    // 400 committed writes in one call take much longer than 10 ms (each is a
-    // transaction with an fsync), and a few ms in the plugin's code and the calls'
-    // crossings (about 8 us per call, measured), which is what the deadline counts.
-    let server = Server::start("api", &["--plugin-deadline-ms", "10"]);
+    // 2000 committed writes in one call take longer than 50 ms (each is a transaction,
+    // with an fsync: 500 ms here), and about 16 ms in the plugin's code and the calls'
+    // crossings (8 us per call, measured), which is what the deadline counts.
+    let server = Server::start("api", &["--plugin-deadline-ms", "50"]);
     let mut client = server.connect("/");
     let started = Instant::now();
-    assert_eq!(ask(&mut client, "kv-fill 400"), "filled 400 failed 0");
+    assert_eq!(ask(&mut client, "kv-fill 2000"), "filled 2000 failed 0");
     let took = started.elapsed();
-    println!("400 store writes in one call: {took:?}");
+    println!("2000 store writes in one call: {took:?}");
     assert!(
-        took > Duration::from_millis(20),
-        "the writes took {took:?}: too fast a disk to show anything about the deadline"
+        took > Duration::from_millis(50),
+        "the writes took {took:?}, less than the deadline: this shows nothing about it"
     );
-    assert_eq!(ask(&mut client, "kv-get fill/00000399"), "value v");
+    assert_eq!(ask(&mut client, "kv-get fill/00001999"), "value v");
     // The plugin's own time still counts.
     client.send_text("spin");
     assert_eq!(client.recv_close().0, 1011);

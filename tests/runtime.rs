@@ -18,7 +18,7 @@ mod common;
 
 use std::fs;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -27,23 +27,10 @@ use common::*;
 /// Close code of a connection whose event made the plugin fail.
 const INTERNAL_ERROR: u16 = 1011;
 
-/// Held by every test for its whole run, so that the tests run one at a time.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    // A test that failed while holding the lock poisons it; the next one may still run.
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// Sends `text` and expects it back (the chaos and echo plugins echo).
 fn echo(client: &mut Client, text: &str) {
     client.send_text(text);
     assert_eq!(client.recv_text(), text);
-}
-
-/// Sends a text message and returns the text reply.
-fn ask(client: &mut Client, text: &str) -> String {
-    client.send_text(text);
-    client.recv_text()
 }
 
 /// Opens `n` connections, one after the other, each proven open with an echo. Once a

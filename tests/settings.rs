@@ -20,7 +20,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -36,13 +36,6 @@ const POLICY_VIOLATION: u16 = 1008;
 const GOING_AWAY: u16 = 1001;
 /// What `on-close` reports for a connection that ended without a closing handshake.
 const ABNORMAL: u16 = 1006;
-
-/// Held by every test for its whole run, so that the tests run one at a time.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    // A test that failed while holding the lock poisons it; the next one may still run.
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// Starts a server with `plugin` and its own compile cache.
 fn start(plugin: &str, args: &[&str]) -> Server {

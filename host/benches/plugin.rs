@@ -39,6 +39,8 @@ const GROUP: &str = "plugin call";
 #[derive(Default)]
 struct Sink {
     sent_bytes: AtomicUsize,
+    /// The last text sent.
+    last_text: std::sync::Mutex<String>,
 }
 
 impl HostServices for Sink {
@@ -46,7 +48,10 @@ impl HostServices for Sink {
     fn closed(&self, _: ConnId) {}
     fn send(&self, _: ConnId, message: Outgoing) -> Result<(), HostError> {
         let len = match &message {
-            Outgoing::Text(text) => text.as_str().len(),
+            Outgoing::Text(text) => {
+                *self.last_text.lock().unwrap() = text.as_str().to_owned();
+                text.as_str().len()
+            }
             Outgoing::Binary(data) => data.len(),
         };
         self.sent_bytes.fetch_add(len, Ordering::Relaxed);
@@ -206,14 +211,18 @@ fn plugin_api(c: &mut Criterion) {
                 BatchSize::PerIteration,
             );
         });
-        // Every reload carried the state (a failed one would have dropped nothing,
-        // so check that the blob is still there).
-        let before = sink.sent_bytes.load(Ordering::Relaxed);
+        // Every reload carried the state: a failed one keeps the old version, whose
+        // count of restores then falls behind.
         reloading.handle(PluginEvent::Text(1, "blob".into()));
+        let blob = sink.last_text.lock().unwrap().clone();
         assert!(
-            sink.sent_bytes.load(Ordering::Relaxed) > before,
-            "the api plugin stopped answering"
+            blob.starts_with(&format!("blob {state} ")),
+            "{name}: the state is gone: {blob}"
         );
+        reloading.handle(PluginEvent::Text(1, "restores".into()));
+        let restores = sink.last_text.lock().unwrap().clone();
+        let restores: u64 = restores.trim_start_matches("restores ").parse().expect("restores N");
+        assert!(restores > 0, "{name}: no reload carried the state");
     }
     group.finish();
     let _ = std::fs::remove_dir_all(cache);

@@ -6,6 +6,7 @@
 //! expiry is a time to live per key.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -75,7 +76,13 @@ const ENTRIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("entr
 pub struct FileStore {
     path: PathBuf,
     db: Mutex<Option<Arc<Database>>>,
+    /// Writes since expired entries were last swept out.
+    writes: AtomicU32,
 }
+
+/// Every this many writes, the write also removes the entries that have expired, so
+/// that keys set with a time to live do not pile up while the host runs.
+const SWEEP_EVERY: u32 = 1024;
 
 impl FileStore {
     /// A store in `dir`, created when first used.
@@ -83,6 +90,7 @@ impl FileStore {
         Self {
             path: dir.join("store.redb"),
             db: Mutex::new(None),
+            writes: AtomicU32::new(0),
         }
     }
 
@@ -155,7 +163,7 @@ impl KeyValue for FileStore {
             return Ok(None);
         };
         let value = entry.value();
-        Ok((!expired(value, now_ms())).then(|| value[8..].to_vec()))
+        Ok((!expired(value, now_ms())).then(|| value.get(8..).unwrap_or_default().to_vec()))
     }
 
     fn set(&self, namespace: &str, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
@@ -164,11 +172,16 @@ impl KeyValue for FileStore {
         let mut entry = Vec::with_capacity(8 + value.len());
         entry.extend_from_slice(&expires.to_le_bytes());
         entry.extend_from_slice(value);
+        let sweep = self.writes.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1;
         let txn = db.begin_write().map_err(unavailable)?;
-        txn.open_table(ENTRIES)
-            .map_err(unavailable)?
-            .insert((namespace, key), entry.as_slice())
-            .map_err(unavailable)?;
+        {
+            let mut table = txn.open_table(ENTRIES).map_err(unavailable)?;
+            table.insert((namespace, key), entry.as_slice()).map_err(unavailable)?;
+            if sweep {
+                let now = now_ms();
+                table.retain(|_, value| !expired(value, now)).map_err(unavailable)?;
+            }
+        }
         txn.commit().map_err(unavailable)
     }
 
@@ -288,6 +301,32 @@ mod tests {
         assert_eq!(store.list_keys("a", "", None, 10).unwrap(), ["long"]);
         assert_eq!(store.delete("a", "short"), Ok(false));
         assert_eq!(store.get("a", "long").unwrap(), Some(b"v".to_vec()));
+    }
+
+    #[test]
+    fn expired_keys_are_swept_out_as_writes_go_on() {
+        let dir = TempDir::new("sweep");
+        let store = FileStore::new(&dir.0);
+        store.set("a", "gone", b"v", Some(Duration::from_millis(1))).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while store.get("a", "gone").unwrap().is_some() {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::yield_now();
+        }
+        let entries = |store: &FileStore| {
+            let db = store.db().unwrap();
+            let txn = db.begin_read().unwrap();
+            redb::ReadableTableMetadata::len(&txn.open_table(ENTRIES).unwrap()).unwrap()
+        };
+        assert_eq!(entries(&store), 1, "an expired entry stays until a sweep");
+        for n in 0..SWEEP_EVERY {
+            store.set("a", &format!("k{n}"), b"v", None).unwrap();
+        }
+        assert_eq!(
+            entries(&store),
+            u64::from(SWEEP_EVERY),
+            "the sweep removed the expired one"
+        );
     }
 
     #[test]

@@ -74,6 +74,21 @@ pub fn plugin_path(name: &str) -> PathBuf {
     path
 }
 
+/// Held by a test for its whole run, so that the tests of one binary that take it run
+/// one at a time: several measure a latency, which on a 2-core machine would otherwise
+/// measure the other tests too.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    // A test that failed while holding the lock poisons it; the next one may still run.
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Sends a text message and returns the text reply.
+pub fn ask(client: &mut Client, text: &str) -> String {
+    client.send_text(text);
+    client.recv_text()
+}
+
 /// A fresh, empty directory under the system's temp dir, removed with its contents
 /// when dropped.
 pub struct TempDir {

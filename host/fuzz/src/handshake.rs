@@ -9,7 +9,11 @@
 //! with exactly the headers RFC 6455 section 4.2.2 asks for, the right accept key, a
 //! subprotocol both offered and supported, and the extension `deflate::negotiate`
 //! gives; a rejection's response is well formed with a matching Content-Length; an
-//! outcome with `consumed` bytes is the same on those bytes alone.
+//! outcome with `consumed` bytes is the same on those bytes alone. An accepted request's
+//! response, with each subprotocol the application may choose instead, names exactly
+//! that one; one not offered is refused. Every input is also read as an application's
+//! rejection (`custom_response`): what is sent is one response with the status, the
+//! given headers (none added, none injected) and the body.
 
 use wsplug_ws::deflate::{self, DeflateConfig};
 use wsplug_ws::handshake::{self, Accepted, HandshakeConfig, Outcome, Rejection};
@@ -49,6 +53,73 @@ pub fn run(data: &[u8]) {
         check(&structured(&mut r), &config);
     } else {
         check(r.rest(), &config);
+    }
+    check_custom_response(data);
+}
+
+/// Reads `data` as a rejection: a status, then a body and `name:value` headers split by
+/// NUL bytes.
+fn check_custom_response(data: &[u8]) {
+    let status = u16::from_le_bytes([data.first().copied().unwrap_or(0), data.get(1).copied().unwrap_or(0)]) % 700;
+    let mut parts = data.get(2..).unwrap_or_default().split(|&b| b == 0);
+    let body = parts.next().unwrap_or_default();
+    let headers: Vec<(String, String)> = parts
+        .filter_map(|part| {
+            let text = String::from_utf8_lossy(part);
+            let (name, value) = text.split_once(':')?;
+            Some((name.to_owned(), value.to_owned()))
+        })
+        .take(8)
+        .collect();
+    let Ok(response) = handshake::custom_response(status, &headers, body) else {
+        return;
+    };
+    assert!((400..=599).contains(&status), "sent status {status}");
+    let (code, len, parsed) = parse_response(&response);
+    assert_eq!(code, status);
+    assert_eq!(&response[len..], body, "the body is not what was given");
+    let framing = |name: &str| ["content-length", "connection", "transfer-encoding"].contains(&name);
+    let kept = headers
+        .iter()
+        .filter(|(name, _)| !framing(&name.to_ascii_lowercase()))
+        .count();
+    assert_eq!(
+        parsed.len(),
+        kept + 2,
+        "headers added or lost: {parsed:?} from {headers:?}"
+    );
+    let length: Vec<&String> = parsed
+        .iter()
+        .filter(|(n, _)| n == "content-length")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(length, [&body.len().to_string()]);
+}
+
+/// An accepted request with every subprotocol an application may choose instead of the
+/// configured one, and one that was not offered.
+fn check_choices(accepted: &Accepted) {
+    let offered: Vec<String> = accepted.request.offered_subprotocols().map(str::to_owned).collect();
+    let stranger = Some("not-offered".to_owned()).filter(|s| !offered.contains(s));
+    for choice in offered.iter().cloned().map(Some).chain([None, stranger]) {
+        let mut chosen = accepted.clone();
+        match chosen.choose_subprotocol(choice.clone()) {
+            Ok(()) => {
+                let response = chosen.response();
+                let (status, len, headers) = parse_response(&response);
+                assert_eq!((status, len), (101, response.len()));
+                let named: Vec<&str> = headers
+                    .iter()
+                    .filter(|(n, _)| n == "sec-websocket-protocol")
+                    .map(|(_, v)| v.as_str())
+                    .collect();
+                assert_eq!(named, choice.as_deref().into_iter().collect::<Vec<_>>());
+            }
+            Err(_) => assert!(
+                choice.as_ref().is_some_and(|c| !offered.contains(c)),
+                "{choice:?} refused though offered"
+            ),
+        }
     }
 }
 
@@ -207,6 +278,7 @@ pub fn check(buf: &[u8], config: &HandshakeConfig) {
         Outcome::Accepted { accepted, consumed } => {
             assert!(*consumed <= buf.len() && *consumed <= config.max_request_bytes);
             check_accepted(accepted, config);
+            check_choices(accepted);
             assert_eq!(
                 handshake::accept(&buf[..*consumed], config),
                 outcome,
@@ -251,7 +323,8 @@ fn parse_response(response: &[u8]) -> (u16, usize, Vec<(String, String)>) {
 }
 
 fn check_accepted(accepted: &Accepted, config: &HandshakeConfig) {
-    let response = std::str::from_utf8(&accepted.response).expect("response is UTF-8");
+    let response = accepted.response();
+    let response = std::str::from_utf8(&response).expect("response is UTF-8");
     assert!(response.is_ascii(), "response is not ASCII: {response:?}");
     assert!(response.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
     assert!(response.ends_with("\r\n\r\n"));

@@ -87,9 +87,18 @@ impl Linked {
         if !claims_v1 {
             match v2::PluginIndices::new(&pre) {
                 Ok(exports) => {
+                    // An optional interface is there or not; one exported but not whole
+                    // is an error, not "no hook" (which would let everyone in).
+                    let exported = |interface: &str| names.iter().any(|n| n == interface);
+                    let handshake = exported("wsplug:plugin/handshake@0.2.0")
+                        .then(|| v2_optional::handshake::GuestIndices::new(&pre))
+                        .transpose()?;
+                    let state = exported("wsplug:plugin/state@0.2.0")
+                        .then(|| v2_optional::state::GuestIndices::new(&pre))
+                        .transpose()?;
                     return Ok(Self::V2 {
-                        handshake: v2_optional::handshake::GuestIndices::new(&pre).ok(),
-                        state: v2_optional::state::GuestIndices::new(&pre).ok(),
+                        handshake,
+                        state,
                         exports,
                         pre,
                     });

@@ -65,6 +65,10 @@ impl Default for Grants {
 /// Where [`Grants::data_dir`] appears inside the plugin.
 pub const DATA_DIR: &str = "/data";
 
+/// An export call may take this many times its CPU deadline in all, time spent waiting
+/// in host calls included.
+pub const WAITING_FACTOR: u32 = 10;
+
 /// Consecutive crashes after which restarts are delayed.
 const BACKOFF_AFTER: u32 = 3;
 /// First and longest delay of a restart in a crash loop.
@@ -181,6 +185,10 @@ pub struct Runner {
     opened: BTreeSet<ConnId>,
     /// Crashes since the last successful call.
     crashes: u32,
+    /// The last crash was one event's fault and cost only that event's client (its
+    /// connection closed with 1011, its handshake refused with 503): the replay that
+    /// follows shows the plugin works. Not so for a timer or a snapshot.
+    last_crash_contained: bool,
     /// The plugin's timers: the host's, so they outlive instances and versions.
     timers: Arc<Timers>,
     /// The key-value store its `store` imports use.
@@ -218,6 +226,7 @@ impl Runner {
             instance: None,
             opened: BTreeSet::new(),
             crashes: 0,
+            last_crash_contained: false,
             timers: Timers::new(),
             store,
         };
@@ -245,22 +254,25 @@ impl Runner {
                 // A fresh instance first, so that the replay does not open `conn` too.
                 self.live_instance();
                 self.opened.insert(conn);
-                self.dispatch(conn, &event);
+                self.call(Some(conn), &event);
             }
             // Events of a connection the plugin does not know (it was closed with
             // 1011 after a trap) are dropped.
             PluginEvent::Text(conn, _) | PluginEvent::Binary(conn, _) => {
                 if self.opened.contains(&conn) {
-                    self.dispatch(conn, &event);
+                    self.call(Some(conn), &event);
                 }
             }
             PluginEvent::Close(conn, ..) => {
                 if self.opened.remove(&conn) {
-                    self.dispatch(conn, &event);
+                    self.call(Some(conn), &event);
                 }
             }
             PluginEvent::Upgrade(request, reply) => {
-                let _ = reply.send(self.upgrade(&request));
+                // A handshake that gave up waiting (503, or the client left) is not asked about.
+                if !reply.is_closed() {
+                    let _ = reply.send(self.upgrade(&request));
+                }
             }
             PluginEvent::Timer(id, generation) => {
                 if self.timers.take(id, generation) {
@@ -299,10 +311,6 @@ impl Runner {
         }
     }
 
-    fn dispatch(&mut self, conn: ConnId, event: &PluginEvent) {
-        self.call(Some(conn), event);
-    }
-
     fn call(&mut self, conn: Option<ConnId>, event: &PluginEvent) {
         let Some(instance) = self.live_instance() else { return };
         match deliver(instance, event) {
@@ -333,9 +341,10 @@ impl Runner {
                 Ok(mut instance) => match self.replay(&mut instance) {
                     Ok(()) => {
                         // Replayed opens are successful calls: the plugin works, and the
-                        // trap before was one event's fault. Only a plugin that fails
-                        // every call (or cannot start) keeps counting towards back-off.
-                        if !self.opened.is_empty() {
+                        // trap before was one client's event's fault. A plugin that fails
+                        // every call (or cannot start), or a timer that traps at every
+                        // tick, keeps counting towards back-off.
+                        if self.last_crash_contained && !self.opened.is_empty() {
                             self.crashes = 0;
                         }
                         self.instance = Some(instance);
@@ -372,6 +381,7 @@ impl Runner {
         );
         self.instance = None;
         self.crashes += 1;
+        self.last_crash_contained = conn.is_some() || export == "on-upgrade";
         if let Some(conn) = conn
             && self.opened.remove(&conn)
         {
@@ -442,6 +452,16 @@ impl Runner {
         );
         self.decides_handshakes
             .store(loaded.linked.has_handshake(), Ordering::Relaxed);
+        // A 0.1 version has no on-timer: the timers of the version before would tick
+        // into nothing for ever.
+        if matches!(loaded.linked, Linked::V1(_)) && !self.timers.is_empty() {
+            tracing::warn!(
+                plugin = &*loaded.name,
+                timers = self.timers.len(),
+                "the new version implements 0.1.0 (no on-timer): its timers are cancelled"
+            );
+            self.timers.clear();
+        }
         self.instance = Some(instance);
         self.loaded = loaded;
         self.crashes = 0;
@@ -472,8 +492,12 @@ impl Runner {
             Ok(Ok(state)) => state,
             Ok(Err(why)) => return Err(format!("snapshot refused: {why}")),
             Err(error) => {
+                // Like any trap: the old version goes on from a fresh instance, with
+                // on-open replayed, and the crash counts.
                 let why = format!("snapshot trapped: {}", super::one_line(&error));
                 self.instance = None;
+                self.crashes += 1;
+                self.last_crash_contained = false;
                 return Err(why);
             }
         };
@@ -510,7 +534,13 @@ impl Runner {
         // deadline once the time it waited in host calls is taken off, if anything.
         store.epoch_deadline_callback(|store| {
             let state = store.data();
-            let spent = state.call_started.elapsed().saturating_sub(state.in_host);
+            let elapsed = state.call_started.elapsed();
+            if elapsed >= state.deadline * WAITING_FACTOR {
+                // Waiting in host calls is off the deadline, but not without end: a
+                // loop of store writes would otherwise hold the plugin thread for ever.
+                return Err(Trap::Interrupt.into());
+            }
+            let spent = elapsed.saturating_sub(state.in_host);
             match state.deadline.checked_sub(spent).filter(|left| !left.is_zero()) {
                 Some(left) => Ok(UpdateDeadline::Continue(ticks(left))),
                 None => Err(Trap::Interrupt.into()),

@@ -100,6 +100,13 @@ impl Timers {
         self.lock().timers.contains_key(&id)
     }
 
+    /// Cancels every timer.
+    pub fn clear(&self) {
+        let mut state = self.lock();
+        state.timers.clear();
+        state.schedule.clear();
+    }
+
     /// How many timers are pending.
     pub fn len(&self) -> usize {
         self.lock().timers.len()

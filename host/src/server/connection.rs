@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 
 use super::Shared;
 use super::outbound::{Command, Mailbox};
@@ -41,10 +41,9 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut buf = BytesMut::with_capacity(1024);
-    let handshake = timeout(
-        shared.settings.handshake_timeout,
-        read_handshake(&mut reader, &mut buf, &shared),
-    );
+    // One bound for the whole handshake: reading it and, with a hook, the plugin's decision.
+    let deadline = Instant::now() + shared.settings.handshake_timeout;
+    let handshake = timeout_at(deadline, read_handshake(&mut reader, &mut buf, &shared));
     let detailed = !shared.settings.prod;
     let mut accepted = match handshake.await {
         Ok(Ok(Outcome::Accepted { accepted, consumed })) => {
@@ -78,7 +77,7 @@ where
         let _ = writer.write_all(&rejection.response(detailed)).await;
         return linger(reader, writer, &shared).await;
     };
-    let admitted = match admit(&mut accepted, peer, &shared).await {
+    let admitted = match admit(&mut accepted, peer, &shared, deadline).await {
         Ok(admitted) => admitted,
         Err(response) => {
             let _ = writer.write_all(&response).await;
@@ -155,10 +154,16 @@ struct Admitted {
 
 /// Asks the plugin's `on-upgrade`, if it has one, whether to let the client in, and
 /// checks its answer: the connection's attachment and groups, or the HTTP response to
-/// send instead. Anything but a clear, valid decision within the handshake timeout
-/// (a trap, a deadline overrun, a subprotocol that was not offered, a malformed
-/// rejection) is a 503: the hook fails closed.
-async fn admit(accepted: &mut Accepted, peer: SocketAddr, shared: &Shared) -> Result<Admitted, Vec<u8>> {
+/// send instead. Anything but a clear, valid decision by `deadline` (the end of the
+/// handshake timeout; a plugin whose queue is full counts against it too), such as a
+/// trap, a deadline overrun, a subprotocol that was not offered or a malformed
+/// rejection, is a 503: the hook fails closed.
+async fn admit(
+    accepted: &mut Accepted,
+    peer: SocketAddr,
+    shared: &Shared,
+    deadline: Instant,
+) -> Result<Admitted, Vec<u8>> {
     if !shared.plugin.decides_handshakes() {
         return Ok(Admitted::default());
     }
@@ -172,13 +177,11 @@ async fn admit(accepted: &mut Accepted, peer: SocketAddr, shared: &Shared) -> Re
     };
     let (reply, decision) = oneshot::channel();
     let events = shared.plugin.events();
-    let decision = match events.send(PluginEvent::Upgrade(Box::new(upgrade), reply)).await {
-        Ok(()) => timeout(shared.settings.handshake_timeout, decision)
-            .await
-            .ok()
-            .and_then(Result::ok),
-        Err(_) => None,
+    let asked = async {
+        events.send(PluginEvent::Upgrade(Box::new(upgrade), reply)).await.ok()?;
+        decision.await.ok()
     };
+    let decision = timeout_at(deadline, asked).await.ok().flatten();
     let unavailable = |why: &str| {
         tracing::warn!(%peer, "handshake refused with 503: {why}");
         Rejection::new(503, "the application could not decide").response(!shared.settings.prod)

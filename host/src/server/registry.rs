@@ -178,16 +178,22 @@ impl HostServices for Registry {
             .iter()
             .filter(|id| Some(**id) != except)
             .filter_map(|id| inner.conns.get(id))
-            .filter(|entry| entry.push(Command::Send(message.clone())).is_ok())
+            .filter(|entry| entry.opened && entry.push(Command::Send(message.clone())).is_ok())
             .count() as u32
     }
 
+    // Like broadcasts, group messages and members cover opened connections only: one
+    // that joined at its handshake is a member once the plugin has had its on-open.
     fn group_members(&self, group: &str) -> Vec<ConnId> {
-        self.lock()
-            .groups
-            .get(group)
-            .map(|m| m.iter().copied().collect())
-            .unwrap_or_default()
+        let inner = self.lock();
+        let Some(members) = inner.groups.get(group) else {
+            return Vec::new();
+        };
+        members
+            .iter()
+            .copied()
+            .filter(|id| inner.conns.get(id).is_some_and(|entry| entry.opened))
+            .collect()
     }
 
     fn connections(&self) -> Vec<ConnId> {
@@ -248,8 +254,12 @@ mod tests {
         let mut a = registry.register(info(1));
         let mut b = registry.register(info(2));
         let mut c = registry.register(info(3));
-        // Not yet opened: only direct sends reach it.
+        // Not yet opened: only direct sends reach it, even in a group it joined at its
+        // handshake, and it is nobody's member yet.
         let mut d = registry.register(info(4));
+        registry.join(4, "early").unwrap();
+        assert_eq!(registry.publish("early", text("too soon"), None), 0);
+        assert!(registry.group_members("early").is_empty());
         for id in [1, 2, 3] {
             registry.opened(id);
         }
@@ -279,6 +289,7 @@ mod tests {
         registry.opened(4);
         registry.send(4, text("to d")).unwrap();
         assert_eq!(registry.broadcast(text("all"), None), 4);
+        assert_eq!(registry.group_members("early"), vec![4]);
         assert_eq!(drain(&mut d), ["to d", "all"]);
         drain(&mut a);
         drain(&mut b);

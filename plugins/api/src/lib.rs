@@ -13,7 +13,8 @@
 //! - `timer ID DELAY [REPEAT]`, `cancel ID`, `pending ID`: timers. A timer fires as the
 //!   text `timer ID late_us N` to connection `ID >> 20` (the tests pick ids that way),
 //!   where N is how late it came, by this instance's clock, in microseconds (0 if the
-//!   instance did not set it: after a reload or a trap).
+//!   instance did not set it: after a reload or a trap). An id with bit 19 set traps
+//!   instead.
 //! - `kv-set K V [TTL]`, `kv-get K`, `kv-del K`, `kv-list PREFIX [AFTER [LIMIT]]`,
 //!   `kv-fill N` (N writes in one call), `kv-big key|value` (one over the limit).
 //! - `+`: counts one, no reply; `total`: the count. The count, the memos, the blob and
@@ -191,6 +192,9 @@ impl Plugin for Api {
     }
 
     fn on_timer(id: TimerId) {
+        if id & TRAPPING_TIMER != 0 {
+            panic!("timer {id} told to trap");
+        }
         let now = Instant::now();
         let late = DUE.with(|due| {
             let mut due = due.borrow_mut();
@@ -222,6 +226,9 @@ impl Plugin for Api {
         Ok(())
     }
 }
+
+/// A timer id with this bit set traps when it fires.
+const TRAPPING_TIMER: TimerId = 1 << 19;
 
 fn spin() -> ! {
     let mut n = 0u64;
