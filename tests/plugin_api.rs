@@ -524,23 +524,38 @@ fn store_limits_and_expiry() {
 #[test]
 fn time_waiting_for_the_store_does_not_count_against_the_cpu_deadline() {
     let _serial = serial();
-    // 2000 committed writes in one call take longer than 50 ms (each is a transaction,
-    // with an fsync: 500 ms here), and about 16 ms in the plugin's code and the calls'
-    // crossings (8 us per call, measured), which is what the deadline counts.
+    // 1000 committed writes in one call take longer than 50 ms (each is a transaction,
+    // with an fsync: 250 ms here) but less than the 10 x 50 ms a call may last in all,
+    // and about 8 ms in the plugin's code and the calls' crossings (8 us per call,
+    // measured), which is what the deadline counts.
     let server = Server::start("api", &["--plugin-deadline-ms", "50"]);
     let mut client = server.connect("/");
     let started = Instant::now();
-    assert_eq!(ask(&mut client, "kv-fill 2000"), "filled 2000 failed 0");
+    assert_eq!(ask(&mut client, "kv-fill 1000"), "filled 1000 failed 0");
     let took = started.elapsed();
-    println!("2000 store writes in one call: {took:?}");
+    println!("1000 store writes in one call: {took:?}");
     assert!(
         took > Duration::from_millis(50),
         "the writes took {took:?}, less than the deadline: this shows nothing about it"
     );
-    assert_eq!(ask(&mut client, "kv-get fill/00001999"), "value v");
+    assert_eq!(ask(&mut client, "kv-get fill/00000999"), "value v");
     // The plugin's own time still counts.
     client.send_text("spin");
     assert_eq!(client.recv_close().0, 1011);
+}
+
+#[test]
+fn a_call_that_keeps_writing_is_stopped_at_ten_times_its_deadline() {
+    let _serial = serial();
+    // 20,000 writes take seconds; the call may last 10 x 10 ms in all.
+    let server = Server::start("api", &["--plugin-deadline-ms", "10"]);
+    let mut client = server.connect("/");
+    let started = Instant::now();
+    client.send_text("kv-fill 20000");
+    assert_eq!(client.recv_close().0, 1011);
+    let took = started.elapsed();
+    println!("a loop of store writes stopped after {took:?}");
+    assert!(took < Duration::from_secs(2), "stopped only after {took:?}");
 }
 
 #[test]

@@ -74,8 +74,9 @@ pub struct HostState {
     pub(super) name: Arc<str>,
     /// CPU time one export call may take.
     pub(super) deadline: Duration,
-    /// When the current export call started.
-    pub(super) call_started: Instant,
+    /// Epoch ticks the current export call has been given so far: the callback runs
+    /// when they have passed, so this is the call's time, without a clock read per call.
+    pub(super) granted_ticks: u64,
     /// Time the current call waited in host calls, which its deadline does not count.
     pub(super) in_host: Duration,
 }
@@ -122,18 +123,25 @@ impl From<StoreError> for types::StoreError {
     }
 }
 
-impl From<&ConnectionInfo> for types::ConnectionInfo {
-    fn from(info: &ConnectionInfo) -> Self {
-        Self {
-            id: info.id,
-            remote_address: info.remote_address.clone(),
-            path: info.path.clone(),
-            query: info.query.clone(),
-            subprotocol: info.subprotocol.clone(),
-            headers: info.headers.clone(),
+/// `connection-info` of either version: the same record in two packages.
+macro_rules! connection_info_from {
+    ($($version:ty),*) => {$(
+        impl From<&ConnectionInfo> for $version {
+            fn from(info: &ConnectionInfo) -> Self {
+                Self {
+                    id: info.id,
+                    remote_address: info.remote_address.clone(),
+                    path: info.path.clone(),
+                    query: info.query.clone(),
+                    subprotocol: info.subprotocol.clone(),
+                    headers: info.headers.clone(),
+                }
+            }
         }
-    }
+    )*};
 }
+
+connection_info_from!(types::ConnectionInfo, v1::wsplug::plugin::types::ConnectionInfo);
 
 impl From<&UpgradeRequest> for types::UpgradeRequest {
     fn from(request: &UpgradeRequest) -> Self {
@@ -361,14 +369,7 @@ mod v0_1 {
         }
 
         fn info(&mut self, conn: ConnId) -> Option<old::ConnectionInfo> {
-            self.services.info(conn).map(|info| old::ConnectionInfo {
-                id: info.id,
-                remote_address: info.remote_address.clone(),
-                path: info.path.clone(),
-                query: info.query.clone(),
-                subprotocol: info.subprotocol.clone(),
-                headers: info.headers.clone(),
-            })
+            self.services.info(conn).map(|info| (&*info).into())
         }
 
         fn log(&mut self, level: old::LogLevel, message: String) {

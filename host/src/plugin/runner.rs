@@ -525,16 +525,17 @@ impl Runner {
             store: self.store.clone(),
             name: loaded.name.clone(),
             deadline: self.limits.deadline,
-            call_started: Instant::now(),
+            granted_ticks: 0,
             in_host: Duration::ZERO,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
-        // The deadline of `start_call` is reached: the call has what is left of its
-        // deadline once the time it waited in host calls is taken off, if anything.
-        store.epoch_deadline_callback(|store| {
-            let state = store.data();
-            let elapsed = state.call_started.elapsed();
+        // The ticks `start_call` (or this callback) granted have passed: the call has
+        // what is left of its deadline once the time it waited in host calls is taken
+        // off, if anything.
+        store.epoch_deadline_callback(|mut store| {
+            let state = store.data_mut();
+            let elapsed = EPOCH_TICK * u32::try_from(state.granted_ticks).unwrap_or(u32::MAX);
             if elapsed >= state.deadline * WAITING_FACTOR {
                 // Waiting in host calls is off the deadline, but not without end: a
                 // loop of store writes would otherwise hold the plugin thread for ever.
@@ -542,7 +543,11 @@ impl Runner {
             }
             let spent = elapsed.saturating_sub(state.in_host);
             match state.deadline.checked_sub(spent).filter(|left| !left.is_zero()) {
-                Some(left) => Ok(UpdateDeadline::Continue(ticks(left))),
+                Some(left) => {
+                    let more = ticks(left);
+                    state.granted_ticks += more;
+                    Ok(UpdateDeadline::Continue(more))
+                }
                 None => Err(Trap::Interrupt.into()),
             }
         });
@@ -574,10 +579,10 @@ impl Runner {
 /// left, or interrupts it.
 fn start_call(store: &mut Store<HostState>) {
     let state = store.data_mut();
-    state.call_started = Instant::now();
+    state.granted_ticks = ticks(state.deadline);
     state.in_host = Duration::ZERO;
-    let deadline = state.deadline;
-    store.set_epoch_deadline(ticks(deadline));
+    let granted = state.granted_ticks;
+    store.set_epoch_deadline(granted);
 }
 
 /// Epoch ticks in `time`, at least one.
