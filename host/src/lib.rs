@@ -2,12 +2,14 @@
 //! components.
 //!
 //! - [`app`]: the `host` program, from command line to shutdown.
+//! - [`cluster`]: several hosts serving one application through Redis (the wire format so far).
 //! - [`config`]: the TOML file and command line, merged and validated.
 //! - [`ws`]: the protocol, sans I/O (the `wsplug-ws` crate, in `host/ws`).
 //! - [`plugin`]: the WebAssembly runtime that runs a plugin; it knows nothing of frames.
 //! - [`server`]: the tokio shell that connects sockets, protocol and plugin.
 
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod plugin;
 pub mod server;

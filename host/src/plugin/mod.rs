@@ -72,10 +72,21 @@ impl From<&'static str> for TextBytes {
     }
 }
 
+impl TryFrom<bytes::Bytes> for TextBytes {
+    type Error = std::str::Utf8Error;
+
+    /// Checks that `bytes` are UTF-8 and keeps them without a copy.
+    fn try_from(bytes: bytes::Bytes) -> Result<Self, Self::Error> {
+        std::str::from_utf8(&bytes)?;
+        Ok(Self(bytes))
+    }
+}
+
 impl TextBytes {
     /// The text.
     pub fn as_str(&self) -> &str {
-        // SAFETY: only built from `String` or `&str` (see the `From` impls), never mutated.
+        // SAFETY: only built from `String`, `&str` or checked bytes (see the `From` and
+        // `TryFrom` impls), never mutated.
         unsafe { std::str::from_utf8_unchecked(&self.0) }
     }
 }
