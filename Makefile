@@ -28,10 +28,11 @@ WIT_BINDGEN := $(TOOLS)/bin/wit-bindgen
 WASI_ADAPTER := $(TOOLS)/wasi_snapshot_preview1.reactor.wasm
 WIT        := $(wildcard wit/*.wit wit/0.1.0/*.wit)
 
-.PHONY: help deps rust-deps py-deps browser-deps js-deps c-deps bench-deps bench plugins plugins-rust plugins-js plugins-py plugins-c build lint unit integration clients adversarial fuzz fuzz-smoke autobahn browser test run clean
+.PHONY: help deps redis-deps run-cluster rust-deps py-deps browser-deps js-deps c-deps bench-deps bench plugins plugins-rust plugins-js plugins-py plugins-c build lint unit integration clients adversarial fuzz fuzz-smoke autobahn browser test run clean
 
 help:
 	@echo "make run        build the plugins and start the server on $(LISTEN)"
+	@echo "make run-cluster  the chat on two hosts ($(LISTEN), $(CLUSTER_LISTEN_2)) sharing a Redis of their own"
 	@echo "make test       install what is missing, build everything, run every test"
 	@echo "make plugins    build every WebAssembly plugin (Rust, JavaScript, Python, C) into $(PLUGIN_DIR)"
 	@echo "make plugins-rust (-js, -py, -c)   build one language's plugins"
@@ -45,7 +46,13 @@ help:
 
 ## Installation -----------------------------------------------------------------
 
-deps: rust-deps py-deps js-deps c-deps browser-deps
+deps: rust-deps py-deps js-deps c-deps browser-deps redis-deps
+
+# Debian's Redis, for the cluster tests and `make run-cluster` (each starts its own
+# redis-server on a port of its own; nothing uses a Redis on 6379).
+redis-deps:
+	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null \
+		|| (apt-get update && apt-get install -y redis-server)
 
 rust-deps:
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
@@ -182,9 +189,9 @@ unit: build
 
 # The real host binary with the real plugins: protocol (integration), plugin runtime
 # (runtime), configuration, TLS, static files, shutdown (settings), the chat in every
-# language (chat) and plugin API 0.2 (plugin_api).
-integration: build plugins
-	WSPLUG_PLUGIN_DIR=$(PLUGIN_DIR) cargo test --quiet --test integration --test runtime --test settings --test chat --test plugin_api
+# language (chat), plugin API 0.2 (plugin_api) and several hosts through Redis (cluster).
+integration: build plugins redis-deps
+	WSPLUG_PLUGIN_DIR=$(PLUGIN_DIR) cargo test --quiet --test integration --test runtime --test settings --test chat --test plugin_api --test cluster
 
 # Stock clients against the real host: Python `websockets` and Node `ws` (pinned in
 # tests/clients/node), with and without compression, every size, bursts, broadcasts.
@@ -229,6 +236,23 @@ run: rust-deps plugins-rust
 	@echo "  wsplug chat: open http://$(LISTEN)/ in two browser windows"
 	@echo
 	$(TARGET_DIR)/release/host --listen $(LISTEN) --plugin $(PLUGIN_DIR)/chat.wasm --static examples/chat
+
+# The chat on two hosts sharing a Redis server of their own (port CLUSTER_REDIS_PORT):
+# a message typed on one host's page reaches the other's.
+CLUSTER_REDIS_PORT ?= 6390
+CLUSTER_LISTEN_2   ?= 127.0.0.1:9002
+
+run-cluster: rust-deps plugins-rust redis-deps
+	cargo build --release --quiet --bin host
+	@trap 'kill 0' EXIT; \
+	redis-server --port $(CLUSTER_REDIS_PORT) --bind 127.0.0.1 --save "" --appendonly no --loglevel warning & \
+	until redis-cli -p $(CLUSTER_REDIS_PORT) ping 2>/dev/null | grep -q PONG; do sleep 0.1; done; \
+	echo; echo "  wsplug chat on two hosts: open http://$(LISTEN)/ and http://$(CLUSTER_LISTEN_2)/"; echo; \
+	for listen in $(LISTEN) $(CLUSTER_LISTEN_2); do \
+		$(TARGET_DIR)/release/host --listen $$listen --plugin $(PLUGIN_DIR)/chat.wasm --static examples/chat \
+			--cluster redis://127.0.0.1:$(CLUSTER_REDIS_PORT) --cluster-name chat & \
+	done; \
+	wait
 
 clean:
 	cargo clean

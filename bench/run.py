@@ -15,6 +15,7 @@ import re
 import resource
 import select
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -69,16 +70,44 @@ def start(command):
     sys.exit(f"bench: {command[0]} did not start")
 
 
+def start_redis():
+    """A redis-server of the bench's own on a free port, without persistence."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        if "Ready to accept connections" in line:
+            return proc, port
+    sys.exit("bench: redis-server did not start")
+
+
 def measure(server, mode, wsbench_args, server_extra=()):
-    proc, addr = start(server_command(server, mode, list(server_extra)))
+    """Runs wsbench against `server`. `wsplug-cluster-N` is N hosts sharing a Redis
+    server; wsbench spreads its connections over them (its senders on the first)."""
+    procs = []
     try:
+        hosts = 1
+        if server.startswith("wsplug-cluster-"):
+            hosts = int(server.rsplit("-", 1)[1])
+            redis, port = start_redis()
+            procs.append(redis)
+            server_extra = [*server_extra, "--cluster", f"redis://127.0.0.1:{port}"]
+        addrs = []
+        for _ in range(hosts):
+            proc, addr = start(server_command(server, mode, list(server_extra)))
+            procs.append(proc)
+            addrs.append(addr)
         out = subprocess.run(
-            [os.path.join(RELEASE, "wsbench"), "--addr", addr, "--server-pid", str(proc.pid), *wsbench_args],
+            [os.path.join(RELEASE, "wsbench"), "--addr", ",".join(addrs), "--server-pid", str(procs[-1].pid),
+             *wsbench_args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300,
         )
     finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        for proc in procs:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
     lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
     if out.returncode != 0 or not lines:
         print(f"bench: wsbench failed against {server}: {out.stderr.strip()[-500:]}", file=sys.stderr)
@@ -178,6 +207,15 @@ def scenarios(duration, certs):
         ("fanout 1000 conns x 1 sender", "deliveries_per_s", True, "broadcast",
          ["fanout", "--conns", "1000", "--senders", "1", "--size", "32", "--window", "8", "--duration", d],
          ["wsplug", "fastwebsockets", "tokio-tungstenite"], []),
+        # Several hosts through Redis: the same fanout with the 1000 connections spread over
+        # 3 hosts (the sender on the first), and the latency of one message from a sender on
+        # one host to a receiver on another (one in flight), against the same on one host.
+        ("fanout 1000 conns x 1 sender, 1 host vs 3 hosts via Redis", "deliveries_per_s", True, "broadcast",
+         ["fanout", "--conns", "1000", "--senders", "1", "--size", "32", "--window", "8", "--duration", d],
+         ["wsplug", "wsplug-cluster-3"], []),
+        ("latency of one broadcast, same host vs across hosts via Redis (p50 µs)", "p50_us", False, "broadcast",
+         ["fanout", "--conns", "2", "--senders", "1", "--size", "32", "--window", "1", "--duration", d],
+         ["wsplug", "wsplug-cluster-2"], []),
         ("10,000 idle connections (KiB RSS/conn)", "rss_per_conn_kib", False, "echo",
          ["conns", "--conns", "10000"],
          ["wsplug", "fastwebsockets", "tokio-tungstenite"], []),

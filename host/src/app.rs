@@ -9,12 +9,14 @@ use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
+use crate::cluster::bus;
 use crate::config::{Config, Options};
 use crate::plugin::{self, Grants, HostServices, Loader, PluginEvent, PluginHandle, PluginLimits, Runner};
 use crate::server::outbound::OutboundLimits;
 use crate::server::registry::Registry;
 use crate::server::static_files::StaticFiles;
 use crate::server::{Server, Settings, tls};
+use crate::store::KeyValue;
 use crate::ws::handshake::HandshakeConfig;
 
 /// Native code that handles plugin events in place of a WebAssembly plugin.
@@ -86,13 +88,24 @@ async fn run(config: Config, native: Option<NativeHandler>) -> anyhow::Result<()
         .transpose()
         .context("cannot serve the static directory")?;
 
-    let registry = Arc::new(Registry::new(OutboundLimits {
+    let limits = OutboundLimits {
         max_messages: config.max_messages_buffering,
         max_bytes: config.max_buffered_bytes,
-    }));
+    };
+    let bus = match &config.cluster {
+        Some(cluster) => Some(bus::join(cluster).await?),
+        None => None,
+    };
+    let registry = Arc::new(match &bus {
+        Some(bus) => Registry::clustered(limits, bus.cluster()),
+        None => Registry::new(limits),
+    });
     let plugin = match native {
         Some(handle) => plugin::spawn_handler(config.plugin_queue, registry.clone(), handle)?,
-        None => start_plugin(&config, registry.clone())?,
+        None => {
+            let store = bus.as_ref().map(|bus| Arc::new(bus.store()) as Arc<dyn KeyValue>);
+            start_plugin(&config, registry.clone(), store)?
+        }
     };
 
     let settings = Settings {
@@ -110,19 +123,28 @@ async fn run(config: Config, native: Option<NativeHandler>) -> anyhow::Result<()
         prod: config.prod,
     };
     let scheme = if tls.is_some() { "wss" } else { "ws" };
-    let server = Server::bind(config.listen, settings, registry, plugin, static_files, tls)
+    let server = Server::bind(config.listen, settings, registry.clone(), plugin, static_files, tls)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = server.local_addr()?;
+    let bus = bus.map(|bus| bus.run(registry));
     // Tests and scripts wait for this line to know the server is ready.
     println!("wsplug listening on {scheme}://{addr}");
     server.run(stop_signal()?, config.shutdown_grace).await;
+    if let Some(bus) = bus {
+        bus.leave().await;
+    }
     Ok(())
 }
 
 /// Loads the configured plugin, starts it on its own thread and watches its file
-/// for new versions.
-fn start_plugin(config: &Config, registry: Arc<Registry>) -> anyhow::Result<PluginHandle> {
+/// for new versions. Its key-value store is `store` if given (the cluster's), else the
+/// file store in `store_dir`.
+fn start_plugin(
+    config: &Config,
+    registry: Arc<Registry>,
+    store: Option<Arc<dyn KeyValue>>,
+) -> anyhow::Result<PluginHandle> {
     let loader = Arc::new(Loader::new(config.cache_dir.clone())?);
     let loaded = loader.load(&config.plugin, Instant::now())?;
     tracing::info!(
@@ -146,7 +168,11 @@ fn start_plugin(config: &Config, registry: Arc<Registry>) -> anyhow::Result<Plug
         data_dir: config.plugin_dir.clone(),
         store_dir: config.store_dir.clone(),
     };
-    let plugin = plugin::spawn(Runner::new(loader.engine(), loaded, registry, limits, grants)?)?;
+    let mut runner = Runner::new(loader.engine(), loaded, registry, limits, grants)?;
+    if let Some(store) = store {
+        runner = runner.with_store(store);
+    }
+    let plugin = plugin::spawn(runner)?;
     plugin::watcher::watch(loader, config.plugin.clone(), plugin.clone(), serving, config.watch)
         .with_context(|| format!("cannot watch {}", config.plugin.display()))?;
     Ok(plugin)

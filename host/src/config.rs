@@ -166,6 +166,16 @@ pub struct Options {
     #[arg(long, value_name = "DIR")]
     pub store_dir: Option<PathBuf>,
 
+    /// Join a cluster of hosts that share this Redis server (a redis:// URL):
+    /// broadcasts, groups, connections and sends reach the clients of every host [default: none]
+    #[arg(long, value_name = "URL")]
+    pub cluster: Option<String>,
+
+    /// Name of the cluster: hosts with the same Redis server and name serve one application
+    /// (1-64 of A-Z a-z 0-9 . _ -) [default: wsplug]
+    #[arg(long, value_name = "NAME")]
+    pub cluster_name: Option<String>,
+
     /// Cache compiled plugins [default: true]
     #[arg(long, value_name = "BOOL")]
     pub cache: Option<bool>,
@@ -249,6 +259,8 @@ pub struct Config {
     pub cache_dir: Option<PathBuf>,
     /// The key-value store's directory.
     pub store_dir: PathBuf,
+    /// The cluster this host joins, if any.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
     /// Reload on file changes.
     pub watch: bool,
     /// Log filter.
@@ -350,6 +362,8 @@ impl Options {
             plugin_dir,
             cache_dir,
             store_dir,
+            cluster,
+            cluster_name,
             cache,
             watch,
             log,
@@ -545,12 +559,45 @@ impl Options {
             plugin_dir,
             cache_dir,
             store_dir: self.store_dir.unwrap_or_else(crate::store::default_dir),
+            cluster: cluster(self.cluster, self.cluster_name)?,
             watch: self.watch.unwrap_or(true),
             log: self
                 .log
                 .unwrap_or_else(|| if prod { "info".into() } else { "debug".into() }),
         })
     }
+}
+
+/// The cluster settings: a Redis URL (and a name, only with one).
+fn cluster(url: Option<String>, name: Option<String>) -> Result<Option<crate::cluster::ClusterConfig>, ConfigError> {
+    let Some(url) = url else {
+        return match name {
+            Some(name) => Err(ConfigError::invalid(
+                "cluster_name",
+                format!("{name:?}"),
+                "needs cluster, the Redis server the hosts share",
+            )),
+            None => Ok(None),
+        };
+    };
+    // TLS to Redis (rediss://) is not built in yet: refuse it rather than fail to connect.
+    if !url.starts_with("redis://") {
+        return Err(ConfigError::invalid(
+            "cluster",
+            format!("{:?}", crate::cluster::redacted(&url)),
+            "a redis:// URL, e.g. redis://127.0.0.1:6379 (rediss:// is not supported yet)",
+        ));
+    }
+    let name = name.unwrap_or_else(|| "wsplug".into());
+    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty() || name.len() > 64 || !name.chars().all(valid) {
+        return Err(ConfigError::invalid(
+            "cluster_name",
+            format!("{name:?}"),
+            "1 to 64 of A-Z a-z 0-9 . _ -",
+        ));
+    }
+    Ok(Some(crate::cluster::ClusterConfig { url, name }))
 }
 
 fn range(key: &str, value: u64, min: u64, max: u64, unit: &str) -> Result<u64, ConfigError> {
@@ -695,5 +742,47 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(missing.starts_with("invalid plugin = /nonexistent/p.wasm"), "{missing}");
+    }
+
+    #[test]
+    fn cluster_needs_a_redis_url_and_a_plain_name() {
+        let config = parse(&["--plugin", PLUGIN]).validate().unwrap();
+        assert_eq!(config.cluster, None);
+        let config = parse(&["--plugin", PLUGIN, "--cluster", "redis://127.0.0.1:6390"])
+            .validate()
+            .unwrap();
+        assert_eq!(
+            config.cluster,
+            Some(crate::cluster::ClusterConfig {
+                url: "redis://127.0.0.1:6390".into(),
+                name: "wsplug".into()
+            })
+        );
+        let file = Options::from_toml(&format!(
+            "plugin = \"{PLUGIN}\"\ncluster = \"redis://a:6379\"\ncluster_name = \"chat.eu-1\""
+        ))
+        .unwrap();
+        let config = parse(&["--cluster-name", "chat_2"]).merge(file).validate().unwrap();
+        assert_eq!(config.cluster.unwrap().name, "chat_2");
+        let error = error_of(parse(&["--plugin", PLUGIN, "--cluster", "http://x"]));
+        assert!(
+            error.starts_with("invalid cluster = \"http://x\": a redis:// URL"),
+            "{error}"
+        );
+        let error = error_of(parse(&["--plugin", PLUGIN, "--cluster", "rediss://:pw@x"]));
+        assert!(error.contains("rediss://***@x") && !error.contains("pw"), "{error}");
+        for name in ["", "a b", "a:b", &"x".repeat(65)] {
+            let error = error_of(parse(&[
+                "--plugin",
+                PLUGIN,
+                "--cluster",
+                "redis://x",
+                "--cluster-name",
+                name,
+            ]));
+            assert!(error.starts_with("invalid cluster_name"), "{error}");
+        }
+        let error = error_of(parse(&["--plugin", PLUGIN, "--cluster-name", "chat"]));
+        assert!(error.contains("needs cluster"), "{error}");
     }
 }

@@ -2,7 +2,7 @@
 //! components.
 //!
 //! - [`app`]: the `host` program, from command line to shutdown.
-//! - [`cluster`]: several hosts serving one application through Redis (the wire format so far).
+//! - [`cluster`]: several hosts serving one application through a shared Redis server.
 //! - [`config`]: the TOML file and command line, merged and validated.
 //! - [`ws`]: the protocol, sans I/O (the `wsplug-ws` crate, in `host/ws`).
 //! - [`plugin`]: the WebAssembly runtime that runs a plugin; it knows nothing of frames.

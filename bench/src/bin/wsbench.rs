@@ -22,7 +22,9 @@ use wsplug_bench::stats::{cpu_seconds, latency_histogram, percentiles, rss_kib};
 #[derive(Parser)]
 #[command(name = "wsbench", about = "WebSocket load generator")]
 struct Cli {
-    /// Server address, host:port.
+    /// Server address, host:port; several, comma-separated (the hosts of a cluster):
+    /// connection i goes to the (i mod n)-th, so the first connections, the fanout's
+    /// senders, are on the first host.
     #[arg(long, default_value = "127.0.0.1:9001")]
     addr: String,
     /// Request path.
@@ -94,12 +96,18 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(cli.threads)
         .enable_all()
         .build()?;
-    let target = Target {
-        addr: cli.addr.clone(),
-        path: cli.path.clone(),
-        deflate: cli.deflate,
-        tls: cli.tls.then(insecure_tls),
-    };
+    let tls = cli.tls.then(insecure_tls);
+    let targets: Vec<Target> = cli
+        .addr
+        .split(',')
+        .map(|addr| Target {
+            addr: addr.to_owned(),
+            path: cli.path.clone(),
+            deflate: cli.deflate,
+            tls: tls.clone(),
+        })
+        .collect();
+    let target = &targets[..];
     let own_pid = std::process::id();
     let cpu_before = (cpu_seconds(own_pid), cli.server_pid.and_then(cpu_seconds));
     let mut result = runtime.block_on(async {
@@ -109,15 +117,15 @@ fn main() -> anyhow::Result<()> {
                 size,
                 inflight,
                 duration,
-            } => echo(&target, conns, size, inflight, duration).await,
+            } => echo(target, conns, size, inflight, duration).await,
             Mode::Fanout {
                 conns,
                 senders,
                 size,
                 window,
                 duration,
-            } => fanout(&target, conns, senders, size, window, duration).await,
-            Mode::Conns { conns, concurrency } => idle(&target, conns, concurrency, cli.server_pid).await,
+            } => fanout(target, conns, senders, size, window, duration).await,
+            Mode::Conns { conns, concurrency } => idle(target, conns, concurrency, cli.server_pid).await,
         }
     })?;
     let cpu_after = (cpu_seconds(own_pid), cli.server_pid.and_then(cpu_seconds));
@@ -156,22 +164,24 @@ impl Pattern {
     }
 }
 
-/// Opens `conns` connections, at most `concurrency` handshakes at a time; returns those
-/// that succeeded and how many failed.
-async fn connect_all(target: &Target, conns: usize, concurrency: usize) -> (Vec<Client>, usize) {
+/// Opens `conns` connections, connection i to `targets[i % targets.len()]`, at most
+/// `concurrency` handshakes at a time; returns those that succeeded, in order, and how
+/// many failed.
+async fn connect_all(targets: &[Target], conns: usize, concurrency: usize) -> (Vec<Client>, usize) {
     let mut clients = Vec::with_capacity(conns);
     let mut failed = 0;
     let mut pending = tokio::task::JoinSet::new();
     let mut launched = 0;
     while launched < conns || !pending.is_empty() {
         while launched < conns && pending.len() < concurrency {
-            let target = target.clone();
-            pending.spawn(async move { Client::connect(&target).await });
+            let target = targets[launched % targets.len()].clone();
+            let index = launched;
+            pending.spawn(async move { (index, Client::connect(&target).await) });
             launched += 1;
         }
         match pending.join_next().await {
-            Some(Ok(Ok(client))) => clients.push(client),
-            Some(Ok(Err(error))) => {
+            Some(Ok((index, Ok(client)))) => clients.push((index, client)),
+            Some(Ok((_, Err(error)))) => {
                 failed += 1;
                 eprintln!("wsbench: handshake failed: {error:#}");
             }
@@ -179,17 +189,18 @@ async fn connect_all(target: &Target, conns: usize, concurrency: usize) -> (Vec<
             None => break,
         }
     }
-    (clients, failed)
+    clients.sort_unstable_by_key(|(index, _)| *index);
+    (clients.into_iter().map(|(_, client)| client).collect(), failed)
 }
 
 /// Opens every connection of a load test, which needs all of them.
-async fn connect_every(target: &Target, conns: usize) -> anyhow::Result<Vec<Client>> {
+async fn connect_every(target: &[Target], conns: usize) -> anyhow::Result<Vec<Client>> {
     let (clients, failed) = connect_all(target, conns, 200).await;
     ensure!(failed == 0, "{failed} of {conns} connections failed");
     Ok(clients)
 }
 
-async fn echo(target: &Target, conns: usize, size: usize, inflight: usize, duration: f64) -> anyhow::Result<Report> {
+async fn echo(target: &[Target], conns: usize, size: usize, inflight: usize, duration: f64) -> anyhow::Result<Report> {
     let clients = connect_every(target, conns).await?;
     let pattern = Arc::new(Pattern::new(size));
     let stop = Arc::new(AtomicBool::new(false));
@@ -263,7 +274,7 @@ fn since(start: Instant) -> u64 {
 }
 
 async fn fanout(
-    target: &Target,
+    target: &[Target],
     conns: usize,
     senders: usize,
     size: usize,
@@ -401,7 +412,7 @@ async fn fanout(
     ])
 }
 
-async fn idle(target: &Target, conns: usize, concurrency: usize, server_pid: Option<u32>) -> anyhow::Result<Report> {
+async fn idle(target: &[Target], conns: usize, concurrency: usize, server_pid: Option<u32>) -> anyhow::Result<Report> {
     let rss_before = server_pid.and_then(rss_kib);
     let started = Instant::now();
     let (clients, failed) = connect_all(target, conns, concurrency).await;

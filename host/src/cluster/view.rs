@@ -28,6 +28,10 @@ pub fn first_id(host: HostNumber) -> ConnId {
     (ConnId::from(host) << HOST_SHIFT) | 1
 }
 
+/// How long after a `Hello` the other hosts' answers are awaited before a host heard
+/// from without its state prompts another one.
+const HELLO_ANSWERED: Duration = Duration::from_secs(3);
+
 /// What a received message asks this host to do, beyond updating the view.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Effect {
@@ -135,6 +139,10 @@ pub struct View {
     me: HostNumber,
     incarnation: u64,
     peers: HashMap<HostNumber, Peer>,
+    /// When this host last sent a `Hello` (which every host answers with its state).
+    hello_at: Option<Instant>,
+    /// A host was heard from whose state this host has not had: send a `Hello`.
+    needs_hello: bool,
 }
 
 impl View {
@@ -144,7 +152,22 @@ impl View {
             me,
             incarnation,
             peers: HashMap::new(),
+            hello_at: None,
+            needs_hello: false,
         }
+    }
+
+    /// Notes that this host sent a `Hello` at `now`: every host will answer with its state.
+    pub fn hello_sent(&mut self, now: Instant) {
+        self.hello_at = Some(now);
+        self.needs_hello = false;
+    }
+
+    /// Whether a host was heard from whose state this one lacks (it was dropped as
+    /// silent, or its `Hello` was missed) and no `Hello` asked for it lately. The
+    /// caller sends a `Hello` and calls [`View::hello_sent`].
+    pub fn needs_hello(&self) -> bool {
+        self.needs_hello
     }
 
     /// Takes in a message received at `now`. A message this host sent itself, or one
@@ -159,15 +182,24 @@ impl View {
         if origin == self.me {
             return (incarnation != self.incarnation).then_some(Effect::Conflict);
         }
-        let peer = self
-            .peers
-            .entry(origin)
-            .or_insert_with(|| Peer::new(incarnation, seq.wrapping_sub(1), now));
+        let mut new = false;
+        let peer = self.peers.entry(origin).or_insert_with(|| {
+            new = true;
+            Peer::new(incarnation, seq.wrapping_sub(1), now)
+        });
         if peer.incarnation != incarnation {
             // The host restarted: what its predecessor had is gone.
             *peer = Peer::new(incarnation, seq.wrapping_sub(1), now);
+            new = true;
         } else if seq <= peer.last_seq {
             return None;
+        }
+        let whole = matches!(body, Body::Hello(_) | Body::State(_));
+        let asked = self
+            .hello_at
+            .is_some_and(|at| now.saturating_duration_since(at) < HELLO_ANSWERED);
+        if new && !whole && !asked {
+            self.needs_hello = true;
         }
         peer.last_seq = seq;
         peer.heard = now;
@@ -460,4 +492,31 @@ mod tests {
         view.clear();
         assert_eq!(view.count(None), 0);
     }
+
+    #[test]
+    fn a_host_heard_without_its_state_prompts_one_hello() {
+        let start = Instant::now();
+        let mut view = View::new(ME, 10);
+        let mut two = Sender::new(2, 20);
+        // Its Hello came first: nothing to ask.
+        view.apply(two.says(Body::Hello(vec![])), start);
+        view.apply(two.says(Body::Heartbeat), start);
+        assert!(!view.needs_hello());
+        // Dropped as silent (this host fell behind), then heard again: its state is missing.
+        view.expire(start + HOST, HOST);
+        view.apply(two.says(Body::Heartbeat), start + HOST);
+        assert!(view.needs_hello());
+        view.hello_sent(start + HOST);
+        assert!(!view.needs_hello());
+        // A host first heard from right after a Hello will answer it: no second Hello.
+        let mut three = Sender::new(3, 30);
+        view.apply(three.says(Body::Heartbeat), start + HOST + Duration::from_secs(1));
+        assert!(!view.needs_hello());
+        // A restart whose Hello was missed, long after this host's Hello.
+        let mut three_again = Sender::new(3, 31);
+        view.apply(three_again.says(Body::Heartbeat), start + 3 * HOST);
+        assert!(view.needs_hello());
+    }
+
+    const HOST: Duration = Duration::from_secs(3);
 }

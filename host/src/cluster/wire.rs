@@ -7,7 +7,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::plugin::{ConnId, Outgoing, TextBytes};
+use crate::plugin::{ConnId, ConnectionInfo, Outgoing, TextBytes};
 
 /// Version of the encoding, the first byte of every message.
 const VERSION: u8 = 1;
@@ -117,6 +117,18 @@ const BROADCAST: u8 = 10;
 const PUBLISH: u8 = 11;
 const SEND: u8 = 12;
 const CLOSE: u8 = 13;
+
+/// The sender of a message, read without decoding the rest: `(origin, incarnation)`.
+/// A host skips its own messages, which Redis sends back to it, with this.
+pub fn sender_of(bytes: &[u8]) -> Option<(HostNumber, u64)> {
+    match bytes {
+        [VERSION, o0, o1, rest @ ..] if rest.len() >= 8 => {
+            let incarnation = u64::from_le_bytes(rest[..8].try_into().ok()?);
+            Some((u16::from_le_bytes([*o0, *o1]), incarnation))
+        }
+        _ => None,
+    }
+}
 
 impl Envelope {
     /// The message as bytes.
@@ -256,6 +268,59 @@ impl Body {
             _ => 64,
         }
     }
+}
+
+/// A connection's handshake facts as bytes, kept in Redis for the other hosts' `info`.
+pub fn encode_info(info: &ConnectionInfo) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_u8(VERSION);
+    out.put_u64_le(info.id);
+    put_bytes(&mut out, info.remote_address.as_bytes());
+    put_bytes(&mut out, info.path.as_bytes());
+    put_optional_bytes(&mut out, info.query.as_deref().map(str::as_bytes));
+    put_optional_bytes(&mut out, info.subprotocol.as_deref().map(str::as_bytes));
+    out.put_u32_le(info.headers.len() as u32);
+    for (name, value) in &info.headers {
+        put_bytes(&mut out, name.as_bytes());
+        put_bytes(&mut out, value.as_bytes());
+    }
+    out.freeze()
+}
+
+/// Reads what [`encode_info`] wrote.
+pub fn decode_info(mut bytes: Bytes) -> Result<ConnectionInfo, WireError> {
+    let b = &mut bytes;
+    let version = get_u8(b)?;
+    if version != VERSION {
+        return Err(WireError::Version(version));
+    }
+    let id = get_u64(b)?;
+    let remote_address = get_string(b)?;
+    let path = get_string(b)?;
+    let optional_string = |b: &mut Bytes| -> Result<Option<String>, WireError> {
+        get_optional_bytes(b)?
+            .map(|bytes| String::from_utf8(bytes.to_vec()).map_err(|_| WireError::Utf8))
+            .transpose()
+    };
+    let query = optional_string(b)?;
+    let subprotocol = optional_string(b)?;
+    let count = get_u32(b)? as usize;
+    // A header takes at least its two 4-byte lengths.
+    need(b, count.saturating_mul(8))?;
+    let headers = (0..count)
+        .map(|_| Ok((get_string(b)?, get_string(b)?)))
+        .collect::<Result<_, WireError>>()?;
+    if b.has_remaining() {
+        return Err(WireError::Trailing);
+    }
+    Ok(ConnectionInfo {
+        id,
+        remote_address,
+        path,
+        query,
+        subprotocol,
+        headers,
+    })
 }
 
 fn put_bytes(out: &mut BytesMut, bytes: &[u8]) {
@@ -432,6 +497,39 @@ mod tests {
             Body::Send(5, Outgoing::Text("".into())),
             Body::Close(6, 4000, "bye".into()),
         ]
+    }
+
+    #[test]
+    fn connection_info_round_trips_and_truncations_fail() {
+        let info = ConnectionInfo {
+            id: 3 << 37 | 5,
+            remote_address: "127.0.0.1:5000".into(),
+            path: "/chat".into(),
+            query: Some("name=ann".into()),
+            subprotocol: None,
+            headers: vec![("host".into(), "example".into()), ("x".into(), "".into())],
+        };
+        let bytes = encode_info(&info);
+        assert_eq!(decode_info(bytes.clone()), Ok(info));
+        for len in 0..bytes.len() {
+            assert!(decode_info(bytes.slice(..len)).is_err(), "prefix of {len} bytes");
+        }
+        let mut longer = bytes.to_vec();
+        longer.push(0);
+        assert_eq!(decode_info(longer.into()), Err(WireError::Trailing));
+    }
+
+    #[test]
+    fn sender_is_read_from_the_header() {
+        let envelope = Envelope {
+            origin: 513,
+            incarnation: u64::MAX - 5,
+            seq: 9,
+            body: Body::Heartbeat,
+        };
+        assert_eq!(sender_of(&envelope.encode()), Some((513, u64::MAX - 5)));
+        assert_eq!(sender_of(&envelope.encode()[..10]), None);
+        assert_eq!(sender_of(b""), None);
     }
 
     #[test]

@@ -226,7 +226,9 @@ impl v2::wsplug::plugin::host::Host for HostState {
     }
 
     fn info(&mut self, conn: ConnId) -> Option<types::ConnectionInfo> {
-        self.services.info(conn).map(|info| (&*info).into())
+        // Waiting for another host's facts (Redis) is not the plugin's CPU time.
+        self.off_the_clock(|s| s.services.info(conn))
+            .map(|info| (&*info).into())
     }
 
     fn set_attachment(&mut self, conn: ConnId, data: Vec<u8>) -> Result<(), types::Error> {
@@ -369,7 +371,8 @@ mod v0_1 {
         }
 
         fn info(&mut self, conn: ConnId) -> Option<old::ConnectionInfo> {
-            self.services.info(conn).map(|info| (&*info).into())
+            self.off_the_clock(|s| s.services.info(conn))
+                .map(|info| (&*info).into())
         }
 
         fn log(&mut self, level: old::LogLevel, message: String) {

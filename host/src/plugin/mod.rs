@@ -126,7 +126,8 @@ pub struct ConnectionInfo {
 }
 
 /// The services a plugin's imports are served by. The server implements this
-/// over its live connections; every method returns without blocking.
+/// over its live connections; every method returns without blocking, but for
+/// [`HostServices::info`] of a connection on another host of a cluster, which asks Redis.
 pub trait HostServices: Send + Sync + 'static {
     /// The plugin is about to get `on-open` for `conn`. Until then the connection is
     /// left out of broadcasts and [`HostServices::connections`], so that nothing
@@ -151,7 +152,8 @@ pub trait HostServices: Send + Sync + 'static {
     fn group_members(&self, group: &str) -> Vec<ConnId>;
     /// Every open connection.
     fn connections(&self) -> Vec<ConnId>;
-    /// What the host knows about a connection.
+    /// What the host knows about a connection (in a cluster, any host's: that of another
+    /// host is fetched from Redis, waiting a quarter of a second at most).
     fn info(&self, conn: ConnId) -> Option<Arc<ConnectionInfo>>;
     /// Replaces a connection's attachment (already checked against [`MAX_ATTACHMENT`]);
     /// an empty one removes it.

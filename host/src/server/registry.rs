@@ -1,5 +1,10 @@
 //! The live connections, their outbound queues and their groups: what plugins
 //! reach through [`HostServices`].
+//!
+//! In a cluster the registry also covers the other hosts' connections: it answers from
+//! the [`Cluster`]'s view of them and hands the cluster what the others must learn
+//! (this host's connections opening, closing, joining, leaving; messages for theirs),
+//! without ever waiting for Redis.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,6 +13,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 
 use super::outbound::{self, Command, Mailbox, OutboundLimits, Outbox};
+use crate::cluster::Cluster;
+use crate::cluster::view::{Delivery, first_id};
+use crate::cluster::wire::{Body, Member};
 use crate::plugin::{ConnId, ConnectionInfo, HostError, HostServices, Outgoing};
 
 struct Entry {
@@ -16,8 +24,24 @@ struct Entry {
     groups: HashSet<String>,
     /// The plugin's value for the connection, kept across reloads and traps.
     attachment: Option<Bytes>,
-    /// The plugin has been told of it (`on-open`): broadcasts and `connections` include it.
+    /// The plugin has been told of it (`on-open`): broadcasts and `connections` include it,
+    /// and so do the other hosts of a cluster.
     opened: bool,
+}
+
+impl Entry {
+    fn push(&self, command: Command) -> Result<(), HostError> {
+        self.outbox.push(command)
+    }
+
+    /// The connection as the other hosts of a cluster mirror it.
+    fn member(&self) -> Member {
+        Member {
+            conn: self.info.id,
+            attachment: self.attachment.clone(),
+            groups: self.groups.iter().cloned().collect(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -28,11 +52,51 @@ struct Inner {
     closing: HashMap<ConnId, Bytes>,
 }
 
+impl Inner {
+    fn opened(&self, conn: ConnId) -> Option<&Entry> {
+        self.conns.get(&conn).filter(|entry| entry.opened)
+    }
+
+    fn send(&self, conn: ConnId, command: Command) -> Result<(), HostError> {
+        self.conns.get(&conn).ok_or(HostError::Gone)?.push(command)
+    }
+
+    fn broadcast(&self, message: &Outgoing, except: Option<ConnId>) -> u32 {
+        self.conns
+            .iter()
+            .filter(|(id, entry)| entry.opened && Some(**id) != except)
+            .filter(|(_, entry)| entry.push(Command::Send(message.clone())).is_ok())
+            .count() as u32
+    }
+
+    fn publish(&self, group: &str, message: &Outgoing, except: Option<ConnId>) -> u32 {
+        let Some(members) = self.groups.get(group) else {
+            return 0;
+        };
+        members
+            .iter()
+            .filter(|id| Some(**id) != except)
+            .filter_map(|id| self.opened(*id))
+            .filter(|entry| entry.push(Command::Send(message.clone())).is_ok())
+            .count() as u32
+    }
+
+    fn leave_group(&mut self, conn: ConnId, group: &str) {
+        if let Some(members) = self.groups.get_mut(group) {
+            members.remove(&conn);
+            if members.is_empty() {
+                self.groups.remove(group);
+            }
+        }
+    }
+}
+
 /// The registry of open connections.
 pub struct Registry {
     inner: Mutex<Inner>,
     next_id: AtomicU64,
     limits: OutboundLimits,
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Registry {
@@ -42,10 +106,21 @@ impl Registry {
             inner: Mutex::default(),
             next_id: AtomicU64::new(1),
             limits,
+            cluster: None,
         }
     }
 
-    /// A fresh connection id, never reused.
+    /// An empty registry of one host of `cluster`: its connection ids carry the host's
+    /// number, and what the plugin does reaches the other hosts' connections too.
+    pub fn clustered(limits: OutboundLimits, cluster: Arc<Cluster>) -> Self {
+        Self {
+            next_id: AtomicU64::new(first_id(cluster.host())),
+            cluster: Some(cluster),
+            ..Self::new(limits)
+        }
+    }
+
+    /// A fresh connection id, never reused (in a cluster, unique across its hosts).
     pub fn next_id(&self) -> ConnId {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -68,32 +143,85 @@ impl Registry {
     pub fn unregister(&self, conn: ConnId) {
         let mut inner = self.lock();
         if let Some(entry) = inner.conns.remove(&conn) {
+            if entry.opened
+                && let Some(cluster) = &self.cluster
+            {
+                cluster.tell_all(Body::Closed(conn));
+                cluster.tell_info(conn, None);
+            }
             if let Some(attachment) = entry.attachment {
                 inner.closing.insert(conn, attachment);
             }
             for group in entry.groups {
-                if let Some(members) = inner.groups.get_mut(&group) {
-                    members.remove(&conn);
-                    if members.is_empty() {
-                        inner.groups.remove(&group);
-                    }
-                }
+                inner.leave_group(conn, &group);
             }
         }
     }
 
-    /// How many connections are open.
+    /// How many connections of this host are open.
     pub fn len(&self) -> usize {
         self.lock().conns.len()
     }
 
-    /// Whether no connection is open.
+    /// Whether no connection of this host is open.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Carries out what another host of the cluster asks of this host's connections.
+    pub fn deliver(&self, delivery: Delivery) {
+        let inner = self.lock();
+        match delivery {
+            Delivery::Broadcast(message, except) => {
+                inner.broadcast(&message, except);
+            }
+            Delivery::Publish(group, message, except) => {
+                inner.publish(&group, &message, except);
+            }
+            Delivery::Send(conn, message) => {
+                let _ = inner.send(conn, Command::Send(message));
+            }
+            Delivery::Close(conn, code, reason) => {
+                let _ = inner.send(conn, Command::Close(code, reason));
+            }
+        }
+    }
+
+    /// Tells the other hosts of the cluster every open connection of this one: as a
+    /// `Hello` (this host (re)joined: everyone answers with their state) or a `State`.
+    pub fn tell_state(&self, hello: bool) {
+        let inner = self.lock();
+        let members: Vec<Member> = inner.conns.values().filter(|e| e.opened).map(Entry::member).collect();
+        // Queued under the lock: the changes after the snapshot are numbered after it.
+        self.tell_all(if hello {
+            Body::Hello(members)
+        } else {
+            Body::State(members)
+        });
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         lock(&self.inner)
+    }
+
+    fn tell_all(&self, body: Body) {
+        if let Some(cluster) = &self.cluster {
+            cluster.tell_all(body);
+        }
+    }
+
+    /// The cluster, if `conn` belongs to another host of it.
+    fn remote(&self, conn: ConnId) -> Option<&Cluster> {
+        self.cluster.as_deref().filter(|cluster| !cluster.is_local(conn))
+    }
+
+    /// Sends a command to another host's connection, if the view has it open.
+    fn tell_owner(&self, cluster: &Cluster, conn: ConnId, body: Body) -> Result<(), HostError> {
+        if !cluster.view().contains(conn) {
+            return Err(HostError::Gone);
+        }
+        cluster.tell_owner(conn, body);
+        Ok(())
     }
 }
 
@@ -104,16 +232,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-impl Entry {
-    fn push(&self, command: Command) -> Result<(), HostError> {
-        self.outbox.push(command)
-    }
-}
-
 impl HostServices for Registry {
     fn opened(&self, conn: ConnId) {
         if let Some(entry) = self.lock().conns.get_mut(&conn) {
             entry.opened = true;
+            if let Some(cluster) = &self.cluster {
+                cluster.tell_all(Body::Opened(entry.member()));
+                cluster.tell_info(conn, Some(&entry.info));
+            }
         }
     }
 
@@ -122,36 +248,35 @@ impl HostServices for Registry {
     }
 
     fn send(&self, conn: ConnId, message: Outgoing) -> Result<(), HostError> {
-        self.lock()
-            .conns
-            .get(&conn)
-            .ok_or(HostError::Gone)?
-            .push(Command::Send(message))
+        match self.remote(conn) {
+            Some(cluster) => self.tell_owner(cluster, conn, Body::Send(conn, message)),
+            None => self.lock().send(conn, Command::Send(message)),
+        }
     }
 
     fn close(&self, conn: ConnId, code: u16, reason: String) -> Result<(), HostError> {
-        self.lock()
-            .conns
-            .get(&conn)
-            .ok_or(HostError::Gone)?
-            .push(Command::Close(code, reason))
+        match self.remote(conn) {
+            Some(cluster) => self.tell_owner(cluster, conn, Body::Close(conn, code, reason)),
+            None => self.lock().send(conn, Command::Close(code, reason)),
+        }
     }
 
     fn broadcast(&self, message: Outgoing, except: Option<ConnId>) -> u32 {
-        let inner = self.lock();
-        let targets = inner
-            .conns
-            .iter()
-            .filter(|(id, entry)| entry.opened && Some(**id) != except);
-        targets
-            .filter(|(_, entry)| entry.push(Command::Send(message.clone())).is_ok())
-            .count() as u32
+        let local = self.lock().broadcast(&message, except);
+        let Some(cluster) = &self.cluster else {
+            return local;
+        };
+        let remote = cluster.view().count(except);
+        cluster.tell_all(Body::Broadcast { message, except });
+        local + remote
     }
 
     fn join(&self, conn: ConnId, group: &str) -> Result<(), HostError> {
         let mut inner = self.lock();
         let entry = inner.conns.get_mut(&conn).ok_or(HostError::Gone)?;
-        entry.groups.insert(group.to_owned());
+        if entry.groups.insert(group.to_owned()) && entry.opened {
+            self.tell_all(Body::Joined(conn, group.to_owned()));
+        }
         inner.groups.entry(group.to_owned()).or_default().insert(conn);
         Ok(())
     }
@@ -159,54 +284,64 @@ impl HostServices for Registry {
     fn leave(&self, conn: ConnId, group: &str) -> Result<(), HostError> {
         let mut inner = self.lock();
         let entry = inner.conns.get_mut(&conn).ok_or(HostError::Gone)?;
-        entry.groups.remove(group);
-        if let Some(members) = inner.groups.get_mut(group) {
-            members.remove(&conn);
-            if members.is_empty() {
-                inner.groups.remove(group);
-            }
+        if entry.groups.remove(group) && entry.opened {
+            self.tell_all(Body::Left(conn, group.to_owned()));
         }
+        inner.leave_group(conn, group);
         Ok(())
     }
 
     fn publish(&self, group: &str, message: Outgoing, except: Option<ConnId>) -> u32 {
-        let inner = self.lock();
-        let Some(members) = inner.groups.get(group) else {
-            return 0;
+        let local = self.lock().publish(group, &message, except);
+        let Some(cluster) = &self.cluster else {
+            return local;
         };
-        members
-            .iter()
-            .filter(|id| Some(**id) != except)
-            .filter_map(|id| inner.conns.get(id))
-            .filter(|entry| entry.opened && entry.push(Command::Send(message.clone())).is_ok())
-            .count() as u32
+        let remote = cluster.view().count_group(group, except);
+        let group = group.to_owned();
+        cluster.tell_all(Body::Publish { group, message, except });
+        local + remote
     }
 
     // Like broadcasts, group messages and members cover opened connections only: one
     // that joined at its handshake is a member once the plugin has had its on-open.
     fn group_members(&self, group: &str) -> Vec<ConnId> {
-        let inner = self.lock();
-        let Some(members) = inner.groups.get(group) else {
-            return Vec::new();
+        let mut members: Vec<ConnId> = {
+            let inner = self.lock();
+            match inner.groups.get(group) {
+                Some(members) => members
+                    .iter()
+                    .copied()
+                    .filter(|id| inner.opened(*id).is_some())
+                    .collect(),
+                None => Vec::new(),
+            }
         };
+        if let Some(cluster) = &self.cluster {
+            cluster.view().group_members(group, &mut members);
+        }
         members
-            .iter()
-            .copied()
-            .filter(|id| inner.conns.get(id).is_some_and(|entry| entry.opened))
-            .collect()
     }
 
     fn connections(&self) -> Vec<ConnId> {
-        let inner = self.lock();
-        inner
-            .conns
-            .iter()
-            .filter(|(_, entry)| entry.opened)
-            .map(|(id, _)| *id)
-            .collect()
+        let mut conns: Vec<ConnId> = {
+            let inner = self.lock();
+            inner
+                .conns
+                .iter()
+                .filter(|(_, entry)| entry.opened)
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        if let Some(cluster) = &self.cluster {
+            cluster.view().connections(&mut conns);
+        }
+        conns
     }
 
     fn info(&self, conn: ConnId) -> Option<Arc<ConnectionInfo>> {
+        if let Some(cluster) = self.remote(conn) {
+            return cluster.remote_info(conn);
+        }
         self.lock().conns.get(&conn).map(|entry| entry.info.clone())
     }
 
@@ -214,10 +349,16 @@ impl HostServices for Registry {
         let mut inner = self.lock();
         let entry = inner.conns.get_mut(&conn).ok_or(HostError::Gone)?;
         entry.attachment = (!data.is_empty()).then(|| data.into());
+        if entry.opened {
+            self.tell_all(Body::Attached(conn, entry.attachment.clone()));
+        }
         Ok(())
     }
 
     fn attachment(&self, conn: ConnId) -> Option<Bytes> {
+        if let Some(cluster) = self.remote(conn) {
+            return cluster.view().attachment(conn);
+        }
         let inner = self.lock();
         match inner.conns.get(&conn) {
             Some(entry) => entry.attachment.clone(),

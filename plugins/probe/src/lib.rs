@@ -11,6 +11,7 @@
 //! | command                  | effect and answer                                                      |
 //! |--------------------------|------------------------------------------------------------------------|
 //! | `whoami`                 | `path=P query=Q subprotocol=S remote=A headers=N` (`-` for none)       |
+//! | `info-of <id>`           | the same of another connection (`error gone` if none)                  |
 //! | `close <code> <reason>`  | `close`; on error `error <gone\|invalid-code\|reason-too-long>`        |
 //! | `broadcast <msg>`        | `broadcast-text` to all but the sender; `sent <count>`                 |
 //! | `join <g>`, `leave <g>`  | `ok` (or `error <e>`)                                                  |
@@ -18,6 +19,7 @@
 //! | `members <g>`            | the members' ids, sorted, space-separated                              |
 //! | `conns`                  | the number of open connections                                         |
 //! | `send-to <id> <msg>`     | `send-text` to that connection; `ok` (or `error <e>`)                  |
+//! | `close-conn <id> <code>` | `close` of that connection; `ok` (or `error <e>`)                      |
 //! | `log <msg>`              | `log` at info level; `ok`                                              |
 //! | `panic`                  | panics (the host closes the connection with 1011)                      |
 //! | `flood <n> <size>`       | sends `n` text messages of `size` bytes (`x`s) to the sender, stopping |
@@ -74,26 +76,35 @@ fn reply_io(conn: ConnectionId, result: std::io::Result<()>) {
     }
 }
 
+/// Answers `conn` with what the host knows of `target`.
+fn describe(conn: ConnectionId, target: ConnectionId) {
+    let Some(info) = host::info(target) else {
+        reply(conn, "error gone");
+        return;
+    };
+    reply(
+        conn,
+        &format!(
+            "path={} query={} subprotocol={} remote={} headers={}",
+            info.path,
+            info.query.as_deref().unwrap_or("-"),
+            info.subprotocol.as_deref().unwrap_or("-"),
+            info.remote_address,
+            info.headers.len()
+        ),
+    );
+}
+
 /// Runs a command; returns false if `text` is not one, so that it gets echoed.
 fn command(conn: ConnectionId, text: &str) -> bool {
     let (name, args) = text.split_once(' ').unwrap_or((text, ""));
     match (name, args) {
-        ("whoami", "") => {
-            let Some(info) = host::info(conn) else {
-                reply(conn, "error gone");
-                return true;
+        ("whoami", "") => describe(conn, conn),
+        ("info-of", target) => {
+            let Ok(target) = target.parse::<ConnectionId>() else {
+                return false;
             };
-            reply(
-                conn,
-                &format!(
-                    "path={} query={} subprotocol={} remote={} headers={}",
-                    info.path,
-                    info.query.as_deref().unwrap_or("-"),
-                    info.subprotocol.as_deref().unwrap_or("-"),
-                    info.remote_address,
-                    info.headers.len()
-                ),
-            );
+            describe(conn, target);
         }
         ("close", args) => {
             let (code, reason) = args.split_once(' ').unwrap_or((args, ""));
@@ -130,6 +141,15 @@ fn command(conn: ConnectionId, text: &str) -> bool {
                 return false;
             };
             reply_result(conn, host::send_text(target, message));
+        }
+        ("close-conn", args) => {
+            let Some((target, code)) = args.split_once(' ') else {
+                return false;
+            };
+            let (Ok(target), Ok(code)) = (target.parse::<ConnectionId>(), code.parse::<u16>()) else {
+                return false;
+            };
+            reply_result(conn, host::close(target, code, ""));
         }
         ("log", message) => {
             host::log(LogLevel::Info, message);

@@ -1,0 +1,407 @@
+//! Several hosts serving one application through a real Redis server (`redis-server`,
+//! started by each test on a free port of 127.0.0.1): delivery across hosts, exactly
+//! once and in the sender's order; a host killed with SIGKILL leaving the others'
+//! groups within the stated bound; a Redis outage that drops no WebSocket connection.
+//!
+//! The hosts run the probe plugin (see `plugins/probe`): its commands `broadcast`,
+//! `publish`, `join`, `members`, `conns` and `send-to` are the plugin API's calls.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Client, Server, ask, open_probe, serial};
+
+/// The bound the README states: a host silent for 3 s is dropped at the next heartbeat
+/// (every 0.5 s) of each other host.
+const DEAD_HOST_BOUND: Duration = Duration::from_millis(3500);
+
+/// A `redis-server` of the test's own, without persistence, killed when dropped.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl Redis {
+    /// Starts one on a free port and waits until it accepts connections.
+    fn start() -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut redis = Redis { child: None, port };
+        redis.restart();
+        redis
+    }
+
+    /// The URL hosts are given.
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) on its port; returns once it accepts connections.
+    fn restart(&mut self) {
+        let binary = std::env::var("WSPLUG_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let mut child = Command::new(&binary)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "notice"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {binary} (make test installs it): {e}"));
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut lines = stdout.lines();
+        let ready = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|line| line.contains("Ready to accept connections"));
+        assert!(ready, "redis-server exited before it was ready");
+        // Keep draining its output so that it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        self.child = Some(child);
+    }
+
+    /// Kills the server (SIGKILL: an outage, not a shutdown) and waits for it to exit.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Starts a host of the cluster on `redis` running the probe plugin. (No idle pings: the
+/// tests' clients wait seconds at a time without reading.)
+fn host(redis: &Redis) -> Server {
+    Server::start(
+        "probe",
+        &[
+            "--cluster",
+            &redis.url(),
+            "--cluster-name",
+            "test",
+            "--idle-timeout",
+            "120",
+        ],
+    )
+}
+
+/// Asks `client` until `answer` satisfies `done`, or panics after `within`. Polling a
+/// condition the hosts converge to, not a sleep standing in for one.
+fn ask_until(client: &mut Client, question: &str, within: Duration, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let answer = ask(client, question);
+        if done(&answer) {
+            return answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{question:?} still answered {answer:?} after {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Opens `n` probe connections to each host; returns them per host, with their ids.
+fn open_clients(hosts: &[Server], n: usize) -> Vec<Vec<(Client, u64)>> {
+    hosts
+        .iter()
+        .map(|host| (0..n).map(|_| open_probe(host, "/")).collect())
+        .collect()
+}
+
+#[test]
+fn ids_are_unique_across_hosts_and_sends_reach_other_hosts() {
+    let _serial = serial();
+    let redis = Redis::start();
+    let hosts: Vec<Server> = (0..2).map(|_| host(&redis)).collect();
+    let mut clients = open_clients(&hosts, 3);
+    let ids: Vec<u64> = clients.iter().flatten().map(|(_, id)| *id).collect();
+    let mut unique = ids.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len(), "ids {ids:?}");
+    // Ids stay below 2^53: JavaScript numbers hold them.
+    assert!(ids.iter().all(|id| *id < 1 << 53), "ids {ids:?}");
+
+    let (a, _) = &mut clients[0][0];
+    ask_until(a, "conns", Duration::from_secs(10), |n| n == "6");
+    let target = clients[1][2].1;
+    let (a, _) = &mut clients[0][0];
+    assert_eq!(ask(a, &format!("send-to {target} across")), "ok");
+    assert_eq!(clients[1][2].0.recv_text(), "across");
+    // What the other host knows of its connection, through Redis.
+    let (a, _) = &mut clients[0][0];
+    let theirs = ask(a, &format!("info-of {target}"));
+    let mine = ask(&mut clients[1][2].0, "whoami");
+    assert_eq!(theirs, mine);
+    assert!(
+        theirs.starts_with("path=/ query=- subprotocol=- remote=127.0.0.1:"),
+        "{theirs}"
+    );
+    // An id no host has: gone, at once.
+    let (a, _) = &mut clients[0][0];
+    assert_eq!(ask(a, &format!("send-to {} nobody", target + 1000)), "error gone");
+    assert_eq!(ask(a, &format!("info-of {}", target + 1000)), "error gone");
+    // Closing a connection of another host: its client gets the close frame.
+    assert_eq!(ask(a, &format!("close-conn {target} 4001")), "ok");
+    assert_eq!(clients[1][2].0.recv_close(), (4001, String::new()));
+}
+
+#[test]
+fn three_hosts_deliver_every_broadcast_and_group_message_once_in_order() {
+    const PER_HOST: usize = 100;
+    const SENDERS_PER_HOST: usize = 2;
+    const MESSAGES: usize = 40;
+    let _serial = serial();
+    let redis = Redis::start();
+    let hosts: Vec<Server> = (0..3).map(|_| host(&redis)).collect();
+    let mut clients = open_clients(&hosts, PER_HOST);
+    let total = 3 * PER_HOST;
+
+    for (client, _) in clients.iter_mut().flatten() {
+        assert_eq!(ask(client, "join room"), "ok");
+    }
+    // Every host sees every connection and member.
+    for per_host in &mut clients {
+        let (client, _) = &mut per_host[0];
+        ask_until(client, "conns", Duration::from_secs(10), |n| n == total.to_string());
+        ask_until(client, "members room", Duration::from_secs(10), |m| {
+            m.split(' ').count() == total
+        });
+    }
+
+    // Two senders per host alternate broadcasts and group messages, numbered.
+    let senders: Vec<(usize, usize)> = (0..3)
+        .flat_map(|h| (0..SENDERS_PER_HOST).map(move |i| (h, i)))
+        .collect();
+    for round in 0..MESSAGES {
+        for (s, &(h, i)) in senders.iter().enumerate() {
+            let (client, _) = &mut clients[h][i];
+            if round % 2 == 0 {
+                client.send_text(&format!("broadcast m {s} {round}"));
+            } else {
+                client.send_text(&format!("publish room m {s} {round}"));
+            }
+        }
+    }
+
+    // Every client gets every message of every other sender, once, in each sender's order.
+    let expected_others = total as u32 - 1;
+    for (h, per_host) in clients.iter_mut().enumerate() {
+        for (i, (client, id)) in per_host.iter_mut().enumerate() {
+            let me = senders.iter().position(|&sender| sender == (h, i));
+            let expected = (senders.len() - usize::from(me.is_some())) * MESSAGES;
+            let mut next: HashMap<usize, usize> = HashMap::new();
+            let mut got = 0;
+            let mut acks = 0;
+            while got < expected || (me.is_some() && acks < MESSAGES) {
+                let text = client.recv_text();
+                if let Some(count) = text.strip_prefix("sent ") {
+                    assert_eq!(count, expected_others.to_string(), "client {id}: {text}");
+                    acks += 1;
+                    continue;
+                }
+                let mut words = text.split(' ');
+                assert_eq!(words.next(), Some("m"), "client {id}: unexpected {text:?}");
+                let sender: usize = words.next().unwrap().parse().unwrap();
+                let round: usize = words.next().unwrap().parse().unwrap();
+                assert_ne!(Some(sender), me, "client {id} got its own message back");
+                let want = next.entry(sender).or_default();
+                assert_eq!(
+                    round, *want,
+                    "client {id}: sender {sender} out of order (or a duplicate)"
+                );
+                *want += 1;
+                got += 1;
+            }
+            // Nothing more was queued for it: a duplicate would arrive before this answer.
+            assert_eq!(ask(client, "end"), "end", "client {id}: more than once");
+        }
+    }
+}
+
+#[test]
+fn a_killed_host_leaves_the_others_groups_within_the_bound() {
+    let _serial = serial();
+    let redis = Redis::start();
+    let mut hosts: Vec<Server> = (0..3).map(|_| host(&redis)).collect();
+    let mut clients = open_clients(&hosts, 5);
+    for (client, _) in clients.iter_mut().flatten() {
+        assert_eq!(ask(client, "join room"), "ok");
+    }
+    let (watcher, _) = &mut clients[0][0];
+    ask_until(watcher, "members room", Duration::from_secs(10), |m| {
+        m.split(' ').count() == 15
+    });
+
+    let killed = Instant::now();
+    let mut victim = hosts.pop().unwrap();
+    let status = Command::new("kill")
+        .args(["-KILL", &victim.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    victim.wait_exit(Duration::from_secs(5));
+    let (watcher, _) = &mut clients[0][0];
+    ask_until(watcher, "members room", DEAD_HOST_BOUND + Duration::from_secs(2), |m| {
+        m.split(' ').count() == 10
+    });
+    let took = killed.elapsed();
+    assert!(took <= DEAD_HOST_BOUND, "the dead host left the group after {took:?}");
+    assert_eq!(ask(watcher, "conns"), "10");
+    // The dead host's connections are gone for sends too.
+    let dead = clients[2][0].1;
+    let (watcher, _) = &mut clients[0][0];
+    assert_eq!(ask(watcher, &format!("send-to {dead} hello")), "error gone");
+    // A graceful shutdown says goodbye: the others drop that host as it exits, not 3 s later.
+    hosts[1].terminate();
+    hosts[1].wait_exit(Duration::from_secs(20));
+    let exited = Instant::now();
+    let (watcher, _) = &mut clients[0][0];
+    ask_until(watcher, "conns", Duration::from_secs(5), |n| n == "5");
+    assert!(
+        exited.elapsed() < Duration::from_secs(1),
+        "Bye ignored: {:?}",
+        exited.elapsed()
+    );
+}
+
+#[test]
+fn a_redis_outage_drops_no_connection_and_delivery_resumes() {
+    let _serial = serial();
+    let mut redis = Redis::start();
+    let hosts: Vec<Server> = (0..2).map(|_| host(&redis)).collect();
+    let mut clients = open_clients(&hosts, 3);
+    let (a, _) = &mut clients[0][0];
+    ask_until(a, "conns", Duration::from_secs(10), |n| n == "6");
+
+    redis.stop();
+    let outage = Instant::now();
+    // Local delivery goes on while Redis is away.
+    while outage.elapsed() < Duration::from_secs(3) {
+        let (a, _) = &mut clients[0][0];
+        a.send_text("broadcast local");
+        let _count = a.recv_text();
+        for (client, _) in &mut clients[0][1..] {
+            assert_eq!(client.recv_text(), "local");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    redis.restart();
+    let back = Instant::now();
+    // Cross-host delivery resumes: host 0 broadcasts until a client of host 1 hears it.
+    let mut resumed = None;
+    let mut n = 0;
+    'poll: while back.elapsed() < Duration::from_secs(5) {
+        let (a, _) = &mut clients[0][0];
+        n += 1;
+        a.send_text(&format!("broadcast after {n}"));
+        let _count = a.recv_text();
+        for (client, _) in &mut clients[0][1..] {
+            assert_eq!(client.recv_text(), format!("after {n}"));
+        }
+        let (b, _) = &mut clients[1][0];
+        b.send_text("ping-echo");
+        loop {
+            let text = b.recv_text();
+            if text == "ping-echo" {
+                break;
+            }
+            // Broadcasts queued just before Redis came back may arrive late.
+            if text == "local" {
+                continue;
+            }
+            if text.starts_with("after ") {
+                resumed = Some(back.elapsed());
+                break 'poll;
+            }
+            panic!("unexpected {text:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let resumed = resumed.expect("cross-host delivery did not resume within 5 s");
+    assert!(
+        resumed <= Duration::from_secs(2),
+        "cross-host delivery resumed after {resumed:?}"
+    );
+    eprintln!("cross-host delivery resumed {resumed:?} after Redis came back");
+    // Every connection is still open, and membership is whole again on both hosts.
+    for per_host in &mut clients {
+        let (client, _) = &mut per_host[0];
+        ask_until(client, "conns", Duration::from_secs(5), |n| n == "6");
+    }
+    for (client, _) in clients.iter_mut().flatten() {
+        // Drain what the polling broadcasts left, then a round trip.
+        client.send_text("still-here");
+        while client.recv_text() != "still-here" {}
+    }
+    for host in &hosts {
+        assert!(host.log().contains("cluster: Redis unreachable"), "{}", host.log());
+    }
+}
+
+#[test]
+fn the_key_value_store_is_shared_by_the_hosts() {
+    let _serial = serial();
+    let redis = Redis::start();
+    let start = || {
+        Server::start(
+            "api",
+            &[
+                "--cluster",
+                &redis.url(),
+                "--cluster-name",
+                "kv",
+                "--idle-timeout",
+                "120",
+            ],
+        )
+    };
+    let (a, b) = (start(), start());
+    let mut on_a = a.connect("/");
+    let mut on_b = b.connect("/");
+    for n in 0..20 {
+        assert_eq!(ask(&mut on_a, &format!("kv-set item/{n:02} value-{n}")), "ok");
+    }
+    assert_eq!(ask(&mut on_a, "kv-set other x"), "ok");
+    assert_eq!(ask(&mut on_b, "kv-get item/19"), "value value-19");
+    assert_eq!(ask(&mut on_b, "kv-del item/05"), "deleted true");
+    assert_eq!(ask(&mut on_a, "kv-del item/05"), "deleted false");
+    assert_eq!(ask(&mut on_a, "kv-get item/05"), "none");
+    assert_eq!(ask(&mut on_b, "kv-list item/ - 3"), "keys item/00,item/01,item/02");
+    assert_eq!(ask(&mut on_b, "kv-list item/ item/17 10"), "keys item/18,item/19");
+    let all = ask(&mut on_a, "kv-list item/");
+    assert_eq!(all.trim_start_matches("keys ").split(',').count(), 19, "{all}");
+    assert_eq!(ask(&mut on_a, "kv-list o"), "keys other");
+    // Expiry: gone for every host, and out of the listings.
+    assert_eq!(ask(&mut on_a, "kv-set short v 30"), "ok");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ask(&mut on_b, "kv-get short") != "none" {
+        assert!(Instant::now() < deadline, "a 30 ms key outlived 10 s");
+    }
+    assert_eq!(ask(&mut on_b, "kv-list short"), "keys ");
+    assert_eq!(ask(&mut on_a, "kv-big value"), "Err(StoreError::TooLarge)");
+    // Another cluster on the same Redis sees none of it.
+    let other = Server::start(
+        "api",
+        &[
+            "--cluster",
+            &redis.url(),
+            "--cluster-name",
+            "other",
+            "--idle-timeout",
+            "120",
+        ],
+    );
+    assert_eq!(ask(&mut other.connect("/"), "kv-get item/19"), "none");
+}
