@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use common::{Client, Server, ask, open_probe, serial};
 
 /// The bound the README states: a host silent for 3 s is dropped at the next heartbeat
-/// (every 0.5 s) of each other host.
-const DEAD_HOST_BOUND: Duration = Duration::from_millis(3500);
+/// (every 0.5 s) of each other host, so within 3.5 s of its last word; 4 s leaves room
+/// for a loaded machine's scheduling.
+const DEAD_HOST_BOUND: Duration = Duration::from_secs(4);
 
 /// A `redis-server` of the test's own, without persistence, killed when dropped.
 struct Redis {
@@ -258,6 +259,7 @@ fn a_killed_host_leaves_the_others_groups_within_the_bound() {
     });
     let took = killed.elapsed();
     assert!(took <= DEAD_HOST_BOUND, "the dead host left the group after {took:?}");
+    eprintln!("the killed host left the others' groups {took:?} after SIGKILL");
     assert_eq!(ask(watcher, "conns"), "10");
     // The dead host's connections are gone for sends too.
     let dead = clients[2][0].1;
