@@ -11,7 +11,7 @@
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -77,10 +77,20 @@ pub struct Bus {
     cluster: Arc<Cluster>,
     manager: ConnectionManager,
     received: mpsc::Receiver<Bytes>,
-    /// Set when the connection dropped or received messages were dropped: the host
-    /// sends a `Hello` as soon as a command gets through.
-    resync: Arc<AtomicBool>,
+    resync: Arc<Resync>,
     names: Names,
+}
+
+/// What the push handler tells the heartbeat: the host missed messages and must ask
+/// every host for its state (`Hello`) as soon as a command gets through.
+#[derive(Default)]
+struct Resync {
+    /// The connection dropped, or received messages were dropped.
+    needed: AtomicBool,
+    /// Received messages dropped because the receiving task fell behind.
+    missed: AtomicU64,
+    /// Times the connection to Redis dropped (Redis went away, or cut this host off).
+    disconnections: AtomicU64,
 }
 
 /// A running bus, to leave the cluster with.
@@ -106,7 +116,7 @@ pub async fn join(config: &ClusterConfig) -> anyhow::Result<Bus> {
     let client = redis::Client::open(info.set_redis_settings(resp3)).context("invalid cluster URL")?;
 
     let (sender, received) = mpsc::channel(RECEIVED_QUEUE);
-    let resync = Arc::new(AtomicBool::new(false));
+    let resync = Arc::new(Resync::default());
     let on_push = {
         let resync = resync.clone();
         move |push: PushInfo| -> Result<(), ()> {
@@ -116,10 +126,14 @@ pub async fn join(config: &ClusterConfig) -> anyhow::Result<Bus> {
                     if let Some(Value::BulkString(payload)) = push.data.into_iter().nth(1)
                         && sender.try_send(Bytes::from(payload)).is_err()
                     {
-                        resync.store(true, Ordering::Relaxed);
+                        resync.missed.fetch_add(1, Ordering::Relaxed);
+                        resync.needed.store(true, Ordering::Relaxed);
                     }
                 }
-                PushKind::Disconnection => resync.store(true, Ordering::Relaxed),
+                PushKind::Disconnection => {
+                    resync.disconnections.fetch_add(1, Ordering::Relaxed);
+                    resync.needed.store(true, Ordering::Relaxed);
+                }
                 _ => {}
             }
             Ok(())
@@ -377,15 +391,28 @@ async fn beat(
     registry: Arc<Registry>,
     mut manager: ConnectionManager,
     names: Arc<Names>,
-    resync: Arc<AtomicBool>,
+    resync: Arc<Resync>,
 ) {
     let incarnation = cluster.incarnation();
     let alive = names.alive(cluster.host());
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut down = false;
+    // Messages lost so far: dropped by the outbox (full while Redis was away) and by the
+    // receiving task (behind); logged as they grow.
+    let (mut dropped, mut missed) = (0, 0);
     loop {
         tick.tick().await;
+        let (now_dropped, now_missed) = (cluster.outbox().dropped(), resync.missed.load(Ordering::Relaxed));
+        if (now_dropped, now_missed) != (dropped, missed) {
+            tracing::warn!(
+                unsent = now_dropped - dropped,
+                unreceived = now_missed - missed,
+                "cluster: messages lost: the outbox was full ({} MiB), or this host fell behind what Redis sent it",
+                super::MAX_QUEUED_BYTES >> 20
+            );
+            (dropped, missed) = (now_dropped, now_missed);
+        }
         cluster.tell_all(Body::Heartbeat);
         // A command that gets through runs on a connection that has subscribed again.
         let kept: redis::RedisResult<Option<String>> = redis::cmd("SET")
@@ -406,9 +433,13 @@ async fn beat(
                 }
                 if std::mem::take(&mut down) {
                     tracing::info!("cluster: Redis reachable again; asking every host for its state");
-                    resync.store(true, Ordering::Relaxed);
+                    resync.needed.store(true, Ordering::Relaxed);
                 }
-                if resync.swap(false, Ordering::Relaxed) {
+                if resync.needed.swap(false, Ordering::Relaxed) {
+                    tracing::info!(
+                        disconnections = resync.disconnections.load(Ordering::Relaxed),
+                        "cluster: connected to Redis again, or missed messages: asking every host for its state"
+                    );
                     say_hello(&cluster, &registry);
                 }
             }

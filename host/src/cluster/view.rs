@@ -254,11 +254,6 @@ impl View {
         dead
     }
 
-    /// Forgets every other host (this host lost the bus: it will hear them again).
-    pub fn clear(&mut self) {
-        self.peers.clear();
-    }
-
     /// Whether `conn` is an open connection of another host.
     pub fn contains(&self, conn: ConnId) -> bool {
         self.peers
@@ -488,8 +483,6 @@ mod tests {
         assert_eq!(members(&view, "g"), [conn(3, 1)]);
         view.apply(three.says(Body::Bye), later);
         assert!(connections(&view).is_empty());
-        view.apply(two.says(Body::Heartbeat), later);
-        view.clear();
         assert_eq!(view.count(None), 0);
     }
 
