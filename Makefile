@@ -195,7 +195,7 @@ integration: build plugins redis-deps
 
 # Stock clients against the real host: Python `websockets` and Node `ws` (pinned in
 # tests/clients/node), with and without compression, every size, bursts, broadcasts.
-clients: build plugins py-deps
+clients: build plugins py-deps redis-deps
 	HOST=$(HOST) PLUGIN_DIR=$(PLUGIN_DIR) $(PY) -m pytest tests/clients/python -q
 	cd tests/clients/node && npm ci --no-audit --no-fund --loglevel=error
 	cd tests/clients/node && HOST=$(HOST) PLUGIN_DIR=$(PLUGIN_DIR) node --test
