@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Client, Server, ask, open_probe, serial};
@@ -25,13 +26,28 @@ const DEAD_HOST_BOUND: Duration = Duration::from_secs(4);
 struct Redis {
     child: Option<Child>,
     port: u16,
+    /// Settings beyond the port and no persistence.
+    settings: Vec<String>,
+    /// What it logged (its stdout).
+    log: Arc<Mutex<String>>,
 }
 
 impl Redis {
     /// Starts one on a free port and waits until it accepts connections.
     fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// Like [`Redis::start`], with these settings (`--name value` pairs) too.
+    fn start_with(settings: &[&str]) -> Redis {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut redis = Redis { child: None, port };
+        let settings = settings.iter().map(|s| s.to_string()).collect();
+        let mut redis = Redis {
+            child: None,
+            port,
+            settings,
+            log: Arc::default(),
+        };
         redis.restart();
         redis
     }
@@ -47,6 +63,7 @@ impl Redis {
         let mut child = Command::new(&binary)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--loglevel", "notice"])
+            .args(&self.settings)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -59,9 +76,21 @@ impl Redis {
             .map_while(Result::ok)
             .any(|line| line.contains("Ready to accept connections"));
         assert!(ready, "redis-server exited before it was ready");
-        // Keep draining its output so that it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        // Keep reading its output, so that it never blocks on a full pipe.
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
         self.child = Some(child);
+    }
+
+    /// Whether its log has a line containing `needle` (it may still come: the caller polls).
+    fn logged(&self, needle: &str) -> bool {
+        self.log.lock().unwrap().contains(needle)
     }
 
     /// Kills the server (SIGKILL: an outage, not a shutdown) and waits for it to exit.
@@ -406,4 +435,66 @@ fn the_key_value_store_is_shared_by_the_hosts() {
         ],
     );
     assert_eq!(ask(&mut other.connect("/"), "kv-get item/19"), "none");
+}
+
+#[test]
+fn a_host_that_falls_behind_is_cut_off_by_redis_and_catches_up() {
+    let _serial = serial();
+    // Redis cuts off a subscriber with more than 1 MB unread (the default is 32 MB).
+    let redis = Redis::start_with(&["--client-output-buffer-limit", "pubsub 1mb 1mb 0"]);
+    let hosts: Vec<Server> = (0..2).map(|_| host(&redis)).collect();
+    let (mut sender, _) = open_probe(&hosts[0], "/");
+    let (mut reader, reader_id) = open_probe(&hosts[1], "/");
+    ask_until(&mut sender, "conns", Duration::from_secs(10), |n| n == "2");
+
+    // Host 1 stops reading (SIGSTOP) while host 0 broadcasts 20 MB: more than the
+    // loopback socket's buffers hold, so Redis's buffer for host 1 passes its limit.
+    let signal = |name: &str, pid: u32| {
+        let status = Command::new("kill").args([name, &pid.to_string()]).status().unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP", hosts[1].pid());
+    let big = "x".repeat(100_000);
+    for _ in 0..200 {
+        assert_eq!(ask(&mut sender, &format!("broadcast {big}")), "sent 1");
+    }
+    signal("-CONT", hosts[1].pid());
+
+    // Host 1 reconnects, asks for the state, and hears host 0 again.
+    let back = Instant::now();
+    let mut n = 0;
+    loop {
+        n += 1;
+        assert_eq!(ask(&mut sender, &format!("broadcast after {n}")), "sent 1");
+        reader.send_text("mark");
+        let mut heard = false;
+        loop {
+            let text = reader.recv_text();
+            if text == "mark" {
+                break;
+            }
+            // What reached host 1 before Redis cut it off, or after it came back.
+            heard |= text.starts_with("after ");
+        }
+        if heard {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "host 1 never heard host 0 again"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("host 1 heard host 0 again {:?} after SIGCONT", back.elapsed());
+    // Both see both connections, and the reader is still connected and reachable.
+    ask_until(&mut reader, "conns", Duration::from_secs(5), |n| n == "2");
+    assert_eq!(ask(&mut sender, &format!("send-to {reader_id} still-here")), "ok");
+    while reader.recv_text() != "still-here" {}
+    // Redis did cut host 1 off, and host 1 noticed.
+    assert!(
+        redis.logged("overcoming of output buffer limits"),
+        "{}",
+        redis.log.lock().unwrap()
+    );
+    hosts[1].wait_for_log("asking every host for its state");
 }
