@@ -1,6 +1,7 @@
 //! The `host` program: command line and TOML file, logging, plugin, server, signals.
 //! `src/main.rs` is a call to [`main`].
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,13 +10,16 @@ use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
-use crate::cluster::bus;
-use crate::config::{Config, Options};
+use clap::Parser as _;
+
+use crate::cluster::{ClusterConfig, bus};
+use crate::config::{Command, Config, DEFAULT_ROUTE, LogFormat, Options, RouteConfig};
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::plugin::{self, Grants, HostServices, Loader, PluginEvent, PluginHandle, PluginLimits, Runner};
 use crate::server::outbound::OutboundLimits;
 use crate::server::registry::Registry;
 use crate::server::static_files::StaticFiles;
-use crate::server::{Server, Settings, tls};
+use crate::server::{Route, Server, Settings, tls};
 use crate::store::KeyValue;
 use crate::ws::handshake::HandshakeConfig;
 
@@ -25,11 +29,16 @@ pub type NativeHandler = Box<dyn FnMut(&dyn HostServices, PluginEvent) + Send>;
 /// Runs the host as the `host` binary does: reads the command line (and the TOML
 /// file it names), sets up logging, serves until SIGTERM or SIGINT. Returns the
 /// process's exit code: 2 for a bad setting, 1 for a failure to start.
+/// `host check FILE` checks a plugin instead (see [`check`]).
 ///
 /// `native` replaces the plugin with native code on the same event path; it exists
 /// so that benchmarks can measure what the WebAssembly sandbox costs.
 pub fn main(native: Option<NativeHandler>) -> ExitCode {
-    let config = match Options::load() {
+    let options = Options::parse();
+    if let Some(Command::Check { file }) = &options.command {
+        return check(file);
+    }
+    let config = match options.resolve() {
         Ok(config) => config,
         Err(error) => {
             eprintln!("host: error: {error}");
@@ -43,10 +52,13 @@ pub fn main(native: Option<NativeHandler>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
 
     keep_freed_memory();
     // Every connection is a file descriptor: use all the process may have, not the
@@ -72,7 +84,7 @@ pub fn main(native: Option<NativeHandler>) -> ExitCode {
     }
 }
 
-async fn run(config: Config, native: Option<NativeHandler>) -> anyhow::Result<()> {
+async fn run(config: Config, mut native: Option<NativeHandler>) -> anyhow::Result<()> {
     // Load everything that can fail before binding, so a bad setting never leaves a
     // half-started server.
     let tls = config
@@ -87,69 +99,127 @@ async fn run(config: Config, native: Option<NativeHandler>) -> anyhow::Result<()
         .map(StaticFiles::new)
         .transpose()
         .context("cannot serve the static directory")?;
+    if native.is_some() && config.routes.len() != 1 {
+        anyhow::bail!("a native handler serves exactly one route");
+    }
 
-    let limits = OutboundLimits {
-        max_messages: config.max_messages_buffering,
-        max_bytes: config.max_buffered_bytes,
-    };
-    let bus = match &config.cluster {
-        Some(cluster) => Some(bus::join(cluster).await?),
-        None => None,
-    };
-    let registry = Arc::new(match &bus {
-        Some(bus) => Registry::clustered(limits, bus.cluster()),
-        None => Registry::new(limits),
-    });
-    let plugin = match native {
-        Some(handle) => plugin::spawn_handler(config.plugin_queue, registry.clone(), handle)?,
-        None => {
-            let store = bus.as_ref().map(|bus| Arc::new(bus.store()) as Arc<dyn KeyValue>);
-            start_plugin(&config, registry.clone(), store)?
-        }
-    };
+    let metrics = Metrics::new();
+    let loader = Arc::new(Loader::new(config.cache_dir.clone())?);
+    let mut routes = Vec::new();
+    let mut buses = Vec::new();
+    for route in &config.routes {
+        let limits = OutboundLimits {
+            max_messages: route.max_messages_buffering,
+            max_bytes: route.max_buffered_bytes,
+        };
+        let bus = match &config.cluster {
+            Some(cluster) => Some(bus::join(&route_cluster(cluster, &route.name)).await?),
+            None => None,
+        };
+        let registry = Arc::new(match &bus {
+            Some(bus) => Registry::clustered(limits, bus.cluster()),
+            None => Registry::new(limits),
+        });
+        let route_metrics = metrics.route(&route.name);
+        let plugin = match native.take() {
+            Some(handle) => plugin::spawn_handler(&route.name, route.plugin_queue, registry.clone(), handle)?,
+            None => {
+                let store = bus.as_ref().map(|bus| Arc::new(bus.store()) as Arc<dyn KeyValue>);
+                let started = start_plugin(&config, route, &loader, registry.clone(), store, &route_metrics);
+                // A one-plugin host's errors read as they always have.
+                match route.name == DEFAULT_ROUTE {
+                    true => started?,
+                    false => started.with_context(|| format!("route {:?} ({})", route.name, route.path.as_str()))?,
+                }
+            }
+        };
+        let handshake = HandshakeConfig {
+            subprotocols: route.subprotocols.clone(),
+            deflate: route.compression.then_some(config.deflate),
+            allowed_origins: route.allowed_origins.clone(),
+            ..HandshakeConfig::default()
+        };
+        routes.push(Route::new(
+            route.path.clone(),
+            handshake,
+            route.max_payload_size,
+            route.max_connections,
+            registry.clone(),
+            plugin,
+            route_metrics,
+        ));
+        buses.extend(bus.map(|bus| (bus, registry)));
+    }
 
     let settings = Settings {
-        handshake: HandshakeConfig {
-            subprotocols: config.subprotocols.clone(),
-            deflate: config.compression,
-            allowed_origins: config.allowed_origins.clone(),
-            ..HandshakeConfig::default()
-        },
         handshake_timeout: config.handshake_timeout,
         idle_timeout: config.idle_timeout,
         close_timeout: config.close_timeout,
-        max_message_size: config.max_payload_size,
         max_connections: config.max_connections,
         prod: config.prod,
+        metrics_here: config.metrics_listen.is_none(),
     };
     let scheme = if tls.is_some() { "wss" } else { "ws" };
-    let server = Server::bind(config.listen, settings, registry.clone(), plugin, static_files, tls)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let server = Server::bind(
+        config.listen,
+        config.metrics_listen,
+        settings,
+        routes,
+        metrics,
+        static_files,
+        tls,
+    )
+    .await
+    .with_context(|| match config.metrics_listen {
+        Some(metrics) => format!("cannot listen on {} and {metrics}", config.listen),
+        None => format!("cannot listen on {}", config.listen),
+    })?;
     let addr = server.local_addr()?;
-    let bus = bus.map(|bus| bus.run(registry));
+    if let Some(metrics) = server.metrics_addr() {
+        tracing::info!("metrics on http://{metrics}/metrics");
+    }
+    let buses: Vec<_> = buses.into_iter().map(|(bus, registry)| bus.run(registry)).collect();
     // Tests and scripts wait for this line to know the server is ready.
     println!("wsplug listening on {scheme}://{addr}");
     server.run(stop_signal()?, config.shutdown_grace).await;
-    if let Some(bus) = bus {
+    for bus in buses {
         bus.leave().await;
     }
     Ok(())
 }
 
-/// Loads the configured plugin, starts it on its own thread and watches its file
-/// for new versions. Its key-value store is `store` if given (the cluster's), else the
-/// file store in `store_dir`.
+/// The cluster a route's hosts share: the configured one for the route named
+/// [`DEFAULT_ROUTE`] (a one-plugin host's), one of its own for any other.
+fn route_cluster(cluster: &ClusterConfig, route: &str) -> ClusterConfig {
+    let name = if route == DEFAULT_ROUTE {
+        cluster.name.clone()
+    } else {
+        format!("{}.{route}", cluster.name)
+    };
+    ClusterConfig {
+        url: cluster.url.clone(),
+        name,
+    }
+}
+
+/// Loads a route's plugin, starts it on its own thread and watches its file for new
+/// versions. Its key-value store is `store` if given (the cluster's), else the file
+/// store in `store_dir` (the route named [`DEFAULT_ROUTE`]) or in `store_dir/NAME`.
 fn start_plugin(
     config: &Config,
+    route: &RouteConfig,
+    loader: &Arc<Loader>,
     registry: Arc<Registry>,
     store: Option<Arc<dyn KeyValue>>,
+    metrics: &RouteMetrics,
 ) -> anyhow::Result<PluginHandle> {
-    let loader = Arc::new(Loader::new(config.cache_dir.clone())?);
-    let loaded = loader.load(&config.plugin, Instant::now())?;
+    let loaded = loader.load(&route.plugin, Instant::now())?;
+    metrics.plugin.loaded(loaded.cache_hit);
     tracing::info!(
+        route = &*route.name,
+        path = route.path.as_str(),
         plugin = &*loaded.name,
-        file = %config.plugin.display(),
+        file = %route.plugin.display(),
         api = %loaded.linked.api(),
         exports = %loaded.linked.optional_exports(),
         language = %loaded.language,
@@ -160,22 +230,86 @@ fn start_plugin(
     );
     let serving = loaded.digest;
     let limits = PluginLimits {
-        deadline: config.plugin_deadline,
-        memory_bytes: config.plugin_memory_bytes,
-        queue_len: config.plugin_queue,
+        deadline: route.plugin_deadline,
+        memory_bytes: route.plugin_memory_bytes,
+        queue_len: route.plugin_queue,
     };
     let grants = Grants {
-        data_dir: config.plugin_dir.clone(),
-        store_dir: config.store_dir.clone(),
+        data_dir: route.plugin_dir.clone(),
+        store_dir: if route.name == DEFAULT_ROUTE {
+            config.store_dir.clone()
+        } else {
+            config.store_dir.join(&route.name)
+        },
     };
-    let mut runner = Runner::new(loader.engine(), loaded, registry, limits, grants)?;
+    let mut runner =
+        Runner::new(loader.engine(), loaded, registry, limits, grants)?.with_metrics(metrics.plugin.clone());
     if let Some(store) = store {
         runner = runner.with_store(store);
     }
-    let plugin = plugin::spawn(runner)?;
-    plugin::watcher::watch(loader, config.plugin.clone(), plugin.clone(), serving, config.watch)
-        .with_context(|| format!("cannot watch {}", config.plugin.display()))?;
+    let plugin = plugin::spawn(runner, &route.name)?;
+    plugin::watcher::watch(
+        loader.clone(),
+        route.plugin.clone(),
+        plugin.clone(),
+        serving,
+        route.watch,
+        metrics.plugin.clone(),
+    )
+    .with_context(|| format!("cannot watch {}", route.plugin.display()))?;
     Ok(plugin)
+}
+
+/// `host check FILE`: compiles and links a plugin and starts one instance of it, as
+/// serving it would, then prints what it is (language, world version, exports,
+/// imports, size, compile time) and exits 0; or prints why it would not load and
+/// exits 1.
+pub fn check(file: &Path) -> ExitCode {
+    match check_report(file) {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{}: cannot be loaded: {}", file.display(), plugin::one_line(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_report(file: &Path) -> wasmtime::Result<String> {
+    use std::fmt::Write as _;
+    // No cache: the compile time is the real one, and nothing is written.
+    let loader = Loader::new(None)?;
+    let loaded = loader.load(file, Instant::now())?;
+    let mut report = String::new();
+    let _ = writeln!(report, "{}: loads", file.display());
+    let _ = writeln!(report, "language: {}", loaded.language);
+    let _ = writeln!(report, "world: wsplug:plugin@{}", loaded.linked.api());
+    let _ = writeln!(report, "optional exports: {}", loaded.linked.optional_exports());
+    let _ = writeln!(report, "exports: {}", loaded.interfaces.exports.join(" "));
+    let _ = writeln!(report, "imports: {}", loaded.interfaces.imports.join(" "));
+    let _ = writeln!(report, "size: {} bytes", loaded.size);
+    let _ = writeln!(report, "compile: {} ms", loaded.load_time.as_millis());
+    // Instantiating runs the component's start-up code: a plugin that traps there, or
+    // needs more memory than the default cap, fails here as it would at startup.
+    let registry = Arc::new(Registry::new(OutboundLimits {
+        max_messages: 1,
+        max_bytes: 1024,
+    }));
+    let started = Instant::now();
+    let grants = Grants {
+        data_dir: None,
+        store_dir: std::env::temp_dir().join("wsplug-check-store-unused"),
+    };
+    Runner::new(loader.engine(), loaded, registry, PluginLimits::default(), grants)?;
+    let _ = writeln!(
+        report,
+        "instantiate: {} ms (memory cap {} MiB)",
+        started.elapsed().as_millis(),
+        PluginLimits::default().memory_bytes >> 20
+    );
+    Ok(report)
 }
 
 /// Free memory glibc may keep at the top of a heap before it hands it back to the kernel.

@@ -6,7 +6,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use serde::Deserialize;
 
 /// A configuration error: reported as `host: error: ...` with exit status 2.
@@ -30,6 +30,11 @@ impl ConfigError {
     about = "A WebSocket server whose business logic is a sandboxed WebAssembly component."
 )]
 pub struct Options {
+    /// Something else than serving: `host check FILE.wasm`.
+    #[command(subcommand)]
+    #[serde(skip)]
+    pub command: Option<Command>,
+
     /// TOML configuration file; flags given on the command line override its keys.
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
@@ -39,9 +44,14 @@ pub struct Options {
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
 
-    /// The plugin: a WebAssembly component implementing the wsplug:plugin world (required).
+    /// The plugin: a WebAssembly component implementing the wsplug:plugin world, serving every
+    /// path no [[route]] of the config file claims (the route named "default", path "/*")
     #[arg(long, value_name = "FILE")]
     pub plugin: Option<PathBuf>,
+
+    /// Several plugins, each on its own paths: `[[route]]` tables of the config file.
+    #[arg(skip)]
+    pub route: Option<Vec<RouteOptions>>,
 
     /// Seconds for the opening handshake, and of silence before a ping (then as long again for an answer) [default: 5]
     #[arg(long, value_name = "SECONDS")]
@@ -197,6 +207,301 @@ pub struct Options {
     /// Log filter: error, warn, info, debug, trace or tracing directives; RUST_LOG overrides it [default: info, debug when prod is false]
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
+
+    /// Log lines as "text" or as "json" objects, one per line, for log shippers [default: text]
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+
+    /// Serve /metrics, /healthz and /readyz on this address (plain HTTP) instead of the
+    /// WebSocket port, which then serves /healthz and /readyz only [default: none]
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+}
+
+/// What `host` does instead of serving.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Loads a plugin without serving: prints its language, world version, exports,
+    /// imports, size and compile time, or why it would not load (exit status 1).
+    Check {
+        /// The WebAssembly component to check.
+        file: PathBuf,
+    },
+}
+
+/// A `[[route]]` table: a plugin and the paths it serves. Keys it does not give take
+/// the value of the top-level key of the same name.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteOptions {
+    /// `/chat` (that path only), `/chat/*` (`/chat` and every path below it) or `/*` (every path).
+    pub path: Option<String>,
+    /// The plugin file.
+    pub plugin: Option<PathBuf>,
+    /// Names the route in metrics, logs, its store's directory and its cluster channel
+    /// (1-64 of A-Z a-z 0-9 . _ -) [default: from the path: `/chat` is `chat`]
+    pub name: Option<String>,
+    /// Largest message in bytes.
+    pub max_payload_size: Option<u64>,
+    /// Messages that may wait for a client that does not read.
+    pub max_messages_buffering: Option<u64>,
+    /// Bytes that may wait for a client that does not read.
+    pub max_buffered_bytes: Option<u64>,
+    /// Open connections of this route at most (besides the host's `max_connections`).
+    pub max_connections: Option<u64>,
+    /// Origins allowed to connect.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Subprotocols spoken.
+    pub subprotocols: Option<Vec<String>>,
+    /// Negotiate permessage-deflate.
+    pub compression: Option<bool>,
+    /// CPU time of one plugin call, in milliseconds.
+    pub plugin_deadline_ms: Option<u64>,
+    /// Largest linear memory of the plugin, in MiB.
+    pub plugin_memory_mib: Option<u64>,
+    /// Events that may wait for the plugin.
+    pub plugin_queue: Option<u64>,
+    /// A directory the plugin may read, at /data.
+    pub plugin_dir: Option<PathBuf>,
+    /// Reload the plugin when its file changes.
+    pub watch: Option<bool>,
+}
+
+impl RouteOptions {
+    /// Fills every key not given here from `defaults`.
+    fn or(self, defaults: &RouteOptions) -> RouteOptions {
+        let defaults = defaults.clone();
+        RouteOptions {
+            path: self.path.or(defaults.path),
+            plugin: self.plugin.or(defaults.plugin),
+            name: self.name.or(defaults.name),
+            max_payload_size: self.max_payload_size.or(defaults.max_payload_size),
+            max_messages_buffering: self.max_messages_buffering.or(defaults.max_messages_buffering),
+            max_buffered_bytes: self.max_buffered_bytes.or(defaults.max_buffered_bytes),
+            max_connections: self.max_connections,
+            allowed_origins: self.allowed_origins.or(defaults.allowed_origins),
+            subprotocols: self.subprotocols.or(defaults.subprotocols),
+            compression: self.compression.or(defaults.compression),
+            plugin_deadline_ms: self.plugin_deadline_ms.or(defaults.plugin_deadline_ms),
+            plugin_memory_mib: self.plugin_memory_mib.or(defaults.plugin_memory_mib),
+            plugin_queue: self.plugin_queue.or(defaults.plugin_queue),
+            plugin_dir: self.plugin_dir.or(defaults.plugin_dir),
+            watch: self.watch.or(defaults.watch),
+        }
+    }
+
+    /// Checks every value and applies the defaults. Errors of the route at `index` name it.
+    fn validate(self, index: Option<usize>) -> Result<RouteConfig, ConfigError> {
+        let within = |error: ConfigError| match index {
+            Some(i) => ConfigError(format!("[[route]] {}: {}", i + 1, error.0)),
+            None => error,
+        };
+        self.validate_keys().map_err(within)
+    }
+
+    fn validate_keys(self) -> Result<RouteConfig, ConfigError> {
+        let path = RoutePath::parse(self.path.as_deref().unwrap_or("/*"))?;
+        let plugin = self
+            .plugin
+            .ok_or_else(|| ConfigError("a route needs plugin = \"FILE\"".into()))?;
+        let plugin = existing_file("plugin", plugin)?;
+        let name = match self.name {
+            Some(name) => name,
+            None => path.default_name().ok_or_else(|| {
+                ConfigError::invalid(
+                    "path",
+                    format!("{:?}", path.as_str()),
+                    "cannot name the route after this path: give it a name",
+                )
+            })?,
+        };
+        plain_name("name", &name)?;
+        let max_payload_size = range(
+            "max_payload_size",
+            self.max_payload_size.unwrap_or(512 * 1024),
+            1,
+            1 << 32,
+            "bytes",
+        )?;
+        let max_messages_buffering = range(
+            "max_messages_buffering",
+            self.max_messages_buffering.unwrap_or(100),
+            1,
+            1_000_000,
+            "messages",
+        )?;
+        let max_buffered_bytes = range(
+            "max_buffered_bytes",
+            self.max_buffered_bytes.unwrap_or((1 << 20).max(2 * max_payload_size)),
+            1024,
+            1 << 40,
+            "bytes",
+        )?;
+        let max_connections = self
+            .max_connections
+            .map(|n| range("max_connections", n, 1, 10_000_000, "connections"))
+            .transpose()?;
+        let allowed_origins = self.allowed_origins.unwrap_or_default();
+        for origin in &allowed_origins {
+            if origin.is_empty() || origin.ends_with('/') || !origin.contains("://") {
+                return Err(ConfigError::invalid(
+                    "allowed_origins",
+                    format!("{origin:?}"),
+                    "expected origins like \"https://example.com\" (scheme://host[:port], no path)",
+                ));
+            }
+        }
+        let subprotocols = self.subprotocols.unwrap_or_default();
+        for protocol in &subprotocols {
+            if protocol.is_empty()
+                || !protocol
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+            {
+                return Err(ConfigError::invalid(
+                    "subprotocols",
+                    format!("{protocol:?}"),
+                    "expected HTTP tokens (no spaces or separators)",
+                ));
+            }
+        }
+        Ok(RouteConfig {
+            path,
+            plugin,
+            name,
+            max_payload_size: max_payload_size as usize,
+            max_messages_buffering: max_messages_buffering as usize,
+            max_buffered_bytes: max_buffered_bytes as usize,
+            max_connections: max_connections.map(|n| n as usize),
+            allowed_origins,
+            subprotocols,
+            compression: self.compression.unwrap_or(true),
+            plugin_deadline: Duration::from_millis(range(
+                "plugin_deadline_ms",
+                self.plugin_deadline_ms.unwrap_or(500),
+                10,
+                60_000,
+                "milliseconds",
+            )?),
+            plugin_memory_bytes: (range(
+                "plugin_memory_mib",
+                self.plugin_memory_mib.unwrap_or(64),
+                1,
+                4096,
+                "MiB",
+            )? as usize)
+                << 20,
+            plugin_queue: range(
+                "plugin_queue",
+                self.plugin_queue.unwrap_or(1024),
+                1,
+                1_000_000,
+                "events",
+            )? as usize,
+            plugin_dir: self.plugin_dir.map(|d| existing_dir("plugin_dir", d)).transpose()?,
+            watch: self.watch.unwrap_or(true),
+        })
+    }
+}
+
+/// The paths a route serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoutePath {
+    /// As written: `/chat`, `/chat/*` or `/*`.
+    text: String,
+}
+
+impl RoutePath {
+    /// Checks a route's `path`.
+    pub fn parse(text: &str) -> Result<RoutePath, ConfigError> {
+        let body = text.strip_suffix("/*").unwrap_or(text);
+        let valid = text.starts_with('/')
+            && !body.contains('*')
+            && body.bytes().all(|b| b.is_ascii_graphic() && !b"?#%\\".contains(&b));
+        if !valid {
+            return Err(ConfigError::invalid(
+                "path",
+                format!("{text:?}"),
+                "expected /exact/path, /prefix/* or /* (no query, no %, * only at the end)",
+            ));
+        }
+        Ok(RoutePath { text: text.to_owned() })
+    }
+
+    /// The path as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// How well it matches a request's path: `None` if it does not, else a rank that
+    /// prefers an exact path to any prefix, and a longer prefix to a shorter one.
+    pub fn rank(&self, path: &str) -> Option<usize> {
+        match self.text.strip_suffix("/*") {
+            None => (path == self.text).then_some(usize::MAX),
+            Some(prefix) => {
+                let below = path.strip_prefix(prefix)?;
+                (below.is_empty() || below.starts_with('/')).then_some(prefix.len())
+            }
+        }
+    }
+
+    /// The name a route gets when it is not given one: its path without the slashes at
+    /// either end and the `*`, inner slashes as dots (`/api/v1/*` is `api.v1`).
+    fn default_name(&self) -> Option<String> {
+        let text = self.text.trim_end_matches('*').trim_matches('/');
+        let name = text.replace('/', ".");
+        (!name.is_empty())
+            .then_some(name)
+            .filter(|n| plain_name("name", n).is_ok())
+    }
+}
+
+/// A validated route.
+#[derive(Clone, Debug)]
+pub struct RouteConfig {
+    /// The paths it serves.
+    pub path: RoutePath,
+    /// Plugin file.
+    pub plugin: PathBuf,
+    /// Its name: `default` for the one `plugin` (`--plugin`) sets.
+    pub name: String,
+    /// Largest message, after inflation.
+    pub max_payload_size: usize,
+    /// Messages that may wait for a client whose socket takes no more.
+    pub max_messages_buffering: usize,
+    /// Bytes that may wait for a client whose socket takes no more.
+    pub max_buffered_bytes: usize,
+    /// Open connections of this route at most, if it has its own bound.
+    pub max_connections: Option<usize>,
+    /// Allowed `Origin` values; empty means any.
+    pub allowed_origins: Vec<String>,
+    /// Subprotocols spoken.
+    pub subprotocols: Vec<String>,
+    /// Negotiate permessage-deflate (with the host's [`Config::deflate`] parameters).
+    pub compression: bool,
+    /// Per-call CPU deadline of the plugin.
+    pub plugin_deadline: Duration,
+    /// Memory cap of a plugin instance, in bytes.
+    pub plugin_memory_bytes: usize,
+    /// Plugin event queue bound.
+    pub plugin_queue: usize,
+    /// Directory granted to the plugin.
+    pub plugin_dir: Option<PathBuf>,
+    /// Reload on file changes.
+    pub watch: bool,
+}
+
+/// The name of the route that `plugin` (`--plugin`) sets: its store and its cluster
+/// channel are those of a host with one plugin.
+pub const DEFAULT_ROUTE: &str = "default";
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable text.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// TLS settings, validated but not yet loaded (see `server::tls`).
@@ -217,28 +522,18 @@ pub struct TlsFiles {
 pub struct Config {
     /// Listening address.
     pub listen: SocketAddr,
-    /// Plugin file.
-    pub plugin: PathBuf,
+    /// The plugins and the paths they serve, in the order given (`plugin`'s last).
+    pub routes: Vec<RouteConfig>,
     /// Time for the opening handshake.
     pub handshake_timeout: Duration,
     /// Silence before a ping, and time to answer it.
     pub idle_timeout: Duration,
     /// Time for each closing step.
     pub close_timeout: Duration,
-    /// Largest message, after inflation.
-    pub max_payload_size: usize,
-    /// Messages that may wait for a client whose socket takes no more.
-    pub max_messages_buffering: usize,
-    /// Bytes that may wait for a client whose socket takes no more.
-    pub max_buffered_bytes: usize,
-    /// Open connections at most.
+    /// Open connections of the host at most.
     pub max_connections: usize,
-    /// Allowed `Origin` values; empty means any.
-    pub allowed_origins: Vec<String>,
-    /// Subprotocols spoken.
-    pub subprotocols: Vec<String>,
-    /// permessage-deflate settings, or `None` when off.
-    pub compression: Option<crate::ws::deflate::DeflateConfig>,
+    /// permessage-deflate parameters of the routes that negotiate it.
+    pub deflate: crate::ws::deflate::DeflateConfig,
     /// WSS, when on.
     pub tls: Option<TlsFiles>,
     /// Production mode.
@@ -247,35 +542,34 @@ pub struct Config {
     pub static_dir: Option<PathBuf>,
     /// Grace period of a graceful shutdown.
     pub shutdown_grace: Duration,
-    /// Per-call CPU deadline of the plugin.
-    pub plugin_deadline: Duration,
-    /// Memory cap of a plugin instance, in bytes.
-    pub plugin_memory_bytes: usize,
-    /// Plugin event queue bound.
-    pub plugin_queue: usize,
-    /// Directory granted to the plugin.
-    pub plugin_dir: Option<PathBuf>,
     /// Compiled-plugin cache, or `None` when off.
     pub cache_dir: Option<PathBuf>,
-    /// The key-value store's directory.
+    /// The key-value store's directory (of the route named [`DEFAULT_ROUTE`]; the others
+    /// have a directory of their name in it).
     pub store_dir: PathBuf,
     /// The cluster this host joins, if any.
     pub cluster: Option<crate::cluster::ClusterConfig>,
-    /// Reload on file changes.
-    pub watch: bool,
     /// Log filter.
     pub log: String,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Where `/metrics` is served apart from the WebSocket port, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Options {
     /// Parses the command line, reads `--config` if given, and merges them.
     pub fn load() -> Result<Config, ConfigError> {
-        let cli = Options::parse();
-        let file = match &cli.config {
+        Options::parse().resolve()
+    }
+
+    /// Reads the `--config` file these options name, if any, and merges them with it.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let file = match &self.config {
             Some(path) => Options::from_file(path)?,
             None => Options::default(),
         };
-        cli.merge(file).validate()
+        self.merge(file).validate()
     }
 
     /// Reads a TOML configuration file.
@@ -323,6 +617,7 @@ impl Options {
             ($($field:ident),* $(,)?) => {
                 Options {
                     $($field: cli.$field.or(file.$field),)*
+                    command: cli.command,
                     config: cli.config,
                     no_compression: false,
                     no_cache: false,
@@ -333,6 +628,7 @@ impl Options {
         pick!(
             listen,
             plugin,
+            route,
             timeout,
             handshake_timeout,
             idle_timeout,
@@ -367,6 +663,8 @@ impl Options {
             cache,
             watch,
             log,
+            log_format,
+            metrics_listen,
         )
     }
 
@@ -379,22 +677,12 @@ impl Options {
                 "not supported: RFC 6455 section 5.1 forbids a server to mask its frames and browsers drop such connections; remove the key",
             ));
         }
-        let listen_text = self.listen.unwrap_or_else(|| "127.0.0.1:9001".into());
-        let listen = listen_text
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut addrs| addrs.next())
-            .ok_or_else(|| {
-                ConfigError::invalid(
-                    "listen",
-                    &listen_text,
-                    "expected ADDRESS:PORT, e.g. 127.0.0.1:9001 or [::]:9001",
-                )
-            })?;
-        let plugin = self.plugin.ok_or_else(|| {
-            ConfigError("no plugin: give --plugin FILE or `plugin = \"FILE\"` in the config file".into())
-        })?;
-        let plugin = existing_file("plugin", plugin)?;
+        let listen = address("listen", self.listen.as_deref().unwrap_or("127.0.0.1:9001"))?;
+        let metrics_listen = self
+            .metrics_listen
+            .as_deref()
+            .map(|text| address("metrics_listen", text))
+            .transpose()?;
         let timeout = seconds("timeout", self.timeout.unwrap_or(5))?;
         let handshake_timeout = match self.handshake_timeout {
             Some(s) => seconds("handshake_timeout", s)?,
@@ -408,27 +696,6 @@ impl Options {
             Some(s) => seconds("close_timeout", s)?,
             None => timeout,
         };
-        let max_payload_size = range(
-            "max_payload_size",
-            self.max_payload_size.unwrap_or(512 * 1024),
-            1,
-            1 << 32,
-            "bytes",
-        )?;
-        let max_messages_buffering = range(
-            "max_messages_buffering",
-            self.max_messages_buffering.unwrap_or(100),
-            1,
-            1_000_000,
-            "messages",
-        )?;
-        let max_buffered_bytes = range(
-            "max_buffered_bytes",
-            self.max_buffered_bytes.unwrap_or((1 << 20).max(2 * max_payload_size)),
-            1024,
-            1 << 40,
-            "bytes",
-        )?;
         let max_connections = range(
             "max_connections",
             self.max_connections.unwrap_or(10_000),
@@ -436,57 +703,30 @@ impl Options {
             10_000_000,
             "connections",
         )?;
-        let allowed_origins = self.allowed_origins.unwrap_or_default();
-        for origin in &allowed_origins {
-            if origin.is_empty() || origin.ends_with('/') || !origin.contains("://") {
-                return Err(ConfigError::invalid(
-                    "allowed_origins",
-                    format!("{origin:?}"),
-                    "expected origins like \"https://example.com\" (scheme://host[:port], no path)",
-                ));
-            }
-        }
-        let subprotocols = self.subprotocols.unwrap_or_default();
-        for protocol in &subprotocols {
-            if protocol.is_empty()
-                || !protocol
-                    .bytes()
-                    .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
-            {
-                return Err(ConfigError::invalid(
-                    "subprotocols",
-                    format!("{protocol:?}"),
-                    "expected HTTP tokens (no spaces or separators)",
-                ));
-            }
-        }
-        let compression = if self.compression.unwrap_or(true) {
-            Some(crate::ws::deflate::DeflateConfig {
-                server_max_window_bits: range(
-                    "server_max_window_bits",
-                    self.server_max_window_bits.unwrap_or(15).into(),
-                    9,
-                    15,
-                    "bits",
-                )? as u8,
-                client_max_window_bits: range(
-                    "client_max_window_bits",
-                    self.client_max_window_bits.unwrap_or(15).into(),
-                    9,
-                    15,
-                    "bits",
-                )? as u8,
-                level: range(
-                    "compression_level",
-                    self.compression_level.unwrap_or(6).into(),
-                    0,
-                    9,
-                    "(zlib level)",
-                )? as u32,
-            })
-        } else {
-            None
+        let deflate = crate::ws::deflate::DeflateConfig {
+            server_max_window_bits: range(
+                "server_max_window_bits",
+                self.server_max_window_bits.unwrap_or(15).into(),
+                9,
+                15,
+                "bits",
+            )? as u8,
+            client_max_window_bits: range(
+                "client_max_window_bits",
+                self.client_max_window_bits.unwrap_or(15).into(),
+                9,
+                15,
+                "bits",
+            )? as u8,
+            level: range(
+                "compression_level",
+                self.compression_level.unwrap_or(6).into(),
+                0,
+                9,
+                "(zlib level)",
+            )? as u32,
         };
+        let routes = self.routes()?;
         let tls = match (self.ssl.unwrap_or(false), self.cert_file) {
             (false, _) => None,
             (true, None) => return Err(ConfigError(
@@ -504,26 +744,31 @@ impl Options {
             }),
         };
         let static_dir = self.static_dir.map(|d| existing_dir("static", d)).transpose()?;
-        let plugin_dir = self.plugin_dir.map(|d| existing_dir("plugin_dir", d)).transpose()?;
         let prod = self.prod.unwrap_or(true);
         let cache_dir = if self.cache.unwrap_or(true) {
             self.cache_dir.or_else(crate::plugin::loader::default_cache_dir)
         } else {
             None
         };
+        let log_format = match self.log_format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::invalid(
+                    "log_format",
+                    format!("{other:?}"),
+                    "\"text\" or \"json\"",
+                ));
+            }
+        };
         Ok(Config {
             listen,
-            plugin,
+            routes,
             handshake_timeout,
             idle_timeout,
             close_timeout,
-            max_payload_size: max_payload_size as usize,
-            max_messages_buffering: max_messages_buffering as usize,
-            max_buffered_bytes: max_buffered_bytes as usize,
             max_connections: max_connections as usize,
-            allowed_origins,
-            subprotocols,
-            compression,
+            deflate,
             tls,
             prod,
             static_dir,
@@ -534,37 +779,74 @@ impl Options {
                 3600,
                 "seconds",
             )?),
-            plugin_deadline: Duration::from_millis(range(
-                "plugin_deadline_ms",
-                self.plugin_deadline_ms.unwrap_or(500),
-                10,
-                60_000,
-                "milliseconds",
-            )?),
-            plugin_memory_bytes: (range(
-                "plugin_memory_mib",
-                self.plugin_memory_mib.unwrap_or(64),
-                1,
-                4096,
-                "MiB",
-            )? as usize)
-                << 20,
-            plugin_queue: range(
-                "plugin_queue",
-                self.plugin_queue.unwrap_or(1024),
-                1,
-                1_000_000,
-                "events",
-            )? as usize,
-            plugin_dir,
             cache_dir,
             store_dir: self.store_dir.unwrap_or_else(crate::store::default_dir),
             cluster: cluster(self.cluster, self.cluster_name)?,
-            watch: self.watch.unwrap_or(true),
             log: self
                 .log
                 .unwrap_or_else(|| if prod { "info".into() } else { "debug".into() }),
+            log_format,
+            metrics_listen,
         })
+    }
+
+    /// The routes: every `[[route]]`, then the one `plugin` gives (named
+    /// [`DEFAULT_ROUTE`], serving `/*`), each completed with the top-level keys.
+    fn routes(&self) -> Result<Vec<RouteConfig>, ConfigError> {
+        let defaults = RouteOptions {
+            path: None,
+            plugin: None,
+            name: None,
+            max_payload_size: self.max_payload_size,
+            max_messages_buffering: self.max_messages_buffering,
+            max_buffered_bytes: self.max_buffered_bytes,
+            max_connections: None,
+            allowed_origins: self.allowed_origins.clone(),
+            subprotocols: self.subprotocols.clone(),
+            compression: self.compression,
+            plugin_deadline_ms: self.plugin_deadline_ms,
+            plugin_memory_mib: self.plugin_memory_mib,
+            plugin_queue: self.plugin_queue,
+            plugin_dir: self.plugin_dir.clone(),
+            watch: self.watch,
+        };
+        let tables = self.route.iter().flatten().cloned().enumerate();
+        let mut routes = tables
+            .map(|(i, route)| route.or(&defaults).validate(Some(i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(plugin) = &self.plugin {
+            let shorthand = RouteOptions {
+                path: Some("/*".into()),
+                plugin: Some(plugin.clone()),
+                name: Some(DEFAULT_ROUTE.into()),
+                ..RouteOptions::default()
+            };
+            routes.push(shorthand.or(&defaults).validate(None)?);
+        }
+        if routes.is_empty() {
+            return Err(ConfigError(
+                "no plugin: give --plugin FILE, `plugin = \"FILE\"` or [[route]] tables in the config file".into(),
+            ));
+        }
+        for (i, route) in routes.iter().enumerate() {
+            for other in &routes[..i] {
+                if other.name == route.name {
+                    return Err(ConfigError(format!(
+                        "two routes are named {:?}: names must be unique",
+                        route.name
+                    )));
+                }
+                if other.path == route.path {
+                    return Err(ConfigError(format!(
+                        "two routes serve {:?} (routes {:?} and {:?})",
+                        route.path.as_str(),
+                        other.name,
+                        route.name
+                    )));
+                }
+            }
+        }
+        Ok(routes)
     }
 }
 
@@ -589,15 +871,29 @@ fn cluster(url: Option<String>, name: Option<String>) -> Result<Option<crate::cl
         ));
     }
     let name = name.unwrap_or_else(|| "wsplug".into());
+    plain_name("cluster_name", &name)?;
+    Ok(Some(crate::cluster::ClusterConfig { url, name }))
+}
+
+/// Checks a name that ends up in file names, Redis keys and metric labels.
+fn plain_name(key: &str, name: &str) -> Result<(), ConfigError> {
     let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    if name.is_empty() || name.len() > 64 || !name.chars().all(valid) {
+    if name.is_empty() || name.len() > 64 || !name.chars().all(valid) || name.starts_with('.') {
         return Err(ConfigError::invalid(
-            "cluster_name",
+            key,
             format!("{name:?}"),
-            "1 to 64 of A-Z a-z 0-9 . _ -",
+            "1 to 64 of A-Z a-z 0-9 . _ -, not starting with a dot",
         ));
     }
-    Ok(Some(crate::cluster::ClusterConfig { url, name }))
+    Ok(())
+}
+
+/// Resolves an `ADDRESS:PORT` setting.
+fn address(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| ConfigError::invalid(key, text, "expected ADDRESS:PORT, e.g. 127.0.0.1:9001 or [::]:9001"))
 }
 
 fn range(key: &str, value: u64, min: u64, max: u64, unit: &str) -> Result<u64, ConfigError> {
@@ -669,11 +965,16 @@ mod tests {
         assert_eq!(config.listen, "127.0.0.1:9001".parse().unwrap());
         assert_eq!(config.handshake_timeout, Duration::from_secs(5));
         assert_eq!(config.idle_timeout, Duration::from_secs(5));
-        assert_eq!(config.max_payload_size, 524_288);
-        assert_eq!(config.max_messages_buffering, 100);
-        assert_eq!(config.max_buffered_bytes, 1 << 20);
-        assert!(config.prod && config.tls.is_none() && config.compression.is_some() && config.watch);
+        let [route] = &config.routes[..] else {
+            panic!("one route")
+        };
+        assert_eq!((route.name.as_str(), route.path.as_str()), (DEFAULT_ROUTE, "/*"));
+        assert_eq!(route.max_payload_size, 524_288);
+        assert_eq!(route.max_messages_buffering, 100);
+        assert_eq!(route.max_buffered_bytes, 1 << 20);
+        assert!(config.prod && config.tls.is_none() && route.compression && route.watch);
         assert_eq!(config.log, "info");
+        assert_eq!((config.log_format, config.metrics_listen), (LogFormat::Text, None));
     }
 
     #[test]
@@ -686,13 +987,14 @@ mod tests {
             .merge(file)
             .validate()
             .unwrap();
-        assert_eq!(config.plugin, PathBuf::from(PLUGIN));
+        let route = &config.routes[0];
+        assert_eq!(route.plugin, PathBuf::from(PLUGIN));
         assert_eq!(config.handshake_timeout, Duration::from_secs(7));
-        assert_eq!(config.max_payload_size, 2000);
-        assert!(config.compression.is_none());
+        assert_eq!(route.max_payload_size, 2000);
+        assert!(!route.compression);
         assert!(!config.prod);
         assert_eq!(config.log, "debug");
-        assert_eq!(config.allowed_origins, ["https://a.example"]);
+        assert_eq!(route.allowed_origins, ["https://a.example"]);
         let config = parse(&["--handshake-timeout", "2"])
             .merge(Options::from_toml(&format!("plugin = \"{PLUGIN}\"\ntimeout = 9")).unwrap());
         let config = config.validate().unwrap();
@@ -724,6 +1026,8 @@ mod tests {
         );
         assert!(error_of(with("static = \"/nonexistent\"")).starts_with("invalid static = /nonexistent"));
         assert!(error_of(Options::default()).starts_with("no plugin"));
+        assert!(error_of(with("log_format = \"xml\"")).starts_with("invalid log_format = \"xml\""));
+        assert!(error_of(with("metrics_listen = \"x\"")).starts_with("invalid metrics_listen = x"));
         let unknown = Options::from_toml("plugin = \"p\"\nmax_payload = 3")
             .unwrap_err()
             .to_string();
@@ -784,5 +1088,77 @@ mod tests {
         }
         let error = error_of(parse(&["--plugin", PLUGIN, "--cluster-name", "chat"]));
         assert!(error.contains("needs cluster"), "{error}");
+    }
+
+    #[test]
+    fn routes_take_the_top_level_keys_as_defaults_and_must_not_collide() {
+        let config = Options::from_toml(&format!(
+            "plugin = \"{PLUGIN}\"\nmax_payload_size = 1000\nplugin_deadline_ms = 50\n\
+             [[route]]\npath = \"/chat\"\nplugin = \"{PLUGIN}\"\nmax_connections = 5\n\
+             [[route]]\npath = \"/api/v1/*\"\nplugin = \"{PLUGIN}\"\nmax_payload_size = 64\ncompression = false\n"
+        ))
+        .unwrap()
+        .validate()
+        .unwrap();
+        let summary: Vec<_> = config
+            .routes
+            .iter()
+            .map(|r| {
+                (
+                    r.name.as_str(),
+                    r.path.as_str(),
+                    r.max_payload_size,
+                    r.max_connections,
+                    r.compression,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("chat", "/chat", 1000, Some(5), true),
+                ("api.v1", "/api/v1/*", 64, None, false),
+                (DEFAULT_ROUTE, "/*", 1000, None, true),
+            ]
+        );
+        assert!(
+            config
+                .routes
+                .iter()
+                .all(|r| r.plugin_deadline == Duration::from_millis(50))
+        );
+
+        let routes = |tables: &str| {
+            Options::from_toml(tables)
+                .map_err(|e| e.to_string())
+                .and_then(|o| o.validate().map_err(|e| e.to_string()))
+        };
+        let route = |path: &str| format!("[[route]]\npath = \"{path}\"\nplugin = \"{PLUGIN}\"\n");
+        let error = routes(&format!("{}{}", route("/a"), route("/a"))).unwrap_err();
+        assert!(error.contains("two routes are named \"a\""), "{error}");
+        let error = routes(&format!("{}name = \"b\"\n{}", route("/a"), route("/a"))).unwrap_err();
+        assert!(error.contains("two routes serve \"/a\""), "{error}");
+        for bad in ["chat", "/a*", "/a/*/b", "/a?x", "/a b", "/%41"] {
+            let error = routes(&route(bad)).unwrap_err();
+            assert!(error.starts_with("[[route]] 1: invalid path"), "{bad}: {error}");
+        }
+        let error = routes(&route("/")).unwrap_err();
+        assert!(error.contains("give it a name"), "{error}");
+        let error = routes("[[route]]\npath = \"/a\"\n").unwrap_err();
+        assert!(error.contains("needs plugin"), "{error}");
+        let error = routes(&format!("{}max_payload = 1\n", route("/a"))).unwrap_err();
+        assert!(error.contains("unknown field `max_payload`"), "{error}");
+    }
+
+    #[test]
+    fn a_request_goes_to_the_exact_path_then_the_longest_prefix() {
+        let rank = |pattern: &str, path: &str| RoutePath::parse(pattern).unwrap().rank(path);
+        assert_eq!(rank("/chat", "/chat"), Some(usize::MAX));
+        assert_eq!(rank("/chat", "/chat/x"), None);
+        assert_eq!(rank("/chat/*", "/chat"), Some(5));
+        assert_eq!(rank("/chat/*", "/chat/room/1"), Some(5));
+        assert_eq!(rank("/chat/*", "/chatroom"), None);
+        assert_eq!(rank("/*", "/anything"), Some(0));
+        assert!(rank("/a/b/*", "/a/b/c") > rank("/a/*", "/a/b/c"));
     }
 }

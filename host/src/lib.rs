@@ -4,6 +4,7 @@
 //! - [`app`]: the `host` program, from command line to shutdown.
 //! - [`cluster`]: several hosts serving one application through a shared Redis server.
 //! - [`config`]: the TOML file and command line, merged and validated.
+//! - [`metrics`]: the Prometheus metrics (`/metrics`).
 //! - [`ws`]: the protocol, sans I/O (the `wsplug-ws` crate, in `host/ws`).
 //! - [`plugin`]: the WebAssembly runtime that runs a plugin; it knows nothing of frames.
 //! - [`server`]: the tokio shell that connects sockets, protocol and plugin.
@@ -11,6 +12,7 @@
 pub mod app;
 pub mod cluster;
 pub mod config;
+pub mod metrics;
 pub mod plugin;
 pub mod server;
 pub mod store;

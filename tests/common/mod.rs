@@ -198,7 +198,7 @@ impl Server {
         let cache = TempDir::new("cache");
         let mut all = vec!["--cache-dir", cache.arg()];
         all.extend_from_slice(args);
-        let mut server = Server::launch(plugin, &all, env);
+        let mut server = Server::launch(Some(plugin), &all, env);
         server.cache = Some(cache);
         server
     }
@@ -207,10 +207,18 @@ impl Server {
     /// any path, and waits for the line that announces its address. (When `args` has a
     /// `--listen` of its own, it replaces `127.0.0.1:0`; this holds for every `start`.)
     pub fn start_file(plugin: &Path, args: &[&str]) -> Server {
-        Server::launch(plugin, args, &[])
+        Server::launch(Some(plugin), args, &[])
     }
 
-    fn launch(plugin: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+    /// Starts `host --listen 127.0.0.1:0 --config <config> <args>` with no `--plugin`:
+    /// the config file's `[[route]]` tables give the plugins.
+    pub fn start_config(config: &Path, args: &[&str]) -> Server {
+        let mut all = vec!["--config", config.to_str().expect("UTF-8 path")];
+        all.extend_from_slice(args);
+        Server::launch(None, &all, &[])
+    }
+
+    fn launch(plugin: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> Server {
         let listen: &[&str] = if args.contains(&"--listen") {
             &[]
         } else {
@@ -220,10 +228,13 @@ impl Server {
         // database's lock), unless the test names one.
         let store = (!args.contains(&"--store-dir")).then(|| TempDir::new("store"));
         let store_args: Vec<&str> = store.iter().flat_map(|dir| ["--store-dir", dir.arg()]).collect();
+        let plugin_args: Vec<&std::ffi::OsStr> = plugin
+            .iter()
+            .flat_map(|plugin| ["--plugin".as_ref(), plugin.as_os_str()])
+            .collect();
         let mut child = Command::new(env!("CARGO_BIN_EXE_host"))
             .args(listen)
-            .arg("--plugin")
-            .arg(plugin)
+            .args(plugin_args)
             .args(args)
             .args(&store_args)
             // --log decides the level: a RUST_LOG in the environment would override it.
@@ -925,4 +936,91 @@ pub fn with_custom_section(component: &[u8], name: &str, payload: &[u8]) -> Vec<
     leb128(contents.len(), &mut bytes);
     bytes.extend_from_slice(&contents);
     bytes
+}
+
+/// `GET path` over a connection of its own; the response with its body.
+pub fn http_get(addr: SocketAddr, path: &str) -> Response {
+    http_request(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes(),
+    )
+}
+
+/// A scrape of `/metrics`: every sample, by name and labels.
+pub struct Scrape {
+    /// The text as served.
+    pub text: String,
+    samples: Vec<(String, std::collections::BTreeMap<String, String>, f64)>,
+}
+
+impl Scrape {
+    /// Scrapes `http://addr/metrics`; panics unless it answers 200.
+    pub fn of(addr: SocketAddr) -> Scrape {
+        let response = http_get(addr, "/metrics");
+        let text = String::from_utf8(response.body).expect("UTF-8 metrics");
+        assert_eq!(response.status, 200, "{text}");
+        let samples = text
+            .lines()
+            .filter(|line| !line.starts_with('#') && !line.is_empty())
+            .map(|line| {
+                let (series, value) = line.rsplit_once(' ').expect("`series value`");
+                let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
+                let (name, labels) = match series.split_once('{') {
+                    None => (series, Default::default()),
+                    Some((name, labels)) => {
+                        let labels = labels.strip_suffix('}').expect("closing brace");
+                        let labels = labels
+                            .split(',')
+                            .filter(|pair| !pair.is_empty())
+                            .map(|pair| {
+                                let (key, value) = pair.split_once('=').expect("label=value");
+                                (key.to_owned(), value.trim_matches('"').to_owned())
+                            })
+                            .collect();
+                        (name, labels)
+                    }
+                };
+                (name.to_owned(), labels, value)
+            })
+            .collect();
+        Scrape { text, samples }
+    }
+
+    /// The value of the series `name{labels}` (exactly these labels); panics if absent.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let wanted: std::collections::BTreeMap<String, String> =
+            labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.samples
+            .iter()
+            .find(|(n, l, _)| n == name && *l == wanted)
+            .map(|(_, _, v)| *v)
+            .unwrap_or_else(|| panic!("no series {name}{labels:?} in:\n{}", self.text))
+    }
+
+    /// The sum of every series `name` whose labels include `labels`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|(n, l, _)| n == name && labels.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
+            .map(|(_, _, v)| v)
+            .sum()
+    }
+
+    /// Scrapes until `ready` holds for a scrape (the server counts some things just
+    /// after it answers the client), for 10 s at most; returns that scrape.
+    pub fn until(addr: SocketAddr, ready: impl Fn(&Scrape) -> bool) -> Scrape {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let scrape = Scrape::of(addr);
+            if ready(&scrape) {
+                return scrape;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the metrics never got there:\n{}",
+                scrape.text
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }

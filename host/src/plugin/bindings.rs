@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::timers::Timers;
@@ -62,11 +62,61 @@ impl std::fmt::Display for ApiVersion {
     }
 }
 
+/// The memory cap of an instance, which remembers that it refused to grow: a trap that
+/// follows is the cap's doing (metrics count it as `memory`).
+pub struct MemoryLimit {
+    limits: StoreLimits,
+    /// A growth was refused since the current call began.
+    pub(super) refused: bool,
+}
+
+impl MemoryLimit {
+    /// A cap of `bytes` of linear memory.
+    pub fn new(bytes: usize) -> Self {
+        Self {
+            limits: wasmtime::StoreLimitsBuilder::new().memory_size(bytes).build(),
+            refused: false,
+        }
+    }
+}
+
+impl ResourceLimiter for MemoryLimit {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        self.refused |= !allowed;
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.memory_grow_failed(error)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
+}
+
 /// The data of one plugin instance's store.
 pub struct HostState {
     pub(super) wasi: WasiCtx,
     pub(super) table: ResourceTable,
-    pub(super) limits: StoreLimits,
+    pub(super) limits: MemoryLimit,
     pub(super) services: Arc<dyn HostServices>,
     pub(super) timers: Arc<Timers>,
     pub(super) store: Arc<dyn KeyValue>,

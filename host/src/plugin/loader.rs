@@ -68,20 +68,14 @@ impl Linked {
         }
     }
 
-    fn link(linker: &Linker<HostState>, component: &Component) -> wasmtime::Result<Self> {
+    fn link(linker: &Linker<HostState>, component: &Component, interfaces: &Interfaces) -> wasmtime::Result<Self> {
         let pre = linker.instantiate_pre(component)?;
-        let ty = component.component_type();
-        let engine = component.engine();
         // A component says which version it implements by the interfaces it imports
         // (and exports) by name; one that names none is tried as 0.2, then 0.1.
-        let names: Vec<String> = ty
-            .imports(engine)
-            .map(|(name, _)| name.to_owned())
-            .chain(ty.exports(engine).map(|(name, _)| name.to_owned()))
-            .collect();
+        let names: Vec<&String> = interfaces.imports.iter().chain(&interfaces.exports).collect();
         let claims = |version: &str| {
             let version = format!("@{version}");
-            move |name: &String| name.starts_with("wsplug:plugin/") && name.ends_with(&version)
+            move |name: &&String| name.starts_with("wsplug:plugin/") && name.ends_with(&version)
         };
         let claims_v1 = names.iter().any(claims("0.1.0"));
         if !claims_v1 {
@@ -89,7 +83,7 @@ impl Linked {
                 Ok(exports) => {
                     // An optional interface is there or not; one exported but not whole
                     // is an error, not "no hook" (which would let everyone in).
-                    let exported = |interface: &str| names.iter().any(|n| n == interface);
+                    let exported = |interface: &str| names.iter().any(|n| *n == interface);
                     let handshake = exported("wsplug:plugin/handshake@0.2.0")
                         .then(|| v2_optional::handshake::GuestIndices::new(&pre))
                         .transpose()?;
@@ -108,6 +102,26 @@ impl Linked {
             }
         }
         Ok(Self::V1(v1::PluginPre::new(pre)?))
+    }
+}
+
+/// The names a component imports and exports (`wasi:io/streams@0.2.6`, `on-text`, ...).
+#[derive(Clone, Debug, Default)]
+pub struct Interfaces {
+    /// What it needs from the host.
+    pub imports: Vec<String>,
+    /// What it offers.
+    pub exports: Vec<String>,
+}
+
+impl Interfaces {
+    fn of(component: &Component) -> Self {
+        let ty = component.component_type();
+        let engine = component.engine();
+        Self {
+            imports: ty.imports(engine).map(|(name, _)| name.to_owned()).collect(),
+            exports: ty.exports(engine).map(|(name, _)| name.to_owned()).collect(),
+        }
     }
 }
 
@@ -132,6 +146,8 @@ pub struct Loaded {
     pub load_time: Duration,
     /// Whether the compiled code came from the cache.
     pub cache_hit: bool,
+    /// What it imports and exports.
+    pub interfaces: Interfaces,
     /// When the load was asked for (for a reload: when the change was noticed).
     pub requested_at: Instant,
 }
@@ -210,7 +226,8 @@ impl Loader {
         let started = Instant::now();
         let digest = digest(bytes);
         let (component, cache_hit) = self.compile(path, bytes, &digest)?;
-        let linked = Linked::link(&self.linker, &component).with_context(|| {
+        let interfaces = Interfaces::of(&component);
+        let linked = Linked::link(&self.linker, &component, &interfaces).with_context(|| {
             format!(
                 "plugin {} does not implement the wsplug:plugin world (0.1.0 or 0.2.0)",
                 path.display()
@@ -226,6 +243,7 @@ impl Loader {
             language: language::detect(bytes),
             load_time: started.elapsed(),
             cache_hit,
+            interfaces,
             requested_at,
         })
     }

@@ -11,14 +11,15 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use wasmtime::component::ResourceTable;
-use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
-use super::bindings::{HostState, v1, v2, v2_optional};
+use super::bindings::{HostState, MemoryLimit, v1, v2, v2_optional};
 use super::loader::{EPOCH_TICK, Linked, Loaded};
 use super::output::{LogOutput, Stream};
 use super::timers::Timers;
 use super::{ConnId, HostServices, PluginEvent, UpgradeDecision, UpgradeRequest};
+use crate::metrics::{PluginMetrics, TrapKind};
 use crate::store::{FileStore, KeyValue};
 use crate::ws::close;
 
@@ -101,27 +102,32 @@ impl PluginHandle {
     }
 }
 
-/// Runs `runner` on a thread of its own (see [`spawn_handler`]), and its timers on another.
-pub fn spawn(mut runner: Runner) -> std::io::Result<PluginHandle> {
+/// Runs `runner` for the route named `route` on a thread of its own (see
+/// [`spawn_handler`]), and its timers on another.
+pub fn spawn(mut runner: Runner, route: &str) -> std::io::Result<PluginHandle> {
     let (queue_len, services) = (runner.limits.queue_len, runner.services.clone());
     let (timers, decides_handshakes) = (runner.timers.clone(), runner.decides_handshakes.clone());
-    let mut handle = spawn_handler(queue_len, services, move |_, event| runner.handle(event))?;
+    let mut handle = spawn_handler(route, queue_len, services, move |_, event| runner.handle(event))?;
     timers.start(handle.events.downgrade())?;
     handle.decides_handshakes = decides_handshakes;
     Ok(handle)
 }
 
-/// Runs `handle` on a thread of its own for every queued event, in order, and tells
+/// Runs `handle` on a thread of its own (its log lines in a span naming `route`) for every queued event, in order, and tells
 /// `services` of each connection just before its `on-open` (from then on broadcasts
 /// include it), and after each `on-close` (its attachment goes). The event loop of [`spawn`], open to other handlers: the benchmarks
 /// compare the WebAssembly echo plugin with a native one on this same path.
 pub fn spawn_handler(
+    route: &str,
     queue_len: usize,
     services: Arc<dyn HostServices>,
     mut handle: impl FnMut(&dyn HostServices, PluginEvent) + Send + 'static,
 ) -> std::io::Result<PluginHandle> {
     let (events, mut queue) = mpsc::channel(queue_len.max(1));
+    // Every line the plugin's thread logs names the route.
+    let span = tracing::info_span!("route", name = route);
     thread::Builder::new().name("plugin".into()).spawn(move || {
+        let _route = span.enter();
         while let Some(event) = queue.blocking_recv() {
             let closed = match event {
                 PluginEvent::Open(conn) => {
@@ -195,6 +201,10 @@ pub struct Runner {
     store: Arc<dyn KeyValue>,
     /// Shared with [`PluginHandle::decides_handshakes`].
     decides_handshakes: Arc<AtomicBool>,
+    /// Calls, traps, reloads and crash-loop state.
+    metrics: Arc<PluginMetrics>,
+    /// `crashes` as the metrics last showed it.
+    reported_crashes: u32,
 }
 
 /// A failed call: the export, the connection whose event it was (if any), and the error.
@@ -202,6 +212,19 @@ struct Crash {
     conn: Option<ConnId>,
     export: &'static str,
     error: wasmtime::Error,
+    kind: TrapKind,
+}
+
+/// What made a call fail: its deadline, the memory cap (it refused a growth during the
+/// call), or anything else.
+fn trap_kind(error: &wasmtime::Error, store: &Store<HostState>) -> TrapKind {
+    if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        TrapKind::Deadline
+    } else if store.data().limits.refused {
+        TrapKind::Memory
+    } else {
+        TrapKind::Trap
+    }
 }
 
 impl Runner {
@@ -229,9 +252,17 @@ impl Runner {
             last_crash_contained: false,
             timers: Timers::new(),
             store,
+            metrics: PluginMetrics::detached(),
+            reported_crashes: 0,
         };
         runner.instance = Some(runner.instantiate(&runner.loaded)?);
         Ok(runner)
+    }
+
+    /// Counts its calls, traps, reloads and crash-loop state in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<PluginMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Serves the plugin's `store` imports from `store` instead.
@@ -245,6 +276,20 @@ impl Runner {
     /// and the next event gets a fresh instance), swaps in a reload, or answers a
     /// barrier.
     pub fn handle(&mut self, event: PluginEvent) {
+        self.dispatch(event);
+        if self.crashes != self.reported_crashes {
+            self.reported_crashes = self.crashes;
+            self.metrics.crashes.set(self.crashes.into());
+            let delay = if self.crashes >= BACKOFF_AFTER {
+                backoff(self.crashes)
+            } else {
+                Duration::ZERO
+            };
+            self.metrics.backoff.set(delay.as_secs_f64());
+        }
+    }
+
+    fn dispatch(&mut self, event: PluginEvent) {
         match event {
             PluginEvent::Barrier(_, done) => {
                 let _ = done.send(());
@@ -284,6 +329,7 @@ impl Runner {
 
     /// Asks `on-upgrade`; a trap or an overrun fails the handshake (and the instance).
     fn upgrade(&mut self, request: &UpgradeRequest) -> UpgradeDecision {
+        let metrics = self.metrics.clone();
         let Some(Instance { store, exports }) = self.live_instance() else {
             return UpgradeDecision::Failed;
         };
@@ -295,16 +341,21 @@ impl Runner {
             return UpgradeDecision::NoHook;
         };
         start_call(store);
-        match handshake.call_on_upgrade(&mut *store, &request.into()) {
+        let started = Instant::now();
+        let decided = handshake.call_on_upgrade(&mut *store, &request.into());
+        metrics.call("on-upgrade", started.elapsed());
+        match decided {
             Ok(decision) => {
                 self.crashes = 0;
                 decision.into()
             }
             Err(error) => {
+                let kind = trap_kind(&error, store);
                 self.crashed(Crash {
                     conn: None,
                     export: "on-upgrade",
                     error,
+                    kind,
                 });
                 UpgradeDecision::Failed
             }
@@ -312,14 +363,22 @@ impl Runner {
     }
 
     fn call(&mut self, conn: Option<ConnId>, event: &PluginEvent) {
+        let metrics = self.metrics.clone();
         let Some(instance) = self.live_instance() else { return };
-        match deliver(instance, event) {
+        let started = Instant::now();
+        let delivered = deliver(instance, event);
+        metrics.call(event.export_name(), started.elapsed());
+        match delivered {
             Ok(()) => self.crashes = 0,
-            Err(error) => self.crashed(Crash {
-                conn,
-                export: event.export_name(),
-                error,
-            }),
+            Err(error) => {
+                let kind = trap_kind(&error, &instance.store);
+                self.crashed(Crash {
+                    conn,
+                    export: event.export_name(),
+                    error,
+                    kind,
+                });
+            }
         }
     }
 
@@ -367,7 +426,13 @@ impl Runner {
     /// Logs a crash, drops the poisoned instance and closes the connection whose event
     /// trapped with 1011. Its `on-close` is not delivered: no live instance saw it open.
     fn crashed(&mut self, crash: Crash) {
-        let Crash { conn, export, error } = crash;
+        let Crash {
+            conn,
+            export,
+            error,
+            kind,
+        } = crash;
+        self.metrics.trapped(kind);
         let trap = error
             .downcast_ref::<Trap>()
             .map_or_else(|| "error".to_owned(), Trap::to_string);
@@ -394,9 +459,13 @@ impl Runner {
     /// Calls `on-open` on a fresh instance for every open connection.
     fn replay(&self, instance: &mut Instance) -> Result<(), Crash> {
         for &conn in &self.opened {
-            deliver(instance, &PluginEvent::Open(conn)).map_err(|error| Crash {
+            let started = Instant::now();
+            let delivered = deliver(instance, &PluginEvent::Open(conn));
+            self.metrics.call("on-open", started.elapsed());
+            delivered.map_err(|error| Crash {
                 conn: Some(conn),
                 export: "on-open (replay)",
+                kind: trap_kind(&error, &instance.store),
                 error,
             })?;
         }
@@ -410,7 +479,9 @@ impl Runner {
     fn reload(&mut self, loaded: Loaded) {
         let swap_started = Instant::now();
         let file = loaded.path.display().to_string();
+        let metrics = self.metrics.clone();
         let fail = |why: String| {
+            metrics.reload_failed.inc();
             tracing::error!(
                 plugin = &*loaded.name,
                 file,
@@ -428,7 +499,8 @@ impl Runner {
         let state = match carried {
             Some(bytes) => format!("restored {bytes} bytes"),
             None => {
-                if let Err(Crash { conn, error, .. }) = self.replay(&mut instance) {
+                if let Err(Crash { conn, error, kind, .. }) = self.replay(&mut instance) {
+                    self.metrics.trapped(kind);
                     let conn = conn.unwrap_or_default();
                     return fail(format!("on-open of {conn} trapped: {}", super::one_line(&error)));
                 }
@@ -465,6 +537,7 @@ impl Runner {
         self.instance = Some(instance);
         self.loaded = loaded;
         self.crashes = 0;
+        self.metrics.reloaded.inc();
     }
 
     /// Moves the serving instance's state into `new` if both have the `state` exports:
@@ -472,6 +545,7 @@ impl Runner {
     /// `on-open`). A refusal or trap in either call is the error; a trap in `snapshot`
     /// also drops the old instance, as any trap does.
     fn carry_state(&mut self, new: &mut Instance) -> Result<Option<usize>, String> {
+        let metrics = self.metrics.clone();
         let Exports::V2 {
             state: Some(restore), ..
         } = &new.exports
@@ -488,12 +562,16 @@ impl Runner {
             return Ok(None);
         };
         start_call(store);
-        let state = match snapshot.call_snapshot(&mut *store) {
+        let started = Instant::now();
+        let snapshot = snapshot.call_snapshot(&mut *store);
+        metrics.call("snapshot", started.elapsed());
+        let state = match snapshot {
             Ok(Ok(state)) => state,
             Ok(Err(why)) => return Err(format!("snapshot refused: {why}")),
             Err(error) => {
                 // Like any trap: the old version goes on from a fresh instance, with
                 // on-open replayed, and the crash counts.
+                metrics.trapped(trap_kind(&error, store));
                 let why = format!("snapshot trapped: {}", super::one_line(&error));
                 self.instance = None;
                 self.crashes += 1;
@@ -502,10 +580,16 @@ impl Runner {
             }
         };
         start_call(&mut new.store);
-        match restore.call_restore(&mut new.store, &state) {
+        let started = Instant::now();
+        let restored = restore.call_restore(&mut new.store, &state);
+        metrics.call("restore", started.elapsed());
+        match restored {
             Ok(Ok(())) => Ok(Some(state.len())),
             Ok(Err(why)) => Err(format!("restore refused: {why}")),
-            Err(error) => Err(format!("restore trapped: {}", super::one_line(&error))),
+            Err(error) => {
+                metrics.trapped(trap_kind(&error, &new.store));
+                Err(format!("restore trapped: {}", super::one_line(&error)))
+            }
         }
     }
 
@@ -519,7 +603,7 @@ impl Runner {
         let state = HostState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new().memory_size(self.limits.memory_bytes).build(),
+            limits: MemoryLimit::new(self.limits.memory_bytes),
             services: self.services.clone(),
             timers: self.timers.clone(),
             store: self.store.clone(),
@@ -581,6 +665,7 @@ fn start_call(store: &mut Store<HostState>) {
     let state = store.data_mut();
     state.granted_ticks = ticks(state.deadline);
     state.in_host = Duration::ZERO;
+    state.limits.refused = false;
     let granted = state.granted_ticks;
     store.set_epoch_deadline(granted);
 }

@@ -14,18 +14,21 @@ use tokio::time::timeout;
 
 use super::loader::{self, Loader};
 use super::runner::PluginHandle;
+use crate::metrics::PluginMetrics;
 
 /// File events closer together than this are one change (a `cp` writes in pieces).
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// Reloads `path`, whose version `serving` (its SHA-256) is running now, on SIGHUP
-/// and, if `follow_file`, whenever the file changes. Must be called inside a tokio runtime.
+/// and, if `follow_file`, whenever the file changes; counts the loads and the versions
+/// that fail to load in `metrics`. Must be called inside a tokio runtime.
 pub fn watch(
     loader: Arc<Loader>,
     path: PathBuf,
     plugin: PluginHandle,
     serving: [u8; 32],
     follow_file: bool,
+    metrics: Arc<PluginMetrics>,
 ) -> std::io::Result<()> {
     let (changed, mut changes) = mpsc::channel::<()>(1);
     let watcher = if follow_file {
@@ -37,7 +40,11 @@ pub fn watch(
 
     tokio::spawn(async move {
         let _watcher = watcher;
-        let mut state = Versions { serving, failed: None };
+        let mut state = Versions {
+            serving,
+            failed: None,
+            metrics,
+        };
         loop {
             let forced = tokio::select! {
                 Some(()) = changes.recv() => false,
@@ -84,6 +91,8 @@ struct Versions {
     serving: [u8; 32],
     /// The last version that failed to load, so its error is logged once.
     failed: Option<[u8; 32]>,
+    /// Where loads and failed reloads are counted.
+    metrics: Arc<PluginMetrics>,
 }
 
 async fn reload(
@@ -98,6 +107,7 @@ async fn reload(
     let bytes = match tokio::fs::read(path).await {
         Ok(bytes) => bytes,
         Err(error) => {
+            versions.metrics.reload_failed.inc();
             tracing::error!(
                 file,
                 "reload failed, previous version keeps serving: cannot read {file}: {error}"
@@ -114,11 +124,13 @@ async fn reload(
     let loaded = tokio::task::spawn_blocking(move || loader.load_bytes(&owned_path, &bytes, requested_at)).await;
     match loaded {
         Ok(Ok(loaded)) => {
+            versions.metrics.loaded(loaded.cache_hit);
             versions.serving = digest;
             versions.failed = None;
             plugin.reload(loaded).await;
         }
         Ok(Err(error)) => {
+            versions.metrics.reload_failed.inc();
             versions.failed = Some(digest);
             tracing::error!(
                 file,
@@ -126,6 +138,9 @@ async fn reload(
                 super::one_line(&error)
             );
         }
-        Err(error) => tracing::error!(file, "reload failed: {error}"),
+        Err(error) => {
+            versions.metrics.reload_failed.inc();
+            tracing::error!(file, "reload failed: {error}");
+        }
     }
 }

@@ -12,9 +12,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 
-use super::Shared;
 use super::outbound::{Command, Mailbox};
 use super::static_files::Body;
+use super::{Route, Shared, endpoints, route_of};
+use crate::metrics::{Rejected, RouteMetrics};
 use crate::plugin::{ConnectionInfo, HostServices, MAX_ATTACHMENT, Outgoing, PluginEvent};
 use crate::plugin::{UpgradeDecision, UpgradeRequest};
 use crate::ws::close;
@@ -33,6 +34,12 @@ const OUTPUT_HIGH_WATER: usize = 256 * 1024;
 /// as not reading. A reader that is merely behind a burst makes progress at every
 /// round trip; one that stopped makes none.
 const STALL_GRACE: Duration = Duration::from_secs(1);
+/// How long a connection keeps its message counts before it adds them to its route's
+/// metrics: the counters every connection of a route shares are touched once per this
+/// time at most, not once per message (on 2 cores, contended atomic adds per message
+/// would cost more than the rest of the metrics together), and a scrape is at most
+/// this late.
+const TALLY_DELAY: Duration = Duration::from_millis(100);
 
 /// Serves one accepted socket, given as its read and write halves, until it closes.
 pub async fn serve<R, W>(mut reader: R, mut writer: W, peer: SocketAddr, shared: Arc<Shared>)
@@ -45,6 +52,10 @@ where
     let deadline = Instant::now() + shared.settings.handshake_timeout;
     let handshake = timeout_at(deadline, read_handshake(&mut reader, &mut buf, &shared));
     let detailed = !shared.settings.prod;
+    let refuse = |reason: Rejected, rejection: Rejection| {
+        shared.metrics.rejected(reason);
+        rejection.response(detailed)
+    };
     let mut accepted = match handshake.await {
         Ok(Ok(Outcome::Accepted { accepted, consumed })) => {
             buf.advance(consumed);
@@ -55,7 +66,9 @@ where
         }
         Ok(Ok(Outcome::Rejected(rejection))) => {
             tracing::debug!(%peer, "handshake rejected: {rejection}");
-            let _ = writer.write_all(&rejection.response(detailed)).await;
+            let _ = writer
+                .write_all(&refuse(Rejected::of_status(rejection.status), rejection))
+                .await;
             return linger(reader, writer, &shared).await;
         }
         Ok(Ok(Outcome::Plain { request, .. })) => {
@@ -64,22 +77,39 @@ where
         }
         Ok(Ok(Outcome::Incomplete)) | Ok(Err(_)) => return,
         Err(_) => {
+            shared.metrics.rejected(Rejected::Timeout);
             tracing::debug!(%peer, "handshake timed out");
             return;
         }
     };
-    let Some(slot) = Slot::take(&shared) else {
+    let route = route_of(&shared.routes, &accepted.request.path).expect("the handshake found a route");
+    if shared.shutdown.is_cancelled() {
+        let response = refuse(Rejected::ShuttingDown, Rejection::new(503, "server shutting down"));
+        let _ = writer.write_all(&response).await;
+        return linger(reader, writer, &shared).await;
+    }
+    let Some(slot) = Slot::take(&shared.open, shared.settings.max_connections) else {
         tracing::warn!(%peer, max = shared.settings.max_connections, "connection refused: too many connections");
-        let rejection = Rejection {
-            status: 503,
-            detail: "too many connections",
-        };
-        let _ = writer.write_all(&rejection.response(detailed)).await;
+        let response = refuse(Rejected::Capacity, Rejection::new(503, "too many connections"));
+        let _ = writer.write_all(&response).await;
         return linger(reader, writer, &shared).await;
     };
-    let admitted = match admit(&mut accepted, peer, &shared, deadline).await {
+    let route_slot = match route.max_connections {
+        None => None,
+        Some(max) => match Slot::take(&route.open, max) {
+            Some(slot) => Some(slot),
+            None => {
+                tracing::warn!(%peer, route = route.name(), max, "connection refused: too many connections on its route");
+                let response = refuse(Rejected::Capacity, Rejection::new(503, "too many connections"));
+                let _ = writer.write_all(&response).await;
+                return linger(reader, writer, &shared).await;
+            }
+        },
+    };
+    let admitted = match admit(&mut accepted, peer, &shared, route, deadline).await {
         Ok(admitted) => admitted,
-        Err(response) => {
+        Err((reason, response)) => {
+            shared.metrics.rejected(reason);
             let _ = writer.write_all(&response).await;
             return linger(reader, writer, &shared).await;
         }
@@ -94,7 +124,8 @@ where
         deflate,
         ..
     } = *accepted;
-    let id = shared.registry.next_id();
+    let registry = &route.registry;
+    let id = registry.next_id();
     let info = ConnectionInfo {
         id,
         remote_address: peer.to_string(),
@@ -103,24 +134,25 @@ where
         subprotocol,
         headers: request.headers,
     };
-    let mailbox = shared.registry.register(info);
+    let mailbox = registry.register(info);
     if let Some(attachment) = admitted.attachment {
-        let _ = shared.registry.set_attachment(id, attachment);
+        let _ = registry.set_attachment(id, attachment);
     }
     for group in &admitted.groups {
-        let _ = shared.registry.join(id, group);
+        let _ = registry.join(id, group);
     }
-    let events = shared.plugin.events();
+    let events = route.plugin.events();
     if events.send(PluginEvent::Open(id)).await.is_err() {
-        shared.registry.unregister(id);
+        registry.unregister(id);
         return;
     }
-    tracing::debug!(%peer, conn = id, compression = deflate.is_some(), "connection open");
+    route.metrics.opened.inc();
+    tracing::debug!(%peer, conn = id, route = route.name(), compression = deflate.is_some(), "connection open");
 
     let config = ProtocolConfig {
-        max_message_size: shared.settings.max_message_size,
+        max_message_size: route.max_message_size,
         deflate,
-        deflate_level: shared.settings.handshake.deflate.map_or(0, |d| d.level),
+        deflate_level: route.handshake.deflate.map_or(0, |d| d.level),
         idle_timeout: shared.settings.idle_timeout,
         close_timeout: shared.settings.close_timeout,
     };
@@ -130,6 +162,9 @@ where
         mailbox,
         events,
         shared: &shared,
+        metrics: &route.metrics,
+        tally: Tally::default(),
+        flush_at: None,
         blocked: false,
         progress_at: Instant::now(),
         stalled: false,
@@ -137,9 +172,10 @@ where
     };
     let ended = session.run(&mut reader, &mut writer, buf).await;
 
-    shared.registry.unregister(id);
-    drop(slot);
+    registry.unregister(id);
+    drop((slot, route_slot));
     let (code, reason) = ended.code_and_reason();
+    route.metrics.closed(code);
     tracing::debug!(%peer, conn = id, code, reason, "connection closed");
     let _ = events.send(PluginEvent::Close(id, code, reason.to_owned())).await;
     linger(reader, writer, &shared).await;
@@ -162,9 +198,10 @@ async fn admit(
     accepted: &mut Accepted,
     peer: SocketAddr,
     shared: &Shared,
+    route: &Route,
     deadline: Instant,
-) -> Result<Admitted, Vec<u8>> {
-    if !shared.plugin.decides_handshakes() {
+) -> Result<Admitted, (Rejected, Vec<u8>)> {
+    if !route.plugin.decides_handshakes() {
         return Ok(Admitted::default());
     }
     let request = &accepted.request;
@@ -176,7 +213,7 @@ async fn admit(
         protocols: request.offered_subprotocols().map(str::to_owned).collect(),
     };
     let (reply, decision) = oneshot::channel();
-    let events = shared.plugin.events();
+    let events = route.plugin.events();
     let asked = async {
         events.send(PluginEvent::Upgrade(Box::new(upgrade), reply)).await.ok()?;
         decision.await.ok()
@@ -184,7 +221,8 @@ async fn admit(
     let decision = timeout_at(deadline, asked).await.ok().flatten();
     let unavailable = |why: &str| {
         tracing::warn!(%peer, "handshake refused with 503: {why}");
-        Rejection::new(503, "the application could not decide").response(!shared.settings.prod)
+        let response = Rejection::new(503, "the application could not decide").response(!shared.settings.prod);
+        (Rejected::PluginFailed, response)
     };
     match decision.unwrap_or(UpgradeDecision::Failed) {
         UpgradeDecision::Accept {
@@ -204,7 +242,7 @@ async fn admit(
             match handshake::custom_response(status, &headers, &body) {
                 Ok(response) => {
                     tracing::debug!(%peer, status, "handshake rejected by the plugin");
-                    Err(response)
+                    Err((Rejected::Plugin, response))
                 }
                 Err(bad) => Err(unavailable(&format!("on-upgrade's rejection cannot be sent: {bad}"))),
             }
@@ -216,15 +254,15 @@ async fn admit(
     }
 }
 
-/// One of the `max_connections` places, taken before the 101 is sent (so that
+/// One of the `max_connections` places (of the host or of a route), taken before the 101 is sent (so that
 /// simultaneous handshakes cannot overshoot) and given back when dropped.
 struct Slot<'a>(&'a AtomicUsize);
 
 impl<'a> Slot<'a> {
-    fn take(shared: &'a Shared) -> Option<Self> {
-        let before = shared.open.fetch_add(1, Ordering::AcqRel);
-        let slot = Slot(&shared.open);
-        (before < shared.settings.max_connections).then_some(slot)
+    fn take(open: &'a AtomicUsize, max: usize) -> Option<Self> {
+        let before = open.fetch_add(1, Ordering::AcqRel);
+        let slot = Slot(open);
+        (before < max).then_some(slot)
     }
 }
 
@@ -234,9 +272,13 @@ impl Drop for Slot<'_> {
     }
 }
 
-/// Answers a request without `Upgrade: websocket`: a static file if a directory is
-/// served, else 400.
+/// Answers a request without `Upgrade: websocket`: an operator's endpoint (health,
+/// metrics), else a static file if a directory is served, else 400.
 async fn serve_plain<W: AsyncWrite + Unpin>(writer: &mut W, request: &Request, shared: &Shared) {
+    if let Some(response) = endpoints::respond(&request.method, &request.path, shared, shared.settings.metrics_here) {
+        let _ = writer.write_all(&response).await;
+        return;
+    }
     let Some(files) = &shared.static_files else {
         let rejection = Rejection {
             status: 400,
@@ -263,7 +305,9 @@ async fn read_handshake<R: AsyncRead + Unpin>(
 ) -> std::io::Result<Outcome> {
     loop {
         if !buf.is_empty() {
-            let outcome = handshake::accept(buf, &shared.settings.handshake);
+            let outcome = handshake::accept_routed(buf, handshake::MAX_REQUEST_BYTES, |path| {
+                route_of(&shared.routes, path).map(|route| &route.handshake)
+            });
             if outcome != Outcome::Incomplete {
                 return Ok(outcome);
             }
@@ -308,6 +352,11 @@ struct Session<'a> {
     mailbox: Mailbox,
     events: &'a mpsc::Sender<PluginEvent>,
     shared: &'a Shared,
+    metrics: &'a RouteMetrics,
+    /// Messages and bytes counted since the last [`Session::flush_tally`].
+    tally: Tally,
+    /// When the tally is due to be flushed, once it holds something.
+    flush_at: Option<Instant>,
     /// The socket refused part of the last write: the client is behind.
     blocked: bool,
     /// When the socket last took bytes, or last had nothing to take.
@@ -348,10 +397,7 @@ impl Session<'_> {
             // Messages in, for as long as the plugin's queue takes them.
             while pending.is_none() && self.replies_have_room() {
                 match self.protocol.read(&mut input, now.into_std()) {
-                    Ok(Some(Event::Message(Message::Text(text)))) => pending = Some(PluginEvent::Text(self.id, text)),
-                    Ok(Some(Event::Message(Message::Binary(data)))) => {
-                        pending = Some(PluginEvent::Binary(self.id, data));
-                    }
+                    Ok(Some(Event::Message(message))) => pending = Some(self.received(message)),
                     Ok(Some(Event::Closed { .. })) => {}
                     Ok(None) => break,
                     Err(error) => tracing::debug!(conn = self.id, "protocol error: {error}"),
@@ -405,7 +451,14 @@ impl Session<'_> {
             // re-armed then.
             let stall_check = (output_len > 0 && !self.stalled).then(|| self.progress_at + STALL_GRACE);
             let protocol_deadline = self.protocol.poll_timeout().map(Instant::from_std);
-            if let Some(wake) = protocol_deadline.into_iter().chain(stall_check).min()
+            if self.flush_at.is_none() && self.tally != Tally::default() {
+                self.flush_at = Some(now + TALLY_DELAY);
+            }
+            if let Some(wake) = protocol_deadline
+                .into_iter()
+                .chain(stall_check)
+                .chain(self.flush_at)
+                .min()
                 && (wake < timer.deadline() || timer.is_elapsed())
             {
                 timer.as_mut().reset(wake);
@@ -450,6 +503,9 @@ impl Session<'_> {
                     let _ = self.protocol.close(close::GOING_AWAY, "server shutting down", now.into_std());
                 }
                 () = &mut timer => {
+                    if self.flush_at.is_some_and(|at| at <= Instant::now()) {
+                        self.flush_tally();
+                    }
                     self.fire_timer();
                     self.check_stall();
                 }
@@ -464,7 +520,52 @@ impl Session<'_> {
                 barrier = None; // the wait for replies is over (they came, or timed out)
             }
         }
+        self.flush_tally();
         self.protocol.ended().cloned().unwrap_or(Ended::Dropped)
+    }
+
+    /// The plugin event of a message from the client, counted.
+    fn received(&mut self, message: Message) -> PluginEvent {
+        match message {
+            Message::Text(text) => {
+                self.tally.text_received += 1;
+                self.tally.received_bytes += text.len() as u64;
+                PluginEvent::Text(self.id, text)
+            }
+            Message::Binary(data) => {
+                self.tally.binary_received += 1;
+                self.tally.received_bytes += data.len() as u64;
+                PluginEvent::Binary(self.id, data)
+            }
+        }
+    }
+
+    /// Adds what was counted since the last time to the route's metrics: at most every
+    /// [`TALLY_DELAY`] and when the connection ends, however many messages moved.
+    fn flush_tally(&mut self) {
+        self.flush_at = None;
+        if self.tally == Tally::default() {
+            return;
+        }
+        let Tally {
+            text_received,
+            binary_received,
+            received_bytes,
+            messages_sent,
+            sent_bytes,
+        } = std::mem::take(&mut self.tally);
+        let metrics = self.metrics;
+        for (counter, n) in [
+            (&metrics.text_received, text_received),
+            (&metrics.binary_received, binary_received),
+            (&metrics.received_bytes, received_bytes),
+            (&metrics.messages_sent, messages_sent),
+            (&metrics.sent_bytes, sent_bytes),
+        ] {
+            if n > 0 {
+                counter.inc_by(n);
+            }
+        }
     }
 
     /// Hands the plugin the event that waited for room in its queue and every complete
@@ -479,8 +580,7 @@ impl Session<'_> {
                 return;
             }
             next = match self.protocol.read(input, now) {
-                Ok(Some(Event::Message(Message::Text(text)))) => Some(PluginEvent::Text(self.id, text)),
-                Ok(Some(Event::Message(Message::Binary(data)))) => Some(PluginEvent::Binary(self.id, data)),
+                Ok(Some(Event::Message(message))) => Some(self.received(message)),
                 _ => return,
             };
         }
@@ -534,6 +634,7 @@ impl Session<'_> {
     /// Drops a client that does not take what waits for it: a 1008 close frame goes out
     /// ahead of its queue, after the frame being written.
     fn drop_slow_reader(&mut self) {
+        self.metrics.slow_clients.inc();
         let limits = self.mailbox.limits();
         tracing::warn!(
             conn = self.id,
@@ -561,12 +662,29 @@ impl Session<'_> {
     /// Applies a plugin command. Commands that come too late (the connection is
     /// closing) are dropped.
     fn apply(&mut self, command: Command) {
-        let _ = match command {
-            Command::Send(Outgoing::Text(text)) => self.protocol.send_text(text.as_str()),
-            Command::Send(Outgoing::Binary(data)) => self.protocol.send_binary(&data),
-            Command::Close(code, reason) => self.protocol.close(code, &reason, Instant::now().into_std()),
+        let (sent, len) = match command {
+            Command::Send(Outgoing::Text(text)) => (self.protocol.send_text(text.as_str()), text.as_str().len()),
+            Command::Send(Outgoing::Binary(data)) => (self.protocol.send_binary(&data), data.len()),
+            Command::Close(code, reason) => {
+                let _ = self.protocol.close(code, &reason, Instant::now().into_std());
+                return;
+            }
         };
+        if sent.is_ok() {
+            self.tally.messages_sent += 1;
+            self.tally.sent_bytes += len as u64;
+        }
     }
+}
+
+/// What a connection counts between two flushes into its route's metrics.
+#[derive(Default, PartialEq, Eq)]
+struct Tally {
+    text_received: u64,
+    binary_received: u64,
+    received_bytes: u64,
+    messages_sent: u64,
+    sent_bytes: u64,
 }
 
 #[cfg(test)]

@@ -16,8 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::super::outbound::OutboundLimits;
 use super::super::registry::Registry;
-use super::super::{Settings, Shared};
+use super::super::{Route, Settings, Shared};
 use super::serve;
+use crate::config::RoutePath;
+use crate::metrics::Metrics;
 use crate::plugin::{HostServices, Outgoing, PluginEvent, spawn_handler};
 use crate::ws::frame::{FrameHeader, Opcode};
 use crate::ws::handshake::HandshakeConfig;
@@ -52,57 +54,72 @@ impl Harness {
         let registry = Arc::new(Registry::new(limits));
         let (record, seen) = unbounded_channel();
         let (release, held) = std::sync::mpsc::channel::<()>();
-        let plugin = spawn_handler(64, registry.clone(), move |services: &dyn HostServices, event| {
-            match event {
-                PluginEvent::Text(_, text) if text == "hold" => {
-                    let _ = record.send(Seen::Text(text));
-                    let _ = held.recv();
-                }
-                PluginEvent::Open(_) => {
-                    let _ = record.send(Seen::Open);
-                }
-                PluginEvent::Text(conn, text) => {
-                    if let Some(n) = text.strip_prefix("flood ") {
-                        let message: String = "m".repeat(100);
-                        for _ in 0..n.parse::<usize>().expect("a count") {
-                            // Refused once the client is dropped: nothing to do then.
-                            let _ = services.send(conn, Outgoing::Text(message.clone().into()));
-                        }
-                    } else {
-                        let _ = services.send(conn, Outgoing::Text(text.clone().into()));
+        let plugin = spawn_handler(
+            "test",
+            64,
+            registry.clone(),
+            move |services: &dyn HostServices, event| {
+                match event {
+                    PluginEvent::Text(_, text) if text == "hold" => {
+                        let _ = record.send(Seen::Text(text));
+                        let _ = held.recv();
                     }
-                    let _ = record.send(Seen::Text(text));
+                    PluginEvent::Open(_) => {
+                        let _ = record.send(Seen::Open);
+                    }
+                    PluginEvent::Text(conn, text) => {
+                        if let Some(n) = text.strip_prefix("flood ") {
+                            let message: String = "m".repeat(100);
+                            for _ in 0..n.parse::<usize>().expect("a count") {
+                                // Refused once the client is dropped: nothing to do then.
+                                let _ = services.send(conn, Outgoing::Text(message.clone().into()));
+                            }
+                        } else {
+                            let _ = services.send(conn, Outgoing::Text(text.clone().into()));
+                        }
+                        let _ = record.send(Seen::Text(text));
+                    }
+                    PluginEvent::Close(_, code, reason) => {
+                        let _ = record.send(Seen::Close(code, reason));
+                    }
+                    // Native handlers have no handshake hook and set no timers.
+                    PluginEvent::Binary(..) | PluginEvent::Upgrade(..) | PluginEvent::Timer(..) => {}
+                    PluginEvent::Barrier(_, done) => {
+                        let _ = done.send(());
+                    }
+                    PluginEvent::Reload(_) => {}
                 }
-                PluginEvent::Close(_, code, reason) => {
-                    let _ = record.send(Seen::Close(code, reason));
-                }
-                // Native handlers have no handshake hook and set no timers.
-                PluginEvent::Binary(..) | PluginEvent::Upgrade(..) | PluginEvent::Timer(..) => {}
-                PluginEvent::Barrier(_, done) => {
-                    let _ = done.send(());
-                }
-                PluginEvent::Reload(_) => {}
-            }
-        })
+            },
+        )
         .expect("plugin thread");
         let shutdown = CancellationToken::new();
+        let metrics = Metrics::new();
+        let route = Route::new(
+            RoutePath::parse("/*").unwrap(),
+            HandshakeConfig {
+                deflate: None,
+                ..HandshakeConfig::default()
+            },
+            1 << 20,
+            None,
+            registry,
+            plugin,
+            metrics.route("test"),
+        );
         let shared = Arc::new(Shared {
             settings: Settings {
-                handshake: HandshakeConfig {
-                    deflate: None,
-                    ..HandshakeConfig::default()
-                },
                 handshake_timeout: Duration::from_secs(5),
                 idle_timeout: idle,
                 close_timeout: CLOSE,
-                max_message_size: 1 << 20,
                 max_connections: 10,
                 prod: false,
+                metrics_here: true,
             },
-            registry,
-            plugin,
+            routes: vec![route],
             static_files: None,
+            metrics,
             shutdown: shutdown.clone(),
+            ready: Default::default(),
             open: Default::default(),
         });
         let (client, server) = tokio::io::duplex(pipe);

@@ -2,6 +2,7 @@
 //! connection, each driving the sans-IO protocol and feeding the plugin.
 
 mod connection;
+mod endpoints;
 pub mod outbound;
 pub mod registry;
 pub mod static_files;
@@ -9,6 +10,7 @@ pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -17,70 +19,155 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::RoutePath;
+use crate::metrics::{Metrics, Rejected, RouteMetrics};
 use crate::plugin::{PluginEvent, PluginHandle};
 use crate::ws::handshake::HandshakeConfig;
 use registry::Registry;
 use static_files::StaticFiles;
 
-/// Settings of every connection.
+/// Settings of every connection, whatever its route.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// How handshakes are answered.
-    pub handshake: HandshakeConfig,
     /// The opening handshake (and TLS handshake) must complete within this time.
     pub handshake_timeout: Duration,
     /// Silence before a ping, and then the time to answer it.
     pub idle_timeout: Duration,
     /// How long to wait for the peer's close frame, and to flush ours.
     pub close_timeout: Duration,
-    /// Largest message accepted, after reassembly and inflation (1009 beyond).
-    pub max_message_size: usize,
-    /// Open WebSocket connections at most; handshakes past it get 503.
+    /// Open WebSocket connections of the host at most; handshakes past it get 503.
     pub max_connections: usize,
     /// Production mode: HTTP error bodies carry no detail.
     pub prod: bool,
+    /// Serve `/metrics` on the WebSocket port (not when it has an address of its own).
+    pub metrics_here: bool,
+}
+
+/// A plugin and the paths it serves: its own connections, groups, limits and metrics.
+pub struct Route {
+    /// The paths it serves.
+    pub path: RoutePath,
+    /// How its handshakes are answered.
+    pub handshake: HandshakeConfig,
+    /// Largest message accepted, after reassembly and inflation (1009 beyond).
+    pub max_message_size: usize,
+    /// Its own bound of open connections, if it has one.
+    pub max_connections: Option<usize>,
+    /// Its connections: what its plugin reaches.
+    pub registry: Arc<Registry>,
+    /// Its plugin.
+    pub plugin: PluginHandle,
+    /// Its metrics.
+    pub metrics: RouteMetrics,
+    /// Its connections open or being opened, against `max_connections`.
+    open: AtomicUsize,
+}
+
+impl Route {
+    /// A route of `plugin`, whose connections are in `registry`.
+    pub fn new(
+        path: RoutePath,
+        handshake: HandshakeConfig,
+        max_message_size: usize,
+        max_connections: Option<usize>,
+        registry: Arc<Registry>,
+        plugin: PluginHandle,
+        metrics: RouteMetrics,
+    ) -> Self {
+        Self {
+            path,
+            handshake,
+            max_message_size,
+            max_connections,
+            registry,
+            plugin,
+            metrics,
+            open: AtomicUsize::new(0),
+        }
+    }
+
+    /// Its name, as metrics and logs show it.
+    pub fn name(&self) -> &str {
+        self.metrics.route()
+    }
+}
+
+/// The route that serves `path`: an exact path before any prefix, a longer prefix
+/// before a shorter one.
+fn route_of<'r>(routes: &'r [Route], path: &str) -> Option<&'r Route> {
+    routes
+        .iter()
+        .filter_map(|route| Some((route.path.rank(path)?, route)))
+        .max_by_key(|(rank, _)| *rank)
+        .map(|(_, route)| route)
 }
 
 /// What every connection task shares.
 pub struct Shared {
     settings: Settings,
-    registry: Arc<Registry>,
-    plugin: PluginHandle,
+    routes: Vec<Route>,
     static_files: Option<StaticFiles>,
+    metrics: Arc<Metrics>,
     /// Cancelled when the server shuts down: connections close with 1001.
     shutdown: CancellationToken,
+    /// Listening, and not shutting down: `/readyz` says 200.
+    ready: AtomicBool,
     /// WebSocket connections open or being opened, against `max_connections`.
-    open: std::sync::atomic::AtomicUsize,
+    open: AtomicUsize,
+}
+
+impl Shared {
+    /// The metrics, with the gauges read from the routes as they are now.
+    fn scrape(&self) -> String {
+        for route in &self.routes {
+            route.metrics.connections.set(route.registry.len() as i64);
+            let events = route.plugin.events();
+            let waiting = events.max_capacity() - events.capacity();
+            route.metrics.plugin_queue.set(waiting as i64);
+        }
+        self.metrics.render()
+    }
 }
 
 /// A bound, not yet running, server.
 pub struct Server {
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
 }
 
 impl Server {
-    /// Binds the listening socket.
+    /// Binds the listening socket, and the metrics' own if `metrics_listen` is given.
     pub async fn bind(
         addr: SocketAddr,
+        metrics_listen: Option<SocketAddr>,
         settings: Settings,
-        registry: Arc<Registry>,
-        plugin: PluginHandle,
+        routes: Vec<Route>,
+        metrics: Arc<Metrics>,
         static_files: Option<StaticFiles>,
         tls: Option<TlsAcceptor>,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
-        let shutdown = CancellationToken::new();
+        let metrics_listener = match metrics_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             settings,
-            registry,
-            plugin,
+            routes,
             static_files,
-            shutdown,
+            metrics,
+            shutdown: CancellationToken::new(),
+            ready: AtomicBool::new(false),
             open: Default::default(),
         });
-        Ok(Self { listener, tls, shared })
+        Ok(Self {
+            listener,
+            metrics_listener,
+            tls,
+            shared,
+        })
     }
 
     /// The address actually bound (useful with port 0).
@@ -88,15 +175,25 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// Accepts connections until `stop` resolves, then shuts down gracefully: stops
-    /// accepting, sends close 1001 to every connection, and waits up to `grace` for
-    /// them to close and for the plugin to handle every `on-close`.
+    /// The metrics' own address, if they have one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Accepts connections until `stop` resolves, then shuts down gracefully: `/readyz`
+    /// turns 503 and new upgrades get 503, every connection gets close 1001, and the
+    /// server waits up to `grace` for them to close and for every plugin to handle every
+    /// `on-close`. It keeps answering plain HTTP (health, metrics, files) meanwhile, so
+    /// that a load balancer sees it leave.
     pub async fn run(self, stop: impl Future<Output = ()>, grace: Duration) {
         let tasks = TaskTracker::new();
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                accepted = self.listener.accept() => match accepted {
+        if let Some(listener) = self.metrics_listener {
+            tokio::spawn(endpoints::serve_metrics(listener, self.shared.clone()));
+        }
+        self.shared.ready.store(true, Ordering::Release);
+        let accept_loop = async {
+            loop {
+                match self.listener.accept().await {
                     Ok((stream, peer)) => {
                         tasks.spawn(accept(stream, peer, self.tls.clone(), self.shared.clone()));
                     }
@@ -105,38 +202,44 @@ impl Server {
                         tracing::warn!("accept failed: {error}");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
-                },
-                () = &mut stop => break,
+                }
             }
+        };
+        tokio::pin!(accept_loop);
+        tokio::select! {
+            () = &mut accept_loop => {}
+            () = stop => {}
         }
-        drop(self.listener);
-        let open = self.shared.registry.len();
+        self.shared.ready.store(false, Ordering::Release);
+        let open: usize = self.shared.routes.iter().map(|r| r.registry.len()).sum();
         tracing::info!(
             connections = open,
             grace_s = grace.as_secs(),
             "shutting down: closing connections"
         );
         self.shared.shutdown.cancel();
-        tasks.close();
         let drained = async {
+            // Handshakes accepted from now on are refused (503), so the tasks run out.
+            tasks.close();
             tasks.wait().await;
-            // Every task has queued its `on-close`; wait until the plugin handled them.
-            let (done, handled) = oneshot::channel();
-            if self
-                .shared
-                .plugin
-                .events()
-                .send(PluginEvent::Barrier(0, done))
-                .await
-                .is_ok()
-            {
-                let _ = handled.await;
+            // Every task has queued its `on-close`; wait until the plugins handled them.
+            for route in &self.shared.routes {
+                let (done, handled) = oneshot::channel();
+                if route.plugin.events().send(PluginEvent::Barrier(0, done)).await.is_ok() {
+                    let _ = handled.await;
+                }
             }
         };
-        match tokio::time::timeout(grace, drained).await {
+        let drained = tokio::time::timeout(grace, drained);
+        tokio::pin!(drained);
+        let outcome = tokio::select! {
+            outcome = &mut drained => outcome,
+            () = &mut accept_loop => unreachable!("the accept loop never ends"),
+        };
+        match outcome {
             Ok(()) => tracing::info!("shut down cleanly"),
             Err(_) => tracing::warn!(
-                connections = self.shared.registry.len(),
+                connections = self.shared.routes.iter().map(|r| r.registry.len()).sum::<usize>(),
                 "shutdown grace period over: dropping the remaining connections"
             ),
         }
@@ -158,8 +261,14 @@ async fn accept(stream: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>, s
                     let (reader, writer) = tokio::io::split(stream);
                     connection::serve(reader, writer, peer, shared).await;
                 }
-                Ok(Err(error)) => tracing::debug!(%peer, "TLS handshake failed: {error}"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                Ok(Err(error)) => {
+                    shared.metrics.rejected(Rejected::Tls);
+                    tracing::debug!(%peer, "TLS handshake failed: {error}");
+                }
+                Err(_) => {
+                    shared.metrics.rejected(Rejected::Tls);
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                }
             }
         }
     }

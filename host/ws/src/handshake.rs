@@ -29,7 +29,7 @@ pub struct HandshakeConfig {
 impl Default for HandshakeConfig {
     fn default() -> Self {
         Self {
-            max_request_bytes: 8 * 1024,
+            max_request_bytes: MAX_REQUEST_BYTES,
             subprotocols: Vec::new(),
             deflate: Some(DeflateConfig::default()),
             allowed_origins: Vec::new(),
@@ -225,6 +225,9 @@ fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
+/// The default bound of a request head, in bytes (431 beyond).
+pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
+
 /// What [`accept`] made of the bytes received so far.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -242,14 +245,26 @@ pub enum Outcome {
 
 /// Parses and validates the request head at the start of `buf`.
 pub fn accept(buf: &[u8], config: &HandshakeConfig) -> Outcome {
+    accept_routed(buf, config.max_request_bytes, |_| Some(config))
+}
+
+/// Like [`accept`] for a server with several routes: an upgrade request is validated
+/// against the configuration `route` gives for its path, or refused with 404 before
+/// anything else is checked if it gives none. Plain requests are not routed. Heads
+/// over `max_request_bytes` are refused (431).
+pub fn accept_routed<'c>(
+    buf: &[u8],
+    max_request_bytes: usize,
+    route: impl FnOnce(&str) -> Option<&'c HandshakeConfig>,
+) -> Outcome {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let consumed = match parsed.parse(buf) {
-        Ok(httparse::Status::Complete(n)) if n <= config.max_request_bytes => n,
+        Ok(httparse::Status::Complete(n)) if n <= max_request_bytes => n,
         Ok(httparse::Status::Complete(_)) => {
             return Outcome::Rejected(Rejection::new(431, "request head too large"));
         }
-        Ok(httparse::Status::Partial) if buf.len() > config.max_request_bytes => {
+        Ok(httparse::Status::Partial) if buf.len() > max_request_bytes => {
             return Outcome::Rejected(Rejection::new(431, "request head too large"));
         }
         Ok(httparse::Status::Partial) => return Outcome::Incomplete,
@@ -258,7 +273,7 @@ pub fn accept(buf: &[u8], config: &HandshakeConfig) -> Outcome {
         }
         Err(_) => return Outcome::Rejected(Rejection::new(400, "malformed HTTP request")),
     };
-    match validate(&parsed, config) {
+    match validate(&parsed, route) {
         Ok(Validated::Upgrade(accepted)) => Outcome::Accepted {
             accepted: Box::new(accepted),
             consumed,
@@ -277,7 +292,10 @@ enum Validated {
     Plain(Request),
 }
 
-fn validate(parsed: &httparse::Request<'_, '_>, config: &HandshakeConfig) -> Result<Validated, Rejection> {
+fn validate<'c>(
+    parsed: &httparse::Request<'_, '_>,
+    route: impl FnOnce(&str) -> Option<&'c HandshakeConfig>,
+) -> Result<Validated, Rejection> {
     let target = resource_name(parsed.path.unwrap_or_default()).ok_or(Rejection::new(
         400,
         "request target must be a path or an http(s)/ws(s) URI",
@@ -301,6 +319,7 @@ fn validate(parsed: &httparse::Request<'_, '_>, config: &HandshakeConfig) -> Res
     if !has_token(&request, "upgrade", "websocket") {
         return Ok(Validated::Plain(request));
     }
+    let config = route(&request.path).ok_or(Rejection::new(404, "no route serves this path"))?;
     if request.method != "GET" {
         return Err(Rejection::new(405, "only GET can open a WebSocket"));
     }
@@ -528,6 +547,28 @@ mod tests {
             ),
             101
         );
+    }
+
+    #[test]
+    fn a_routed_upgrade_uses_its_routes_rules_and_an_unrouted_one_gets_404_first() {
+        let strict = HandshakeConfig {
+            allowed_origins: vec!["https://chat.example".into()],
+            ..Default::default()
+        };
+        let route = |path: &str| (path == "/chat").then_some(&strict);
+        let status = |raw: &str| match accept_routed(raw.as_bytes(), MAX_REQUEST_BYTES, route) {
+            Outcome::Rejected(r) => r.status,
+            Outcome::Accepted { .. } => 101,
+            Outcome::Plain { .. } => 200,
+            Outcome::Incomplete => 0,
+        };
+        assert_eq!(status(&request("Origin: https://chat.example\r\n")), 101);
+        assert_eq!(status(&request("Origin: https://evil.example\r\n")), 403);
+        // 404 before the method, the version or the key are looked at.
+        let elsewhere = "POST /other HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        assert_eq!(status(elsewhere), 404);
+        // Plain requests are not routed: the caller answers them (health, files).
+        assert_eq!(status("GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n"), 200);
     }
 
     #[test]

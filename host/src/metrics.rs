@@ -1,0 +1,424 @@
+//! The host's metrics, in the Prometheus text format (`/metrics`).
+//!
+//! Every series is labelled by what an operator configures or the protocol bounds
+//! (route names, exports, close codes by class, rejection reasons), never by a
+//! connection, a group or a client's choice, so the number of series does not grow
+//! with the traffic. Counters that every message moves are kept per connection and
+//! added here in batches (see `server::connection`), so the hot path touches no
+//! shared cache line per message.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// The media type of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Upper bounds of the plugin-call latency buckets, in seconds: 10 µs to 10 s (a call
+/// is interrupted at its deadline, 10 ms to 60 s).
+const CALL_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Why a handshake was refused, as `wsplug_handshakes_rejected_total` labels it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejected {
+    /// A malformed or incomplete upgrade request (400, 405, 431).
+    BadRequest,
+    /// A `Sec-WebSocket-Version` other than 13 (426).
+    Version,
+    /// An `Origin` the route does not allow (403).
+    Origin,
+    /// No route serves the path (404).
+    NotFound,
+    /// The host's or the route's `max_connections` (503).
+    Capacity,
+    /// The plugin's `on-upgrade` refused it.
+    Plugin,
+    /// The plugin's `on-upgrade` trapped, overran or did not answer in time (503).
+    PluginFailed,
+    /// The handshake did not complete within the handshake timeout.
+    Timeout,
+    /// The TLS handshake failed or timed out.
+    Tls,
+    /// The server is shutting down (503).
+    ShuttingDown,
+}
+
+impl Rejected {
+    const ALL: [Rejected; 10] = [
+        Self::BadRequest,
+        Self::Version,
+        Self::Origin,
+        Self::NotFound,
+        Self::Capacity,
+        Self::Plugin,
+        Self::PluginFailed,
+        Self::Timeout,
+        Self::Tls,
+        Self::ShuttingDown,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad_request",
+            Self::Version => "version",
+            Self::Origin => "origin",
+            Self::NotFound => "not_found",
+            Self::Capacity => "capacity",
+            Self::Plugin => "plugin",
+            Self::PluginFailed => "plugin_failed",
+            Self::Timeout => "timeout",
+            Self::Tls => "tls",
+            Self::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// The reason of a rejection the protocol made, by its HTTP status.
+    pub fn of_status(status: u16) -> Self {
+        match status {
+            403 => Self::Origin,
+            404 => Self::NotFound,
+            426 => Self::Version,
+            503 => Self::Capacity,
+            _ => Self::BadRequest,
+        }
+    }
+}
+
+/// How a plugin call failed, as `wsplug_plugin_traps_total` labels it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrapKind {
+    /// It ran past its CPU deadline.
+    Deadline,
+    /// It trapped after the memory cap refused it more memory.
+    Memory,
+    /// Any other trap (a panic, `unreachable`, a bad host call).
+    Trap,
+}
+
+/// The exports whose calls are timed, in the order of [`PluginMetrics::calls`].
+pub const EXPORTS: [&str; 8] = [
+    "on-open",
+    "on-text",
+    "on-binary",
+    "on-close",
+    "on-upgrade",
+    "on-timer",
+    "snapshot",
+    "restore",
+];
+
+/// Every metric of the host; cheap to share (`Arc`).
+pub struct Metrics {
+    registry: Registry,
+    connections: IntGaugeVec,
+    opened: IntCounterVec,
+    closed: IntCounterVec,
+    rejected: IntCounterVec,
+    messages_received: IntCounterVec,
+    received_bytes: IntCounterVec,
+    messages_sent: IntCounterVec,
+    sent_bytes: IntCounterVec,
+    slow_clients: IntCounterVec,
+    plugin_queue: IntGaugeVec,
+    calls: HistogramVec,
+    traps: IntCounterVec,
+    reloads: IntCounterVec,
+    crashes: IntGaugeVec,
+    backoff: GaugeVec,
+    compiles: IntCounterVec,
+}
+
+/// Registers a metric built by `make` from these options, or panics: the names are
+/// constants, so a failure is a bug found by every test.
+fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: prometheus::Result<M>) -> M {
+    let metric = metric.expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
+}
+
+impl Metrics {
+    /// Every metric at zero, with the process's own (CPU, memory, file descriptors).
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new();
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("process metrics register once");
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            register(&registry, IntCounterVec::new(Opts::new(name, help), labels))
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            register(&registry, IntGaugeVec::new(Opts::new(name, help), labels))
+        };
+        let build = register(
+            &registry,
+            IntGauge::with_opts(
+                Opts::new("wsplug_build_info", "The host's version, as a label; always 1.")
+                    .const_label("version", env!("CARGO_PKG_VERSION")),
+            ),
+        );
+        build.set(1);
+        let metrics = Self {
+            connections: gauge("wsplug_connections", "Open WebSocket connections.", &["route"]),
+            opened: counter(
+                "wsplug_connections_opened_total",
+                "WebSocket connections opened (handshake completed).",
+                &["route"],
+            ),
+            closed: counter(
+                "wsplug_connections_closed_total",
+                "WebSocket connections closed, by the close code on-close got (1006: no close frame); \
+                 application codes by class (3xxx, 4xxx).",
+                &["route", "code"],
+            ),
+            rejected: counter(
+                "wsplug_handshakes_rejected_total",
+                "Upgrade requests refused, by reason.",
+                &["reason"],
+            ),
+            messages_received: counter(
+                "wsplug_messages_received_total",
+                "Messages received from clients.",
+                &["route", "type"],
+            ),
+            received_bytes: counter(
+                "wsplug_received_bytes_total",
+                "Payload bytes of the messages received (after inflation).",
+                &["route"],
+            ),
+            messages_sent: counter(
+                "wsplug_messages_sent_total",
+                "Messages sent to clients (a broadcast counts once per recipient).",
+                &["route"],
+            ),
+            sent_bytes: counter(
+                "wsplug_sent_bytes_total",
+                "Payload bytes of the messages sent (before compression).",
+                &["route"],
+            ),
+            slow_clients: counter(
+                "wsplug_slow_clients_dropped_total",
+                "Clients dropped (1008) because more waited for them than the outbound bounds allow.",
+                &["route"],
+            ),
+            plugin_queue: gauge(
+                "wsplug_plugin_queue_events",
+                "Events waiting for the plugin.",
+                &["route"],
+            ),
+            calls: register(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "wsplug_plugin_call_duration_seconds",
+                        "Plugin export calls and their duration.",
+                    )
+                    .buckets(CALL_BUCKETS.to_vec()),
+                    &["route", "export"],
+                ),
+            ),
+            traps: counter(
+                "wsplug_plugin_traps_total",
+                "Plugin calls that failed, by kind: deadline, memory or trap.",
+                &["route", "kind"],
+            ),
+            reloads: counter(
+                "wsplug_plugin_reloads_total",
+                "New plugin versions swapped in (ok) or refused while the old one kept serving (failed).",
+                &["route", "result"],
+            ),
+            crashes: gauge(
+                "wsplug_plugin_consecutive_crashes",
+                "Crashes of the plugin since its last successful call.",
+                &["route"],
+            ),
+            backoff: register(
+                &registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "wsplug_plugin_restart_backoff_seconds",
+                        "Delay before the plugin's next restart in a crash loop (0: not in one).",
+                    ),
+                    &["route"],
+                ),
+            ),
+            compiles: counter(
+                "wsplug_plugin_loads_total",
+                "Plugin files loaded, with compiled code from the cache (hit) or compiled (miss).",
+                &["route", "cache"],
+            ),
+            registry,
+        };
+        for reason in Rejected::ALL {
+            metrics.rejected.with_label_values(&[reason.label()]);
+        }
+        Arc::new(metrics)
+    }
+
+    /// The handles of one route's metrics, every series it may have created at zero.
+    pub fn route(self: &Arc<Self>, route: &str) -> RouteMetrics {
+        for kind in ["text", "binary"] {
+            self.messages_received.with_label_values(&[route, kind]);
+        }
+        let plugin = PluginMetrics {
+            calls: EXPORTS.map(|export| self.calls.with_label_values(&[route, export])),
+            deadline: self.traps.with_label_values(&[route, "deadline"]),
+            memory: self.traps.with_label_values(&[route, "memory"]),
+            trap: self.traps.with_label_values(&[route, "trap"]),
+            reloaded: self.reloads.with_label_values(&[route, "ok"]),
+            reload_failed: self.reloads.with_label_values(&[route, "failed"]),
+            crashes: self.crashes.with_label_values(&[route]),
+            backoff: self.backoff.with_label_values(&[route]),
+            cache_hits: self.compiles.with_label_values(&[route, "hit"]),
+            cache_misses: self.compiles.with_label_values(&[route, "miss"]),
+        };
+        RouteMetrics {
+            route: route.into(),
+            connections: self.connections.with_label_values(&[route]),
+            opened: self.opened.with_label_values(&[route]),
+            text_received: self.messages_received.with_label_values(&[route, "text"]),
+            binary_received: self.messages_received.with_label_values(&[route, "binary"]),
+            received_bytes: self.received_bytes.with_label_values(&[route]),
+            messages_sent: self.messages_sent.with_label_values(&[route]),
+            sent_bytes: self.sent_bytes.with_label_values(&[route]),
+            slow_clients: self.slow_clients.with_label_values(&[route]),
+            plugin_queue: self.plugin_queue.with_label_values(&[route]),
+            plugin: Arc::new(plugin),
+            all: self.clone(),
+        }
+    }
+
+    /// Counts a refused handshake.
+    pub fn rejected(&self, reason: Rejected) {
+        self.rejected.with_label_values(&[reason.label()]).inc();
+    }
+
+    /// Every metric in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        TextEncoder::new()
+            .encode_utf8(&self.registry.gather(), &mut text)
+            .expect("metrics encode as text");
+        text
+    }
+}
+
+/// The `code` label of a close code: the code itself for those RFC 6455 and IANA
+/// define (1000-1015), its class for the ones applications choose (`3xxx`, `4xxx`),
+/// which clients can pick at will and would otherwise make series without end.
+pub fn code_label(code: u16) -> std::borrow::Cow<'static, str> {
+    match code {
+        1000..=1015 => code.to_string().into(),
+        3000..=3999 => "3xxx".into(),
+        4000..=4999 => "4xxx".into(),
+        _ => "other".into(),
+    }
+}
+
+/// One route's metrics, resolved once so that counting needs no label lookup.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    route: Arc<str>,
+    /// Open connections; set when scraped.
+    pub connections: IntGauge,
+    /// Connections opened.
+    pub opened: IntCounter,
+    /// Text messages received.
+    pub text_received: IntCounter,
+    /// Binary messages received.
+    pub binary_received: IntCounter,
+    /// Payload bytes received.
+    pub received_bytes: IntCounter,
+    /// Messages sent.
+    pub messages_sent: IntCounter,
+    /// Payload bytes sent.
+    pub sent_bytes: IntCounter,
+    /// Clients dropped for their outbound backlog.
+    pub slow_clients: IntCounter,
+    /// Events waiting for the plugin; set when scraped.
+    pub plugin_queue: IntGauge,
+    /// What the plugin's thread counts.
+    pub plugin: Arc<PluginMetrics>,
+    all: Arc<Metrics>,
+}
+
+impl RouteMetrics {
+    /// The route's name, as labelled.
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// Counts a closed connection by its close code.
+    pub fn closed(&self, code: u16) {
+        let code = code_label(code);
+        self.all.closed.with_label_values(&[&*self.route, &*code]).inc();
+    }
+
+    /// Counts a refused handshake (the reasons are the host's, not the route's).
+    pub fn rejected(&self, reason: Rejected) {
+        self.all.rejected(reason);
+    }
+}
+
+/// What a plugin's runner counts: calls, traps, reloads, loads, crash-loop state.
+/// Detached ones ([`PluginMetrics::detached`]) count into nothing scraped.
+pub struct PluginMetrics {
+    /// Calls and their duration, per export (in the order of [`EXPORTS`]).
+    pub calls: [Histogram; EXPORTS.len()],
+    deadline: IntCounter,
+    memory: IntCounter,
+    trap: IntCounter,
+    /// Reloads swapped in.
+    pub reloaded: IntCounter,
+    /// Reloads refused.
+    pub reload_failed: IntCounter,
+    /// Crashes since the last successful call.
+    pub crashes: IntGauge,
+    /// The current restart delay of a crash loop, in seconds.
+    pub backoff: Gauge,
+    cache_hits: IntCounter,
+    cache_misses: IntCounter,
+}
+
+impl PluginMetrics {
+    /// Metrics of a plugin run outside a server (`host check`, benchmarks).
+    pub fn detached() -> Arc<Self> {
+        Metrics::new().route("detached").plugin
+    }
+
+    /// Records a call of `export` that took `took`.
+    pub fn call(&self, export: &str, took: Duration) {
+        if let Some(i) = EXPORTS.iter().position(|e| *e == export) {
+            self.calls[i].observe(took.as_secs_f64());
+        }
+    }
+
+    /// Counts a failed call.
+    pub fn trapped(&self, kind: TrapKind) {
+        match kind {
+            TrapKind::Deadline => &self.deadline,
+            TrapKind::Memory => &self.memory,
+            TrapKind::Trap => &self.trap,
+        }
+        .inc();
+    }
+
+    /// Counts a plugin file loaded, from the cache or not.
+    pub fn loaded(&self, cache_hit: bool) {
+        if cache_hit {
+            &self.cache_hits
+        } else {
+            &self.cache_misses
+        }
+        .inc();
+    }
+}
