@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Client, Server, ask, open_probe, serial};
+use common::{Client, Server, TempDir, ask, open_probe, plugin_path, serial};
 
 /// The bound the README states: a host silent for 3 s is dropped at the next heartbeat
 /// (every 0.5 s) of each other host, so within 3.5 s of its last word; 4 s leaves room
@@ -497,4 +497,45 @@ fn a_host_that_falls_behind_is_cut_off_by_redis_and_catches_up() {
         redis.log.lock().unwrap()
     );
     hosts[1].wait_for_log("asking every host for its state");
+}
+
+/// Two routes on each of two hosts: each route is a cluster of its own (its
+/// connections, broadcasts and counts span the hosts, never the other route).
+#[test]
+fn routes_of_clustered_hosts_stay_apart() {
+    let _serial = serial();
+    let redis = Redis::start();
+    let dir = TempDir::new("cluster-routes");
+    let config = dir.join("wsplug.toml");
+    let probe = plugin_path("probe");
+    std::fs::write(
+        &config,
+        format!(
+            "[[route]]\npath = \"/a\"\nplugin = \"{p}\"\n[[route]]\npath = \"/b\"\nplugin = \"{p}\"\n",
+            p = probe.display()
+        ),
+    )
+    .unwrap();
+    let args = [
+        "--cluster",
+        &redis.url(),
+        "--cluster-name",
+        "test",
+        "--idle-timeout",
+        "120",
+    ];
+    let hosts: Vec<Server> = (0..2).map(|_| Server::start_config(&config, &args)).collect();
+    let (mut a0, _) = open_probe(&hosts[0], "/a");
+    let (mut a1, _) = open_probe(&hosts[1], "/a");
+    let (mut b0, _) = open_probe(&hosts[0], "/b");
+    let (mut b1, _) = open_probe(&hosts[1], "/b");
+    ask_until(&mut a0, "conns", Duration::from_secs(10), |n| n == "2");
+    ask_until(&mut b1, "conns", Duration::from_secs(10), |n| n == "2");
+    assert_eq!(ask(&mut a0, "broadcast to a"), "sent 1");
+    assert_eq!(a1.recv_text(), "to a");
+    assert_eq!(ask(&mut b1, "broadcast to b"), "sent 1");
+    assert_eq!(b0.recv_text(), "to b");
+    // Neither route's broadcast reached the other: the next message is the answer.
+    assert_eq!(ask(&mut a1, "conns"), "2");
+    assert_eq!(ask(&mut b0, "conns"), "2");
 }

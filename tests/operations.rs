@@ -404,7 +404,9 @@ fn metrics_listen_moves_metrics_off_the_websocket_port() {
     client.send_text("x");
     assert_eq!(client.recv_text(), "x");
     // Counts of an open connection reach the metrics within 0.1 s.
-    let scrape = Scrape::until(addr, |s| s.value("wsplug_messages_sent_total", &[("route", "default")]) == 1.0);
+    let scrape = Scrape::until(addr, |s| {
+        s.value("wsplug_messages_sent_total", &[("route", "default")]) == 1.0
+    });
     assert_eq!(scrape.value("wsplug_connections", &[("route", "default")]), 1.0);
     assert_eq!(scrape.value("wsplug_sent_bytes_total", &[("route", "default")]), 1.0);
     assert_eq!(http_get(addr, "/healthz").status, 200);
