@@ -119,6 +119,26 @@ def measure(server, mode, wsbench_args, server_extra=()):
 LANGUAGE_PLUGINS = [("echo", "Rust (SDK)"), ("echo-raw", "Rust (bare bindings)"), ("echo-c", "C"),
                     ("echo-js", "JavaScript"), ("echo-py", "Python")]
 LANGUAGES = "echo 100 x 20 B, plugin per language"
+ECHO_20_DEPTH_1 = "echo 100 x 20 B, 1 in flight"
+
+# The performance targets (issue 14): (scenario, reference server, bound). A ratio bound
+# is on wsplug / reference for throughput (at least), reference / wsplug for memory; an
+# absolute bound (reference None) is on wsplug's own median (at most, for memory).
+TARGETS = [
+    ("echo 100 x 20 B", "fastwebsockets", 1.1),
+    ("echo 100 x 20 B", "tokio-tungstenite", 1.3),
+    ("echo 100 x 20 B", "wsplug-native", 0.9),
+    (ECHO_20_DEPTH_1, "fastwebsockets", 1.1),
+    (ECHO_20_DEPTH_1, "tokio-tungstenite", 1.3),
+    (ECHO_20_DEPTH_1, "wsplug-native", 0.9),
+    ("echo 100 x 16 KiB", "fastwebsockets", 1.0),
+    ("echo 100 x 16 KiB, 1 in flight", "fastwebsockets", 1.0),
+    ("echo 100 x 20 B, permessage-deflate", "node-ws", 1.5),
+    ("fanout 1000 conns x 1 sender", "fastwebsockets", 1.2),
+    ("fanout 1000 conns x 1 sender, 1 in flight", "fastwebsockets", 1.2),
+    ("10,000 idle connections (KiB RSS/conn)", None, 4.0),
+    ("10,000 idle compressed connections (KiB RSS/conn)", None, 64.0),
+]
 CRITERION = os.path.join(ROOT, "target", "criterion", "plugin call")
 
 
@@ -198,14 +218,25 @@ def scenarios(duration, certs):
         ("echo 100 x 20 B", "msgs_per_s", True, "echo",
          ["echo", "--conns", "100", "--size", "20", "--inflight", "4", "--duration", d],
          ["wsplug", "fastwebsockets", "tokio-tungstenite", "wsplug-native"], []),
+        # One message in flight per connection: how a chat or request/response client
+        # behaves, where every message pays the host's thread hops in full.
+        (ECHO_20_DEPTH_1, "msgs_per_s", True, "echo",
+         ["echo", "--conns", "100", "--size", "20", "--inflight", "1", "--duration", d],
+         ["wsplug", "fastwebsockets", "tokio-tungstenite", "wsplug-native"], []),
         ("echo 100 x 16 KiB", "msgs_per_s", True, "echo",
          ["echo", "--conns", "100", "--size", "16384", "--inflight", "2", "--duration", d],
+         ["wsplug", "fastwebsockets", "tokio-tungstenite", "wsplug-native"], []),
+        ("echo 100 x 16 KiB, 1 in flight", "msgs_per_s", True, "echo",
+         ["echo", "--conns", "100", "--size", "16384", "--inflight", "1", "--duration", d],
          ["wsplug", "fastwebsockets", "tokio-tungstenite", "wsplug-native"], []),
         ("echo 100 x 20 B, permessage-deflate", "msgs_per_s", True, "echo",
          ["--deflate", "echo", "--conns", "100", "--size", "20", "--inflight", "4", "--duration", d],
          ["wsplug", "node-ws"], []),
         ("fanout 1000 conns x 1 sender", "deliveries_per_s", True, "broadcast",
          ["fanout", "--conns", "1000", "--senders", "1", "--size", "32", "--window", "8", "--duration", d],
+         ["wsplug", "fastwebsockets", "tokio-tungstenite"], []),
+        ("fanout 1000 conns x 1 sender, 1 in flight", "deliveries_per_s", True, "broadcast",
+         ["fanout", "--conns", "1000", "--senders", "1", "--size", "32", "--window", "1", "--duration", d],
          ["wsplug", "fastwebsockets", "tokio-tungstenite"], []),
         # Several hosts through Redis: the same fanout with the 1000 connections spread over
         # 3 hosts (the sender on the first), and the latency of one message from a sender on
@@ -293,8 +324,46 @@ def main():
                 ratio = f"{(mine / theirs) if higher else (theirs / mine):.2f}"
             value = "failed" if theirs is None else f"{theirs:,.0f}" if higher else f"{theirs:.2f}"
             print(f"| {title} | {server} | {value} | {p99} | {bad} | {ratio} |")
+    print_targets(chosen, results)
     if any(title == LANGUAGES for title, *_ in chosen):
         print_languages(results)
+
+
+def print_targets(chosen, results):
+    """Each target of the scenarios that ran: its bound, what was measured, met or missed."""
+    titles = {title: higher for title, _, higher, *_ in chosen}
+    rows = []
+    for title, reference, bound in TARGETS:
+        if title not in titles:
+            continue
+        higher = titles[title]
+
+        def median(server):
+            values = [v for v, _ in results.get((title, server), []) if v is not None]
+            return statistics.median(values) if values else None
+
+        mine = median("wsplug")
+        if reference is None:
+            target = f"at most {bound:g}" if not higher else f"at least {bound:g}"
+            measured = mine
+            met = measured is not None and (measured <= bound if not higher else measured >= bound)
+        else:
+            theirs = median(reference)
+            target = f"at least {bound:g} x {reference}"
+            measured = None
+            if mine and theirs:
+                measured = mine / theirs if higher else theirs / mine
+            met = measured is not None and measured >= bound
+        shown = "failed" if measured is None else f"{measured:.2f}"
+        rows.append(f"| {title} | {target} | {shown} | {'met' if met else 'MISSED'} |")
+    if rows:
+        print()
+        print(f"Targets: {sum(r.endswith('| met |') for r in rows)} of {len(rows)} met.")
+        print()
+        print("| scenario | target | measured | status |")
+        print("|---|---|---|---|")
+        for row in rows:
+            print(row)
 
 
 if __name__ == "__main__":

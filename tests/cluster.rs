@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Client, Server, TempDir, ask, open_probe, plugin_path, serial};
+use common::{Client, Scrape, Server, TempDir, ask, open_probe, plugin_path, serial};
 
 /// The bound the README states: a host silent for 3 s is dropped at the next heartbeat
 /// (every 0.5 s) of each other host, so within 3.5 s of its last word; 4 s leaves room
@@ -378,6 +378,32 @@ fn a_redis_outage_drops_no_connection_and_delivery_resumes() {
     }
     for host in &hosts {
         assert!(host.log().contains("cluster: Redis unreachable"), "{}", host.log());
+    }
+    // The metrics count what the logs report as lost, and the other host again.
+    let number_after = |line: &str, field: &str| -> f64 {
+        line.split(field).nth(1).map_or(0.0, |rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().unwrap()
+        })
+    };
+    for host in &hosts {
+        let default = [("route", "default")];
+        let scrape = Scrape::until(host.addr, |s| s.value("wsplug_cluster_peers", &default) == 1.0);
+        let logged: f64 = host
+            .log_lines(|line| line.contains("cluster: publishing again") || line.contains("cluster: messages lost"))
+            .iter()
+            .map(|line| number_after(line, " lost=") + number_after(line, " unsent="))
+            .sum();
+        let unsent = scrape.value(
+            "wsplug_cluster_messages_lost_total",
+            &[("route", "default"), ("direction", "unsent")],
+        );
+        assert!(
+            unsent > 0.0 && unsent == logged,
+            "metrics {unsent}, logs {logged}:\n{}",
+            host.log()
+        );
+        eprintln!("messages to other hosts lost during the outage: {unsent}");
     }
 }
 

@@ -339,6 +339,17 @@ fn routes_serve_three_plugins_and_a_reload_or_traps_in_one_leave_the_others_alon
     );
     promtool_accepts(&scrape.text);
 
+    // A broken version of the chat plugin is refused; the one before keeps serving.
+    chat.replace_by_rename(b"not a component");
+    server.wait_for_log("reload failed, previous version keeps serving");
+    let scrape = Scrape::until(server.addr, |s| {
+        s.value(
+            "wsplug_plugin_reloads_total",
+            &[("route", "chat"), ("result", "failed")],
+        ) == 1.0
+    });
+    assert_eq!(scrape.sum("wsplug_plugin_reloads_total", &[("result", "failed")]), 1.0);
+
     // The other routes' connections never noticed.
     echo_still_alone(&mut echo, "d");
     assert_eq!(ask(&mut ann, "conns"), "2");

@@ -133,6 +133,8 @@ pub struct Metrics {
     crashes: IntGaugeVec,
     backoff: GaugeVec,
     compiles: IntCounterVec,
+    cluster_hosts: IntGaugeVec,
+    cluster_lost: IntCounterVec,
 }
 
 /// Registers a metric built by `make` from these options, or panics: the names are
@@ -256,6 +258,17 @@ impl Metrics {
                 "Plugin files loaded, with compiled code from the cache (hit) or compiled (miss).",
                 &["route", "cache"],
             ),
+            cluster_hosts: gauge(
+                "wsplug_cluster_peers",
+                "Other hosts of the route's cluster this host hears (absent without a cluster).",
+                &["route"],
+            ),
+            cluster_lost: counter(
+                "wsplug_cluster_messages_lost_total",
+                "Cluster messages lost: to other hosts (unsent: the outbox was full or Redis unreachable) \
+                 or from them (unreceived: this host fell behind).",
+                &["route", "direction"],
+            ),
             registry,
         };
         for reason in Rejected::ALL {
@@ -294,6 +307,16 @@ impl Metrics {
             plugin_queue: self.plugin_queue.with_label_values(&[route]),
             plugin: Arc::new(plugin),
             all: self.clone(),
+        }
+    }
+
+    /// Sets a clustered route's cluster metrics to what its cluster reports: `peers`
+    /// hosts heard, and so many messages lost each way so far.
+    pub fn cluster(&self, route: &str, peers: usize, unsent: u64, unreceived: u64) {
+        self.cluster_hosts.with_label_values(&[route]).set(peers as i64);
+        for (direction, total) in [("unsent", unsent), ("unreceived", unreceived)] {
+            let counter = self.cluster_lost.with_label_values(&[route, direction]);
+            counter.inc_by(total.saturating_sub(counter.get()));
         }
     }
 

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use super::outbox::Target;
 use super::view::Effect;
 use super::wire::{self, Body, Envelope, HostNumber};
-use super::{Cluster, ClusterConfig, HEARTBEAT, HOST_TIMEOUT, redacted};
+use super::{Cluster, ClusterConfig, HEARTBEAT, HOST_TIMEOUT, Losses, redacted};
 use crate::server::registry::Registry;
 
 /// Messages published at most in one pipeline.
@@ -87,8 +87,6 @@ pub struct Bus {
 struct Resync {
     /// The connection dropped, or received messages were dropped.
     needed: AtomicBool,
-    /// Received messages dropped because the receiving task fell behind.
-    missed: AtomicU64,
     /// Times the connection to Redis dropped (Redis went away, or cut this host off).
     disconnections: AtomicU64,
 }
@@ -117,8 +115,9 @@ pub async fn join(config: &ClusterConfig) -> anyhow::Result<Bus> {
 
     let (sender, received) = mpsc::channel(RECEIVED_QUEUE);
     let resync = Arc::new(Resync::default());
+    let losses = Arc::new(Losses::default());
     let on_push = {
-        let resync = resync.clone();
+        let (resync, losses) = (resync.clone(), losses.clone());
         move |push: PushInfo| -> Result<(), ()> {
             match push.kind {
                 PushKind::Message => {
@@ -126,7 +125,7 @@ pub async fn join(config: &ClusterConfig) -> anyhow::Result<Bus> {
                     if let Some(Value::BulkString(payload)) = push.data.into_iter().nth(1)
                         && sender.try_send(Bytes::from(payload)).is_err()
                     {
-                        resync.missed.fetch_add(1, Ordering::Relaxed);
+                        losses.unreceived.fetch_add(1, Ordering::Relaxed);
                         resync.needed.store(true, Ordering::Relaxed);
                     }
                 }
@@ -164,7 +163,7 @@ pub async fn join(config: &ClusterConfig) -> anyhow::Result<Bus> {
         .await
         .context("cannot subscribe")?;
     Ok(Bus {
-        cluster: Arc::new(Cluster::new(me, incarnation)),
+        cluster: Arc::new(Cluster::new(me, incarnation, losses)),
         manager,
         received,
         resync,
@@ -298,6 +297,7 @@ async fn publish(cluster: Arc<Cluster>, mut manager: ConnectionManager, names: A
             Ok(()) => {}
             Err(error) => {
                 lost += batch.len() as u64;
+                cluster.count_unpublished(batch.len());
                 if !failing {
                     failing = true;
                     tracing::warn!(
@@ -403,7 +403,7 @@ async fn beat(
     let (mut dropped, mut missed) = (0, 0);
     loop {
         tick.tick().await;
-        let (now_dropped, now_missed) = (cluster.outbox().dropped(), resync.missed.load(Ordering::Relaxed));
+        let (now_dropped, now_missed) = (cluster.outbox().dropped(), cluster.unreceived());
         if (now_dropped, now_missed) != (dropped, missed) {
             tracing::warn!(
                 unsent = now_dropped - dropped,

@@ -52,12 +52,22 @@ pub const HOST_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bytes of messages that may wait for Redis; past it new ones are dropped (and counted).
 pub const MAX_QUEUED_BYTES: usize = 64 << 20;
 
+/// Messages of the cluster this host lost, counted for the metrics.
+#[derive(Debug, Default)]
+pub struct Losses {
+    /// Published in vain: Redis could not be reached, or refused them.
+    pub unpublished: std::sync::atomic::AtomicU64,
+    /// Received from Redis and dropped: this host fell behind.
+    pub unreceived: std::sync::atomic::AtomicU64,
+}
+
 /// This host's membership of a cluster, as the registry uses it.
 pub struct Cluster {
     me: HostNumber,
     incarnation: u64,
     view: Mutex<View>,
     outbox: Outbox,
+    losses: Arc<Losses>,
     /// Looks up another host's connection in Redis (set once the bus runs).
     lookup: OnceLock<Box<InfoLookup>>,
 }
@@ -66,15 +76,39 @@ pub struct Cluster {
 pub type InfoLookup = dyn Fn(ConnId) -> Option<ConnectionInfo> + Send + Sync;
 
 impl Cluster {
-    /// Host number `me`, incarnation `incarnation`, before it has heard any other host.
-    pub fn new(me: HostNumber, incarnation: u64) -> Self {
+    /// Host number `me`, incarnation `incarnation`, before it has heard any other host;
+    /// what it loses is counted in `losses`.
+    pub fn new(me: HostNumber, incarnation: u64, losses: Arc<Losses>) -> Self {
         Self {
             me,
             incarnation,
             view: Mutex::new(View::new(me, incarnation)),
             outbox: Outbox::new(me, incarnation, MAX_QUEUED_BYTES),
+            losses,
             lookup: OnceLock::new(),
         }
+    }
+
+    /// Messages to other hosts lost so far: dropped by the full outbox, or published in vain.
+    pub fn unsent(&self) -> u64 {
+        self.outbox.dropped() + self.losses.unpublished.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts `n` messages that were published in vain.
+    pub fn count_unpublished(&self, n: usize) {
+        self.losses
+            .unpublished
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Other hosts this host hears now.
+    pub fn peers(&self) -> usize {
+        self.view().hosts()
+    }
+
+    /// Messages from other hosts this host dropped so far because it fell behind.
+    pub fn unreceived(&self) -> u64 {
+        self.losses.unreceived.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// This host's number: the high bits of the connection ids it hands out.

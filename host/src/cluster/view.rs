@@ -157,6 +157,11 @@ impl View {
         }
     }
 
+    /// How many other hosts it hears.
+    pub fn hosts(&self) -> usize {
+        self.peers.len()
+    }
+
     /// Notes that this host sent a `Hello` at `now`: every host will answer with its state.
     pub fn hello_sent(&mut self, now: Instant) {
         self.hello_at = Some(now);

@@ -124,6 +124,11 @@ impl Shared {
             let events = route.plugin.events();
             let waiting = events.max_capacity() - events.capacity();
             route.metrics.plugin_queue.set(waiting as i64);
+            if let Some(cluster) = route.registry.cluster() {
+                let name = route.name();
+                self.metrics
+                    .cluster(name, cluster.peers(), cluster.unsent(), cluster.unreceived());
+            }
         }
         self.metrics.render()
     }

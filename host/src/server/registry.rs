@@ -120,6 +120,11 @@ impl Registry {
         }
     }
 
+    /// The cluster whose hosts share these connections, if any.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
+    }
+
     /// A fresh connection id, never reused (in a cluster, unique across its hosts).
     pub fn next_id(&self) -> ConnId {
         self.next_id.fetch_add(1, Ordering::Relaxed)
