@@ -419,3 +419,18 @@ async fn messages_received_before_the_socket_broke_still_reach_the_plugin() {
         Seen::Close(1006, "connection dropped without a close frame".into())
     );
 }
+
+/// Every idle connection holds its task's future: a plain one must not carry the TLS
+/// path's state (it is boxed), and the whole must stay within what the idle-memory
+/// benchmark was measured with (5.1 KiB per connection in all, 2026-12-04).
+#[test]
+fn a_plain_connections_task_stays_small() {
+    fn size<A, B, C, D, F>(_: fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+    use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+    let serve = size(serve::<OwnedReadHalf, OwnedWriteHalf>);
+    let accept = size(super::super::accept);
+    assert!(accept <= serve + 256, "accept {accept} bytes, serve {serve}");
+    assert!(accept <= 2560, "a plain connection's task grew to {accept} bytes");
+}

@@ -260,21 +260,27 @@ async fn accept(stream: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>, s
             let (reader, writer) = stream.into_split();
             connection::serve(reader, writer, peer, shared).await;
         }
-        Some(acceptor) => {
-            match tokio::time::timeout(shared.settings.handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => {
-                    let (reader, writer) = tokio::io::split(stream);
-                    connection::serve(reader, writer, peer, shared).await;
-                }
-                Ok(Err(error)) => {
-                    shared.metrics.rejected(Rejected::Tls);
-                    tracing::debug!(%peer, "TLS handshake failed: {error}");
-                }
-                Err(_) => {
-                    shared.metrics.rejected(Rejected::Tls);
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                }
-            }
+        // On the heap: inline, the TLS handshake and a TLS connection's larger state
+        // would make every plain connection's task 1.4 KiB larger too (3,768 bytes
+        // against 2,344), all its life.
+        Some(acceptor) => Box::pin(accept_tls(stream, peer, acceptor, shared)).await,
+    }
+}
+
+/// Completes the TLS handshake within the handshake timeout, then serves the connection.
+async fn accept_tls(stream: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, shared: Arc<Shared>) {
+    match tokio::time::timeout(shared.settings.handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => {
+            let (reader, writer) = tokio::io::split(stream);
+            connection::serve(reader, writer, peer, shared).await;
+        }
+        Ok(Err(error)) => {
+            shared.metrics.rejected(Rejected::Tls);
+            tracing::debug!(%peer, "TLS handshake failed: {error}");
+        }
+        Err(_) => {
+            shared.metrics.rejected(Rejected::Tls);
+            tracing::debug!(%peer, "TLS handshake timed out");
         }
     }
 }
