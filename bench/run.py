@@ -27,8 +27,19 @@ RELEASE = os.path.join(ROOT, "target", "release")
 PLUGINS = os.path.join(ROOT, "target", "wasm32-wasip2", "release")
 
 
+# Scaling: the host pinned to one core (and wsbench to the other), against the host on
+# both cores (sharing them with wsbench).
+PINNED = "wsplug-1-core"
+UNPINNED = "wsplug-2-cores"
+SCALING = "echo 100 x 20 B, host on 1 core (taskset) vs 2"
+
+
 def server_command(name, mode, extra):
     """The command line of a server under test; `mode` is echo or broadcast."""
+    if name == PINNED:
+        return ["taskset", "-c", "0", *server_command("wsplug", mode, extra)]
+    if name == UNPINNED:
+        return server_command("wsplug", mode, extra)
     if name.startswith("wsplug") or name.startswith("echo-"):
         # wsplug-native: the same host with the plugin replaced by native code;
         # echo-*: the host with another language's echo plugin.
@@ -99,11 +110,14 @@ def measure(server, mode, wsbench_args, server_extra=()):
             proc, addr = start(server_command(server, mode, list(server_extra)))
             procs.append(proc)
             addrs.append(addr)
+        pin = ["taskset", "-c", "1"] if server == PINNED else []
+        plugin_before = thread_cpu_s(procs[-1].pid, "plugin")
         out = subprocess.run(
-            [os.path.join(RELEASE, "wsbench"), "--addr", ",".join(addrs), "--server-pid", str(procs[-1].pid),
+            [*pin, os.path.join(RELEASE, "wsbench"), "--addr", ",".join(addrs), "--server-pid", str(procs[-1].pid),
              *wsbench_args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300,
         )
+        plugin_after = thread_cpu_s(procs[-1].pid, "plugin")
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGKILL)
@@ -112,7 +126,27 @@ def measure(server, mode, wsbench_args, server_extra=()):
     if out.returncode != 0 or not lines:
         print(f"bench: wsbench failed against {server}: {out.stderr.strip()[-500:]}", file=sys.stderr)
         return None
-    return json.loads(lines[-1][len("RESULT "):])
+    result = json.loads(lines[-1][len("RESULT "):])
+    if plugin_before is not None and plugin_after is not None:
+        result["plugin_thread_cpu_s"] = plugin_after - plugin_before
+    return result
+
+
+def thread_cpu_s(pid, name):
+    """CPU seconds (user and system) of the threads of process `pid` named `name`, if any."""
+    total, found = 0, False
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+            comm = stat[stat.index("(") + 1:stat.rindex(")")]
+            if comm == name:
+                fields = stat[stat.rindex(")") + 2:].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+                found = True
+    except OSError:
+        return None
+    return total / os.sysconf("SC_CLK_TCK") if found else None
 
 
 # The echo plugin of each language; the first is the one "wsplug" runs.
@@ -261,6 +295,11 @@ def scenarios(duration, certs):
         (LANGUAGES, "msgs_per_s", True, "echo",
          ["echo", "--conns", "100", "--size", "20", "--inflight", "4", "--duration", d],
          ["wsplug"] + [plugin for plugin, _ in LANGUAGE_PLUGINS[1:]], []),
+        # Where the ceiling is: the host on one core against two, and the plugin thread's
+        # share of the host's CPU time (printed below the main table).
+        (SCALING, "msgs_per_s", True, "echo",
+         ["echo", "--conns", "100", "--size", "20", "--inflight", "4", "--duration", d],
+         [UNPINNED, PINNED], []),
         ("WSS echo 100 x 1 KiB", "msgs_per_s", True, "echo",
          ["--tls", "echo", "--conns", "100", "--size", "1024", "--inflight", "4", "--duration", d],
          ["wsplug"], wss),
@@ -318,15 +357,39 @@ def main():
             runs = [r for _, r in results[(title, server)] if r]
             p99 = statistics.median([r["p99_us"] for r in runs if "p99_us" in r]) if any("p99_us" in r for r in runs) else ""
             bad = problems(runs)
-            mine, theirs = medians.get("wsplug"), medians[server]
+            mine, theirs = medians.get("wsplug", medians.get(servers[0])), medians[server]
             ratio = ""
-            if server != "wsplug" and mine and theirs:
+            if server != servers[0] and mine and theirs:
                 ratio = f"{(mine / theirs) if higher else (theirs / mine):.2f}"
             value = "failed" if theirs is None else f"{theirs:,.0f}" if higher else f"{theirs:.2f}"
             print(f"| {title} | {server} | {value} | {p99} | {bad} | {ratio} |")
     print_targets(chosen, results)
+    print_plugin_share(chosen, results)
     if any(title == LANGUAGES for title, *_ in chosen):
         print_languages(results)
+
+
+def print_plugin_share(chosen, results):
+    """The plugin thread's CPU time against the whole host's, where it was measured."""
+    rows = []
+    for title, _, _, _, wsbench_args, servers, _ in chosen:
+        if "--duration" not in wsbench_args:
+            continue
+        duration = float(wsbench_args[wsbench_args.index("--duration") + 1])
+        for server in servers:
+            runs = [r for _, r in results.get((title, server), []) if r and "plugin_thread_cpu_s" in r]
+            shares = [r["plugin_thread_cpu_s"] / float(r["server_cpu_s"]) for r in runs if float(r.get("server_cpu_s", 0))]
+            if shares:
+                busy = f"{statistics.median([r['plugin_thread_cpu_s'] for r in runs]) / duration:.2f}"
+                rows.append(f"| {title} | {server} | {statistics.median(shares):.2f} | {busy} |")
+    if rows:
+        print()
+        print("The plugin thread's CPU: its share of the host's CPU time, and the cores it kept busy (1.00 is its ceiling).")
+        print()
+        print("| scenario | server | plugin thread / host CPU | plugin thread busy (cores) |")
+        print("|---|---|---|---|")
+        for row in rows:
+            print(row)
 
 
 def print_targets(chosen, results):
