@@ -184,8 +184,10 @@ pub struct Protocol {
     /// Payload of the control frame being received (at most 125 bytes).
     control: Vec<u8>,
     message: Option<Partial>,
-    inflater: Option<Inflater>,
-    deflater: Option<Deflater>,
+    // Boxed: 300 bytes inline would be part of every connection, compressed or not,
+    // and most are idle most of the time.
+    inflater: Option<Box<Inflater>>,
+    deflater: Option<Box<Deflater>>,
     /// Scratch buffer for compressing outgoing messages.
     compressed: Vec<u8>,
     out: Output,
@@ -443,7 +445,7 @@ impl Protocol {
         let start = partial.data.len();
         if partial.compressed {
             let params = self.config.deflate.as_ref().expect("RSV1 checked against negotiation");
-            let inflater = self.inflater.get_or_insert_with(|| Inflater::new(params));
+            let inflater = self.inflater.get_or_insert_with(|| Box::new(Inflater::new(params)));
             inflater
                 .inflate(chunk, &mut partial.data, limit)
                 .map_err(inflate_error)?;
@@ -481,7 +483,7 @@ impl Protocol {
                     let limit = self.config.max_message_size;
                     let params = self.config.deflate.as_ref().expect("RSV1 checked against negotiation");
                     // A compressed message whose frames were all empty has not created it yet.
-                    let inflater = self.inflater.get_or_insert_with(|| Inflater::new(params));
+                    let inflater = self.inflater.get_or_insert_with(|| Box::new(Inflater::new(params)));
                     let start = partial.data.len();
                     inflater
                         .finish_message(&mut partial.data, limit)
@@ -588,7 +590,9 @@ impl Protocol {
         match &self.config.deflate {
             Some(params) => {
                 let level = self.config.deflate_level;
-                let deflater = self.deflater.get_or_insert_with(|| Deflater::new(params, level));
+                let deflater = self
+                    .deflater
+                    .get_or_insert_with(|| Box::new(Deflater::new(params, level)));
                 deflater.compress(payload, &mut self.compressed);
                 self.out.push_frame(opcode, true, &self.compressed);
             }
