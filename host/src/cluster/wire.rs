@@ -280,7 +280,7 @@ pub fn encode_info(info: &ConnectionInfo) -> Bytes {
     put_optional_bytes(&mut out, info.query.as_deref().map(str::as_bytes));
     put_optional_bytes(&mut out, info.subprotocol.as_deref().map(str::as_bytes));
     out.put_u32_le(info.headers.len() as u32);
-    for (name, value) in &info.headers {
+    for (name, value) in info.headers.iter() {
         put_bytes(&mut out, name.as_bytes());
         put_bytes(&mut out, value.as_bytes());
     }
@@ -309,7 +309,8 @@ pub fn decode_info(mut bytes: Bytes) -> Result<ConnectionInfo, WireError> {
     need(b, count.saturating_mul(8))?;
     let headers = (0..count)
         .map(|_| Ok((get_string(b)?, get_string(b)?)))
-        .collect::<Result<_, WireError>>()?;
+        .collect::<Result<Vec<_>, WireError>>()?
+        .into();
     if b.has_remaining() {
         return Err(WireError::Trailing);
     }
@@ -507,7 +508,7 @@ mod tests {
             path: "/chat".into(),
             query: Some("name=ann".into()),
             subprotocol: None,
-            headers: vec![("host".into(), "example".into()), ("x".into(), "".into())],
+            headers: vec![("host".into(), "example".into()), ("x".into(), "".into())].into(),
         };
         let bytes = encode_info(&info);
         assert_eq!(decode_info(bytes.clone()), Ok(info));
@@ -552,7 +553,7 @@ mod tests {
                 path: "/".into(),
                 query: Some("q".into()),
                 subprotocol: Some("p".into()),
-                headers: vec![("h".into(), "v".into())],
+                headers: vec![("h".into(), "v".into())].into(),
             })
             .to_vec(),
         );

@@ -184,7 +184,7 @@ macro_rules! connection_info_from {
                     path: info.path.clone(),
                     query: info.query.clone(),
                     subprotocol: info.subprotocol.clone(),
-                    headers: info.headers.clone(),
+                    headers: info.headers.to_vec(),
                 }
             }
         }

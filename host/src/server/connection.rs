@@ -34,6 +34,10 @@ const OUTPUT_HIGH_WATER: usize = 256 * 1024;
 /// as not reading. A reader that is merely behind a burst makes progress at every
 /// round trip; one that stopped makes none.
 const STALL_GRACE: Duration = Duration::from_secs(1);
+/// How long a connection keeps its (empty) read buffer after its last read: busy
+/// connections keep it, idle ones (most, in a chat) hold none. An idle connection is
+/// woken at least by its idle ping, and lets it go then.
+const HOLD_READ_BUFFER: Duration = Duration::from_secs(1);
 /// How long a connection keeps its message counts before it adds them to its route's
 /// metrics: the counters every connection of a route shares are touched once per this
 /// time at most, not once per message (on 2 cores, contended atomic adds per message
@@ -44,7 +48,7 @@ const TALLY_DELAY: Duration = Duration::from_millis(100);
 /// Serves one accepted socket, given as its read and write halves, until it closes.
 pub async fn serve<R, W>(mut reader: R, mut writer: W, peer: SocketAddr, shared: Arc<Shared>)
 where
-    R: AsyncRead + Unpin,
+    R: ReadHalf,
     W: AsyncWrite + Unpin,
 {
     let mut buf = BytesMut::with_capacity(1024);
@@ -132,7 +136,7 @@ where
         path: request.path,
         query: request.query,
         subprotocol,
-        headers: request.headers,
+        headers: request.headers.into(),
     };
     let mailbox = registry.register(info);
     if let Some(attachment) = admitted.attachment {
@@ -169,6 +173,8 @@ where
         progress_at: Instant::now(),
         stalled: false,
         aborted: false,
+        readable: false,
+        read_at: None,
     };
     let ended = session.run(&mut reader, &mut writer, buf).await;
 
@@ -319,6 +325,44 @@ async fn read_handshake<R: AsyncRead + Unpin>(
     }
 }
 
+/// A connection's read half: a byte stream that may also say when it is readable.
+pub trait ReadHalf: AsyncRead + Unpin {
+    /// Resolves once a read would not wait (data, the end, or an error), without a
+    /// buffer to read into. Streams that cannot tell resolve at once.
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>>;
+}
+
+impl ReadHalf for tokio::net::tcp::OwnedReadHalf {
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>> {
+        // Polled in place: `OwnedReadHalf::readable`'s future is 100 bytes larger, and
+        // every connection's task holds it.
+        let stream: &tokio::net::TcpStream = self.as_ref();
+        std::future::poll_fn(move |cx| stream.poll_read_ready(cx))
+    }
+}
+
+/// TLS streams (and the tests' pipes): their readiness is the TLS layer's, so they read
+/// into a buffer at once.
+impl<T: AsyncRead> ReadHalf for tokio::io::ReadHalf<T> {
+    async fn readable(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Waits until `reader` is readable (`None`) if `wait_first`, else reads into `input`.
+/// One future for both, so that the connection's loop borrows the reader once.
+async fn read_or_wait<R: ReadHalf>(
+    reader: &mut R,
+    input: &mut BytesMut,
+    wait_first: bool,
+) -> std::io::Result<Option<usize>> {
+    if wait_first {
+        reader.readable().await.map(|()| None)
+    } else {
+        reader.read_buf(input).await.map(Some)
+    }
+}
+
 /// After the closing handshake: half-close, then discard what the peer still sends
 /// for a moment, so that unread data does not make the kernel reset the connection
 /// and destroy our close frame before the peer reads it.
@@ -366,13 +410,17 @@ struct Session<'a> {
     stalled: bool,
     /// The client was dropped ahead of its queue (too slow, or the plugin is gone).
     aborted: bool,
+    /// The socket became readable while the connection held no read buffer.
+    readable: bool,
+    /// When the socket last gave bytes.
+    read_at: Option<Instant>,
 }
 
 impl Session<'_> {
     /// Runs the connection until it is over; returns why it ended.
     async fn run<R, W>(&mut self, reader: &mut R, writer: &mut W, mut input: BytesMut) -> Ended
     where
-        R: AsyncRead + Unpin,
+        R: ReadHalf,
         W: AsyncWrite + Unpin,
     {
         // A message read but not yet taken by the plugin's queue.
@@ -435,11 +483,19 @@ impl Session<'_> {
             let readable = matches!(state, State::Open | State::CloseSent);
             let want_input =
                 pending.is_none() && readable && output_len < OUTPUT_HIGH_WATER && self.replies_have_room();
+            // A connection that has read nothing for a while holds no read buffer: it
+            // waits until the socket is readable, and only then makes room to read into.
+            let wait_first = want_input
+                && input.is_empty()
+                && !self.readable
+                && self.read_at.is_none_or(|at| now >= at + HOLD_READ_BUFFER);
             if want_input {
-                if input.is_empty() && input.capacity() > 4 * read_size {
+                if input.is_empty() && (wait_first || input.capacity() > 4 * read_size) {
                     input = BytesMut::new(); // give back what a burst made it grow to
                 }
-                input.reserve(read_size);
+                if !wait_first {
+                    input.reserve(read_size);
+                }
             }
             let spare = input.capacity() - input.len();
             if output_len == 0 {
@@ -485,8 +541,11 @@ impl Session<'_> {
                         self.abort(close::INTERNAL_ERROR, "plugin stopped");
                     }
                 },
-                read = reader.read_buf(&mut input), if want_input => match read {
-                    Ok(n @ 1..) => {
+                read = read_or_wait(reader, &mut input, wait_first), if want_input => match read {
+                    Ok(None) => self.readable = true,
+                    Ok(Some(n @ 1..)) => {
+                        self.readable = false;
+                        self.read_at = Some(Instant::now());
                         if n == spare {
                             read_size = (read_size * 2).min(MAX_READ);
                         } else if n < read_size / 8 {

@@ -383,7 +383,7 @@ mod tests {
             path: "/".into(),
             query: None,
             subprotocol: None,
-            headers: vec![],
+            headers: Default::default(),
         }
     }
 
