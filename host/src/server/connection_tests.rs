@@ -422,8 +422,8 @@ async fn messages_received_before_the_socket_broke_still_reach_the_plugin() {
 
 /// Every idle connection holds its task's future: a plain one must not carry the TLS
 /// path's state, nor the compression state it does not use (both boxed), and the whole
-/// must stay within what the idle-memory benchmark was measured with (2,192 bytes,
-/// 4.8 KiB per connection in all, 2026-12-04).
+/// must stay within what the idle-memory benchmark was measured with (2,208 bytes,
+/// 3.9 KiB per connection in all, 2026-12-04).
 #[test]
 fn a_plain_connections_task_stays_small() {
     fn size<A, B, C, D, F>(_: fn(A, B, C, D) -> F) -> usize {
