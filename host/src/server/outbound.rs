@@ -13,7 +13,9 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::Notify;
+use std::task::Poll;
+
+use atomic_waker::AtomicWaker;
 
 use crate::plugin::{HostError, Outgoing};
 use crate::ws::output::Backlog;
@@ -78,10 +80,11 @@ struct Pending {
 struct Queue {
     pending: Mutex<Pending>,
     limits: OutboundLimits,
-    /// Signalled when a command is queued.
-    ready: Notify,
+    /// Wakes the connection's task when a command is queued: one waiter, so an atomic
+    /// slot rather than a [`Notify`]'s list (which takes a lock at every wait).
+    ready: AtomicWaker,
     /// Signalled once, when the client is found too slow.
-    overflow: Notify,
+    overflow: AtomicWaker,
     overflowed: AtomicBool,
     /// The connection's socket has stopped taking data.
     stalled: AtomicBool,
@@ -96,8 +99,8 @@ pub fn queue(limits: OutboundLimits) -> (Outbox, Mailbox) {
     let queue = Arc::new(Queue {
         pending: Mutex::default(),
         limits,
-        ready: Notify::new(),
-        overflow: Notify::new(),
+        ready: AtomicWaker::new(),
+        overflow: AtomicWaker::new(),
         overflowed: AtomicBool::new(false),
         stalled: AtomicBool::new(false),
         output_frames: AtomicUsize::new(0),
@@ -134,14 +137,14 @@ impl Outbox {
         if (stalled && queue.limits.exceeded_by(waiting)) || queued.frames > cap.frames || queued.bytes > cap.bytes {
             drop(pending);
             if !queue.overflowed.swap(true, Ordering::AcqRel) {
-                queue.overflow.notify_one();
+                queue.overflow.wake();
             }
             return Err(HostError::Gone);
         }
         pending.bytes = queued.bytes;
         pending.commands.push_back(command);
         drop(pending);
-        queue.ready.notify_one();
+        queue.ready.wake();
         Ok(())
     }
 }
@@ -164,21 +167,28 @@ impl Mailbox {
     }
 
     /// Waits for the next command. Cancel-safe: a command is taken only when returned.
-    pub async fn recv(&self) -> Command {
-        loop {
-            if let Some(command) = self.try_recv() {
-                return command;
+    pub fn recv(&self) -> impl Future<Output = Command> + '_ {
+        std::future::poll_fn(|cx| {
+            // Registered before looking, so that a command queued after the look wakes it.
+            self.queue.ready.register(cx.waker());
+            match self.try_recv() {
+                Some(command) => Poll::Ready(command),
+                None => Poll::Pending,
             }
-            // A command queued between the check and here leaves a permit behind.
-            self.queue.ready.notified().await;
-        }
+        })
     }
 
     /// Resolves once the client was found too slow. Owns what it waits on, so that the
     /// connection can hold it across its whole loop.
     pub fn overflowed(&self) -> impl Future<Output = ()> + Send + 'static {
         let queue = self.queue.clone();
-        async move { queue.overflow.notified().await }
+        std::future::poll_fn(move |cx| {
+            queue.overflow.register(cx.waker());
+            match queue.overflowed.load(Ordering::Acquire) {
+                true => Poll::Ready(()),
+                false => Poll::Pending,
+            }
+        })
     }
 
     /// Records the connection's encoded backlog, and whether its socket has stopped
@@ -253,7 +263,7 @@ mod tests {
         assert!(!mailbox.update(Backlog { frames: 2, bytes: 20 }, true));
         outbox.push(text("third")).unwrap();
         assert_eq!(outbox.push(text("fourth")), Err(HostError::Gone));
-        mailbox.overflowed().await; // the permit stored by `notify_one`
+        mailbox.overflowed().await; // resolves: the queue overflowed before the wait
         assert_eq!(outbox.push(text("fifth")), Err(HostError::Gone));
         assert!(mailbox.update(Backlog { frames: 2, bytes: 20 }, true));
     }
