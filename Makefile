@@ -182,7 +182,7 @@ bench-deps:
 	@command -v openssl >/dev/null || (apt-get update && apt-get install -y openssl)
 	cd bench/node && npm ci --no-audit --no-fund --loglevel=error
 
-bench: rust-deps plugins bench-deps
+bench: rust-deps plugins bench-deps redis-deps
 	cargo build --release --quiet -p wsplug-host -p wsplug-bench
 	cargo bench --quiet -p wsplug-host --bench protocol --bench plugin -- --warm-up-time 0.5 --measurement-time 1
 	python3 bench/run.py

@@ -2,7 +2,8 @@
 # Profiles the release host under an echo load: `bench/profile.sh SIZE INFLIGHT [PLUGIN]`
 # (after `make bench` or a release build of wsplug-host and wsplug-bench). Records the
 # server with perf for 4 s of a 6 s `wsbench echo --conns 100` and prints wsbench's
-# result, the share of each binary and the hottest symbols.
+# result, the share of each binary and the hottest symbols. HOST_ARGS adds host options
+# (HOST_ARGS=--stateless).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size=${1:-20}
@@ -12,7 +13,7 @@ out=$(mktemp -d)
 trap 'kill "$host" 2>/dev/null; rm -rf "$out"' EXIT
 
 target/release/host --listen 127.0.0.1:0 --plugin "$plugin" --log warn \
-    --max-payload-size 16777216 >"$out/host" 2>/dev/null &
+    --max-payload-size 16777216 ${HOST_ARGS:-} >"$out/host" 2>/dev/null &
 host=$!
 for _ in $(seq 100); do grep -q listening "$out/host" && break; sleep 0.1; done
 addr=$(grep -o '127.0.0.1:[0-9]*' "$out/host")
