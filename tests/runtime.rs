@@ -191,6 +191,24 @@ fn a_trap_gets_1011_and_spares_the_others() {
     assert!(latency < Duration::from_secs(5), "1011 only after {latency:?}");
 }
 
+#[test]
+fn a_stateless_plugins_trap_gets_1011_and_spares_the_others() {
+    let latency = assert_failure_is_contained("trap", &["--stateless"], "wasm `unreachable` instruction executed");
+    assert!(latency < Duration::from_secs(5), "1011 only after {latency:?}");
+}
+
+#[test]
+fn a_stateless_plugins_call_past_its_cpu_deadline_gets_1011_and_spares_the_others() {
+    // The call runs on a connection's thread: the epoch deadline interrupts it there too.
+    let args = ["--stateless", "--plugin-deadline-ms", "200"];
+    let latency = assert_failure_is_contained("loop", &args, "interrupt");
+    assert!(
+        latency >= Duration::from_millis(150),
+        "1011 after {latency:?}, before the deadline"
+    );
+    assert!(latency < Duration::from_secs(5), "1011 only after {latency:?}");
+}
+
 /// Environment that keeps the host from capturing and symbolising its own stack for
 /// every trap (`a_trap_does_not_make_the_server_load_its_debug_info` checks the host does
 /// not anyway), so that VmRSS measures plugin memory alone.
@@ -346,10 +364,20 @@ fn a_trap_is_logged_on_one_error_line() {
 
 #[test]
 fn a_crash_loop_backs_off_and_the_server_keeps_serving() {
+    crash_loop_backs_off(&[]);
+}
+
+#[test]
+fn a_stateless_plugins_crash_loop_backs_off_and_the_server_keeps_serving() {
+    // The crashes of every thread's instance count together.
+    crash_loop_backs_off(&["--stateless"]);
+}
+
+fn crash_loop_backs_off(args: &[&str]) {
     // A plugin that fails every call: connections to /panic-on-open make chaos panic in
     // `on-open`, so no instance ever completes a call and each crash counts.
     let _serial = serial();
-    let mut server = Server::start_isolated(&plugin_path("chaos"), &[]);
+    let mut server = Server::start_isolated(&plugin_path("chaos"), args);
     let started = Instant::now();
     let mut crashers: Vec<Client> = (0..6).map(|_| server.connect("/panic-on-open")).collect();
     for crasher in &mut crashers {
@@ -527,9 +555,20 @@ fn wait_for_progress(
 /// with counter v2 by `replace`, and checks the switch: no connection closed, every
 /// message answered once and in order, v2 answering within 2 s of the replacement.
 fn reload_under_load(how: &str, replace: impl FnOnce(&PluginFile)) {
+    reload_under_load_with(how, &[], replace, assert_switched_once);
+}
+
+/// [`reload_under_load`] with the host's `args`, checking each connection's answers with
+/// `check(index, sent, answers)`.
+fn reload_under_load_with(
+    how: &str,
+    args: &[&str],
+    replace: impl FnOnce(&PluginFile),
+    check: fn(usize, usize, &[String]),
+) {
     let _serial = serial();
     let plugin = PluginFile::copy_of("counter-v1");
-    let mut server = Server::start_isolated(&plugin.path(), &[]);
+    let mut server = Server::start_isolated(&plugin.path(), args);
     let clients: Vec<Client> = (0..LOAD_CLIENTS).map(|_| server.connect("/")).collect();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -572,7 +611,7 @@ fn reload_under_load(how: &str, replace: impl FnOnce(&PluginFile)) {
     let mut total = 0;
     for (index, worker) in workers.into_iter().enumerate() {
         let (sent, answers) = worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        assert_switched_once(index, sent, &answers);
+        check(index, sent, &answers);
         total += sent;
     }
     server.assert_running();
@@ -616,6 +655,99 @@ fn hot_reload_under_load_of_a_file_copied_over() {
 fn hot_reload_under_load_of_a_file_renamed_over() {
     let v2 = fs::read(plugin_path("counter-v2")).unwrap();
     reload_under_load("a rename", |plugin| plugin.replace_by_rename(&v2));
+}
+
+/// Asserts that `answers` (to `sent` messages) are v1 answers, then v2 answers, at least
+/// one of each: every message answered exactly once and in order, and no v1 answer once a
+/// v2 one came. (The counts say nothing here: counter keeps its counts in the instance, and
+/// a stateless plugin's calls go to whichever thread's instance runs the connection.)
+fn assert_switched_once_stateless(index: usize, sent: usize, answers: &[String]) {
+    assert_eq!(answers.len(), sent, "connection {index}: {sent} messages sent");
+    let k = answers.iter().take_while(|a| a.starts_with("v1:")).count();
+    assert!(
+        answers[k..].iter().all(|a| a.starts_with("v2:")),
+        "connection {index}: a v1 answer after a v2 one, or neither: {answers:?}"
+    );
+    assert!(k >= 1, "connection {index}: no v1 answer");
+    assert!(sent - k >= 1, "connection {index}: no v2 answer");
+}
+
+#[test]
+fn hot_reload_under_load_of_a_stateless_plugin() {
+    // Every thread's instance is replaced before its next call: no connection closes,
+    // nothing is lost, and once one call saw the new version every later one does.
+    let v2 = fs::read(plugin_path("counter-v2")).unwrap();
+    reload_under_load_with(
+        "a rename (stateless)",
+        &["--stateless"],
+        |plugin| plugin.replace_by_rename(&v2),
+        assert_switched_once_stateless,
+    );
+}
+
+/// Sends `count` messages on each of `clients` before reading any reply, then expects every
+/// echo in order.
+fn echo_pipelined(clients: &mut [Client], count: usize) {
+    for (c, client) in clients.iter_mut().enumerate() {
+        for i in 0..count {
+            client.send_text(&format!("{c}:{i}"));
+        }
+    }
+    for (c, client) in clients.iter_mut().enumerate() {
+        for i in 0..count {
+            assert_eq!(client.recv_text(), format!("{c}:{i}"));
+        }
+    }
+}
+
+#[test]
+fn a_burst_of_small_messages_read_at_once_is_echoed_whole() {
+    // 20,000 frames in one write: the host reads thousands at a time. A stateless plugin
+    // answers each while the connection is still reading them; the replies must be encoded
+    // as they come, not pile up in the outbound queue past its hard cap (4096 messages
+    // with the default limits), which would drop a client that reads them all.
+    let _serial = serial();
+    const BURST: usize = 20_000;
+    for args in [&[][..], &["--stateless"][..]] {
+        let mut server = Server::start_isolated(&plugin_path("echo"), args);
+        let mut client = server.connect("/");
+        let burst: Vec<u8> = (0..BURST)
+            .flat_map(|i| encode_frame(TEXT, format!("{i}").as_bytes(), Some([9, 8, 7, 6])))
+            .collect();
+        let reader = {
+            let mut reader = Client::over(client.stream.try_clone().unwrap());
+            thread::spawn(move || (0..BURST).all(|i| reader.recv_text() == format!("{i}")))
+        };
+        client.send_raw(&burst);
+        assert!(reader.join().unwrap(), "{args:?}: an echo out of order");
+        server.assert_running();
+    }
+}
+
+#[test]
+fn a_stateless_plugin_is_called_on_the_connections_threads() {
+    // One instance serves a plugin on its thread; a stateless one gets an instance on each
+    // thread that runs its connections too. Either way every message comes back in order.
+    let _serial = serial();
+    for (args, stateless) in [(&[][..], false), (&["--stateless"][..], true)] {
+        let server = Server::start_isolated(&plugin_path("echo"), args);
+        let mut clients: Vec<Client> = (0..20).map(|_| server.connect("/")).collect();
+        echo_pipelined(&mut clients, 200);
+        let instances = Scrape::of(server.addr).value("wsplug_plugin_instances", &[("route", "default")]);
+        match stateless {
+            false => assert_eq!(instances, 1.0, "shared: the plugin thread's instance alone"),
+            // The plugin thread's, and one on each runtime thread (one per core) that ran a
+            // connection.
+            true => {
+                let most = 1 + thread::available_parallelism().map_or(1, |n| n.get());
+                assert!(
+                    (2.0..=most as f64).contains(&instances),
+                    "stateless: {instances} instances, expected 2 to {most}"
+                );
+            }
+        }
+        eprintln!("stateless {stateless}: {instances} instances");
+    }
 }
 
 /// Asks until the answer is a `v2` one, which it returns; the answers before must be `v1`

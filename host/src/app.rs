@@ -247,6 +247,9 @@ fn start_plugin(
     if let Some(store) = store {
         runner = runner.with_store(store);
     }
+    if route.stateless {
+        runner = runner.stateless(&route.name);
+    }
     let plugin = plugin::spawn(runner, &route.name)?;
     plugin::watcher::watch(
         loader.clone(),

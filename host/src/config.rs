@@ -204,6 +204,11 @@ pub struct Options {
     #[serde(skip)]
     pub no_watch: bool,
 
+    /// The plugin keeps nothing between calls: call it on each connection's own thread,
+    /// an instance per thread, instead of on one plugin thread [default: false]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub stateless: Option<bool>,
+
     /// Log filter: error, warn, info, debug, trace or tracing directives; RUST_LOG overrides it [default: info, debug when prod is false]
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
@@ -265,6 +270,8 @@ pub struct RouteOptions {
     pub plugin_dir: Option<PathBuf>,
     /// Reload the plugin when its file changes.
     pub watch: Option<bool>,
+    /// Call the plugin on the connections' threads.
+    pub stateless: Option<bool>,
 }
 
 impl RouteOptions {
@@ -287,6 +294,7 @@ impl RouteOptions {
             plugin_queue: self.plugin_queue.or(defaults.plugin_queue),
             plugin_dir: self.plugin_dir.or(defaults.plugin_dir),
             watch: self.watch.or(defaults.watch),
+            stateless: self.stateless.or(defaults.stateless),
         }
     }
 
@@ -398,8 +406,18 @@ impl RouteOptions {
                 1_000_000,
                 "events",
             )? as usize,
-            plugin_dir: self.plugin_dir.map(|d| existing_dir("plugin_dir", d)).transpose()?,
+            plugin_dir: match (self.plugin_dir, self.stateless) {
+                (Some(_), Some(true)) => {
+                    return Err(ConfigError(
+                        "plugin_dir and stateless exclude each other: a stateless plugin runs on the \
+                         connections' threads, where reading a file would block them"
+                            .into(),
+                    ));
+                }
+                (dir, _) => dir.map(|d| existing_dir("plugin_dir", d)).transpose()?,
+            },
             watch: self.watch.unwrap_or(true),
+            stateless: self.stateless.unwrap_or(false),
         })
     }
 }
@@ -489,6 +507,9 @@ pub struct RouteConfig {
     pub plugin_dir: Option<PathBuf>,
     /// Reload on file changes.
     pub watch: bool,
+    /// The plugin keeps nothing between calls: each connection's thread calls an
+    /// instance of its own ([`crate::plugin::inline`]).
+    pub stateless: bool,
 }
 
 /// The name of the route that `plugin` (`--plugin`) sets: its store and its cluster
@@ -662,6 +683,7 @@ impl Options {
             cluster_name,
             cache,
             watch,
+            stateless,
             log,
             log_format,
             metrics_listen,
@@ -809,6 +831,7 @@ impl Options {
             plugin_queue: self.plugin_queue,
             plugin_dir: self.plugin_dir.clone(),
             watch: self.watch,
+            stateless: self.stateless,
         };
         let tables = self.route.iter().flatten().cloned().enumerate();
         let mut routes = tables
@@ -975,6 +998,21 @@ mod tests {
         assert!(config.prod && config.tls.is_none() && route.compression && route.watch);
         assert_eq!(config.log, "info");
         assert_eq!((config.log_format, config.metrics_listen), (LogFormat::Text, None));
+    }
+
+    #[test]
+    fn stateless_is_off_by_default_a_flag_or_a_route_key_and_refuses_plugin_dir() {
+        let routes = |args: &[&str]| parse(args).validate().unwrap().routes;
+        assert!(!routes(&["--plugin", PLUGIN])[0].stateless);
+        assert!(routes(&["--plugin", PLUGIN, "--stateless"])[0].stateless);
+        assert!(!routes(&["--plugin", PLUGIN, "--stateless", "false"])[0].stateless);
+        let file = Options::from_toml(&format!(
+            "[[route]]\npath = \"/a\"\nplugin = \"{PLUGIN}\"\nstateless = true\n"
+        ));
+        assert!(file.unwrap().validate().unwrap().routes[0].stateless);
+        let dir = env!("CARGO_MANIFEST_DIR");
+        let error = error_of(parse(&["--plugin", PLUGIN, "--stateless", "--plugin-dir", dir]));
+        assert!(error.contains("plugin_dir and stateless exclude each other"), "{error}");
     }
 
     #[test]

@@ -132,6 +132,7 @@ pub struct Metrics {
     reloads: IntCounterVec,
     crashes: IntGaugeVec,
     backoff: GaugeVec,
+    instances: IntGaugeVec,
     compiles: IntCounterVec,
     cluster_hosts: IntGaugeVec,
     cluster_lost: IntCounterVec,
@@ -253,6 +254,11 @@ impl Metrics {
                     &["route"],
                 ),
             ),
+            instances: gauge(
+                "wsplug_plugin_instances",
+                "Live instances of the plugin: one on its thread, and for a stateless plugin one more on each thread that has called it.",
+                &["route"],
+            ),
             compiles: counter(
                 "wsplug_plugin_loads_total",
                 "Plugin files loaded, with compiled code from the cache (hit) or compiled (miss).",
@@ -291,6 +297,7 @@ impl Metrics {
             reload_failed: self.reloads.with_label_values(&[route, "failed"]),
             crashes: self.crashes.with_label_values(&[route]),
             backoff: self.backoff.with_label_values(&[route]),
+            instances: self.instances.with_label_values(&[route]),
             cache_hits: self.compiles.with_label_values(&[route, "hit"]),
             cache_misses: self.compiles.with_label_values(&[route, "miss"]),
         };
@@ -408,6 +415,8 @@ pub struct PluginMetrics {
     pub crashes: IntGauge,
     /// The current restart delay of a crash loop, in seconds.
     pub backoff: Gauge,
+    /// Live instances.
+    pub instances: IntGauge,
     cache_hits: IntCounter,
     cache_misses: IntCounter,
 }

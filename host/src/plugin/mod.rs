@@ -6,6 +6,7 @@
 //! - [`language`]: tells a plugin's source language from its producers sections.
 //! - [`loader`]: compiles (or loads from the cache) and links a plugin file.
 //! - [`runner`]: the plugin thread: instances, traps, crash-loop back-off, reload swaps.
+//! - [`inline`]: a stateless plugin's instances on its connections' own threads.
 //! - [`timers`]: the plugin's timers, kept by the host and fired as events.
 //! - [`watcher`]: notices a changed plugin file (or SIGHUP) and hands the new version over.
 //!
@@ -13,6 +14,7 @@
 //! maps both onto the same [`HostServices`].
 
 mod bindings;
+pub mod inline;
 pub mod language;
 pub mod loader;
 mod output;
@@ -23,8 +25,9 @@ pub mod watcher;
 use std::sync::Arc;
 
 pub use bindings::ApiVersion;
+pub use inline::Handed;
 pub use loader::{Loaded, Loader};
-pub use runner::{Grants, PluginHandle, PluginLimits, Runner, spawn, spawn_handler};
+pub use runner::{Grants, PluginHandle, PluginLimits, Ready, Refused, Runner, spawn, spawn_handler};
 
 /// An error and its causes on one log line: wasmtime's messages (a trap's wasm
 /// backtrace, a parse error's details) span several lines, which would split one log

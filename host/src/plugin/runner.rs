@@ -9,12 +9,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use prometheus::IntGauge;
 use tokio::sync::mpsc;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use super::bindings::{HostState, MemoryLimit, v1, v2, v2_optional};
+use super::inline::{Handed, Inline};
 use super::loader::{EPOCH_TICK, Linked, Loaded};
 use super::output::{LogOutput, Stream};
 use super::timers::Timers;
@@ -71,7 +73,7 @@ pub const DATA_DIR: &str = "/data";
 pub const WAITING_FACTOR: u32 = 10;
 
 /// Consecutive crashes after which restarts are delayed.
-const BACKOFF_AFTER: u32 = 3;
+pub(super) const BACKOFF_AFTER: u32 = 3;
 /// First and longest delay of a restart in a crash loop.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -82,6 +84,39 @@ pub struct PluginHandle {
     events: mpsc::Sender<PluginEvent>,
     /// Whether the version being served has `on-upgrade`.
     decides_handshakes: Arc<AtomicBool>,
+    /// A stateless plugin's connection events are handled here instead, on the
+    /// connections' own threads.
+    inline: Option<Arc<Inline>>,
+}
+
+/// Why a connection's event was not handed to the plugin.
+#[derive(Debug)]
+pub enum Refused {
+    /// Not now: the plugin's queue is full, or it is waiting out a crash loop.
+    Busy(PluginEvent),
+    /// The plugin has stopped.
+    Stopped,
+}
+
+/// Room for one connection event, from [`PluginHandle::ready`].
+pub enum Ready<'a> {
+    /// A place in the plugin thread's queue.
+    Queued(mpsc::Permit<'a, PluginEvent>),
+    /// The connection's thread handles it.
+    Inline(&'a Inline),
+}
+
+impl Ready<'_> {
+    /// Hands `event` over.
+    pub fn send(self, event: PluginEvent) -> Handed {
+        match self {
+            Ready::Queued(permit) => {
+                permit.send(event);
+                Handed::Taken
+            }
+            Ready::Inline(inline) => inline.handle(event),
+        }
+    }
 }
 
 impl PluginHandle {
@@ -96,6 +131,52 @@ impl PluginHandle {
         self.decides_handshakes.load(Ordering::Relaxed)
     }
 
+    /// Hands a connection's event (open, message, close, barrier) to the plugin if it
+    /// can take it now: queues it, or for a stateless plugin handles it on this thread.
+    pub fn try_deliver(&self, event: PluginEvent) -> Result<Handed, Refused> {
+        match &self.inline {
+            Some(inline) if inline.restart_at().is_some() => Err(Refused::Busy(event)),
+            Some(inline) => Ok(inline.handle(event)),
+            None => match self.events.try_send(event) {
+                Ok(()) => Ok(Handed::Taken),
+                Err(mpsc::error::TrySendError::Full(event)) => Err(Refused::Busy(event)),
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(Refused::Stopped),
+            },
+        }
+    }
+
+    /// Waits until the plugin can take a connection's event. Cancel-safe: nothing is
+    /// lost if the wait is dropped.
+    pub async fn ready(&self) -> Result<Ready<'_>, Refused> {
+        match &self.inline {
+            Some(inline) => {
+                while let Some(at) = inline.restart_at() {
+                    tokio::time::sleep_until(at.into()).await;
+                }
+                Ok(Ready::Inline(inline))
+            }
+            None => self
+                .events
+                .reserve()
+                .await
+                .map(Ready::Queued)
+                .map_err(|_| Refused::Stopped),
+        }
+    }
+
+    /// Hands a connection's event to the plugin, waiting for room as needed.
+    pub async fn deliver(&self, event: PluginEvent) -> Result<Handed, Refused> {
+        Ok(self.ready().await?.send(event))
+    }
+
+    /// Ends the host's record of a connection whose plugin trapped ([`Handed::Trapped`]):
+    /// its `on-close` is not called.
+    pub fn forget(&self, conn: ConnId) {
+        if let Some(inline) = &self.inline {
+            inline.forget(conn);
+        }
+    }
+
     /// Queues a new version; it takes over after the events already queued.
     pub async fn reload(&self, loaded: Loaded) {
         let _ = self.events.send(PluginEvent::Reload(Box::new(loaded))).await;
@@ -105,11 +186,13 @@ impl PluginHandle {
 /// Runs `runner` for the route named `route` on a thread of its own (see
 /// [`spawn_handler`]), and its timers on another.
 pub fn spawn(mut runner: Runner, route: &str) -> std::io::Result<PluginHandle> {
-    let (queue_len, services) = (runner.limits.queue_len, runner.services.clone());
-    let (timers, decides_handshakes) = (runner.timers.clone(), runner.decides_handshakes.clone());
+    let (queue_len, services) = (runner.sandbox.limits.queue_len, runner.sandbox.services.clone());
+    let (timers, decides_handshakes) = (runner.sandbox.timers.clone(), runner.decides_handshakes.clone());
+    let inline = runner.inline.clone();
     let mut handle = spawn_handler(route, queue_len, services, move |_, event| runner.handle(event))?;
     timers.start(handle.events.downgrade())?;
     handle.decides_handshakes = decides_handshakes;
+    handle.inline = inline;
     Ok(handle)
 }
 
@@ -125,7 +208,7 @@ pub fn spawn_handler(
 ) -> std::io::Result<PluginHandle> {
     let (events, mut queue) = mpsc::channel(queue_len.max(1));
     // Every line the plugin's thread logs names the route.
-    let span = tracing::info_span!("route", name = route);
+    let span = route_span(route);
     thread::Builder::new().name("plugin".into()).spawn(move || {
         let _route = span.enter();
         while let Some(event) = queue.blocking_recv() {
@@ -146,17 +229,31 @@ pub fn spawn_handler(
     Ok(PluginHandle {
         events,
         decides_handshakes: Arc::default(),
+        inline: None,
     })
 }
 
+/// The span of everything a route's plugin logs.
+fn route_span(route: &str) -> tracing::Span {
+    tracing::info_span!("route", name = route)
+}
+
 /// One instance of the component in its own store.
-struct Instance {
-    store: Store<HostState>,
+pub(super) struct Instance {
+    pub(super) store: Store<HostState>,
     exports: Exports,
+    /// Counts this instance while it lives.
+    live: IntGauge,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.live.dec();
+    }
 }
 
 /// An instance's exports, by the version of the world it implements.
-enum Exports {
+pub(super) enum Exports {
     V1(v1::Plugin),
     V2 {
         plugin: v2::Plugin,
@@ -178,12 +275,12 @@ macro_rules! on_either {
 /// Calls a plugin's exports, one event at a time, on the caller's thread. [`spawn`]
 /// runs one on a thread of its own; benchmarks call it directly.
 pub struct Runner {
-    engine: Engine,
-    services: Arc<dyn HostServices>,
-    limits: PluginLimits,
-    grants: Grants,
+    sandbox: Sandbox,
     /// The version being served.
-    loaded: Loaded,
+    loaded: Arc<Loaded>,
+    /// For a stateless plugin: the instances on the connections' threads, which serve
+    /// their events (this one serves timers and handshakes) and get every new version.
+    inline: Option<Arc<Inline>>,
     /// `None` after a trap, until the next event needs an instance.
     instance: Option<Instance>,
     /// Connections the plugin has seen `on-open` for and not yet `on-close`: a new
@@ -195,10 +292,6 @@ pub struct Runner {
     /// connection closed with 1011, its handshake refused with 503): the replay that
     /// follows shows the plugin works. Not so for a timer or a snapshot.
     last_crash_contained: bool,
-    /// The plugin's timers: the host's, so they outlive instances and versions.
-    timers: Arc<Timers>,
-    /// The key-value store its `store` imports use.
-    store: Arc<dyn KeyValue>,
     /// Shared with [`PluginHandle::decides_handshakes`].
     decides_handshakes: Arc<AtomicBool>,
     /// Calls, traps, reloads and crash-loop state.
@@ -208,16 +301,35 @@ pub struct Runner {
 }
 
 /// A failed call: the export, the connection whose event it was (if any), and the error.
-struct Crash {
-    conn: Option<ConnId>,
-    export: &'static str,
-    error: wasmtime::Error,
-    kind: TrapKind,
+pub(super) struct Crash {
+    pub(super) conn: Option<ConnId>,
+    pub(super) export: &'static str,
+    pub(super) error: wasmtime::Error,
+    pub(super) kind: TrapKind,
+}
+
+impl Crash {
+    /// Counts the crash in `metrics` and logs it.
+    pub(super) fn report(&self, plugin: &str, metrics: &PluginMetrics) {
+        metrics.trapped(self.kind);
+        let trap = self
+            .error
+            .downcast_ref::<Trap>()
+            .map_or_else(|| "error".to_owned(), Trap::to_string);
+        tracing::error!(
+            plugin,
+            export = self.export,
+            conn = self.conn,
+            trap,
+            "plugin trapped: {}",
+            super::one_line(&self.error)
+        );
+    }
 }
 
 /// What made a call fail: its deadline, the memory cap (it refused a growth during the
 /// call), or anything else.
-fn trap_kind(error: &wasmtime::Error, store: &Store<HostState>) -> TrapKind {
+pub(super) fn trap_kind(error: &wasmtime::Error, store: &Store<HostState>) -> TrapKind {
     if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
         TrapKind::Deadline
     } else if store.data().limits.refused {
@@ -240,34 +352,57 @@ impl Runner {
     ) -> wasmtime::Result<Self> {
         let store = Arc::new(FileStore::new(&grants.store_dir));
         let mut runner = Runner {
-            engine: engine.clone(),
-            services,
-            limits,
-            grants,
+            sandbox: Sandbox {
+                engine: engine.clone(),
+                services,
+                limits,
+                grants,
+                timers: Timers::new(),
+                store,
+                live: IntGauge::new("detached", "instances").expect("a valid name"),
+            },
             decides_handshakes: Arc::new(AtomicBool::new(loaded.linked.has_handshake())),
-            loaded,
+            loaded: Arc::new(loaded),
+            inline: None,
             instance: None,
             opened: BTreeSet::new(),
             crashes: 0,
             last_crash_contained: false,
-            timers: Timers::new(),
-            store,
             metrics: PluginMetrics::detached(),
             reported_crashes: 0,
         };
-        runner.instance = Some(runner.instantiate(&runner.loaded)?);
+        runner.instance = Some(runner.sandbox.instantiate(&runner.loaded)?);
         Ok(runner)
+    }
+
+    /// Serves a plugin that keeps no state between calls ([`Inline`]): the events of
+    /// the connections of the route named `route` are handled on their own threads, by
+    /// an instance per thread.
+    pub fn stateless(mut self, route: &str) -> Self {
+        self.inline = Some(Arc::new(Inline::new(
+            self.sandbox.clone(),
+            self.loaded.clone(),
+            self.metrics.clone(),
+            route_span(route),
+        )));
+        self
     }
 
     /// Counts its calls, traps, reloads and crash-loop state in `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<PluginMetrics>) -> Self {
+        if let Some(instance) = &mut self.instance {
+            instance.live.dec();
+            instance.live = metrics.instances.clone();
+            instance.live.inc();
+        }
+        self.sandbox.live = metrics.instances.clone();
         self.metrics = metrics;
         self
     }
 
     /// Serves the plugin's `store` imports from `store` instead.
     pub fn with_store(mut self, store: Arc<dyn KeyValue>) -> Self {
-        self.store = store;
+        self.sandbox.store = store;
         self.instance = None;
         self
     }
@@ -320,7 +455,7 @@ impl Runner {
                 }
             }
             PluginEvent::Timer(id, generation) => {
-                if self.timers.take(id, generation) {
+                if self.sandbox.timers.take(id, generation) {
                     self.call(None, &event);
                 }
             }
@@ -330,7 +465,7 @@ impl Runner {
     /// Asks `on-upgrade`; a trap or an overrun fails the handshake (and the instance).
     fn upgrade(&mut self, request: &UpgradeRequest) -> UpgradeDecision {
         let metrics = self.metrics.clone();
-        let Some(Instance { store, exports }) = self.live_instance() else {
+        let Some(Instance { store, exports, .. }) = self.live_instance() else {
             return UpgradeDecision::Failed;
         };
         let Exports::V2 {
@@ -396,7 +531,7 @@ impl Runner {
                 );
                 thread::sleep(delay);
             }
-            match self.instantiate(&self.loaded) {
+            match self.sandbox.instantiate(&self.loaded) {
                 Ok(mut instance) => match self.replay(&mut instance) {
                     Ok(()) => {
                         // Replayed opens are successful calls: the plugin works, and the
@@ -426,24 +561,8 @@ impl Runner {
     /// Logs a crash, drops the poisoned instance and closes the connection whose event
     /// trapped with 1011. Its `on-close` is not delivered: no live instance saw it open.
     fn crashed(&mut self, crash: Crash) {
-        let Crash {
-            conn,
-            export,
-            error,
-            kind,
-        } = crash;
-        self.metrics.trapped(kind);
-        let trap = error
-            .downcast_ref::<Trap>()
-            .map_or_else(|| "error".to_owned(), Trap::to_string);
-        tracing::error!(
-            plugin = &*self.loaded.name,
-            export,
-            conn,
-            trap,
-            "plugin trapped: {}",
-            super::one_line(&error)
-        );
+        crash.report(&self.loaded.name, &self.metrics);
+        let Crash { conn, export, .. } = crash;
         self.instance = None;
         self.crashes += 1;
         self.last_crash_contained = conn.is_some() || export == "on-upgrade";
@@ -451,6 +570,7 @@ impl Runner {
             && self.opened.remove(&conn)
         {
             let _ = self
+                .sandbox
                 .services
                 .close(conn, close::INTERNAL_ERROR, "internal error".into());
         }
@@ -488,7 +608,7 @@ impl Runner {
                 "reload failed, previous version keeps serving: {why}"
             )
         };
-        let mut instance = match self.instantiate(&loaded) {
+        let mut instance = match self.sandbox.instantiate(&loaded) {
             Ok(instance) => instance,
             Err(error) => return fail(format!("cannot instantiate: {}", super::one_line(&error))),
         };
@@ -526,16 +646,19 @@ impl Runner {
             .store(loaded.linked.has_handshake(), Ordering::Relaxed);
         // A 0.1 version has no on-timer: the timers of the version before would tick
         // into nothing for ever.
-        if matches!(loaded.linked, Linked::V1(_)) && !self.timers.is_empty() {
+        if matches!(loaded.linked, Linked::V1(_)) && !self.sandbox.timers.is_empty() {
             tracing::warn!(
                 plugin = &*loaded.name,
-                timers = self.timers.len(),
+                timers = self.sandbox.timers.len(),
                 "the new version implements 0.1.0 (no on-timer): its timers are cancelled"
             );
-            self.timers.clear();
+            self.sandbox.timers.clear();
         }
         self.instance = Some(instance);
-        self.loaded = loaded;
+        self.loaded = Arc::new(loaded);
+        if let Some(inline) = &self.inline {
+            inline.serve(self.loaded.clone());
+        }
         self.crashes = 0;
         self.metrics.reloaded.inc();
     }
@@ -557,6 +680,7 @@ impl Runner {
             exports: Exports::V2 {
                 state: Some(snapshot), ..
             },
+            ..
         }) = &mut self.instance
         else {
             return Ok(None);
@@ -592,8 +716,32 @@ impl Runner {
             }
         }
     }
+}
 
-    fn instantiate(&self, loaded: &Loaded) -> wasmtime::Result<Instance> {
+/// What every instance of a plugin is made with: the engine, the host's services, the
+/// limits and grants, and the host-side state that outlives instances.
+#[derive(Clone)]
+pub(super) struct Sandbox {
+    engine: Engine,
+    services: Arc<dyn HostServices>,
+    limits: PluginLimits,
+    grants: Grants,
+    /// The plugin's timers: the host's, so they outlive instances and versions.
+    timers: Arc<Timers>,
+    /// The key-value store its `store` imports use.
+    store: Arc<dyn KeyValue>,
+    /// Counts live instances.
+    live: IntGauge,
+}
+
+impl Sandbox {
+    /// The services the plugin's host calls reach.
+    pub(super) fn services(&self) -> &Arc<dyn HostServices> {
+        &self.services
+    }
+
+    /// A new instance of `loaded`, in a store of its own.
+    pub(super) fn instantiate(&self, loaded: &Loaded) -> wasmtime::Result<Instance> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(LogOutput::new(loaded.name.clone(), Stream::Stdout));
         wasi.stderr(LogOutput::new(loaded.name.clone(), Stream::Stderr));
@@ -652,7 +800,12 @@ impl Runner {
                 }
             }
         };
-        Ok(Instance { store, exports })
+        self.live.inc();
+        Ok(Instance {
+            store,
+            exports,
+            live: self.live.clone(),
+        })
     }
 }
 
@@ -676,8 +829,8 @@ fn ticks(time: Duration) -> u64 {
 }
 
 /// Calls the export for `event`, with a fresh CPU deadline.
-fn deliver(instance: &mut Instance, event: &PluginEvent) -> wasmtime::Result<()> {
-    let Instance { store, exports } = instance;
+pub(super) fn deliver(instance: &mut Instance, event: &PluginEvent) -> wasmtime::Result<()> {
+    let Instance { store, exports, .. } = instance;
     start_call(store);
     match event {
         PluginEvent::Open(conn) => on_either!(exports, p => p.call_on_open(store, *conn)),
@@ -696,7 +849,7 @@ fn deliver(instance: &mut Instance, event: &PluginEvent) -> wasmtime::Result<()>
 }
 
 /// Delay before the next restart after `crashes` consecutive crashes.
-fn backoff(crashes: u32) -> Duration {
+pub(super) fn backoff(crashes: u32) -> Duration {
     let doublings = crashes.saturating_sub(BACKOFF_AFTER).min(16);
     (BACKOFF_MIN * 2u32.pow(doublings)).min(BACKOFF_MAX)
 }

@@ -9,14 +9,16 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 
 use super::outbound::{Command, Mailbox};
 use super::static_files::Body;
 use super::{Route, Shared, endpoints, route_of};
 use crate::metrics::{Rejected, RouteMetrics};
-use crate::plugin::{ConnectionInfo, HostServices, MAX_ATTACHMENT, Outgoing, PluginEvent};
+use crate::plugin::{
+    ConnectionInfo, Handed, HostServices, MAX_ATTACHMENT, Outgoing, PluginEvent, PluginHandle, Refused,
+};
 use crate::plugin::{UpgradeDecision, UpgradeRequest};
 use crate::ws::close;
 use crate::ws::handshake::{self, Accepted, Outcome, Rejection, Request};
@@ -145,11 +147,11 @@ where
     for group in &admitted.groups {
         let _ = registry.join(id, group);
     }
-    let events = route.plugin.events();
-    if events.send(PluginEvent::Open(id)).await.is_err() {
+    let plugin = &route.plugin;
+    let Ok(opened) = plugin.deliver(PluginEvent::Open(id)).await else {
         registry.unregister(id);
         return;
-    }
+    };
     route.metrics.opened.inc();
     tracing::debug!(%peer, conn = id, route = route.name(), compression = deflate.is_some(), "connection open");
 
@@ -164,7 +166,8 @@ where
         id,
         protocol: Protocol::new(config, Instant::now().into_std()),
         mailbox,
-        events,
+        plugin,
+        trapped: opened == Handed::Trapped,
         shared: &shared,
         metrics: &route.metrics,
         tally: Tally::default(),
@@ -177,13 +180,18 @@ where
         read_at: None,
     };
     let ended = session.run(&mut reader, &mut writer, buf).await;
+    let trapped = session.trapped;
 
     registry.unregister(id);
     drop((slot, route_slot));
     let (code, reason) = ended.code_and_reason();
     route.metrics.closed(code);
     tracing::debug!(%peer, conn = id, code, reason, "connection closed");
-    let _ = events.send(PluginEvent::Close(id, code, reason.to_owned())).await;
+    if trapped {
+        plugin.forget(id);
+    } else {
+        let _ = plugin.deliver(PluginEvent::Close(id, code, reason.to_owned())).await;
+    }
     linger(reader, writer, &shared).await;
 }
 
@@ -394,7 +402,10 @@ struct Session<'a> {
     id: u64,
     protocol: Protocol,
     mailbox: Mailbox,
-    events: &'a mpsc::Sender<PluginEvent>,
+    plugin: &'a PluginHandle,
+    /// The plugin trapped on one of this connection's events, on this thread (a
+    /// stateless plugin): it is being closed with 1011, and gets no more events.
+    trapped: bool,
     shared: &'a Shared,
     metrics: &'a RouteMetrics,
     /// Messages and bytes counted since the last [`Session::flush_tally`].
@@ -442,8 +453,9 @@ impl Session<'_> {
         tokio::pin!(timer, shutdown, overflow);
         loop {
             let now = Instant::now();
-            // Messages in, for as long as the plugin's queue takes them.
-            while pending.is_none() && self.replies_have_room() {
+            // Messages in, for as long as the plugin's queue takes them and the replies
+            // stay under the high-water mark.
+            while pending.is_none() && self.replies_have_room() && self.protocol.output().len() < OUTPUT_HIGH_WATER {
                 match self.protocol.read(&mut input, now.into_std()) {
                     Ok(Some(Event::Message(message))) => pending = Some(self.received(message)),
                     Ok(Some(Event::Closed { .. })) => {}
@@ -457,23 +469,19 @@ impl Session<'_> {
                     pending = Some(PluginEvent::Barrier(self.id, done));
                     barrier = Some(wait);
                 }
-                if let Some(event) = pending.take() {
-                    match self.events.try_send(event) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(event)) => pending = Some(event),
-                        Err(mpsc::error::TrySendError::Closed(_)) => {
-                            self.abort(close::INTERNAL_ERROR, "plugin stopped")
-                        }
+                if let Some(event) = pending.take().filter(|event| self.is_for_plugin(event)) {
+                    match self.plugin.try_deliver(event) {
+                        Ok(handed) => self.handed(handed),
+                        Err(Refused::Busy(event)) => pending = Some(event),
+                        Err(Refused::Stopped) => self.abort(close::INTERNAL_ERROR, "plugin stopped"),
                     }
                 }
+                // A stateless plugin replied already: encode as we go, so that a burst
+                // of messages read at once does not pile its replies up in the queue.
+                self.take_replies();
             }
             // Replies in: every command already queued, so that one write carries them all.
-            while self.protocol.state() != State::Closed && self.protocol.output().len() < OUTPUT_HIGH_WATER {
-                let Some(command) = self.mailbox.try_recv() else {
-                    break;
-                };
-                self.apply(command);
-            }
+            self.take_replies();
             if self.protocol.is_done() {
                 break;
             }
@@ -534,8 +542,8 @@ impl Session<'_> {
                     _ => gone = true,
                 },
                 command = self.mailbox.recv(), if take_commands => self.apply(command),
-                permit = self.events.reserve(), if pending.is_some() => match permit {
-                    Ok(permit) => permit.send(pending.take().expect("checked above")),
+                ready = self.plugin.ready(), if pending.is_some() => match ready {
+                    Ok(ready) => self.handed(ready.send(pending.take().expect("checked above"))),
                     Err(_) => {
                         pending = None;
                         self.abort(close::INTERNAL_ERROR, "plugin stopped");
@@ -599,6 +607,27 @@ impl Session<'_> {
         }
     }
 
+    /// Encodes the commands already queued, up to the output's high-water mark.
+    fn take_replies(&mut self) {
+        while self.protocol.state() != State::Closed && self.protocol.output().len() < OUTPUT_HIGH_WATER {
+            let Some(command) = self.mailbox.try_recv() else {
+                break;
+            };
+            self.apply(command);
+        }
+    }
+
+    /// Notes what became of an event handed to the plugin.
+    fn handed(&mut self, handed: Handed) {
+        self.trapped |= handed == Handed::Trapped;
+    }
+
+    /// Whether `event` still goes to the plugin: after it trapped on this connection
+    /// (on this thread), only the barrier of the closing handshake does.
+    fn is_for_plugin(&self, event: &PluginEvent) -> bool {
+        !self.trapped || matches!(event, PluginEvent::Barrier(..))
+    }
+
     /// Adds what was counted since the last time to the route's metrics: at most every
     /// [`TALLY_DELAY`] and when the connection ends, however many messages moved.
     fn flush_tally(&mut self) {
@@ -633,10 +662,11 @@ impl Session<'_> {
     async fn deliver_rest(&mut self, mut next: Option<PluginEvent>, input: &mut BytesMut) {
         let now = Instant::now().into_std();
         loop {
-            if let Some(event) = next.take()
-                && self.events.send(event).await.is_err()
-            {
-                return;
+            if let Some(event) = next.take().filter(|event| self.is_for_plugin(event)) {
+                match self.plugin.deliver(event).await {
+                    Ok(handed) => self.handed(handed),
+                    Err(_) => return,
+                }
             }
             next = match self.protocol.read(input, now) {
                 Ok(Some(Event::Message(message))) => Some(self.received(message)),

@@ -1,0 +1,258 @@
+//! Stateless plugins: a connection's events handled on the connection's own thread.
+//!
+//! A plugin that keeps nothing between calls (what it needs to remember lives in the
+//! host: attachments, groups, the key-value store) can be called by any of several
+//! instances. Each thread that runs connections then gets an instance of its own, and
+//! a message goes from the socket to `on-text` and its reply back to the socket
+//! without crossing a thread: no queue, no wake-up. The plugin's thread still serves
+//! its timers and handshakes, and validates each new version before it is served here.
+//!
+//! The cost: a call runs on a thread that also runs other connections, which wait for
+//! it (up to the CPU deadline, or a key-value write), and every thread holds an
+//! instance (its linear memory).
+
+use std::cell::{Cell, RefCell};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::runner::{self, BACKOFF_AFTER, Crash, Instance, Sandbox};
+use super::{ConnId, Loaded, PluginEvent};
+use crate::metrics::PluginMetrics;
+use crate::ws::close;
+
+/// A stateless plugin's instances on the threads that run its connections.
+pub struct Inline {
+    /// Tells this plugin's instances from other routes' in a thread's list.
+    id: u64,
+    sandbox: Sandbox,
+    /// The version to serve, and its number: a thread whose instance is of an older
+    /// number makes a new one before its next call.
+    version: Mutex<Arc<Loaded>>,
+    generation: AtomicU64,
+    /// Crashes since the last successful call, on any thread.
+    crashes: AtomicU32,
+    /// In a crash loop: no event is handled before this time, in nanoseconds after
+    /// [`Inline::epoch`] (0: none).
+    restart_at: AtomicU64,
+    epoch: Instant,
+    metrics: Arc<PluginMetrics>,
+    /// Names the route in what the plugin logs.
+    span: tracing::Span,
+}
+
+/// Calls `event`'s export on this thread. WASI's blocking calls (writes to stdout or
+/// stderr, sleeps, file reads) wait by entering the async runtime, which a thread of
+/// that runtime cannot do: the host call panics. That panic fails the call like a trap,
+/// and its message, printed nowhere, becomes the error.
+fn deliver_here(instance: &mut Instance, event: &PluginEvent) -> wasmtime::Result<()> {
+    IN_CALL.set(true);
+    let delivered = panic::catch_unwind(AssertUnwindSafe(|| runner::deliver(instance, event)));
+    IN_CALL.set(false);
+    delivered.unwrap_or_else(|payload| {
+        let why = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("a panic");
+        Err(wasmtime::Error::msg(format!(
+            "a host call the plugin made cannot run on a connection's thread (a stateless plugin \
+             must not use WASI's stdout, stderr, sleeps or files; log with the host's `log`): {why}"
+        )))
+    })
+}
+
+/// Keeps the panic hook from printing the panics [`deliver_here`] turns into errors; any
+/// other panic is printed as before.
+fn quiet_call_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let print = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if !IN_CALL.get() {
+                print(info);
+            }
+        }));
+    });
+}
+
+thread_local! {
+    /// A plugin call is running on this thread, under [`deliver_here`].
+    static IN_CALL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// One thread's instance of one plugin.
+struct Local {
+    owner: u64,
+    generation: u64,
+    instance: Instance,
+}
+
+thread_local! {
+    /// This thread's instances, one per stateless plugin it has called. An instance
+    /// stays until its plugin's next version replaces it, or the thread ends.
+    static INSTANCES: RefCell<Vec<Local>> = const { RefCell::new(Vec::new()) };
+}
+
+/// What became of a connection's event handed to the plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handed {
+    /// Queued for the plugin's thread, or handled.
+    Taken,
+    /// Handled here, and the plugin failed: the connection is being closed with 1011,
+    /// and none of its later events (`on-close` neither) is for the plugin.
+    Trapped,
+}
+
+impl Inline {
+    pub(super) fn new(sandbox: Sandbox, loaded: Arc<Loaded>, metrics: Arc<PluginMetrics>, span: tracing::Span) -> Self {
+        static IDS: AtomicU64 = AtomicU64::new(1);
+        quiet_call_panics();
+        Self {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
+            sandbox,
+            version: Mutex::new(loaded),
+            generation: AtomicU64::new(0),
+            crashes: AtomicU32::new(0),
+            restart_at: AtomicU64::new(0),
+            epoch: Instant::now(),
+            metrics,
+            span,
+        }
+    }
+
+    /// Serves `loaded` from the next call on, on every thread.
+    pub(super) fn serve(&self, loaded: Arc<Loaded>) {
+        *self.version.lock().expect("not poisoned") = loaded;
+        self.generation.fetch_add(1, Ordering::Release);
+        self.crashes.store(0, Ordering::Relaxed);
+        self.restart_at.store(0, Ordering::Relaxed);
+    }
+
+    /// In a crash loop, the time before which no event is handled.
+    pub fn restart_at(&self) -> Option<Instant> {
+        let at = self.restart_at.load(Ordering::Relaxed);
+        (at != 0)
+            .then(|| self.epoch + Duration::from_nanos(at))
+            .filter(|&at| at > Instant::now())
+    }
+
+    /// Handles one of a connection's events on this thread: calls its export on this
+    /// thread's instance (made first if there is none, or it is of an older version).
+    /// A trap closes the connection with 1011 and drops the instance; in a crash loop,
+    /// [`Inline::restart_at`] says how long to wait before the next event.
+    pub fn handle(&self, event: PluginEvent) -> Handed {
+        let conn = match &event {
+            PluginEvent::Open(conn) => {
+                self.sandbox.services().opened(*conn);
+                *conn
+            }
+            PluginEvent::Text(conn, _) | PluginEvent::Binary(conn, _) | PluginEvent::Close(conn, ..) => *conn,
+            PluginEvent::Barrier(_, _) => {
+                if let PluginEvent::Barrier(_, done) = event {
+                    let _ = done.send(()); // every earlier event was handled, here
+                }
+                return Handed::Taken;
+            }
+            // Not a connection's: the plugin's thread handles these.
+            PluginEvent::Upgrade(..) | PluginEvent::Timer(..) | PluginEvent::Reload(_) => return Handed::Taken,
+        };
+        let handed = match self.span.in_scope(|| self.call(conn, &event)) {
+            Ok(()) => {
+                if self.crashes.load(Ordering::Relaxed) != 0 {
+                    self.crashes.store(0, Ordering::Relaxed);
+                    self.metrics.crashes.set(0);
+                    self.metrics.backoff.set(0.0);
+                }
+                Handed::Taken
+            }
+            Err(crash) => {
+                self.crashed(crash);
+                Handed::Trapped
+            }
+        };
+        if matches!(event, PluginEvent::Close(..)) {
+            self.forget(conn);
+        }
+        handed
+    }
+
+    /// Ends the host's record of a connection whose `on-close` is not called.
+    pub fn forget(&self, conn: ConnId) {
+        self.sandbox.services().closed(conn);
+    }
+
+    /// Calls `event`'s export on this thread's instance of the current version.
+    fn call(&self, conn: ConnId, event: &PluginEvent) -> Result<(), Crash> {
+        let export = event.export_name();
+        INSTANCES.with_borrow_mut(|instances| {
+            let generation = self.generation.load(Ordering::Acquire);
+            let at = instances.iter().position(|local| local.owner == self.id);
+            if let Some(i) = at
+                && instances[i].generation != generation
+            {
+                instances.swap_remove(i);
+            }
+            let at = match instances.iter().position(|local| local.owner == self.id) {
+                Some(i) => i,
+                None => {
+                    let loaded = self.version.lock().expect("not poisoned").clone();
+                    let instance = self.sandbox.instantiate(&loaded).map_err(|error| Crash {
+                        conn: Some(conn),
+                        export,
+                        error,
+                        kind: crate::metrics::TrapKind::Trap,
+                    })?;
+                    instances.push(Local {
+                        owner: self.id,
+                        generation,
+                        instance,
+                    });
+                    instances.len() - 1
+                }
+            };
+            let instance = &mut instances[at].instance;
+            let started = Instant::now();
+            let delivered = deliver_here(instance, event);
+            self.metrics.call(export, started.elapsed());
+            delivered.map_err(|error| {
+                let kind = runner::trap_kind(&error, &instances[at].instance.store);
+                instances.swap_remove(at);
+                Crash {
+                    conn: Some(conn),
+                    export,
+                    error,
+                    kind,
+                }
+            })
+        })
+    }
+
+    /// Logs and counts a crash, and closes the connection whose event failed. From the
+    /// [`BACKOFF_AFTER`]th crash in a row on, events wait before the next call.
+    fn crashed(&self, crash: Crash) {
+        let _route = self.span.enter();
+        let name = self.version.lock().expect("not poisoned").name.clone();
+        crash.report(&name, &self.metrics);
+        let crashes = self.crashes.fetch_add(1, Ordering::Relaxed) + 1;
+        self.metrics.crashes.set(crashes.into());
+        if crashes >= BACKOFF_AFTER {
+            let delay = runner::backoff(crashes);
+            tracing::warn!(
+                plugin = &*name,
+                crashes,
+                "plugin keeps crashing: next call in {delay:?}"
+            );
+            self.metrics.backoff.set(delay.as_secs_f64());
+            let at = (Instant::now() + delay).duration_since(self.epoch);
+            self.restart_at.store(at.as_nanos().max(1) as u64, Ordering::Relaxed);
+        }
+        if let Some(conn) = crash.conn {
+            let _ = self
+                .sandbox
+                .services()
+                .close(conn, close::INTERNAL_ERROR, "internal error".into());
+        }
+    }
+}
