@@ -41,8 +41,25 @@ JS_SCALING = "echo 100 x 20 B, JavaScript plugin: one plugin thread vs stateless
 SCALING = "echo 100 x 20 B, host on 1 core (taskset) vs 2"
 
 
+# `--compare PATH`: another build of the host, run as "wsplug-before" beside "wsplug" in
+# the scenarios of COMPARED, to measure what a change costs.
+COMPARE_AS = "wsplug-before"
+COMPARED = ["echo 100 x 20 B", "echo 100 x 20 B, 1 in flight", "echo 100 x 16 KiB",
+            "fanout 1000 conns x 1 sender", "fanout 1000 conns x 1 sender, 1 in flight"]
+compare_binary = None
+# `--host PATH`: the host binary "wsplug" runs (default: the release build).
+host_binary = "host"
+# `--echo-plugin NAME`: the echo plugin wsplug (and wsplug-before) run; a host from before
+# plugin API 0.2 needs a 0.1 one (echo-raw).
+echo_plugin = "echo"
+
+
 def server_command(name, mode, extra):
     """The command line of a server under test; `mode` is echo or broadcast."""
+    if name == COMPARE_AS:
+        command = server_command("wsplug", mode, extra)
+        command[0] = compare_binary
+        return command
     if name == PINNED:
         return ["taskset", "-c", "0", *server_command("wsplug", mode, extra)]
     if name == UNPINNED:
@@ -53,8 +70,8 @@ def server_command(name, mode, extra):
         # wsplug-native: the same host with the plugin replaced by native code;
         # echo-*: the host with another language's echo plugin.
         # wsplug-hook: the host with api.wasm, whose on-upgrade decides every handshake.
-        binary = "wsplug-native-echo" if name == "wsplug-native" else "host"
-        plugin = "echo.wasm" if mode == "echo" else "broadcast.wasm"
+        binary = "wsplug-native-echo" if name == "wsplug-native" else host_binary
+        plugin = echo_plugin + ".wasm" if mode == "echo" else "broadcast.wasm"
         if name.startswith("echo-"):
             plugin = name + ".wasm"
         if name == "wsplug-hook":
@@ -323,7 +340,15 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--only", help="run only scenarios whose title contains this")
+    parser.add_argument("--compare", metavar="HOST",
+                        help=f"another host binary: run it as {COMPARE_AS} against wsplug, in {COMPARED} only")
+    parser.add_argument("--host", metavar="PATH", help="the host binary wsplug runs (default: the release build)")
+    parser.add_argument("--echo-plugin", default="echo", metavar="NAME",
+                        help="the echo plugin wsplug runs (default echo; a pre-0.2 host with --compare needs echo-raw)")
     args = parser.parse_args()
+    global compare_binary, echo_plugin, host_binary
+    compare_binary, echo_plugin = args.compare, args.echo_plugin
+    host_binary = args.host or host_binary
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
@@ -339,6 +364,8 @@ def main():
 
         results = {}
         chosen = [s for s in scenarios(args.duration, certs) if not args.only or args.only in s[0]]
+        if args.compare:
+            chosen = [(*s[:5], ["wsplug", COMPARE_AS], s[6]) for s in chosen if s[0] in COMPARED]
         started = time.monotonic()
         for round_ in range(args.rounds):
             for title, metric, _, mode, wsbench_args, servers, wsplug_extra in chosen:
@@ -378,6 +405,8 @@ def main():
                 ratio = f"{(mine / theirs) if higher else (theirs / mine):.2f}"
             value = "failed" if theirs is None else f"{theirs:,.0f}" if higher else f"{theirs:.2f}"
             print(f"| {title} | {server} | {value} | {p99} | {bad} | {ratio} |")
+    if args.compare:
+        return
     print_targets(chosen, results)
     print_plugin_share(chosen, results)
     if any(title == LANGUAGES for title, *_ in chosen):
