@@ -106,6 +106,7 @@ pub enum Handed {
 }
 
 impl Inline {
+    /// Instances of `loaded` made in `sandbox`, counted in `metrics`, logging in `span`.
     pub(super) fn new(sandbox: Sandbox, loaded: Arc<Loaded>, metrics: Arc<PluginMetrics>, span: tracing::Span) -> Self {
         static IDS: AtomicU64 = AtomicU64::new(1);
         quiet_call_panics();
@@ -161,7 +162,9 @@ impl Inline {
         let handed = match self.span.in_scope(|| self.call(conn, &event)) {
             Ok(()) => {
                 if self.crashes.load(Ordering::Relaxed) != 0 {
+                    // A call worked: the crash loop is over, on every thread.
                     self.crashes.store(0, Ordering::Relaxed);
+                    self.restart_at.store(0, Ordering::Relaxed);
                     self.metrics.crashes.set(0);
                     self.metrics.backoff.set(0.0);
                 }
