@@ -3,26 +3,46 @@
 //! Every series is labelled by what an operator configures or the protocol bounds
 //! (route names, exports, close codes by class, rejection reasons), never by a
 //! connection, a group or a client's choice, so the number of series does not grow
-//! with the traffic. Counters that every message moves are kept per connection and
-//! added here in batches (see `server::connection`), so the hot path touches no
-//! shared cache line per message.
+//! with the traffic. What every message moves (message and byte counts, plugin call
+//! times) is counted per thread ([`sharded`]) and summed when scraped, so the hot path
+//! touches no cache line another thread writes.
 
-use std::sync::Arc;
+mod sharded;
+
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prometheus::{
-    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
-};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
+use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use sharded::Sharded;
 
 /// The media type of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Upper bounds of the plugin-call latency buckets, in seconds: 10 µs to 10 s (a call
-/// is interrupted at its deadline, 10 ms to 60 s).
-const CALL_BUCKETS: &[f64] = &[
-    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-    0.5, 1.0, 2.5, 5.0, 10.0,
+/// Upper bounds of the plugin-call latency buckets, in nanoseconds: 10 µs to 10 s (a
+/// call is interrupted at its deadline, 10 ms to 60 s).
+const CALL_BUCKETS: [u64; 19] = [
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
 ];
 
 /// Why a handshake was refused, as `wsplug_handshakes_rejected_total` labels it.
@@ -121,13 +141,10 @@ pub struct Metrics {
     opened: IntCounterVec,
     closed: IntCounterVec,
     rejected: IntCounterVec,
-    messages_received: IntCounterVec,
-    received_bytes: IntCounterVec,
-    messages_sent: IntCounterVec,
-    sent_bytes: IntCounterVec,
+    /// Every route's per-thread counters, which [`PerThread`] sums when scraped.
+    per_thread: Arc<Mutex<Vec<RouteCounters>>>,
     slow_clients: IntCounterVec,
     plugin_queue: IntGaugeVec,
-    calls: HistogramVec,
     traps: IntCounterVec,
     reloads: IntCounterVec,
     crashes: IntGaugeVec,
@@ -188,26 +205,13 @@ impl Metrics {
                 "Upgrade requests refused, by reason.",
                 &["reason"],
             ),
-            messages_received: counter(
-                "wsplug_messages_received_total",
-                "Messages received from clients.",
-                &["route", "type"],
-            ),
-            received_bytes: counter(
-                "wsplug_received_bytes_total",
-                "Payload bytes of the messages received (after inflation).",
-                &["route"],
-            ),
-            messages_sent: counter(
-                "wsplug_messages_sent_total",
-                "Messages sent to clients (a broadcast counts once per recipient).",
-                &["route"],
-            ),
-            sent_bytes: counter(
-                "wsplug_sent_bytes_total",
-                "Payload bytes of the messages sent (before compression).",
-                &["route"],
-            ),
+            per_thread: {
+                let routes = Arc::default();
+                registry
+                    .register(Box::new(PerThread::new(Arc::clone(&routes))))
+                    .expect("metric names are unique");
+                routes
+            },
             slow_clients: counter(
                 "wsplug_slow_clients_dropped_total",
                 "Clients dropped (1008) because more waited for them than the outbound bounds allow.",
@@ -217,17 +221,6 @@ impl Metrics {
                 "wsplug_plugin_queue_events",
                 "Events waiting for the plugin.",
                 &["route"],
-            ),
-            calls: register(
-                &registry,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        "wsplug_plugin_call_duration_seconds",
-                        "Plugin export calls and their duration.",
-                    )
-                    .buckets(CALL_BUCKETS.to_vec()),
-                    &["route", "export"],
-                ),
             ),
             traps: counter(
                 "wsplug_plugin_traps_total",
@@ -285,11 +278,23 @@ impl Metrics {
 
     /// The handles of one route's metrics, every series it may have created at zero.
     pub fn route(self: &Arc<Self>, route: &str) -> RouteMetrics {
-        for kind in ["text", "binary"] {
-            self.messages_received.with_label_values(&[route, kind]);
-        }
+        let counters = {
+            let mut routes = self.per_thread.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            match routes.iter().find(|counters| &*counters.route == route) {
+                Some(counters) => counters.clone(),
+                None => {
+                    let counters = RouteCounters {
+                        route: route.into(),
+                        traffic: Arc::default(),
+                        calls: Arc::default(),
+                    };
+                    routes.push(counters.clone());
+                    counters
+                }
+            }
+        };
         let plugin = PluginMetrics {
-            calls: EXPORTS.map(|export| self.calls.with_label_values(&[route, export])),
+            calls: counters.calls,
             deadline: self.traps.with_label_values(&[route, "deadline"]),
             memory: self.traps.with_label_values(&[route, "memory"]),
             trap: self.traps.with_label_values(&[route, "trap"]),
@@ -305,11 +310,7 @@ impl Metrics {
             route: route.into(),
             connections: self.connections.with_label_values(&[route]),
             opened: self.opened.with_label_values(&[route]),
-            text_received: self.messages_received.with_label_values(&[route, "text"]),
-            binary_received: self.messages_received.with_label_values(&[route, "binary"]),
-            received_bytes: self.received_bytes.with_label_values(&[route]),
-            messages_sent: self.messages_sent.with_label_values(&[route]),
-            sent_bytes: self.sent_bytes.with_label_values(&[route]),
+            traffic: counters.traffic,
             slow_clients: self.slow_clients.with_label_values(&[route]),
             plugin_queue: self.plugin_queue.with_label_values(&[route]),
             plugin: Arc::new(plugin),
@@ -362,16 +363,8 @@ pub struct RouteMetrics {
     pub connections: IntGauge,
     /// Connections opened.
     pub opened: IntCounter,
-    /// Text messages received.
-    pub text_received: IntCounter,
-    /// Binary messages received.
-    pub binary_received: IntCounter,
-    /// Payload bytes received.
-    pub received_bytes: IntCounter,
-    /// Messages sent.
-    pub messages_sent: IntCounter,
-    /// Payload bytes sent.
-    pub sent_bytes: IntCounter,
+    /// Messages and bytes received and sent.
+    pub traffic: Arc<Traffic>,
     /// Clients dropped for their outbound backlog.
     pub slow_clients: IntCounter,
     /// Events waiting for the plugin; set when scraped.
@@ -403,7 +396,7 @@ impl RouteMetrics {
 /// Detached ones ([`PluginMetrics::detached`]) count into nothing scraped.
 pub struct PluginMetrics {
     /// Calls and their duration, per export (in the order of [`EXPORTS`]).
-    pub calls: [Histogram; EXPORTS.len()],
+    calls: Arc<[CallTimes; EXPORTS.len()]>,
     deadline: IntCounter,
     memory: IntCounter,
     trap: IntCounter,
@@ -430,7 +423,7 @@ impl PluginMetrics {
     /// Records a call of `export` that took `took`.
     pub fn call(&self, export: &str, took: Duration) {
         if let Some(i) = EXPORTS.iter().position(|e| *e == export) {
-            self.calls[i].observe(took.as_secs_f64());
+            self.calls[i].observe(took);
         }
     }
 
@@ -452,5 +445,210 @@ impl PluginMetrics {
             &self.cache_misses
         }
         .inc();
+    }
+}
+
+/// A route's message counters, counted per thread.
+#[derive(Default)]
+pub struct Traffic(Sharded<5>);
+
+impl Traffic {
+    const TEXT_RECEIVED: usize = 0;
+    const BINARY_RECEIVED: usize = 1;
+    const RECEIVED_BYTES: usize = 2;
+    const MESSAGES_SENT: usize = 3;
+    const SENT_BYTES: usize = 4;
+
+    /// Counts a message received: text or binary, of `bytes` bytes.
+    #[inline]
+    pub fn received(&self, text: bool, bytes: usize) {
+        let cells = self.0.here();
+        cells.add(
+            if text {
+                Self::TEXT_RECEIVED
+            } else {
+                Self::BINARY_RECEIVED
+            },
+            1,
+        );
+        cells.add(Self::RECEIVED_BYTES, bytes as u64);
+    }
+
+    /// Counts a message sent, of `bytes` bytes.
+    #[inline]
+    pub fn sent(&self, bytes: usize) {
+        let cells = self.0.here();
+        cells.add(Self::MESSAGES_SENT, 1);
+        cells.add(Self::SENT_BYTES, bytes as u64);
+    }
+}
+
+/// Cells of a [`CallTimes`]: one per bucket, then `+Inf`, then the sum in nanoseconds.
+const CALL_CELLS: usize = CALL_BUCKETS.len() + 2;
+
+/// One export's call-duration histogram, counted per thread.
+#[derive(Default)]
+pub struct CallTimes(Sharded<CALL_CELLS>);
+
+impl CallTimes {
+    const SUM: usize = CALL_CELLS - 1;
+
+    /// Records a call that took `took`.
+    fn observe(&self, took: Duration) {
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = CALL_BUCKETS
+            .iter()
+            .position(|&le| nanos <= le)
+            .unwrap_or(CALL_BUCKETS.len());
+        let cells = self.0.here();
+        cells.add(bucket, 1);
+        cells.add(Self::SUM, nanos);
+    }
+
+    /// The histogram as scraped: cumulative buckets, count and sum in seconds.
+    fn sample(&self) -> proto::Histogram {
+        let mut cumulative = 0;
+        let buckets = CALL_BUCKETS
+            .iter()
+            .enumerate()
+            .map(|(i, &le)| {
+                cumulative += self.0.get(i);
+                let mut bucket = proto::Bucket::default();
+                bucket.set_upper_bound(le as f64 / 1e9);
+                bucket.set_cumulative_count(cumulative);
+                bucket
+            })
+            .collect();
+        let mut histogram = proto::Histogram::default();
+        histogram.set_bucket(buckets);
+        histogram.set_sample_count(cumulative + self.0.get(CALL_BUCKETS.len()));
+        histogram.set_sample_sum(self.0.get(Self::SUM) as f64 / 1e9);
+        histogram
+    }
+}
+
+/// One route's per-thread counters.
+#[derive(Clone)]
+struct RouteCounters {
+    route: Arc<str>,
+    traffic: Arc<Traffic>,
+    calls: Arc<[CallTimes; EXPORTS.len()]>,
+}
+
+/// The metrics counted per thread, summed for each scrape.
+struct PerThread {
+    routes: Arc<Mutex<Vec<RouteCounters>>>,
+    descs: Vec<Desc>,
+}
+
+/// Name, help and labels of each family [`PerThread`] collects, in the order it
+/// collects them.
+const PER_THREAD: [(&str, &str, &[&str]); 5] = [
+    (
+        "wsplug_messages_received_total",
+        "Messages received from clients.",
+        &["route", "type"],
+    ),
+    (
+        "wsplug_received_bytes_total",
+        "Payload bytes of the messages received (after inflation).",
+        &["route"],
+    ),
+    (
+        "wsplug_messages_sent_total",
+        "Messages sent to clients (a broadcast counts once per recipient).",
+        &["route"],
+    ),
+    (
+        "wsplug_sent_bytes_total",
+        "Payload bytes of the messages sent (before compression).",
+        &["route"],
+    ),
+    (
+        "wsplug_plugin_call_duration_seconds",
+        "Plugin export calls and their duration.",
+        &["route", "export"],
+    ),
+];
+
+impl PerThread {
+    fn new(routes: Arc<Mutex<Vec<RouteCounters>>>) -> Self {
+        let descs = PER_THREAD
+            .iter()
+            .map(|(name, help, labels)| {
+                let labels = labels.iter().map(|label| label.to_string()).collect();
+                Desc::new(name.to_string(), help.to_string(), labels, Default::default()).expect("valid metric")
+            })
+            .collect();
+        Self { routes, descs }
+    }
+}
+
+/// A sample labelled `labels`.
+fn sample(labels: &[(&str, &str)]) -> proto::Metric {
+    proto::Metric::from_label(
+        labels
+            .iter()
+            .map(|(name, value)| {
+                let mut pair = LabelPair::default();
+                pair.set_name(name.to_string());
+                pair.set_value(value.to_string());
+                pair
+            })
+            .collect(),
+    )
+}
+
+/// A counter's sample.
+fn counter_sample(labels: &[(&str, &str)], value: u64) -> proto::Metric {
+    let mut metric = sample(labels);
+    let mut counter = proto::Counter::default();
+    counter.set_value(value as f64);
+    metric.set_counter(counter);
+    metric
+}
+
+impl Collector for PerThread {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let routes = self.routes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut samples: [Vec<proto::Metric>; 5] = Default::default();
+        for counters in routes.iter() {
+            let route = &*counters.route;
+            let traffic = &counters.traffic.0;
+            let [received, received_bytes, sent, sent_bytes, calls] = &mut samples;
+            for (kind, i) in [("text", Traffic::TEXT_RECEIVED), ("binary", Traffic::BINARY_RECEIVED)] {
+                received.push(counter_sample(&[("route", route), ("type", kind)], traffic.get(i)));
+            }
+            received_bytes.push(counter_sample(
+                &[("route", route)],
+                traffic.get(Traffic::RECEIVED_BYTES),
+            ));
+            sent.push(counter_sample(&[("route", route)], traffic.get(Traffic::MESSAGES_SENT)));
+            sent_bytes.push(counter_sample(&[("route", route)], traffic.get(Traffic::SENT_BYTES)));
+            for (export, times) in EXPORTS.iter().zip(counters.calls.iter()) {
+                let mut metric = sample(&[("route", route), ("export", export)]);
+                metric.set_histogram(times.sample());
+                calls.push(metric);
+            }
+        }
+        PER_THREAD
+            .iter()
+            .zip(samples)
+            .map(|((name, help, _), metrics)| {
+                let mut family = MetricFamily::default();
+                family.set_name(name.to_string());
+                family.set_help(help.to_string());
+                family.set_field_type(match *name {
+                    "wsplug_plugin_call_duration_seconds" => MetricType::HISTOGRAM,
+                    _ => MetricType::COUNTER,
+                });
+                family.set_metric(metrics);
+                family
+            })
+            .collect()
     }
 }

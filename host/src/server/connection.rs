@@ -40,12 +40,6 @@ const STALL_GRACE: Duration = Duration::from_secs(1);
 /// connections keep it, idle ones (most, in a chat) hold none. An idle connection is
 /// woken at least by its idle ping, and lets it go then.
 const HOLD_READ_BUFFER: Duration = Duration::from_secs(1);
-/// How long a connection keeps its message counts before it adds them to its route's
-/// metrics: the counters every connection of a route shares are touched once per this
-/// time at most, not once per message (on 2 cores, contended atomic adds per message
-/// would cost more than the rest of the metrics together), and a scrape is at most
-/// this late.
-const TALLY_DELAY: Duration = Duration::from_millis(100);
 
 /// Serves one accepted socket, given as its read and write halves, until it closes.
 pub async fn serve<R, W>(mut reader: R, mut writer: W, peer: SocketAddr, shared: Arc<Shared>)
@@ -170,8 +164,6 @@ where
         trapped: opened == Handed::Trapped,
         shared: &shared,
         metrics: &route.metrics,
-        tally: Tally::default(),
-        flush_at: None,
         blocked: false,
         progress_at: Instant::now(),
         stalled: false,
@@ -408,10 +400,6 @@ struct Session<'a> {
     trapped: bool,
     shared: &'a Shared,
     metrics: &'a RouteMetrics,
-    /// Messages and bytes counted since the last [`Session::flush_tally`].
-    tally: Tally,
-    /// When the tally is due to be flushed, once it holds something.
-    flush_at: Option<Instant>,
     /// The socket refused part of the last write: the client is behind.
     blocked: bool,
     /// When the socket last took bytes, or last had nothing to take.
@@ -515,14 +503,7 @@ impl Session<'_> {
             // re-armed then.
             let stall_check = (output_len > 0 && !self.stalled).then(|| self.progress_at + STALL_GRACE);
             let protocol_deadline = self.protocol.poll_timeout().map(Instant::from_std);
-            if self.flush_at.is_none() && self.tally != Tally::default() {
-                self.flush_at = Some(now + TALLY_DELAY);
-            }
-            if let Some(wake) = protocol_deadline
-                .into_iter()
-                .chain(stall_check)
-                .chain(self.flush_at)
-                .min()
+            if let Some(wake) = protocol_deadline.into_iter().chain(stall_check).min()
                 && (wake < timer.deadline() || timer.is_elapsed())
             {
                 timer.as_mut().reset(wake);
@@ -570,9 +551,6 @@ impl Session<'_> {
                     let _ = self.protocol.close(close::GOING_AWAY, "server shutting down", now.into_std());
                 }
                 () = &mut timer => {
-                    if self.flush_at.is_some_and(|at| at <= Instant::now()) {
-                        self.flush_tally();
-                    }
                     self.fire_timer();
                     self.check_stall();
                 }
@@ -587,7 +565,6 @@ impl Session<'_> {
                 barrier = None; // the wait for replies is over (they came, or timed out)
             }
         }
-        self.flush_tally();
         self.protocol.ended().cloned().unwrap_or(Ended::Dropped)
     }
 
@@ -595,13 +572,11 @@ impl Session<'_> {
     fn received(&mut self, message: Message) -> PluginEvent {
         match message {
             Message::Text(text) => {
-                self.tally.text_received += 1;
-                self.tally.received_bytes += text.len() as u64;
+                self.metrics.traffic.received(true, text.len());
                 PluginEvent::Text(self.id, text)
             }
             Message::Binary(data) => {
-                self.tally.binary_received += 1;
-                self.tally.received_bytes += data.len() as u64;
+                self.metrics.traffic.received(false, data.len());
                 PluginEvent::Binary(self.id, data)
             }
         }
@@ -626,34 +601,6 @@ impl Session<'_> {
     /// (on this thread), only the barrier of the closing handshake does.
     fn is_for_plugin(&self, event: &PluginEvent) -> bool {
         !self.trapped || matches!(event, PluginEvent::Barrier(..))
-    }
-
-    /// Adds what was counted since the last time to the route's metrics: at most every
-    /// [`TALLY_DELAY`] and when the connection ends, however many messages moved.
-    fn flush_tally(&mut self) {
-        self.flush_at = None;
-        if self.tally == Tally::default() {
-            return;
-        }
-        let Tally {
-            text_received,
-            binary_received,
-            received_bytes,
-            messages_sent,
-            sent_bytes,
-        } = std::mem::take(&mut self.tally);
-        let metrics = self.metrics;
-        for (counter, n) in [
-            (&metrics.text_received, text_received),
-            (&metrics.binary_received, binary_received),
-            (&metrics.received_bytes, received_bytes),
-            (&metrics.messages_sent, messages_sent),
-            (&metrics.sent_bytes, sent_bytes),
-        ] {
-            if n > 0 {
-                counter.inc_by(n);
-            }
-        }
     }
 
     /// Hands the plugin the event that waited for room in its queue and every complete
@@ -760,20 +707,9 @@ impl Session<'_> {
             }
         };
         if sent.is_ok() {
-            self.tally.messages_sent += 1;
-            self.tally.sent_bytes += len as u64;
+            self.metrics.traffic.sent(len);
         }
     }
-}
-
-/// What a connection counts between two flushes into its route's metrics.
-#[derive(Default, PartialEq, Eq)]
-struct Tally {
-    text_received: u64,
-    binary_received: u64,
-    received_bytes: u64,
-    messages_sent: u64,
-    sent_bytes: u64,
 }
 
 #[cfg(test)]
