@@ -725,6 +725,30 @@ fn a_burst_of_small_messages_read_at_once_is_echoed_whole() {
 }
 
 #[test]
+fn what_a_plugin_sends_its_own_connection_keeps_its_order() {
+    // A stateless plugin's sends to the connection whose message it handles skip the
+    // outbound queue, up to 64 a call; the later ones, and a close, take the queue. The
+    // client sees them in the order sent either way, and nothing sent after the close.
+    let _serial = serial();
+    for args in [&[][..], &["--stateless"][..]] {
+        let server = Server::start_isolated(&plugin_path("probe"), args);
+        let mut client = server.connect("/");
+        assert!(client.recv_text().starts_with("id "), "the probe's greeting");
+        for count in [1, 200] {
+            client.send_text(&format!("sequence {count}"));
+            for i in 0..count {
+                assert_eq!(client.recv_text(), i.to_string(), "{args:?}");
+            }
+        }
+        client.send_text("sequence 3 close 4000");
+        for i in 0..3 {
+            assert_eq!(client.recv_text(), i.to_string(), "{args:?}");
+        }
+        assert_eq!(client.recv_close().0, 4000, "{args:?}");
+    }
+}
+
+#[test]
 fn a_stateless_plugin_is_called_on_the_connections_threads() {
     // One instance serves a plugin on its thread; a stateless one gets an instance on each
     // thread that runs its connections too. Either way every message comes back in order.

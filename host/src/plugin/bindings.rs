@@ -10,6 +10,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::inline;
 use super::timers::Timers;
 use super::{ConnId, ConnectionInfo, HostError, HostServices, MAX_ATTACHMENT, Outgoing, TimerId};
 use super::{UpgradeDecision, UpgradeRequest};
@@ -140,6 +141,15 @@ impl HostState {
         self.in_host += started.elapsed();
         result
     }
+
+    /// Sends `message` to `conn`: straight back if the plugin is replying to a message
+    /// of `conn` on its connection's thread, through the registry otherwise.
+    fn send(&mut self, conn: ConnId, message: Outgoing) -> Result<(), types::Error> {
+        match inline::reply_here(conn, message) {
+            None => Ok(()),
+            Some(message) => Ok(self.services.send(conn, message)?),
+        }
+    }
 }
 
 impl WasiView for HostState {
@@ -226,11 +236,11 @@ impl types::Host for HostState {}
 
 impl v2::wsplug::plugin::host::Host for HostState {
     fn send_text(&mut self, conn: ConnId, text: String) -> Result<(), types::Error> {
-        Ok(self.services.send(conn, Outgoing::Text(text.into()))?)
+        self.send(conn, Outgoing::Text(text.into()))
     }
 
     fn send_binary(&mut self, conn: ConnId, data: Vec<u8>) -> Result<(), types::Error> {
-        Ok(self.services.send(conn, Outgoing::Binary(data.into()))?)
+        self.send(conn, Outgoing::Binary(data.into()))
     }
 
     fn close(&mut self, conn: ConnId, code: u16, reason: String) -> Result<(), types::Error> {
@@ -240,6 +250,7 @@ impl v2::wsplug::plugin::host::Host for HostState {
         if reason.len() > close::MAX_REASON_LEN {
             return Err(types::Error::ReasonTooLong);
         }
+        inline::queued_for(conn);
         Ok(self.services.close(conn, code, reason)?)
     }
 

@@ -7,6 +7,9 @@
 //! without crossing a thread: no queue, no wake-up. The plugin's thread still serves
 //! its timers and handshakes, and validates each new version before it is served here.
 //!
+//! What the plugin sends to the connection whose message it is handling goes back to
+//! that connection directly ([`reply_here`]): no registry lookup, no queue, no lock.
+//!
 //! The cost: a call runs on a thread that also runs other connections, which wait for
 //! it (up to the CPU deadline, or a key-value write), and every thread holds an
 //! instance (its linear memory).
@@ -18,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::runner::{self, BACKOFF_AFTER, Crash, Instance, Sandbox};
-use super::{ConnId, Loaded, PluginEvent};
+use super::{ConnId, Loaded, Outgoing, PluginEvent};
 use crate::metrics::PluginMetrics;
 use crate::ws::close;
 
@@ -82,6 +85,59 @@ thread_local! {
     static IN_CALL: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Messages one call may send straight back to its connection; later ones take the
+/// connection's queue (and its limits), after these.
+const REPLIES_HERE: usize = 64;
+/// Bytes one call may send straight back to its connection.
+const REPLY_BYTES_HERE: usize = 256 * 1024;
+
+/// The call running on this thread handles a message of `conn`, whose sends to `conn`
+/// are kept in `replies` for the connection to encode when the call returns.
+struct Replying {
+    conn: ConnId,
+    replies: Vec<Outgoing>,
+    bytes: usize,
+    /// Something for `conn` took its queue (a close, or a send past the bounds): later
+    /// sends take it too, to stay in order.
+    queued: bool,
+}
+
+thread_local! {
+    static REPLYING: RefCell<Option<Replying>> = const { RefCell::new(None) };
+}
+
+/// Keeps `message` for `conn` if the call running on this thread handles a message of
+/// `conn` (a stateless plugin replying): returns it if it must go through the
+/// connection's queue instead.
+pub(super) fn reply_here(conn: ConnId, message: Outgoing) -> Option<Outgoing> {
+    REPLYING.with_borrow_mut(|replying| {
+        let Some(replying) = replying
+            .as_mut()
+            .filter(|replying| replying.conn == conn && !replying.queued)
+        else {
+            return Some(message);
+        };
+        let bytes = replying.bytes + message.len();
+        if replying.replies.len() >= REPLIES_HERE || bytes > REPLY_BYTES_HERE {
+            replying.queued = true;
+            return Some(message);
+        }
+        replying.bytes = bytes;
+        replying.replies.push(message);
+        None
+    })
+}
+
+/// Notes that something for `conn` takes its queue: if the call running on this thread
+/// replies to `conn`, its later sends take the queue too, so that they stay in order.
+pub(super) fn queued_for(conn: ConnId) {
+    REPLYING.with_borrow_mut(|replying| {
+        if let Some(replying) = replying.as_mut().filter(|replying| replying.conn == conn) {
+            replying.queued = true;
+        }
+    });
+}
+
 /// One thread's instance of one plugin.
 struct Local {
     owner: u64,
@@ -143,7 +199,11 @@ impl Inline {
     /// thread's instance (made first if there is none, or it is of an older version).
     /// A trap closes the connection with 1011 and drops the instance; in a crash loop,
     /// [`Inline::restart_at`] says how long to wait before the next event.
-    pub fn handle(&self, event: PluginEvent) -> Handed {
+    ///
+    /// With `replies`, what a message's call sends to its own connection is added
+    /// there (up to a bound), for the connection to encode before anything queued for
+    /// it meanwhile; the caller must have taken everything queued before.
+    pub fn handle(&self, event: PluginEvent, replies: Option<&mut Vec<Outgoing>>) -> Handed {
         let conn = match &event {
             PluginEvent::Open(conn) => {
                 self.sandbox.services().opened(*conn);
@@ -159,7 +219,22 @@ impl Inline {
             // Not a connection's: the plugin's thread handles these.
             PluginEvent::Upgrade(..) | PluginEvent::Timer(..) | PluginEvent::Reload(_) => return Handed::Taken,
         };
-        let handed = match self.span.in_scope(|| self.call(conn, &event)) {
+        let replies = replies.filter(|_| matches!(event, PluginEvent::Text(..) | PluginEvent::Binary(..)));
+        let called = match replies {
+            Some(replies) => {
+                REPLYING.set(Some(Replying {
+                    conn,
+                    replies: std::mem::take(replies),
+                    bytes: 0,
+                    queued: false,
+                }));
+                let called = self.span.in_scope(|| self.call(conn, &event));
+                *replies = REPLYING.take().map(|replying| replying.replies).unwrap_or_default();
+                called
+            }
+            None => self.span.in_scope(|| self.call(conn, &event)),
+        };
+        let handed = match called {
             Ok(()) => {
                 if self.crashes.load(Ordering::Relaxed) != 0 {
                     // A call worked: the crash loop is over, on every thread.

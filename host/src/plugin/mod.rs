@@ -59,6 +59,21 @@ pub enum Outgoing {
     Binary(bytes::Bytes),
 }
 
+impl Outgoing {
+    /// The payload's length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Outgoing::Text(text) => text.as_str().len(),
+            Outgoing::Binary(data) => data.len(),
+        }
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// UTF-8 text in shared, cheaply cloned bytes (one copy serves every recipient of a broadcast).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TextBytes(bytes::Bytes);

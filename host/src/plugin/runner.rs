@@ -20,7 +20,7 @@ use super::inline::{Handed, Inline};
 use super::loader::{EPOCH_TICK, Linked, Loaded};
 use super::output::{LogOutput, Stream};
 use super::timers::Timers;
-use super::{ConnId, HostServices, PluginEvent, UpgradeDecision, UpgradeRequest};
+use super::{ConnId, HostServices, Outgoing, PluginEvent, UpgradeDecision, UpgradeRequest};
 use crate::metrics::{PluginMetrics, TrapKind};
 use crate::store::{FileStore, KeyValue};
 use crate::ws::close;
@@ -114,7 +114,7 @@ impl Ready<'_> {
                 permit.send(event);
                 Handed::Taken
             }
-            Ready::Inline(inline) => inline.handle(event),
+            Ready::Inline(inline) => inline.handle(event, None),
         }
     }
 }
@@ -132,11 +132,13 @@ impl PluginHandle {
     }
 
     /// Hands a connection's event (open, message, close, barrier) to the plugin if it
-    /// can take it now: queues it, or for a stateless plugin handles it on this thread.
-    pub fn try_deliver(&self, event: PluginEvent) -> Result<Handed, Refused> {
+    /// can take it now: queues it, or for a stateless plugin handles it on this thread,
+    /// adding what it sends back to the connection to `replies` if given (see
+    /// [`Inline::handle`]).
+    pub fn try_deliver(&self, event: PluginEvent, replies: Option<&mut Vec<Outgoing>>) -> Result<Handed, Refused> {
         match &self.inline {
             Some(inline) if inline.restart_at().is_some() => Err(Refused::Busy(event)),
-            Some(inline) => Ok(inline.handle(event)),
+            Some(inline) => Ok(inline.handle(event, replies)),
             None => match self.events.try_send(event) {
                 Ok(()) => Ok(Handed::Taken),
                 Err(mpsc::error::TrySendError::Full(event)) => Err(Refused::Busy(event)),

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 
-use super::outbound::{Command, Mailbox};
+use super::outbound::{Command, Inbound, Mailbox};
 use super::static_files::Body;
 use super::{Route, Shared, endpoints, route_of};
 use crate::metrics::{Rejected, RouteMetrics};
@@ -162,6 +162,7 @@ where
         mailbox,
         plugin,
         trapped: opened == Handed::Trapped,
+        replies: Vec::new(),
         shared: &shared,
         metrics: &route.metrics,
         blocked: false,
@@ -398,6 +399,9 @@ struct Session<'a> {
     /// The plugin trapped on one of this connection's events, on this thread (a
     /// stateless plugin): it is being closed with 1011, and gets no more events.
     trapped: bool,
+    /// What a stateless plugin sent back while handling one of this connection's
+    /// messages on this thread, to encode when the call returns (kept for its room).
+    replies: Vec<Outgoing>,
     shared: &'a Shared,
     metrics: &'a RouteMetrics,
     /// The socket refused part of the last write: the client is behind.
@@ -437,13 +441,21 @@ impl Session<'_> {
         let timer = sleep_until(Instant::from_std(first_deadline));
         // Created once: polling a fresh `cancelled()` each turn would re-register it.
         let shutdown = self.shared.shutdown.clone().cancelled_owned();
-        let overflow = self.mailbox.overflowed();
-        tokio::pin!(timer, shutdown, overflow);
+        tokio::pin!(timer, shutdown);
+        // The time, read once per turn of the loop, when it wakes: what the socket did
+        // in this turn happened at about this time (a read or a write does not wait).
+        let mut now = Instant::now();
         loop {
-            let now = Instant::now();
             // Messages in, for as long as the plugin's queue takes them and the replies
-            // stay under the high-water mark.
-            while pending.is_none() && self.replies_have_room() && self.protocol.output().len() < OUTPUT_HIGH_WATER {
+            // stay under the high-water mark. Replies in first, each time: every command
+            // already queued, so that one write carries them all, and so that a stateless
+            // plugin's direct replies to the next message come after them.
+            loop {
+                self.take_replies();
+                if !(pending.is_none() && self.replies_have_room() && self.protocol.output().len() < OUTPUT_HIGH_WATER)
+                {
+                    break;
+                }
                 match self.protocol.read(&mut input, now.into_std()) {
                     Ok(Some(Event::Message(message))) => pending = Some(self.received(message)),
                     Ok(Some(Event::Closed { .. })) => {}
@@ -458,18 +470,22 @@ impl Session<'_> {
                     barrier = Some(wait);
                 }
                 if let Some(event) = pending.take().filter(|event| self.is_for_plugin(event)) {
-                    match self.plugin.try_deliver(event) {
+                    // The queue is empty (taken above, under the high-water mark): what a
+                    // stateless plugin sends back now may skip it.
+                    let mut replies = std::mem::take(&mut self.replies);
+                    match self.plugin.try_deliver(event, Some(&mut replies)) {
                         Ok(handed) => self.handed(handed),
                         Err(Refused::Busy(event)) => pending = Some(event),
                         Err(Refused::Stopped) => self.abort(close::INTERNAL_ERROR, "plugin stopped"),
                     }
+                    for reply in replies.drain(..) {
+                        self.apply(Command::Send(reply));
+                    }
+                    if replies.capacity() <= 8 {
+                        self.replies = replies; // kept, unless a burst grew it
+                    }
                 }
-                // A stateless plugin replied already: encode as we go, so that a burst
-                // of messages read at once does not pile its replies up in the queue.
-                self.take_replies();
             }
-            // Replies in: every command already queued, so that one write carries them all.
-            self.take_replies();
             if self.protocol.is_done() {
                 break;
             }
@@ -509,20 +525,23 @@ impl Session<'_> {
                 timer.as_mut().reset(wake);
             }
             let output = self.protocol.output();
+            let (mut wrote, mut got) = (false, false);
             tokio::select! {
                 biased;
-                () = &mut overflow, if !self.aborted => self.drop_slow_reader(),
                 written = writer.write(output), if output_len > 0 => match written {
                     Ok(n @ 1..) => {
                         self.protocol.advance_output(n);
                         self.blocked = n < output_len;
-                        self.progress_at = Instant::now();
+                        wrote = true;
                         self.stalled = false;
                         self.mailbox.update(self.protocol.backlog(), false);
                     }
                     _ => gone = true,
                 },
-                command = self.mailbox.recv(), if take_commands => self.apply(command),
+                inbound = self.mailbox.recv(take_commands, !self.aborted), if take_commands || !self.aborted => match inbound {
+                    Inbound::Command(command) => self.apply(command),
+                    Inbound::Overflowed => self.drop_slow_reader(),
+                },
                 ready = self.plugin.ready(), if pending.is_some() => match ready {
                     Ok(ready) => self.handed(ready.send(pending.take().expect("checked above"))),
                     Err(_) => {
@@ -534,7 +553,7 @@ impl Session<'_> {
                     Ok(None) => self.readable = true,
                     Ok(Some(n @ 1..)) => {
                         self.readable = false;
-                        self.read_at = Some(Instant::now());
+                        got = true;
                         if n == spare {
                             read_size = (read_size * 2).min(MAX_READ);
                         } else if n < read_size / 8 {
@@ -548,12 +567,19 @@ impl Session<'_> {
                     self.finish_closing();
                 }
                 () = &mut shutdown, if state == State::Open => {
-                    let _ = self.protocol.close(close::GOING_AWAY, "server shutting down", now.into_std());
+                    let _ = self.protocol.close(close::GOING_AWAY, "server shutting down", Instant::now().into_std());
                 }
                 () = &mut timer => {
                     self.fire_timer();
                     self.check_stall();
                 }
+            }
+            now = Instant::now();
+            if wrote {
+                self.progress_at = now;
+            }
+            if got {
+                self.read_at = Some(now);
             }
             if gone {
                 // The socket ended or failed: what the peer sent before still reaches

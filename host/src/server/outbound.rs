@@ -36,11 +36,19 @@ impl Command {
         const OVERHEAD: usize = 64;
         OVERHEAD
             + match self {
-                Command::Send(Outgoing::Text(text)) => text.as_str().len(),
-                Command::Send(Outgoing::Binary(data)) => data.len(),
+                Command::Send(message) => message.len(),
                 Command::Close(_, reason) => reason.len(),
             }
     }
+}
+
+/// What [`Mailbox::recv`] waits for.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A command from the plugin.
+    Command(Command),
+    /// The client was found too slow: it is to be dropped.
+    Overflowed,
 }
 
 /// How much may wait for a client that does not take it.
@@ -79,12 +87,15 @@ struct Pending {
 /// The queue both sides share.
 struct Queue {
     pending: Mutex<Pending>,
+    /// How many commands `pending` holds, readable without the lock: a connection
+    /// looks for commands far more often than there are any.
+    queued: AtomicUsize,
     limits: OutboundLimits,
-    /// Wakes the connection's task when a command is queued: one waiter, so an atomic
-    /// slot rather than a [`Notify`]'s list (which takes a lock at every wait).
+    /// Wakes the connection's task when a command is queued or the client is found too
+    /// slow: one waiter, so an atomic slot rather than a [`Notify`]'s list (which takes
+    /// a lock at every wait), and one for both, so that a wait registers once.
     ready: AtomicWaker,
-    /// Signalled once, when the client is found too slow.
-    overflow: AtomicWaker,
+    /// Set once, when the client is found too slow.
     overflowed: AtomicBool,
     /// The connection's socket has stopped taking data.
     stalled: AtomicBool,
@@ -98,9 +109,9 @@ struct Queue {
 pub fn queue(limits: OutboundLimits) -> (Outbox, Mailbox) {
     let queue = Arc::new(Queue {
         pending: Mutex::default(),
+        queued: AtomicUsize::new(0),
         limits,
         ready: AtomicWaker::new(),
-        overflow: AtomicWaker::new(),
         overflowed: AtomicBool::new(false),
         stalled: AtomicBool::new(false),
         output_frames: AtomicUsize::new(0),
@@ -137,12 +148,13 @@ impl Outbox {
         if (stalled && queue.limits.exceeded_by(waiting)) || queued.frames > cap.frames || queued.bytes > cap.bytes {
             drop(pending);
             if !queue.overflowed.swap(true, Ordering::AcqRel) {
-                queue.overflow.wake();
+                queue.ready.wake();
             }
             return Err(HostError::Gone);
         }
         pending.bytes = queued.bytes;
         pending.commands.push_back(command);
+        queue.queued.store(queued.frames, Ordering::Release);
         drop(pending);
         queue.ready.wake();
         Ok(())
@@ -157,36 +169,31 @@ pub struct Mailbox {
 impl Mailbox {
     /// The next queued command, if any, without waiting.
     pub fn try_recv(&self) -> Option<Command> {
+        if self.queue.queued.load(Ordering::Acquire) == 0 {
+            return None;
+        }
         let mut pending = lock(&self.queue.pending);
         let command = pending.commands.pop_front()?;
         pending.bytes -= command.size();
+        self.queue.queued.store(pending.commands.len(), Ordering::Release);
         if pending.commands.capacity() > 64 && pending.commands.is_empty() {
             pending.commands = VecDeque::new(); // an idle connection holds no allocation
         }
         Some(command)
     }
 
-    /// Waits for the next command. Cancel-safe: a command is taken only when returned.
-    pub fn recv(&self) -> impl Future<Output = Command> + '_ {
-        std::future::poll_fn(|cx| {
+    /// Waits for the next command if `commands`, and for the client to be found too
+    /// slow if `overflow`. Cancel-safe: a command is taken only when returned.
+    pub fn recv(&self, commands: bool, overflow: bool) -> impl Future<Output = Inbound> + '_ {
+        std::future::poll_fn(move |cx| {
             // Registered before looking, so that a command queued after the look wakes it.
             self.queue.ready.register(cx.waker());
-            match self.try_recv() {
-                Some(command) => Poll::Ready(command),
-                None => Poll::Pending,
+            if overflow && self.queue.overflowed.load(Ordering::Acquire) {
+                return Poll::Ready(Inbound::Overflowed);
             }
-        })
-    }
-
-    /// Resolves once the client was found too slow. Owns what it waits on, so that the
-    /// connection can hold it across its whole loop.
-    pub fn overflowed(&self) -> impl Future<Output = ()> + Send + 'static {
-        let queue = self.queue.clone();
-        std::future::poll_fn(move |cx| {
-            queue.overflow.register(cx.waker());
-            match queue.overflowed.load(Ordering::Acquire) {
-                true => Poll::Ready(()),
-                false => Poll::Pending,
+            match commands.then(|| self.try_recv()).flatten() {
+                Some(command) => Poll::Ready(Inbound::Command(command)),
+                None => Poll::Pending,
             }
         })
     }
@@ -263,7 +270,8 @@ mod tests {
         assert!(!mailbox.update(Backlog { frames: 2, bytes: 20 }, true));
         outbox.push(text("third")).unwrap();
         assert_eq!(outbox.push(text("fourth")), Err(HostError::Gone));
-        mailbox.overflowed().await; // resolves: the queue overflowed before the wait
+        // Resolves: the queue overflowed before the wait.
+        assert!(matches!(mailbox.recv(false, true).await, Inbound::Overflowed));
         assert_eq!(outbox.push(text("fifth")), Err(HostError::Gone));
         assert!(mailbox.update(Backlog { frames: 2, bytes: 20 }, true));
     }

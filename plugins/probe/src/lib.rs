@@ -170,6 +170,21 @@ fn command(conn: ConnectionId, text: &str) -> bool {
                 }
             }
         }
+        ("sequence", args) => {
+            // `sequence N [close CODE]`: sends 0 to N-1, then closes with CODE and sends one
+            // more, which must not arrive.
+            let (count, close) = args.split_once(" close ").unwrap_or((args, ""));
+            let Ok(count) = count.parse::<u32>() else {
+                return false;
+            };
+            for i in 0..count {
+                let _ = host::send_text(conn, &i.to_string());
+            }
+            if let Ok(code) = close.parse::<u16>() {
+                let _ = host::close(conn, code, "");
+                let _ = host::send_text(conn, "after close");
+            }
+        }
         ("read-file", path) if !path.is_empty() => match std::fs::read_to_string(path) {
             Ok(text) => reply(conn, &format!("ok {}", text.len())),
             Err(error) => reply(conn, &format!("error {error}")),
