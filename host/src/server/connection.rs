@@ -3,8 +3,10 @@
 //! hands messages to the plugin, and writes whatever the protocol queued.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -12,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 
-use super::outbound::{Command, Inbound, Mailbox};
+use super::outbound::{Command, Inbound, Mailbox, Wants};
 use super::static_files::Body;
 use super::{Route, Shared, endpoints, route_of};
 use crate::metrics::{Rejected, RouteMetrics};
@@ -163,7 +165,6 @@ where
         plugin,
         trapped: opened == Handed::Trapped,
         replies: Vec::new(),
-        shared: &shared,
         metrics: &route.metrics,
         blocked: false,
         progress_at: Instant::now(),
@@ -388,6 +389,16 @@ where
     let _ = timeout(shared.settings.close_timeout, drain).await;
 }
 
+/// Writes what `writer` takes of `bytes` now, without waiting: `None` if it would have
+/// to wait (the caller's task is then woken when it can take more).
+async fn write_now<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> Option<std::io::Result<usize>> {
+    std::future::poll_fn(|cx| match Pin::new(&mut *writer).poll_write(cx, bytes) {
+        Poll::Ready(written) => Poll::Ready(Some(written)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
+}
+
 /// The open phase of a connection: moves bytes between the socket and the protocol,
 /// messages to the plugin and its commands back, and fires the protocol's timers.
 /// Every rule about time and closing lives in [`Protocol`].
@@ -402,7 +413,6 @@ struct Session<'a> {
     /// What a stateless plugin sent back while handling one of this connection's
     /// messages on this thread, to encode when the call returns (kept for its room).
     replies: Vec<Outgoing>,
-    shared: &'a Shared,
     metrics: &'a RouteMetrics,
     /// The socket refused part of the last write: the client is behind.
     blocked: bool,
@@ -439,9 +449,7 @@ impl Session<'_> {
             .poll_timeout()
             .expect("a new connection has an idle deadline");
         let timer = sleep_until(Instant::from_std(first_deadline));
-        // Created once: polling a fresh `cancelled()` each turn would re-register it.
-        let shutdown = self.shared.shutdown.clone().cancelled_owned();
-        tokio::pin!(timer, shutdown);
+        tokio::pin!(timer);
         // The time, read once per turn of the loop, when it wakes: what the socket did
         // in this turn happened at about this time (a read or a write does not wait).
         let mut now = Instant::now();
@@ -486,12 +494,29 @@ impl Session<'_> {
                     }
                 }
             }
+            // A client found too slow is dropped before anything more is written to it.
+            if !self.aborted && self.mailbox.overflowed() {
+                self.drop_slow_reader();
+            }
+            // Output out at once if the socket takes it: a reply leaves in the turn that
+            // made it, instead of in a turn of its own through every wait below.
+            if !self.blocked
+                && !self.protocol.output().is_empty()
+                && let Some(Ok(n @ 1..)) = write_now(writer, self.protocol.output()).await
+            {
+                self.wrote(n);
+                self.progress_at = now;
+            }
             if self.protocol.is_done() {
                 break;
             }
             let state = self.protocol.state();
             let output_len = self.protocol.output().len();
-            let take_commands = state != State::Closed && output_len < OUTPUT_HIGH_WATER;
+            let wants = Wants {
+                commands: state != State::Closed && output_len < OUTPUT_HIGH_WATER,
+                overflow: !self.aborted,
+                shutdown: state == State::Open,
+            };
             let readable = matches!(state, State::Open | State::CloseSent);
             let want_input =
                 pending.is_none() && readable && output_len < OUTPUT_HIGH_WATER && self.replies_have_room();
@@ -528,19 +553,20 @@ impl Session<'_> {
             let (mut wrote, mut got) = (false, false);
             tokio::select! {
                 biased;
-                written = writer.write(output), if output_len > 0 => match written {
-                    Ok(n @ 1..) => {
-                        self.protocol.advance_output(n);
-                        self.blocked = n < output_len;
-                        wrote = true;
-                        self.stalled = false;
-                        self.mailbox.update(self.protocol.backlog(), false);
-                    }
-                    _ => gone = true,
-                },
-                inbound = self.mailbox.recv(take_commands, !self.aborted), if take_commands || !self.aborted => match inbound {
+                // First: a client found too slow is dropped before anything more is written.
+                inbound = self.mailbox.recv(wants), if wants.any() => match inbound {
                     Inbound::Command(command) => self.apply(command),
                     Inbound::Overflowed => self.drop_slow_reader(),
+                    Inbound::ShuttingDown => {
+                        let _ = self.protocol.close(close::GOING_AWAY, "server shutting down", Instant::now().into_std());
+                    }
+                },
+                written = writer.write(output), if output_len > 0 => match written {
+                    Ok(n @ 1..) => {
+                        self.wrote(n);
+                        wrote = true;
+                    }
+                    _ => gone = true,
                 },
                 ready = self.plugin.ready(), if pending.is_some() => match ready {
                     Ok(ready) => self.handed(ready.send(pending.take().expect("checked above"))),
@@ -566,9 +592,6 @@ impl Session<'_> {
                     barrier = None;
                     self.finish_closing();
                 }
-                () = &mut shutdown, if state == State::Open => {
-                    let _ = self.protocol.close(close::GOING_AWAY, "server shutting down", Instant::now().into_std());
-                }
                 () = &mut timer => {
                     self.fire_timer();
                     self.check_stall();
@@ -592,6 +615,14 @@ impl Session<'_> {
             }
         }
         self.protocol.ended().cloned().unwrap_or(Ended::Dropped)
+    }
+
+    /// Notes that the socket took the first `n` bytes of the output.
+    fn wrote(&mut self, n: usize) {
+        self.blocked = n < self.protocol.output().len();
+        self.protocol.advance_output(n);
+        self.stalled = false;
+        self.mailbox.update(self.protocol.backlog(), false);
     }
 
     /// The plugin event of a message from the client, counted.

@@ -43,7 +43,7 @@ enum Seen {
 struct Harness {
     client: DuplexStream,
     seen: UnboundedReceiver<Seen>,
-    shutdown: CancellationToken,
+    shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
     /// Lets the plugin go on after `hold`, which blocks it.
     release: std::sync::mpsc::Sender<()>,
@@ -92,7 +92,6 @@ impl Harness {
             },
         )
         .expect("plugin thread");
-        let shutdown = CancellationToken::new();
         let metrics = Metrics::new();
         let route = Route::new(
             RoutePath::parse("/*").unwrap(),
@@ -118,18 +117,18 @@ impl Harness {
             routes: vec![route],
             static_files: None,
             metrics,
-            shutdown: shutdown.clone(),
+            shutdown: CancellationToken::new(),
             ready: Default::default(),
             open: Default::default(),
         });
         let (client, server) = tokio::io::duplex(pipe);
         let (reader, writer) = tokio::io::split(server);
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let task = tokio::spawn(serve(reader, writer, peer, shared));
+        let task = tokio::spawn(serve(reader, writer, peer, shared.clone()));
         let mut harness = Harness {
             client,
             seen,
-            shutdown,
+            shared,
             task,
             release,
         };
@@ -302,7 +301,7 @@ async fn shutdown_closes_with_1001_and_an_unanswered_close_ends_at_the_close_tim
     let mut h = Harness::start(64 * 1024, LIMITS, IDLE).await;
     tokio::time::pause();
     let start = Instant::now();
-    h.shutdown.cancel();
+    h.shared.shut_down();
     assert_eq!(h.recv_close().await, (1001, "server shutting down".into()));
     h.expect_eof().await;
     assert_about(start.elapsed(), CLOSE);

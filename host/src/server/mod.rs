@@ -108,7 +108,7 @@ pub struct Shared {
     routes: Vec<Route>,
     static_files: Option<StaticFiles>,
     metrics: Arc<Metrics>,
-    /// Cancelled when the server shuts down: connections close with 1001.
+    /// Cancelled when the server shuts down: handshakes are refused from then on.
     shutdown: CancellationToken,
     /// Listening, and not shutting down: `/readyz` says 200.
     ready: AtomicBool,
@@ -117,6 +117,15 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Starts the shutdown: handshakes are refused from now on, and every open
+    /// connection (and any that registers later) closes with 1001.
+    fn shut_down(&self) {
+        self.shutdown.cancel();
+        for route in &self.routes {
+            route.registry.shut_down();
+        }
+    }
+
     /// The metrics, with the gauges read from the routes as they are now.
     fn scrape(&self) -> String {
         for route in &self.routes {
@@ -222,7 +231,7 @@ impl Server {
             grace_s = grace.as_secs(),
             "shutting down: closing connections"
         );
-        self.shared.shutdown.cancel();
+        self.shared.shut_down();
         let drained = async {
             // Handshakes accepted from now on are refused (503), so the tasks run out.
             tasks.close();

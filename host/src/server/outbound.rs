@@ -42,13 +42,34 @@ impl Command {
     }
 }
 
-/// What [`Mailbox::recv`] waits for.
+/// What [`Mailbox::recv`] is to wait for: one wake-up serves them all, so that a
+/// connection's wait registers once.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Wants {
+    /// Commands from the plugin.
+    pub commands: bool,
+    /// The client being found too slow.
+    pub overflow: bool,
+    /// The server shutting down.
+    pub shutdown: bool,
+}
+
+impl Wants {
+    /// Whether it waits for anything.
+    pub fn any(&self) -> bool {
+        self.commands || self.overflow || self.shutdown
+    }
+}
+
+/// What [`Mailbox::recv`] returns.
 #[derive(Debug)]
 pub enum Inbound {
     /// A command from the plugin.
     Command(Command),
     /// The client was found too slow: it is to be dropped.
     Overflowed,
+    /// The server is shutting down.
+    ShuttingDown,
 }
 
 /// How much may wait for a client that does not take it.
@@ -97,6 +118,8 @@ struct Queue {
     ready: AtomicWaker,
     /// Set once, when the client is found too slow.
     overflowed: AtomicBool,
+    /// Set once, when the server shuts down.
+    shutting_down: AtomicBool,
     /// The connection's socket has stopped taking data.
     stalled: AtomicBool,
     /// The connection's encoded backlog, as of its last write.
@@ -113,6 +136,7 @@ pub fn queue(limits: OutboundLimits) -> (Outbox, Mailbox) {
         limits,
         ready: AtomicWaker::new(),
         overflowed: AtomicBool::new(false),
+        shutting_down: AtomicBool::new(false),
         stalled: AtomicBool::new(false),
         output_frames: AtomicUsize::new(0),
         output_bytes: AtomicUsize::new(0),
@@ -161,6 +185,14 @@ impl Outbox {
     }
 }
 
+impl Outbox {
+    /// Tells the connection that the server is shutting down.
+    pub fn shut_down(&self) {
+        self.queue.shutting_down.store(true, Ordering::Release);
+        self.queue.ready.wake();
+    }
+}
+
 /// A connection's side of its queue.
 pub struct Mailbox {
     queue: Arc<Queue>,
@@ -182,20 +214,28 @@ impl Mailbox {
         Some(command)
     }
 
-    /// Waits for the next command if `commands`, and for the client to be found too
-    /// slow if `overflow`. Cancel-safe: a command is taken only when returned.
-    pub fn recv(&self, commands: bool, overflow: bool) -> impl Future<Output = Inbound> + '_ {
+    /// Waits for what `wants` names. Cancel-safe: a command is taken only when
+    /// returned.
+    pub fn recv(&self, wants: Wants) -> impl Future<Output = Inbound> + '_ {
         std::future::poll_fn(move |cx| {
             // Registered before looking, so that a command queued after the look wakes it.
             self.queue.ready.register(cx.waker());
-            if overflow && self.queue.overflowed.load(Ordering::Acquire) {
+            if wants.overflow && self.queue.overflowed.load(Ordering::Acquire) {
                 return Poll::Ready(Inbound::Overflowed);
             }
-            match commands.then(|| self.try_recv()).flatten() {
+            if wants.shutdown && self.queue.shutting_down.load(Ordering::Acquire) {
+                return Poll::Ready(Inbound::ShuttingDown);
+            }
+            match wants.commands.then(|| self.try_recv()).flatten() {
                 Some(command) => Poll::Ready(Inbound::Command(command)),
                 None => Poll::Pending,
             }
         })
+    }
+
+    /// Whether the client was found too slow.
+    pub fn overflowed(&self) -> bool {
+        self.queue.overflowed.load(Ordering::Acquire)
     }
 
     /// Records the connection's encoded backlog, and whether its socket has stopped
@@ -271,7 +311,11 @@ mod tests {
         outbox.push(text("third")).unwrap();
         assert_eq!(outbox.push(text("fourth")), Err(HostError::Gone));
         // Resolves: the queue overflowed before the wait.
-        assert!(matches!(mailbox.recv(false, true).await, Inbound::Overflowed));
+        let wants = Wants {
+            overflow: true,
+            ..Wants::default()
+        };
+        assert!(matches!(mailbox.recv(wants).await, Inbound::Overflowed));
         assert_eq!(outbox.push(text("fifth")), Err(HostError::Gone));
         assert!(mailbox.update(Backlog { frames: 2, bytes: 20 }, true));
     }

@@ -50,6 +50,8 @@ struct Inner {
     groups: HashMap<String, HashSet<ConnId>>,
     /// Attachments of closed connections whose `on-close` the plugin has not handled yet.
     closing: HashMap<ConnId, Bytes>,
+    /// The server is shutting down: connections registered now are told at once.
+    shutting_down: bool,
 }
 
 impl Inner {
@@ -140,8 +142,22 @@ impl Registry {
             attachment: None,
             opened: false,
         };
-        self.lock().conns.insert(entry.info.id, entry);
+        let mut inner = self.lock();
+        if inner.shutting_down {
+            entry.outbox.shut_down();
+        }
+        inner.conns.insert(entry.info.id, entry);
         mailbox
+    }
+
+    /// Tells every connection, and every one registered from now on, that the server
+    /// is shutting down.
+    pub fn shut_down(&self) {
+        let mut inner = self.lock();
+        inner.shutting_down = true;
+        for entry in inner.conns.values() {
+            entry.outbox.shut_down();
+        }
     }
 
     /// Removes a connection and its group memberships. Later calls naming it return `Gone`.
