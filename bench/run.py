@@ -285,7 +285,7 @@ def scenarios(duration, certs):
          ["wsplug", "fastwebsockets", "tokio-tungstenite", "wsplug-native", STATELESS], []),
         ("echo 100 x 16 KiB", "msgs_per_s", True, "echo",
          ["echo", "--conns", "100", "--size", "16384", "--inflight", "2", "--duration", d],
-         ["wsplug", "fastwebsockets", "wsplug-native"], []),
+         ["wsplug", "fastwebsockets", "wsplug-native", STATELESS], []),
         ("echo 100 x 16 KiB, 1 in flight", "msgs_per_s", True, "echo",
          ["echo", "--conns", "100", "--size", "16384", "--inflight", "1", "--duration", d],
          ["wsplug", "fastwebsockets", "wsplug-native", STATELESS], []),
@@ -297,7 +297,7 @@ def scenarios(duration, certs):
          ["wsplug", "fastwebsockets", "tokio-tungstenite", STATELESS], []),
         ("fanout 1000 conns x 1 sender, 1 in flight", "deliveries_per_s", True, "broadcast",
          ["fanout", "--conns", "1000", "--senders", "1", "--size", "32", "--window", "1", "--duration", d],
-         ["wsplug", "fastwebsockets"], []),
+         ["wsplug", "fastwebsockets", STATELESS], []),
         # Several hosts through Redis: the same fanout with the 1000 connections spread over
         # 3 hosts (the sender on the first), and the latency of one message from a sender on
         # one host to a receiver on another (one in flight), against the same on one host.
