@@ -184,7 +184,7 @@ bench-deps:
 
 bench: rust-deps plugins bench-deps redis-deps
 	cargo build --release --quiet -p wsplug-host -p wsplug-bench
-	cargo bench --quiet -p wsplug-host --bench protocol --bench plugin -- --warm-up-time 0.5 --measurement-time 1
+	cargo bench --quiet -p wsplug-host --bench protocol --bench plugin -- --warm-up-time 0.3 --measurement-time 1
 	python3 bench/run.py
 
 ## Tests ------------------------------------------------------------------------
