@@ -499,9 +499,11 @@ impl Session<'_> {
                 self.drop_slow_reader();
             }
             // Output out at once if the socket takes it: a reply leaves in the turn that
-            // made it, instead of in a turn of its own through every wait below.
-            if !self.blocked
-                && !self.protocol.output().is_empty()
+            // made it, instead of in a turn of its own through every wait below. Tried at
+            // every turn, also after a partial write: commands arriving without pause win
+            // the select below, and must not keep the socket from being written (a reader
+            // that keeps up would look stalled).
+            if !self.protocol.output().is_empty()
                 && let Some(Ok(n @ 1..)) = write_now(writer, self.protocol.output()).await
             {
                 self.wrote(n);
