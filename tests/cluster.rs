@@ -111,17 +111,15 @@ impl Drop for Redis {
 /// Starts a host of the cluster on `redis` running the probe plugin. (No idle pings: the
 /// tests' clients wait seconds at a time without reading.)
 fn host(redis: &Redis) -> Server {
-    Server::start(
-        "probe",
-        &[
-            "--cluster",
-            &redis.url(),
-            "--cluster-name",
-            "test",
-            "--idle-timeout",
-            "120",
-        ],
-    )
+    host_with(redis, &[])
+}
+
+/// [`host`], with `extra` arguments.
+fn host_with(redis: &Redis, extra: &[&str]) -> Server {
+    let url = redis.url();
+    let mut args = vec!["--cluster", &url, "--cluster-name", "test", "--idle-timeout", "120"];
+    args.extend_from_slice(extra);
+    Server::start("probe", &args)
 }
 
 /// Asks `client` until `answer` satisfies `done`, or panics after `within`. Polling a
@@ -153,7 +151,8 @@ fn open_clients(hosts: &[Server], n: usize) -> Vec<Vec<(Client, u64)>> {
 fn ids_are_unique_across_hosts_and_sends_reach_other_hosts() {
     let _serial = serial();
     let redis = Redis::start();
-    let hosts: Vec<Server> = (0..2).map(|_| host(&redis)).collect();
+    // The first host's plugin is stateless: it asks Redis from a connection's thread.
+    let hosts = vec![host_with(&redis, &["--stateless"]), host(&redis)];
     let mut clients = open_clients(&hosts, 3);
     let ids: Vec<u64> = clients.iter().flatten().map(|(_, id)| *id).collect();
     let mut unique = ids.clone();
@@ -411,20 +410,15 @@ fn a_redis_outage_drops_no_connection_and_delivery_resumes() {
 fn the_key_value_store_is_shared_by_the_hosts() {
     let _serial = serial();
     let redis = Redis::start();
-    let start = || {
-        Server::start(
-            "api",
-            &[
-                "--cluster",
-                &redis.url(),
-                "--cluster-name",
-                "kv",
-                "--idle-timeout",
-                "120",
-            ],
-        )
+    let start = |extra: &[&str]| {
+        let url = redis.url();
+        let mut args = vec!["--cluster", &url, "--cluster-name", "kv", "--idle-timeout", "120"];
+        args.extend_from_slice(extra);
+        Server::start("api", &args)
     };
-    let (a, b) = (start(), start());
+    // The second host's plugin is stateless: its store calls wait for Redis on a
+    // connection's thread.
+    let (a, b) = (start(&[]), start(&["--stateless"]));
     let mut on_a = a.connect("/");
     let mut on_b = b.connect("/");
     for n in 0..20 {

@@ -152,6 +152,10 @@ fn assert_failure_is_contained(command: &str, args: &[&str], trap: &str) -> Dura
     server.assert_running();
     // The bystanders are connections 1 to 50; the victim is 51.
     assert_one_trap_logged(&server, "chaos", "on-text", BYSTANDERS as u64 + 1, trap);
+    if command == "panic" {
+        // Printed to stderr before the abort that is the trap.
+        server.wait_for_log("chaos: panic on command");
+    }
     eprintln!("`{command}`: 1011 after {latency:?}");
     latency
 }
@@ -198,6 +202,14 @@ fn a_stateless_plugins_trap_gets_1011_and_spares_the_others() {
 }
 
 #[test]
+fn a_stateless_plugins_panic_gets_1011_and_its_message_reaches_the_log() {
+    // Rust prints a panic's message to stderr, then aborts: the abort is the trap, and
+    // the message is in the log (a connection's thread can write to stderr too).
+    let latency = assert_failure_is_contained("panic", &["--stateless"], "wasm `unreachable` instruction executed");
+    assert!(latency < Duration::from_secs(5), "1011 only after {latency:?}");
+}
+
+#[test]
 fn a_stateless_plugins_call_past_its_cpu_deadline_gets_1011_and_spares_the_others() {
     // The call runs on a connection's thread: the epoch deadline interrupts it there too.
     let args = ["--stateless", "--plugin-deadline-ms", "200"];
@@ -207,6 +219,33 @@ fn a_stateless_plugins_call_past_its_cpu_deadline_gets_1011_and_spares_the_other
         "1011 after {latency:?}, before the deadline"
     );
     assert!(latency < Duration::from_secs(5), "1011 only after {latency:?}");
+}
+
+#[test]
+fn a_stateless_plugin_that_waits_holds_up_its_own_connection_only() {
+    let _serial = serial();
+    // A WASI sleep on a connection's thread (under the CPU deadline, which counts it):
+    // the call waits, and the thread's other connections are served elsewhere meanwhile.
+    let args = ["--stateless", "--plugin-deadline-ms", "10000"];
+    let server = Server::start_isolated(&plugin_path("probe"), &args);
+    let mut others: Vec<Client> = (0..20).map(|_| open_probe(&server, "/").0).collect();
+    let (mut sleeper, _) = open_probe(&server, "/");
+    let sent = Instant::now();
+    sleeper.send_text("sleep 2000");
+    for round in 0..5 {
+        for (i, other) in others.iter_mut().enumerate() {
+            let text = format!("round {round} of {i}");
+            assert_eq!(ask(other, &text), text);
+        }
+    }
+    let others_done = sent.elapsed();
+    assert_eq!(sleeper.recv_text(), "slept");
+    let slept = sent.elapsed();
+    assert!(
+        others_done < Duration::from_millis(2000) && slept >= Duration::from_millis(2000),
+        "the others were answered after {others_done:?}, the sleeper after {slept:?}"
+    );
+    assert_eq!(ask(&mut sleeper, "again"), "again");
 }
 
 /// Environment that keeps the host from capturing and symbolising its own stack for
@@ -956,18 +995,23 @@ fn a_granted_directory_is_readable_at_data_and_nothing_else_is() {
 #[test]
 fn the_plugins_stdout_and_stderr_go_to_the_log() {
     let _serial = serial();
-    let server = Server::start_isolated(&plugin_path("probe"), &[]);
-    let (mut client, _) = open_probe(&server, "/");
-    assert_eq!(ask(&mut client, "print hi"), "ok");
-    for (stream, level) in [("stdout", " INFO "), ("stderr", " WARN ")] {
-        let field = format!("stream=\"{stream}\"");
-        let lines = server.wait_for_log_lines(1, |line| line.contains(&field));
-        assert_eq!(lines.len(), 1, "{lines:#?}");
-        let line = &lines[0];
-        assert!(
-            line.contains(" hi ") && line.contains("plugin=\"probe\"") && line.contains(level),
-            "{line}"
-        );
+    // Stateless, the plugin prints from a connection's thread, where WASI's blocking
+    // writes must not block on the runtime (they once failed the call with 1011).
+    for args in [&[][..], &["--stateless"][..]] {
+        let server = Server::start_isolated(&plugin_path("probe"), args);
+        let (mut client, _) = open_probe(&server, "/");
+        assert_eq!(ask(&mut client, "print hi"), "ok", "{args:?}");
+        for (stream, level) in [("stdout", " INFO "), ("stderr", " WARN ")] {
+            let field = format!("stream=\"{stream}\"");
+            let lines = server.wait_for_log_lines(1, |line| line.contains(&field));
+            assert_eq!(lines.len(), 1, "{lines:#?}");
+            let line = &lines[0];
+            assert!(
+                line.contains(" hi ") && line.contains("plugin=\"probe\"") && line.contains(level),
+                "{line}"
+            );
+        }
+        assert_eq!(ask(&mut client, "print again"), "ok", "{args:?}");
     }
 }
 

@@ -2,6 +2,7 @@
 //! components.
 //!
 //! - [`app`]: the `host` program, from command line to shutdown.
+//! - [`blocking`]: waiting for a future in a plugin's host call, on any thread.
 //! - [`cluster`]: several hosts serving one application through a shared Redis server.
 //! - [`config`]: the TOML file and command line, merged and validated.
 //! - [`metrics`]: the Prometheus metrics (`/metrics`).
@@ -10,6 +11,7 @@
 //! - [`server`]: the tokio shell that connects sockets, protocol and plugin.
 
 pub mod app;
+pub mod blocking;
 pub mod cluster;
 pub mod config;
 pub mod metrics;

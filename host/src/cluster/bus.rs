@@ -24,6 +24,7 @@ use super::outbox::Target;
 use super::view::Effect;
 use super::wire::{self, Body, Envelope, HostNumber};
 use super::{Cluster, ClusterConfig, HEARTBEAT, HOST_TIMEOUT, Losses, redacted};
+use crate::blocking::wait_on;
 use crate::server::registry::Registry;
 
 /// Messages published at most in one pipeline.
@@ -360,21 +361,16 @@ fn lookup(manager: ConnectionManager, names: &Names) -> Box<super::InfoLookup> {
     let runtime = tokio::runtime::Handle::current();
     let names = names.clone();
     Box::new(move |conn| {
-        // Only the plugin's thread waits here; a runtime thread must not block.
-        if tokio::runtime::Handle::try_current().is_ok() {
-            return None;
-        }
         let mut manager = manager.clone();
         let hash = names.infos(super::view::host_of(conn));
         let mut fetch = redis::cmd("HGET");
         fetch.arg(hash).arg(conn);
-        // The timer is made inside the runtime's context, which block_on enters.
-        let bytes = runtime
-            .block_on(async {
-                tokio::time::timeout(LOOKUP_TIMEOUT, fetch.query_async::<Option<Vec<u8>>>(&mut manager)).await
-            })
-            .ok()?
-            .ok()??;
+        // The timer is made inside the runtime's context, which wait_on enters.
+        let bytes = wait_on(&runtime, async {
+            tokio::time::timeout(LOOKUP_TIMEOUT, fetch.query_async::<Option<Vec<u8>>>(&mut manager)).await
+        })
+        .ok()?
+        .ok()??;
         wire::decode_info(Bytes::from(bytes)).ok()
     })
 }

@@ -143,7 +143,7 @@ impl Cluster {
     }
 
     /// The handshake facts of another host's open connection. Waits for Redis (briefly:
-    /// see [`bus`]); called on the plugin's thread only.
+    /// see [`bus`]); called from a plugin's call, on whichever thread runs it.
     pub fn remote_info(&self, conn: ConnId) -> Option<Arc<ConnectionInfo>> {
         if !self.view().contains(conn) {
             return None;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use tokio::runtime::Handle;
 
+use crate::blocking::wait_on;
 use crate::store::{KeyValue, StoreError, check_sizes};
 
 /// Removes from the index (`KEYS[1]`) each key (`ARGV[i]`) whose value (`KEYS[i + 1]`)
@@ -29,8 +30,7 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// A store on `manager`, whose calls (from the plugin's thread, which is not one of
-    /// the runtime's) run on `runtime`.
+    /// A store on `manager`, whose calls run on `runtime`.
     pub fn new(manager: ConnectionManager, runtime: Handle, name: &str) -> Self {
         Self {
             manager,
@@ -47,11 +47,11 @@ impl RedisStore {
         format!("{}:kvidx:{}:{namespace}", self.name, namespace.len())
     }
 
-    /// Runs `command` against Redis, waiting for it on the calling thread.
+    /// Runs `command` against Redis, waiting for it on the calling thread (the plugin's,
+    /// or a connection's for a stateless plugin).
     fn run<T: redis::FromRedisValue>(&self, command: &redis::Pipeline) -> Result<T, StoreError> {
         let mut manager = self.manager.clone();
-        self.runtime
-            .block_on(command.query_async(&mut manager))
+        wait_on(&self.runtime, command.query_async(&mut manager))
             .map_err(|error| StoreError::Unavailable(format!("Redis: {error}")))
     }
 }

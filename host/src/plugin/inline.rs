@@ -45,10 +45,11 @@ pub struct Inline {
     span: tracing::Span,
 }
 
-/// Calls `event`'s export on this thread. WASI's blocking calls (writes to stdout or
-/// stderr, sleeps, file reads) wait by entering the async runtime, which a thread of
-/// that runtime cannot do: the host call panics. That panic fails the call like a trap,
-/// and its message, printed nowhere, becomes the error.
+/// Calls `event`'s export on this thread. The host calls that wait do so through
+/// [`crate::blocking`], which a runtime thread can use; WASI's others (files, sockets,
+/// which the sandbox does not offer anyway) wait by entering the async runtime, which a
+/// thread of that runtime cannot do: the host call panics. That panic fails the call
+/// like a trap, and its message, printed nowhere, becomes the error.
 fn deliver_here(instance: &mut Instance, event: &PluginEvent) -> wasmtime::Result<()> {
     IN_CALL.set(true);
     let delivered = panic::catch_unwind(AssertUnwindSafe(|| runner::deliver(instance, event)));
@@ -61,7 +62,7 @@ fn deliver_here(instance: &mut Instance, event: &PluginEvent) -> wasmtime::Resul
             .unwrap_or("a panic");
         Err(wasmtime::Error::msg(format!(
             "a host call the plugin made cannot run on a connection's thread (a stateless plugin \
-             must not use WASI's stdout, stderr, sleeps or files; log with the host's `log`): {why}"
+             has no WASI files or sockets): {why}"
         )))
     })
 }

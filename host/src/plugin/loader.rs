@@ -184,6 +184,7 @@ impl Loader {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        super::wasi_io::add_to_linker(&mut linker)?;
         v2::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
         v1::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
 

@@ -8,6 +8,7 @@
 //! - [`runner`]: the plugin thread: instances, traps, crash-loop back-off, reload swaps.
 //! - [`inline`]: a stateless plugin's instances on its connections' own threads.
 //! - [`timers`]: the plugin's timers, kept by the host and fired as events.
+//! - [`wasi_io`]: WASI's streams and polling, for calls on any thread (stateless plugins).
 //! - [`watcher`]: notices a changed plugin file (or SIGHUP) and hands the new version over.
 //!
 //! Two versions of the WIT world are served (`wit/0.1.0` and `wit/`, 0.2.0); [`bindings`]
@@ -20,6 +21,7 @@ pub mod loader;
 mod output;
 pub mod runner;
 pub mod timers;
+mod wasi_io;
 pub mod watcher;
 
 use std::sync::Arc;

@@ -24,6 +24,7 @@
 //! | `panic`                  | panics (the host closes the connection with 1011)                      |
 //! | `flood <n> <size>`       | sends `n` text messages of `size` bytes (`x`s) to the sender, stopping |
 //! |                          | at the first error (its queue overflowed); no other answer             |
+//! | `sequence <n> [close <c>]` | sends `0` to `n-1`; then closes with `c` and sends one more          |
 //!
 //! And commands that probe the sandbox from inside, through WASI and Rust's `std`:
 //!
@@ -35,6 +36,7 @@
 //! | `connect <addr>`             | `std::net::TcpStream::connect`; `ok` or `error <message>`          |
 //! | `env`                        | `env=<count of std::env::vars()> args=<count of std::env::args()>` |
 //! | `print <msg>`                | `println!` and `eprintln!` of the message; `ok`                    |
+//! | `sleep <ms>`                 | `std::thread::sleep` (a WASI poll on a clock); `slept`             |
 //!
 //! Anything else is echoed back as text.
 
@@ -204,6 +206,13 @@ fn command(conn: ConnectionId, text: &str) -> bool {
             conn,
             &format!("env={} args={}", std::env::vars().count(), std::env::args().count()),
         ),
+        ("sleep", ms) => {
+            let Ok(ms) = ms.parse::<u64>() else {
+                return false;
+            };
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            reply(conn, "slept");
+        }
         ("print", message) => {
             println!("{message}");
             eprintln!("{message}");
