@@ -6,25 +6,14 @@
 // - read while sending: each send awaits its write callback, which lets the event
 //   loop deliver the echoes that have come in meanwhile, as ws applications do.
 
-import { after, before, describe, test } from "node:test";
-import { startHost } from "./host.mjs";
+import { describe, test } from "node:test";
+import { echoHosts } from "./host.mjs";
 import { CONFIGS, TEST_TIMEOUT_MS, assertSame, closeCleanly, connect, payload, send } from "./support.mjs";
 
 const COUNT = 1000;
 const KINDS = ["text", "binary"];
 
-const hosts = {};
-before(async () => {
-  [hosts.compressing, hosts.uncompressed] = await Promise.all([
-    startHost("echo.wasm"),
-    startHost("echo.wasm", ["--compression", "false"]),
-  ]);
-});
-after(async () => {
-  await Promise.all([hosts.compressing?.stop(), hosts.uncompressed?.stop()]);
-});
-
-const urlFor = (config) => (config.serverCompression ? hosts.compressing : hosts.uncompressed).url;
+const urlFor = echoHosts();
 
 // 5 to 64 bytes, random content: an echo out of order or a lost one cannot go unnoticed.
 const burst = (kind, seed) => Array.from({ length: COUNT }, (_, i) => payload(kind, 5 + (i % 60), `${seed}-${kind}-${i}`));

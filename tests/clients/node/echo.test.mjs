@@ -2,8 +2,8 @@
 // messages, and a few connections at once. Each case runs once per client
 // configuration (support.mjs CONFIGS).
 
-import { after, before, describe, test } from "node:test";
-import { startHost } from "./host.mjs";
+import { describe, test } from "node:test";
+import { echoHosts } from "./host.mjs";
 import {
   CONFIGS, TEST_TIMEOUT_MS, assertSame, closeCleanly, connect, payload, send,
 } from "./support.mjs";
@@ -13,18 +13,7 @@ import {
 const SIZES = [0, 1, 125, 126, 65535, 65536, 1024 * 1024];
 const KINDS = ["text", "binary"];
 
-const hosts = {};
-before(async () => {
-  [hosts.compressing, hosts.uncompressed] = await Promise.all([
-    startHost("echo.wasm"),
-    startHost("echo.wasm", ["--compression", "false"]),
-  ]);
-});
-after(async () => {
-  await Promise.all([hosts.compressing?.stop(), hosts.uncompressed?.stop()]);
-});
-
-const urlFor = (config) => (config.serverCompression ? hosts.compressing : hosts.uncompressed).url;
+const urlFor = echoHosts();
 
 /** Sends each message and waits for its echo before the next. */
 async function echoEach(ws, inbox, messages, label) {

@@ -9,6 +9,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { createInterface } from "node:readline";
+import { after, before } from "node:test";
 
 const root = resolve(import.meta.dirname, "../../..");
 const hostBinary = process.env.HOST ?? join(root, "target/debug/host");
@@ -69,4 +70,28 @@ export function startHost(plugin, extraArgs = []) {
   }
 
   return url.then((address) => ({ url: address, stop }));
+}
+
+/**
+ * The echo hosts a test file's client configurations (support.mjs CONFIGS) talk to:
+ * compression on, compression off, and compression on with the plugin served as
+ * stateless. Starts them before the file's tests and stops them after; returns the
+ * URL for a configuration.
+ */
+export function echoHosts() {
+  const hosts = {};
+  before(async () => {
+    [hosts.compressing, hosts.uncompressed, hosts.stateless] = await Promise.all([
+      startHost("echo.wasm"),
+      startHost("echo.wasm", ["--compression", "false"]),
+      startHost("echo.wasm", ["--stateless"]),
+    ]);
+  });
+  after(async () => {
+    await Promise.all(Object.values(hosts).map((host) => host?.stop()));
+  });
+  return (config) => {
+    if (config.stateless) return hosts.stateless.url;
+    return (config.serverCompression ? hosts.compressing : hosts.uncompressed).url;
+  };
 }

@@ -28,9 +28,15 @@ export const CONFIGS = [
     perMessageDeflate: { threshold: 0, clientNoContextTakeover: true, serverNoContextTakeover: true },
   },
   { id: "deflate-declined", perMessageDeflate: true, serverCompression: false },
-].map((config) => ({ serverCompression: true, ...config }));
+  // The host serves the plugin as stateless (`--stateless`): on the connections' threads,
+  // its replies skipping the outbound queue.
+  { id: "plain-stateless", perMessageDeflate: false, stateless: true },
+  { id: "deflate-stateless", perMessageDeflate: { threshold: 0 }, stateless: true },
+].map((config) => ({ serverCompression: true, stateless: false, ...config }));
 
-export const COMPRESSING_HOST_CONFIGS = CONFIGS.filter((config) => config.serverCompression);
+// For a host of a test file's own with compression on; whether that host is stateless
+// is its own business.
+export const COMPRESSING_HOST_CONFIGS = CONFIGS.filter((config) => config.serverCompression && !config.stateless);
 
 function compressed(config) {
   return config.perMessageDeflate !== false && config.serverCompression;

@@ -113,6 +113,12 @@ def echo_host_uncompressed(cache_dir):
 
 
 @pytest.fixture(scope="module")
+def echo_host_stateless(cache_dir):
+    """echo.wasm served as stateless (an instance on each runtime thread), compression on."""
+    yield from _host(cache_dir, "echo.wasm", "--stateless")
+
+
+@pytest.fixture(scope="module")
 def api_host(cache_dir, tmp_path_factory):
     """api.wasm (plugin API 0.2 on command), a short CPU deadline, a store of its own."""
     store = tmp_path_factory.mktemp("wsplug-store")

@@ -30,12 +30,17 @@ class ClientConfig:
     client_no_context_takeover: bool = False
     # False: the host runs with `--compression false` and must decline the offer.
     server_compression: bool = True
+    # True: the host serves the plugin as stateless (`--stateless`): it runs on the
+    # connections' threads, and its replies skip the outbound queue.
+    stateless: bool = False
 
     @property
     def compressed(self):
         return self.offer and self.server_compression
 
     def host_fixture(self):
+        if self.stateless:
+            return "echo_host_stateless"
         return "echo_host" if self.server_compression else "echo_host_uncompressed"
 
     def connect(self, url, **kwargs):
@@ -83,10 +88,13 @@ CONFIGS = [
         client_no_context_takeover=True,
     ),
     ClientConfig("deflate-declined", offer=True, server_compression=False),
+    ClientConfig("plain-stateless", offer=False, stateless=True),
+    ClientConfig("deflate-stateless", offer=True, stateless=True),
 ]
 
-# The configurations that reach a host with compression on (broadcast.wasm runs with it).
-COMPRESSING_HOST_CONFIGS = [c for c in CONFIGS if c.server_compression]
+# The client configurations for a host of a test's own with compression on
+# (broadcast.wasm runs with it); whether it is stateless is that host's business.
+COMPRESSING_HOST_CONFIGS = [c for c in CONFIGS if c.server_compression and not c.stateless]
 
 
 def config_params(configs=CONFIGS):
