@@ -183,9 +183,7 @@ impl Outbox {
         queue.ready.wake();
         Ok(())
     }
-}
 
-impl Outbox {
     /// Tells the connection that the server is shutting down.
     pub fn shut_down(&self) {
         self.queue.shutting_down.store(true, Ordering::Release);
