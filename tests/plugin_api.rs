@@ -483,7 +483,8 @@ fn the_store_keeps_data_across_a_killed_host() {
     let store = TempDir::new("api-store");
     let args = ["--store-dir", store.arg()];
     {
-        let server = Server::start("api", &args);
+        // Stateless: the writes wait for the disk on a connection's thread.
+        let server = Server::start("api", &[&args[..], &["--stateless"]].concat());
         let mut client = server.connect("/");
         for n in 0..20 {
             ok(&mut client, &format!("kv-set item/{n:02} value-{n}"));

@@ -6,7 +6,8 @@
 //! start a runtime inside a runtime) and blocking any other way would stall every other
 //! connection of that thread. So a call here first looks whether its result is ready at
 //! once (a log line always is) and otherwise blocks with [`tokio::task::block_in_place`],
-//! which first hands the thread's other tasks to another thread.
+//! which first hands the thread's other tasks to another thread. Work that blocks
+//! without a future (a disk write) goes through [`block_here`].
 
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
@@ -21,11 +22,16 @@ pub fn wait_on<F: Future>(runtime: &Handle, future: F) -> F::Output {
     if let Poll::Ready(output) = future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
         return output;
     }
-    if runtime.runtime_flavor() == RuntimeFlavor::MultiThread {
-        // Outside the runtime's threads this runs the closure as it is.
-        tokio::task::block_in_place(|| runtime.block_on(future))
-    } else {
-        runtime.block_on(future)
+    block_here(|| runtime.block_on(future))
+}
+
+/// Runs `work`, which blocks (a wait, a disk write), on this thread. On a thread of a
+/// multi-threaded runtime, that thread's other tasks go to another thread first.
+pub fn block_here<R>(work: impl FnOnce() -> R) -> R {
+    match Handle::try_current() {
+        // Outside the runtime's own threads, block_in_place runs `work` as it is.
+        Ok(runtime) if runtime.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(work),
+        _ => work(),
     }
 }
 
@@ -70,6 +76,22 @@ mod tests {
             assert_eq!(waiting.await.unwrap(), 42);
             other.await.unwrap();
         });
+    }
+
+    #[test]
+    fn blocking_work_on_a_runtime_thread_lets_its_other_tasks_go_on() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let answer = runtime.block_on(async {
+            let (tell, told) = std::sync::mpsc::channel::<u32>();
+            let blocked = tokio::spawn(async move { block_here(|| told.recv_timeout(Duration::from_secs(10))) });
+            tokio::task::yield_now().await;
+            tokio::spawn(async move { tell.send(7).unwrap() }).await.unwrap();
+            blocked.await.unwrap()
+        });
+        assert_eq!(answer, Ok(7));
     }
 
     #[test]

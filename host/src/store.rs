@@ -12,6 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableDatabase, TableDefinition, TableError};
 
+use crate::blocking::block_here;
+
 /// Longest key, in bytes.
 pub const MAX_KEY: usize = 1024;
 /// Longest value, in bytes.
@@ -109,6 +111,39 @@ impl FileStore {
         *db = Some(opened.clone());
         Ok(opened)
     }
+
+    /// [`KeyValue::set`], on this thread: a commit waits for the disk.
+    fn write(&self, namespace: &str, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
+        let db = self.db()?;
+        let expires = ttl.map_or(0, |ttl| now_ms().saturating_add(ttl.as_millis() as u64).max(1));
+        let mut entry = Vec::with_capacity(8 + value.len());
+        entry.extend_from_slice(&expires.to_le_bytes());
+        entry.extend_from_slice(value);
+        let sweep = self.writes.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1;
+        let txn = db.begin_write().map_err(unavailable)?;
+        {
+            let mut table = txn.open_table(ENTRIES).map_err(unavailable)?;
+            table.insert((namespace, key), entry.as_slice()).map_err(unavailable)?;
+            if sweep {
+                let now = now_ms();
+                table.retain(|_, value| !expired(value, now)).map_err(unavailable)?;
+            }
+        }
+        txn.commit().map_err(unavailable)
+    }
+
+    /// [`KeyValue::delete`], on this thread: a commit waits for the disk.
+    fn remove(&self, namespace: &str, key: &str) -> Result<bool, StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(unavailable)?;
+        let was_live = {
+            let mut table = txn.open_table(ENTRIES).map_err(unavailable)?;
+            let removed = table.remove((namespace, key)).map_err(unavailable)?;
+            removed.is_some_and(|entry| !expired(entry.value(), now_ms()))
+        };
+        txn.commit().map_err(unavailable)?;
+        Ok(was_live)
+    }
 }
 
 fn open(path: &Path) -> Result<Database, StoreError> {
@@ -167,34 +202,11 @@ impl KeyValue for FileStore {
     }
 
     fn set(&self, namespace: &str, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
-        let db = self.db()?;
-        let expires = ttl.map_or(0, |ttl| now_ms().saturating_add(ttl.as_millis() as u64).max(1));
-        let mut entry = Vec::with_capacity(8 + value.len());
-        entry.extend_from_slice(&expires.to_le_bytes());
-        entry.extend_from_slice(value);
-        let sweep = self.writes.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1;
-        let txn = db.begin_write().map_err(unavailable)?;
-        {
-            let mut table = txn.open_table(ENTRIES).map_err(unavailable)?;
-            table.insert((namespace, key), entry.as_slice()).map_err(unavailable)?;
-            if sweep {
-                let now = now_ms();
-                table.retain(|_, value| !expired(value, now)).map_err(unavailable)?;
-            }
-        }
-        txn.commit().map_err(unavailable)
+        block_here(|| self.write(namespace, key, value, ttl))
     }
 
     fn delete(&self, namespace: &str, key: &str) -> Result<bool, StoreError> {
-        let db = self.db()?;
-        let txn = db.begin_write().map_err(unavailable)?;
-        let was_live = {
-            let mut table = txn.open_table(ENTRIES).map_err(unavailable)?;
-            let removed = table.remove((namespace, key)).map_err(unavailable)?;
-            removed.is_some_and(|entry| !expired(entry.value(), now_ms()))
-        };
-        txn.commit().map_err(unavailable)?;
-        Ok(was_live)
+        block_here(|| self.remove(namespace, key))
     }
 
     fn list_keys(
