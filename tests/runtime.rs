@@ -792,24 +792,28 @@ fn a_stateless_plugin_is_called_on_the_connections_threads() {
     // One instance serves a plugin on its thread; a stateless one gets an instance on each
     // thread that runs its connections too. Either way every message comes back in order.
     let _serial = serial();
-    for (args, stateless) in [(&[][..], false), (&["--stateless"][..], true)] {
+    let cores = thread::available_parallelism().map_or(1, |n| n.get());
+    // The plugin's threads: none of its own (shared), one per core, or as `--threads` says.
+    for (args, threads) in [
+        (&[][..], None),
+        (&["--stateless"][..], Some(cores)),
+        (&["--stateless", "--threads", "1"][..], Some(1)),
+    ] {
         let server = Server::start_isolated(&plugin_path("echo"), args);
         let mut clients: Vec<Client> = (0..20).map(|_| server.connect("/")).collect();
         echo_pipelined(&mut clients, 200);
         let instances = Scrape::of(server.addr).value("wsplug_plugin_instances", &[("route", "default")]);
-        match stateless {
-            false => assert_eq!(instances, 1.0, "shared: the plugin thread's instance alone"),
-            // The plugin thread's, and one on each runtime thread (one per core) that ran a
-            // connection.
-            true => {
-                let most = 1 + thread::available_parallelism().map_or(1, |n| n.get());
-                assert!(
-                    (2.0..=most as f64).contains(&instances),
-                    "stateless: {instances} instances, expected 2 to {most}"
-                );
-            }
+        match threads {
+            None => assert_eq!(instances, 1.0, "shared: the plugin thread's instance alone"),
+            // The plugin thread's, and one on each runtime thread that ran a connection.
+            Some(1) => assert_eq!(instances, 2.0, "{args:?}"),
+            Some(threads) => assert!(
+                (2.0..=(1 + threads) as f64).contains(&instances),
+                "{args:?}: {instances} instances, expected 2 to {}",
+                1 + threads
+            ),
         }
-        eprintln!("stateless {stateless}: {instances} instances");
+        eprintln!("{args:?}: {instances} instances");
     }
 }
 

@@ -68,7 +68,12 @@ pub fn main(native: Option<NativeHandler>) -> ExitCode {
         Err(error) => tracing::warn!("cannot raise the file descriptor limit: {error}"),
     }
 
-    let runtime = match tokio::runtime::Runtime::new() {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(threads) = config.threads {
+        runtime.worker_threads(threads);
+    }
+    let runtime = match runtime.build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("host: error: cannot start the runtime: {error}");

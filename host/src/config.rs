@@ -151,6 +151,10 @@ pub struct Options {
     #[arg(long, value_name = "SECONDS")]
     pub shutdown_grace: Option<u64>,
 
+    /// Threads that serve the connections (and run a stateless plugin), 1 to 1024 [default: one per core]
+    #[arg(long, value_name = "N")]
+    pub threads: Option<u64>,
+
     /// CPU time in milliseconds one plugin call may take before it is interrupted [default: 500]
     #[arg(long, value_name = "MS")]
     pub plugin_deadline_ms: Option<u64>,
@@ -563,6 +567,8 @@ pub struct Config {
     pub static_dir: Option<PathBuf>,
     /// Grace period of a graceful shutdown.
     pub shutdown_grace: Duration,
+    /// The runtime's threads, or `None` for one per core.
+    pub threads: Option<usize>,
     /// Compiled-plugin cache, or `None` when off.
     pub cache_dir: Option<PathBuf>,
     /// The key-value store's directory (of the route named [`DEFAULT_ROUTE`]; the others
@@ -673,6 +679,7 @@ impl Options {
             write_masked,
             static_dir,
             shutdown_grace,
+            threads,
             plugin_deadline_ms,
             plugin_memory_mib,
             plugin_queue,
@@ -801,6 +808,10 @@ impl Options {
                 3600,
                 "seconds",
             )?),
+            threads: self
+                .threads
+                .map(|n| range("threads", n, 1, 1024, "threads").map(|n| n as usize))
+                .transpose()?,
             cache_dir,
             store_dir: self.store_dir.unwrap_or_else(crate::store::default_dir),
             cluster: cluster(self.cluster, self.cluster_name)?,
@@ -1065,6 +1076,10 @@ mod tests {
         assert!(error_of(with("static = \"/nonexistent\"")).starts_with("invalid static = /nonexistent"));
         assert!(error_of(Options::default()).starts_with("no plugin"));
         assert!(error_of(with("log_format = \"xml\"")).starts_with("invalid log_format = \"xml\""));
+        assert_eq!(
+            error_of(with("threads = 0")),
+            "invalid threads = 0: expected 1 to 1024 threads"
+        );
         assert!(error_of(with("metrics_listen = \"x\"")).starts_with("invalid metrics_listen = x"));
         let unknown = Options::from_toml("plugin = \"p\"\nmax_payload = 3")
             .unwrap_err()
