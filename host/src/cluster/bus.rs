@@ -20,11 +20,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
+use super::calls::RedisCalls;
 use super::outbox::Target;
 use super::view::Effect;
 use super::wire::{self, Body, Envelope, HostNumber};
 use super::{Cluster, ClusterConfig, HEARTBEAT, HOST_TIMEOUT, Losses, redacted};
-use crate::blocking::wait_on;
 use crate::server::registry::Registry;
 
 /// Messages published at most in one pipeline.
@@ -77,6 +77,8 @@ impl Names {
 pub struct Bus {
     cluster: Arc<Cluster>,
     manager: ConnectionManager,
+    /// The plugins' calls that wait for Redis (their store, other hosts' connections).
+    calls: Arc<RedisCalls>,
     received: mpsc::Receiver<Bytes>,
     resync: Arc<Resync>,
     names: Names,
@@ -139,22 +141,21 @@ pub async fn join(config: &ClusterConfig) -> anyhow::Result<Bus> {
             Ok(())
         }
     };
-    let manager_config = ConnectionManagerConfig::new()
-        .set_push_sender(on_push)
-        .set_automatic_resubscription()
-        .set_min_delay(Duration::from_millis(50))
-        .set_max_delay(Duration::from_millis(500))
-        .set_number_of_retries(3)
-        .set_connection_timeout(Some(Duration::from_millis(500)))
-        .set_response_timeout(Some(Duration::from_secs(1)));
+    let subscriber_config = manager_config().set_push_sender(on_push).set_automatic_resubscription();
+    let unreachable = || format!("cannot reach the cluster's Redis server at {}", redacted(&config.url));
     let mut manager = tokio::time::timeout(
         CONNECT_TIMEOUT,
-        ConnectionManager::new_with_config(client, manager_config),
+        ConnectionManager::new_with_config(client.clone(), subscriber_config),
     )
     .await
     .map_err(|_| anyhow::anyhow!("timed out"))
     .and_then(|connected| Ok(connected?))
-    .with_context(|| format!("cannot reach the cluster's Redis server at {}", redacted(&config.url)))?;
+    .with_context(unreachable)?;
+    let calls = tokio::time::timeout(CONNECT_TIMEOUT, RedisCalls::start(client, manager_config()))
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out"))
+        .and_then(|started| started)
+        .with_context(unreachable)?;
 
     let incarnation = random_u64();
     let me = claim_number(&mut manager, &names, incarnation).await?;
@@ -166,10 +167,21 @@ pub async fn join(config: &ClusterConfig) -> anyhow::Result<Bus> {
     Ok(Bus {
         cluster: Arc::new(Cluster::new(me, incarnation, losses)),
         manager,
+        calls: Arc::new(calls),
         received,
         resync,
         names,
     })
+}
+
+/// How the hosts' Redis connections reconnect and time out.
+fn manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(500))
+        .set_number_of_retries(3)
+        .set_connection_timeout(Some(Duration::from_millis(500)))
+        .set_response_timeout(Some(Duration::from_secs(1)))
 }
 
 impl Bus {
@@ -180,11 +192,7 @@ impl Bus {
 
     /// The plugins' key-value store, in the cluster's Redis server.
     pub fn store(&self) -> super::store::RedisStore {
-        super::store::RedisStore::new(
-            self.manager.clone(),
-            tokio::runtime::Handle::current(),
-            &self.names.name,
-        )
+        super::store::RedisStore::new(self.calls.clone(), &self.names.name)
     }
 
     /// Starts the tasks that publish, receive and beat, serving `registry`'s connections
@@ -193,6 +201,7 @@ impl Bus {
         let Bus {
             cluster,
             manager,
+            calls,
             received,
             resync,
             names,
@@ -206,7 +215,7 @@ impl Bus {
             alive_key: names.alive(cluster.host()),
             infos_key: names.infos(cluster.host()),
         };
-        cluster.set_lookup(lookup(manager.clone(), &names));
+        cluster.set_lookup(lookup(calls, &names));
         let names = Arc::new(names);
         tokio::spawn(publish(cluster.clone(), manager.clone(), names.clone()));
         tokio::spawn(receive(cluster.clone(), registry.clone(), received));
@@ -357,21 +366,13 @@ async fn receive(cluster: Arc<Cluster>, registry: Arc<Registry>, mut received: m
 const LOOKUP_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// Looks another host's connection up in the hash its host keeps.
-fn lookup(manager: ConnectionManager, names: &Names) -> Box<super::InfoLookup> {
-    let runtime = tokio::runtime::Handle::current();
+fn lookup(calls: Arc<RedisCalls>, names: &Names) -> Box<super::InfoLookup> {
     let names = names.clone();
     Box::new(move |conn| {
-        let mut manager = manager.clone();
-        let hash = names.infos(super::view::host_of(conn));
-        let mut fetch = redis::cmd("HGET");
-        fetch.arg(hash).arg(conn);
-        // The timer is made inside the runtime's context, which wait_on enters.
-        let bytes = wait_on(&runtime, async {
-            tokio::time::timeout(LOOKUP_TIMEOUT, fetch.query_async::<Option<Vec<u8>>>(&mut manager)).await
-        })
-        .ok()?
-        .ok()??;
-        wire::decode_info(Bytes::from(bytes)).ok()
+        let mut fetch = redis::pipe();
+        fetch.cmd("HGET").arg(names.infos(super::view::host_of(conn))).arg(conn);
+        let (bytes,): (Option<Vec<u8>>,) = calls.query(fetch, LOOKUP_TIMEOUT).ok()?;
+        wire::decode_info(Bytes::from(bytes?)).ok()
     })
 }
 

@@ -4,6 +4,7 @@
 //! - [`view`]: what a host knows of the others, rebuilt from those messages (sans I/O).
 //! - [`outbox`]: the messages waiting to be published, bounded in bytes.
 //! - [`bus`]: the Redis connection: joining, publishing, receiving, heartbeats.
+//! - [`calls`]: the Redis commands a plugin's call waits for, on a thread of their own.
 //! - [`store`]: the plugins' key-value store, in Redis, shared by the hosts.
 //!
 //! The registry asks a [`Cluster`] what it knows of the other hosts and hands it
@@ -13,6 +14,7 @@
 //! connections).
 
 pub mod bus;
+pub mod calls;
 pub mod outbox;
 pub mod store;
 pub mod view;

@@ -8,12 +8,10 @@
 //! both in one `MULTI`; keys that expired are taken out of the index when a listing
 //! meets them.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-use tokio::runtime::Handle;
-
-use crate::blocking::wait_on;
+use super::calls::RedisCalls;
 use crate::store::{KeyValue, StoreError, check_sizes};
 
 /// Removes from the index (`KEYS[1]`) each key (`ARGV[i]`) whose value (`KEYS[i + 1]`)
@@ -24,17 +22,18 @@ end";
 
 /// The store of cluster `name`, over its Redis connection.
 pub struct RedisStore {
-    manager: ConnectionManager,
-    runtime: Handle,
+    calls: Arc<RedisCalls>,
     name: String,
 }
 
+/// How long a store call waits for Redis.
+const TIMEOUT: Duration = Duration::from_secs(2);
+
 impl RedisStore {
-    /// A store on `manager`, whose calls run on `runtime`.
-    pub fn new(manager: ConnectionManager, runtime: Handle, name: &str) -> Self {
+    /// A store whose commands `calls` runs.
+    pub fn new(calls: Arc<RedisCalls>, name: &str) -> Self {
         Self {
-            manager,
-            runtime,
+            calls,
             name: name.to_owned(),
         }
     }
@@ -49,9 +48,9 @@ impl RedisStore {
 
     /// Runs `command` against Redis, waiting for it on the calling thread (the plugin's,
     /// or a connection's for a stateless plugin).
-    fn run<T: redis::FromRedisValue>(&self, command: &redis::Pipeline) -> Result<T, StoreError> {
-        let mut manager = self.manager.clone();
-        wait_on(&self.runtime, command.query_async(&mut manager))
+    fn run<T: redis::FromRedisValue + Send + 'static>(&self, command: redis::Pipeline) -> Result<T, StoreError> {
+        self.calls
+            .query(command, TIMEOUT)
             .map_err(|error| StoreError::Unavailable(format!("Redis: {error}")))
     }
 }
@@ -60,7 +59,7 @@ impl KeyValue for RedisStore {
     fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let mut pipe = redis::pipe();
         pipe.cmd("GET").arg(self.value_key(namespace, key));
-        let (value,): (Option<Vec<u8>>,) = self.run(&pipe)?;
+        let (value,): (Option<Vec<u8>>,) = self.run(pipe)?;
         Ok(value)
     }
 
@@ -74,7 +73,7 @@ impl KeyValue for RedisStore {
         }
         set.ignore();
         pipe.cmd("ZADD").arg(self.index_key(namespace)).arg(0).arg(key).ignore();
-        self.run(&pipe)
+        self.run(pipe)
     }
 
     fn delete(&self, namespace: &str, key: &str) -> Result<bool, StoreError> {
@@ -82,7 +81,7 @@ impl KeyValue for RedisStore {
         pipe.atomic();
         pipe.cmd("DEL").arg(self.value_key(namespace, key));
         pipe.cmd("ZREM").arg(self.index_key(namespace)).arg(key).ignore();
-        let (deleted,): (u32,) = self.run(&pipe)?;
+        let (deleted,): (u32,) = self.run(pipe)?;
         Ok(deleted > 0)
     }
 
@@ -116,7 +115,7 @@ impl KeyValue for RedisStore {
                 .arg("LIMIT")
                 .arg(0)
                 .arg(wanted);
-            let (candidates,): (Vec<String>,) = self.run(&pipe)?;
+            let (candidates,): (Vec<String>,) = self.run(pipe)?;
             let Some(last) = candidates.last() else {
                 break;
             };
@@ -126,7 +125,7 @@ impl KeyValue for RedisStore {
             for key in &candidates {
                 pipe.cmd("EXISTS").arg(self.value_key(namespace, key));
             }
-            let live: Vec<bool> = self.run(&pipe)?;
+            let live: Vec<bool> = self.run(pipe)?;
             let complete = candidates.len() as u32 == wanted;
             let mut expired = Vec::new();
             for (key, live) in candidates.into_iter().zip(live) {
@@ -144,7 +143,7 @@ impl KeyValue for RedisStore {
                     prune.arg(self.value_key(namespace, key));
                 }
                 prune.arg(&expired).ignore();
-                self.run::<()>(&pipe)?;
+                self.run::<()>(pipe)?;
             }
             if !complete {
                 break;

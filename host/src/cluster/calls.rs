@@ -1,0 +1,87 @@
+//! Redis commands for callers that wait for the answer on their own thread: a plugin's
+//! key-value call, or its `info` of another host's connection.
+//!
+//! A stateless plugin makes those calls on one of the async runtime's threads. Waiting
+//! there for a future of that same runtime could stall it for good (with every runtime
+//! thread waiting, nothing would read Redis's answers), so the commands run on a thread
+//! of their own, with a single-threaded runtime and a Redis connection of their own, and
+//! the caller waits for a channel ([`crate::blocking::block_here`]).
+
+use std::pin::Pin;
+use std::thread;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::blocking::block_here;
+
+/// A command to run, given the connection.
+type Job = Box<dyn FnOnce(ConnectionManager) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// The thread that runs Redis commands for waiting callers.
+pub struct RedisCalls {
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl RedisCalls {
+    /// Starts the thread and connects it to `client` with `config` (without waiting on
+    /// the calling thread: this is called from the async runtime).
+    pub async fn start(client: redis::Client, config: ConnectionManagerConfig) -> anyhow::Result<RedisCalls> {
+        let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
+        let (connected, connecting) = oneshot::channel();
+        thread::Builder::new()
+            .name("cluster-calls".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        let _ = connected.send(Err(anyhow::Error::new(error)));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let manager = match ConnectionManager::new_with_config(client, config).await {
+                        Ok(manager) => {
+                            let _ = connected.send(Ok(()));
+                            manager
+                        }
+                        Err(error) => {
+                            let _ = connected.send(Err(error.into()));
+                            return;
+                        }
+                    };
+                    // Each command is a task of its own: they share the one connection,
+                    // pipelined, instead of waiting for each other.
+                    while let Some(job) = queue.recv().await {
+                        tokio::spawn(job(manager.clone()));
+                    }
+                });
+            })
+            .context("cannot start the cluster-calls thread")?;
+        connecting.await.context("the cluster-calls thread ended")??;
+        Ok(RedisCalls { jobs })
+    }
+
+    /// Runs `command` and waits for its answer, at most `timeout`, on this thread.
+    pub fn query<T>(&self, command: redis::Pipeline, timeout: Duration) -> Result<T, String>
+    where
+        T: redis::FromRedisValue + Send + 'static,
+    {
+        let (answer, answered) = std::sync::mpsc::sync_channel(1);
+        let job: Job = Box::new(move |mut manager| {
+            Box::pin(async move {
+                let result = match tokio::time::timeout(timeout, command.query_async::<T>(&mut manager)).await {
+                    Ok(result) => result.map_err(|error| error.to_string()),
+                    Err(_) => Err(format!("no answer within {timeout:?}")),
+                };
+                let _ = answer.send(result);
+            })
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| "the cluster-calls thread ended".to_owned())?;
+        block_here(|| answered.recv()).unwrap_or_else(|_| Err("the cluster-calls thread ended".to_owned()))
+    }
+}
