@@ -346,6 +346,29 @@ fn a_timer_that_traps_at_every_tick_backs_off_instead_of_restarting_at_its_pace(
     assert_eq!(ask(&mut client, "echo still here"), "still here");
 }
 
+#[test]
+fn a_stateless_plugins_crash_gauge_keeps_the_plugin_threads_streak() {
+    let _serial = serial();
+    // Stateless: connections' events run on their own threads, timers on the plugin's
+    // thread, and each side keeps a crash streak. The gauge shows the longer one.
+    let server = Server::start("api", &["--stateless"]);
+    let mut client = server.connect("/");
+    let mut victim = server.connect("/"); // before the loop: its on-upgrade would end it
+    let trapping = timer_id(FIRST, 1 << 19);
+    ok(&mut client, &format!("timer {trapping} 10 10"));
+    server.wait_for_log("plugin keeps crashing: restarting in");
+    // On the connections' threads: a trap (a streak of 1), then a call that works (0).
+    victim.send_text("trap");
+    assert_eq!(victim.recv_close().0, 1011);
+    assert_eq!(ask(&mut client, "echo still here"), "still here");
+    let crashes = Scrape::of(server.addr).value("wsplug_plugin_consecutive_crashes", &[("route", "default")]);
+    assert!(
+        crashes >= 3.0,
+        "the gauge reads {crashes} while the timer keeps trapping"
+    );
+    assert_eq!(ask(&mut client, &format!("cancel {trapping}")), "cancelled true");
+}
+
 // ---------------------------------------------------------------------------------
 // State across reloads, attachments across reloads and traps
 // ---------------------------------------------------------------------------------

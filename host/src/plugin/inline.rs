@@ -34,8 +34,10 @@ pub struct Inline {
     /// number makes a new one before its next call.
     version: Mutex<Arc<Loaded>>,
     generation: AtomicU64,
-    /// Crashes since the last successful call, on any thread.
+    /// Crashes since the last successful call, on any connection's thread.
     crashes: AtomicU32,
+    /// The same of the plugin's thread (`on-timer`, `on-upgrade`), for the gauges.
+    plugin_thread_crashes: AtomicU32,
     /// In a crash loop: no event is handled before this time, in nanoseconds after
     /// [`Inline::epoch`] (0: none).
     restart_at: AtomicU64,
@@ -173,6 +175,7 @@ impl Inline {
             version: Mutex::new(loaded),
             generation: AtomicU64::new(0),
             crashes: AtomicU32::new(0),
+            plugin_thread_crashes: AtomicU32::new(0),
             restart_at: AtomicU64::new(0),
             epoch: Instant::now(),
             metrics,
@@ -186,6 +189,7 @@ impl Inline {
         self.generation.fetch_add(1, Ordering::Release);
         self.crashes.store(0, Ordering::Relaxed);
         self.restart_at.store(0, Ordering::Relaxed);
+        self.report_crashes();
     }
 
     /// In a crash loop, the time before which no event is handled.
@@ -241,8 +245,7 @@ impl Inline {
                     // A call worked: the crash loop is over, on every thread.
                     self.crashes.store(0, Ordering::Relaxed);
                     self.restart_at.store(0, Ordering::Relaxed);
-                    self.metrics.crashes.set(0);
-                    self.metrics.backoff.set(0.0);
+                    self.report_crashes();
                 }
                 Handed::Taken
             }
@@ -255,6 +258,19 @@ impl Inline {
             self.forget(conn);
         }
         handed
+    }
+
+    /// Notes the crash streak of the plugin's thread, which serves this plugin's
+    /// `on-timer` and `on-upgrade`: the gauges show the longer of the two streaks.
+    pub(super) fn plugin_thread_crashes(&self, crashes: u32) {
+        self.plugin_thread_crashes.store(crashes, Ordering::Relaxed);
+        self.report_crashes();
+    }
+
+    fn report_crashes(&self) {
+        let crashes = self.crashes.load(Ordering::Relaxed);
+        let longest = crashes.max(self.plugin_thread_crashes.load(Ordering::Relaxed));
+        runner::report_crashes(&self.metrics, longest);
     }
 
     /// Ends the host's record of a connection whose `on-close` is not called.
@@ -315,7 +331,7 @@ impl Inline {
         let name = self.version.lock().expect("not poisoned").name.clone();
         crash.report(&name, &self.metrics);
         let crashes = self.crashes.fetch_add(1, Ordering::Relaxed) + 1;
-        self.metrics.crashes.set(crashes.into());
+        self.report_crashes();
         if crashes >= BACKOFF_AFTER {
             let delay = runner::backoff(crashes);
             tracing::warn!(
@@ -323,7 +339,6 @@ impl Inline {
                 crashes,
                 "plugin keeps crashing: next call in {delay:?}"
             );
-            self.metrics.backoff.set(delay.as_secs_f64());
             let at = (Instant::now() + delay).duration_since(self.epoch);
             self.restart_at.store(at.as_nanos().max(1) as u64, Ordering::Relaxed);
         }

@@ -416,13 +416,12 @@ impl Runner {
         self.dispatch(event);
         if self.crashes != self.reported_crashes {
             self.reported_crashes = self.crashes;
-            self.metrics.crashes.set(self.crashes.into());
-            let delay = if self.crashes >= BACKOFF_AFTER {
-                backoff(self.crashes)
-            } else {
-                Duration::ZERO
-            };
-            self.metrics.backoff.set(delay.as_secs_f64());
+            // A stateless plugin's connections' threads have a streak of their own: the
+            // route's gauges show the longer one.
+            match &self.inline {
+                Some(inline) => inline.plugin_thread_crashes(self.crashes),
+                None => report_crashes(&self.metrics, self.crashes),
+            }
         }
     }
 
@@ -854,6 +853,17 @@ pub(super) fn deliver(instance: &mut Instance, event: &PluginEvent) -> wasmtime:
 pub(super) fn backoff(crashes: u32) -> Duration {
     let doublings = crashes.saturating_sub(BACKOFF_AFTER).min(16);
     (BACKOFF_MIN * 2u32.pow(doublings)).min(BACKOFF_MAX)
+}
+
+/// Sets the crash-loop gauges for a streak of `crashes` consecutive crashes.
+pub(super) fn report_crashes(metrics: &PluginMetrics, crashes: u32) {
+    metrics.crashes.set(crashes.into());
+    let delay = if crashes >= BACKOFF_AFTER {
+        backoff(crashes)
+    } else {
+        Duration::ZERO
+    };
+    metrics.backoff.set(delay.as_secs_f64());
 }
 
 #[cfg(test)]
