@@ -226,7 +226,8 @@ fn a_stateless_plugin_that_waits_holds_up_its_own_connection_only() {
     let _serial = serial();
     // A WASI sleep on a connection's thread (under the CPU deadline, which counts it):
     // the call waits, and the thread's other connections are served elsewhere meanwhile.
-    let args = ["--stateless", "--plugin-deadline-ms", "10000"];
+    // One runtime thread: without the hand-over, nothing else would be served.
+    let args = ["--stateless", "--plugin-deadline-ms", "10000", "--threads", "1"];
     let server = Server::start_isolated(&plugin_path("probe"), &args);
     let mut others: Vec<Client> = (0..20).map(|_| open_probe(&server, "/").0).collect();
     let (mut sleeper, _) = open_probe(&server, "/");
@@ -246,6 +247,30 @@ fn a_stateless_plugin_that_waits_holds_up_its_own_connection_only() {
         "the others were answered after {others_done:?}, the sleeper after {slept:?}"
     );
     assert_eq!(ask(&mut sleeper, "again"), "again");
+}
+
+#[test]
+fn a_stateless_plugins_wait_past_the_bound_gets_1011_and_the_other_wait_goes_on() {
+    let _serial = serial();
+    // One runtime thread: one call may wait with a hand-over at a time. Of two sleeps,
+    // one waits and one is refused (a trap: 1011), whichever comes second.
+    let args = ["--stateless", "--plugin-deadline-ms", "10000", "--threads", "1"];
+    let server = Server::start_isolated(&plugin_path("probe"), &args);
+    let (mut first, _) = open_probe(&server, "/");
+    let (mut second, _) = open_probe(&server, "/");
+    let (mut bystander, _) = open_probe(&server, "/");
+    first.send_text("sleep 1500");
+    assert_eq!(ask(&mut bystander, "between"), "between");
+    second.send_text("sleep 1500");
+    let mut outcomes = [&mut first, &mut second].map(|client| match client.read_frame() {
+        (0x81, text) => String::from_utf8(text).unwrap(),
+        (0x88, payload) => format!("close {}", u16::from_be_bytes([payload[0], payload[1]])),
+        (first_byte, _) => panic!("unexpected frame {first_byte:#x}"),
+    });
+    outcomes.sort();
+    assert_eq!(outcomes, ["close 1011", "slept"]);
+    server.wait_for_log("could not wait on a connection's thread");
+    assert_eq!(ask(&mut bystander, "after"), "after");
 }
 
 /// Environment that keeps the host from capturing and symbolising its own stack for

@@ -30,25 +30,36 @@ pub fn block_here<R>(work: impl FnOnce() -> R) -> R {
 
 /// Runs `future` (a WASI host call's) to its end on this thread, within the runtime it
 /// is in, or wasmtime-wasi's own on a thread outside any runtime. A result that is ready
-/// at once (a log line always is) takes no hand-over. Refused on a runtime thread when
-/// the bound on hand-overs is reached.
+/// at once takes no hand-over: a log line, or a poll with no timeout (WASI's clock
+/// pollable for "now" is pending once, then ready). Refused in a task on a runtime thread
+/// when the bound on hand-overs is reached.
 pub fn wait_for<F: Future>(future: F) -> Result<F::Output, TooManyWaiting> {
     let Ok(runtime) = Handle::try_current() else {
         return Ok(wasmtime_wasi::runtime::in_tokio(future));
     };
-    let mut future = pin!(future);
-    if let Poll::Ready(output) = future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        return Ok(output);
+    // Outside tokio's cooperative budget: a ready future must not look pending because
+    // the task that makes the call has used its budget up.
+    let mut future = pin!(tokio::task::unconstrained(future));
+    let mut context = Context::from_waker(Waker::noop());
+    for _ in 0..2 {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut context) {
+            return Ok(output);
+        }
     }
-    if tokio::task::try_id().is_none() {
-        return Ok(runtime.block_on(future)); // a thread of ours that entered the runtime
+    if runtime.runtime_flavor() != RuntimeFlavor::MultiThread {
+        return Ok(runtime.block_on(future)); // a current-thread runtime never runs plugins
     }
-    let _handed_over = HandOver::take().ok_or(TooManyWaiting)?;
+    // Not in a task (the plugin's thread, or the runtime's `block_on` at start-up):
+    // block_in_place runs the closure as it is, or leaves the runtime first.
+    let _handed_over = match tokio::task::try_id() {
+        Some(_) => Some(HandOver::take().ok_or(TooManyWaiting)?),
+        None => None,
+    };
     Ok(tokio::task::block_in_place(|| runtime.block_on(future)))
 }
 
-/// A wait on a runtime thread was refused: as many as the runtime has threads were
-/// waiting already.
+/// A wait in a task on a runtime thread was refused: as many as the runtime has threads
+/// were waiting already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("as many calls as the runtime has threads were already waiting on its threads")]
 pub struct TooManyWaiting;
@@ -113,7 +124,14 @@ mod tests {
             let (tell, told) = tokio::sync::oneshot::channel::<u32>();
             // The only worker blocks in this task until the other one has run; without
             // the hand-over that one never would.
-            let waiting = tokio::spawn(async move { wait_for(async { told.await.unwrap() }) });
+            let waiting = tokio::spawn(async move {
+                wait_for(async {
+                    tokio::time::timeout(Duration::from_secs(10), told)
+                        .await
+                        .unwrap()
+                        .unwrap()
+                })
+            });
             tokio::task::yield_now().await;
             let other = tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -134,9 +152,17 @@ mod tests {
             while HANDED_OVER.load(Ordering::Acquire) == 0 {
                 tokio::task::yield_now().await;
             }
-            // The next task runs on the thread that took over, and is refused.
+            // The next task runs on the thread that took over, and is refused; but a
+            // future that is ready at its second poll is no wait.
             let second = tokio::spawn(async { wait_for(std::future::pending::<()>()) });
             assert_eq!(second.await.unwrap(), Err(TooManyWaiting));
+            let quick = tokio::spawn(async {
+                wait_for(async {
+                    tokio::task::yield_now().await;
+                    5
+                })
+            });
+            assert_eq!(quick.await.unwrap(), Ok(5));
             tell.send(()).unwrap();
             assert_eq!(first.await.unwrap(), Ok(()));
         });

@@ -33,7 +33,8 @@ pub enum StoreError {
 }
 
 /// A key-value store shared by plugins, each in its own namespace. Calls block until
-/// done: a plugin's events wait for them, nothing else does.
+/// done: a plugin's events wait for them (and, for a stateless plugin past the bound of
+/// [`crate::blocking`], the other connections of its thread).
 pub trait KeyValue: Send + Sync + 'static {
     /// The value of `key`, if set and not expired.
     fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;

@@ -8,6 +8,7 @@
 //! the caller waits for a channel ([`crate::blocking::block_here`]).
 
 use std::pin::Pin;
+use std::sync::mpsc::RecvTimeoutError;
 use std::thread;
 use std::time::Duration;
 
@@ -16,6 +17,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::blocking::block_here;
+
+/// How long a command may wait for the thread to take it up, beyond its own timeout.
+const QUEUED_TOO_LONG: Duration = Duration::from_secs(1);
 
 /// A command to run, given the connection.
 type Job = Box<dyn FnOnce(ConnectionManager) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
@@ -82,6 +86,12 @@ impl RedisCalls {
         self.jobs
             .send(job)
             .map_err(|_| "the cluster-calls thread ended".to_owned())?;
-        block_here(|| answered.recv()).unwrap_or_else(|_| Err("the cluster-calls thread ended".to_owned()))
+        // The command's own timeout starts once the thread takes it up: this one bounds
+        // the wait for that too.
+        match block_here(|| answered.recv_timeout(timeout + QUEUED_TOO_LONG)) {
+            Ok(result) => result,
+            Err(RecvTimeoutError::Timeout) => Err(format!("not run within {:?}", timeout + QUEUED_TOO_LONG)),
+            Err(RecvTimeoutError::Disconnected) => Err("the cluster-calls thread ended".to_owned()),
+        }
     }
 }

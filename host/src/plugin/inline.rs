@@ -11,8 +11,9 @@
 //! that connection directly ([`reply_here`]): no registry lookup, no queue, no lock.
 //!
 //! The cost: a call runs on a thread that also runs other connections, which wait for
-//! it (up to the CPU deadline, or a key-value write), and every thread holds an
-//! instance (its linear memory).
+//! it (up to the CPU deadline; a host call that waits hands them to another thread
+//! first, within [`crate::blocking`]'s bound), and every thread holds an instance (its
+//! linear memory).
 
 use std::cell::{Cell, RefCell};
 use std::panic::{self, AssertUnwindSafe};
