@@ -483,8 +483,20 @@ fn a_burst_of_traps_from_many_clients_does_not_stall_the_others() {
     // Each attacker's message traps, but every fresh instance serves the replayed opens of
     // the others: one bad message from each of 50 clients is not a plugin that cannot
     // start, so nobody waits for a crash-loop back-off.
+    trap_burst(&[]);
+}
+
+#[test]
+fn a_burst_of_traps_does_not_stall_the_others_of_a_stateless_plugin() {
+    trap_burst(&["--stateless"]);
+}
+
+/// 50 clients' messages trap at once while a bystander keeps echoing through the same
+/// plugin: every attacker gets 1011, the bystander waits under a second each time, and
+/// the plugin is never put into back-off.
+fn trap_burst(args: &[&str]) {
     let _serial = serial();
-    let server = Server::start_isolated(&plugin_path("chaos"), &[]);
+    let server = Server::start_isolated(&plugin_path("chaos"), args);
     let mut bystander = server.connect("/");
     echo(&mut bystander, "before");
     let mut attackers = open_echoing(&server, 50);

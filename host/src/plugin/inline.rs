@@ -250,8 +250,8 @@ impl Inline {
                 }
                 Handed::Taken
             }
-            Err(crash) => {
-                self.crashed(crash);
+            Err(failed) => {
+                self.crashed(failed);
                 Handed::Trapped
             }
         };
@@ -280,7 +280,7 @@ impl Inline {
     }
 
     /// Calls `event`'s export on this thread's instance of the current version.
-    fn call(&self, conn: ConnId, event: &PluginEvent) -> Result<(), Crash> {
+    fn call(&self, conn: ConnId, event: &PluginEvent) -> Result<(), Failed> {
         let export = event.export_name();
         INSTANCES.with_borrow_mut(|instances| {
             let generation = self.generation.load(Ordering::Acquire);
@@ -294,11 +294,13 @@ impl Inline {
                 Some(i) => i,
                 None => {
                     let loaded = self.version.lock().expect("not poisoned").clone();
-                    let instance = self.sandbox.instantiate(&loaded).map_err(|error| Crash {
-                        conn: Some(conn),
-                        export,
-                        error,
-                        kind: crate::metrics::TrapKind::Trap,
+                    let instance = self.sandbox.instantiate(&loaded).map_err(|error| {
+                        Failed::Instantiating(Crash {
+                            conn: Some(conn),
+                            export,
+                            error,
+                            kind: crate::metrics::TrapKind::Trap,
+                        })
                     })?;
                     instances.push(Local {
                         owner: self.id,
@@ -315,33 +317,36 @@ impl Inline {
             delivered.map_err(|error| {
                 let kind = runner::trap_kind(&error, &instances[at].instance.store);
                 instances.swap_remove(at);
-                Crash {
+                Failed::Calling(Crash {
                     conn: Some(conn),
                     export,
                     error,
                     kind,
-                }
+                })
             })
         })
     }
 
-    /// Logs and counts a crash, and closes the connection whose event failed. From the
-    /// [`BACKOFF_AFTER`]th crash in a row on, events wait before the next call.
-    fn crashed(&self, crash: Crash) {
+    /// Logs a crash, and closes the connection whose event failed. A plugin that cannot
+    /// start (no instance, or `on-open` traps) counts towards the crash loop: from the
+    /// [`BACKOFF_AFTER`]th such crash in a row on, events wait before the next call. A
+    /// message's or a close's trap is that event's fault and costs its connection only:
+    /// a burst of bad messages from many clients must not stall the others. (On the
+    /// plugin's thread, the fresh instance's replay of every open connection's `on-open`
+    /// makes the same distinction.)
+    fn crashed(&self, failed: Failed) {
         let _route = self.span.enter();
         let name = self.version.lock().expect("not poisoned").name.clone();
+        let (crash, counts) = match failed {
+            Failed::Instantiating(crash) => (crash, true),
+            Failed::Calling(crash) => {
+                let counts = crash.export == "on-open";
+                (crash, counts)
+            }
+        };
         crash.report(&name, &self.metrics);
-        let crashes = self.crashes.fetch_add(1, Ordering::Relaxed) + 1;
-        self.report_crashes();
-        if crashes >= BACKOFF_AFTER {
-            let delay = runner::backoff(crashes);
-            tracing::warn!(
-                plugin = &*name,
-                crashes,
-                "plugin keeps crashing: next call in {delay:?}"
-            );
-            let at = (Instant::now() + delay).duration_since(self.epoch);
-            self.restart_at.store(at.as_nanos().max(1) as u64, Ordering::Relaxed);
+        if counts {
+            self.count_crash(&name);
         }
         if let Some(conn) = crash.conn {
             let _ = self
@@ -350,4 +355,24 @@ impl Inline {
                 .close(conn, close::INTERNAL_ERROR, "internal error".into());
         }
     }
+
+    /// One more crash in a row; from the [`BACKOFF_AFTER`]th on, the next call waits.
+    fn count_crash(&self, name: &str) {
+        let crashes = self.crashes.fetch_add(1, Ordering::Relaxed) + 1;
+        self.report_crashes();
+        if crashes >= BACKOFF_AFTER {
+            let delay = runner::backoff(crashes);
+            tracing::warn!(plugin = name, crashes, "plugin keeps crashing: next call in {delay:?}");
+            let at = (Instant::now() + delay).duration_since(self.epoch);
+            self.restart_at.store(at.as_nanos().max(1) as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A call that failed on this thread.
+enum Failed {
+    /// No instance could be made.
+    Instantiating(Crash),
+    /// The export trapped.
+    Calling(Crash),
 }
