@@ -12,6 +12,8 @@ test then fails by its deadlines instead of hanging."""
 import asyncio
 import time
 
+import pytest
+
 import frames as wf
 from harness import WsClient
 
@@ -51,9 +53,12 @@ async def burst(port):
             c.close()
 
 
-def test_trap_burst(case):
+# Stateless, the traps happen on the connections' own threads, each costing that
+# thread's instance, and must not add up to a back-off for the others either.
+@pytest.mark.parametrize("flags", [(), ("--stateless",)], ids=["shared", "stateless"])
+def test_trap_burst(case, flags):
     async def body(case):
-        host = case.host("chaos.wasm")
+        host = case.host("chaos.wasm", *flags)
         bystander = await case.bystander(host)
         results = []
 
