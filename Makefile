@@ -209,11 +209,16 @@ clients: build plugins py-deps redis-deps
 # Hostile traffic against the real host: slowloris, half-open connections, header bombs,
 # fragment and ping floods, slow readers, compression bombs, garbage, churn, trap bursts.
 # Each case checks the host lives, its RSS stays bounded and a bystander's latency stays
-# low; the table of numbers goes to $(ADVERSARIAL_REPORT).
+# low; the table of numbers goes to $(ADVERSARIAL_REPORT). Then the same again with every
+# plugin stateless (its calls on the connections' threads, its replies straight into their
+# output), to $(ADVERSARIAL_REPORT_STATELESS); the trap burst's stateless case ran already.
 ADVERSARIAL_REPORT ?= $(TARGET_DIR)/adversarial-report.md
+ADVERSARIAL_REPORT_STATELESS ?= $(TARGET_DIR)/adversarial-report-stateless.md
 
 adversarial: build plugins-rust py-deps
 	WSPLUG_HOST=$(HOST) WSPLUG_PLUGIN_DIR=$(PLUGIN_DIR) ADVERSARIAL_REPORT=$(ADVERSARIAL_REPORT) $(PY) -m pytest tests/adversarial
+	WSPLUG_HOST=$(HOST) WSPLUG_PLUGIN_DIR=$(PLUGIN_DIR) ADVERSARIAL_REPORT=$(ADVERSARIAL_REPORT_STATELESS) \
+		WSPLUG_HOST_FLAGS=--stateless $(PY) -m pytest tests/adversarial -k "not stateless"
 
 # Fuzz targets of the sans-IO protocol (host/fuzz: cargo-fuzz and libFuzzer, with
 # AddressSanitizer): 12 s per target in `make test`, FUZZ_SECONDS per target in `make fuzz`.

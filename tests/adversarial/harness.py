@@ -6,6 +6,7 @@ Environment:
   WSPLUG_HOST        the host binary            [target/debug/host]
   WSPLUG_PLUGIN_DIR  the built plugins          [target/wasm32-wasip2/release]
   ADVERSARIAL_REPORT where the table goes       [target/adversarial-report.md]
+  WSPLUG_HOST_FLAGS  more flags for every host, space-separated (e.g. --stateless) []
 """
 
 import asyncio
@@ -32,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HOST_BIN = Path(os.environ.get("WSPLUG_HOST", ROOT / "target/debug/host"))
 PLUGIN_DIR = Path(os.environ.get("WSPLUG_PLUGIN_DIR", ROOT / "target/wasm32-wasip2/release"))
 REPORT_PATH = Path(os.environ.get("ADVERSARIAL_REPORT", ROOT / "target/adversarial-report.md"))
+HOST_FLAGS = os.environ.get("WSPLUG_HOST_FLAGS", "").split()
 BYSTANDER = Path(__file__).resolve().parent / "bystander.py"
 LOCALHOST = "127.0.0.1"
 MIB = 1024 * 1024
@@ -62,7 +64,7 @@ class Host:
         # mid-case would be a different test. A short grace keeps teardown quick.
         argv = [str(HOST_BIN), "--listen", f"{LOCALHOST}:0", "--plugin", str(self.plugin),
                 "--cache-dir", str(self.cache_dir), "--watch", "false", "--shutdown-grace", "1",
-                *self.flags]
+                *self.flags, *HOST_FLAGS]
         self.argv = argv
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.log, stdin=subprocess.DEVNULL)
@@ -613,7 +615,7 @@ def write_report():
         head = "?"
     header = (
         "# wsplug adversarial suite\n\n"
-        f"Host: `{HOST_BIN}` (built {built}; tree {head}); bystander: one well-behaved client sending a timestamped message every "
+        f"Host: `{HOST_BIN}` {' '.join(HOST_FLAGS)} (built {built}; tree {head}); bystander: one well-behaved client sending a timestamped message every "
         "20 ms through the plugin (round trip through echo/chaos; one-way through broadcast) during "
         "the attack. RSS from /proc/PID/status VmRSS, sampled every 50 ms; peak growth is the "
         "largest sample minus the value before the attack.\n\n")
