@@ -39,6 +39,9 @@ pub struct Inline {
     crashes: AtomicU32,
     /// The same of the plugin's thread (`on-timer`, `on-upgrade`), for the gauges.
     plugin_thread_crashes: AtomicU32,
+    /// Held while the gauges are set from the two counts, so that a crash and a success
+    /// on two threads at once cannot leave them showing a streak that has ended.
+    reporting: Mutex<()>,
     /// In a crash loop: no event is handled before this time, in nanoseconds after
     /// [`Inline::epoch`] (0: none).
     restart_at: AtomicU64,
@@ -177,6 +180,7 @@ impl Inline {
             generation: AtomicU64::new(0),
             crashes: AtomicU32::new(0),
             plugin_thread_crashes: AtomicU32::new(0),
+            reporting: Mutex::new(()),
             restart_at: AtomicU64::new(0),
             epoch: Instant::now(),
             metrics,
@@ -269,6 +273,8 @@ impl Inline {
     }
 
     fn report_crashes(&self) {
+        // The counts are read under the lock: the last to set the gauges read the latest.
+        let _reporting = self.reporting.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let crashes = self.crashes.load(Ordering::Relaxed);
         let longest = crashes.max(self.plugin_thread_crashes.load(Ordering::Relaxed));
         runner::report_crashes(&self.metrics, longest);
