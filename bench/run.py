@@ -80,6 +80,7 @@ def server_command(name, mode, extra):
             os.path.join(RELEASE, binary), "--listen", "127.0.0.1:0", "--plugin", os.path.join(PLUGINS, plugin),
             "--log", "warn", "--timeout", "120", "--max-connections", "100000",
             "--max-payload-size", str(16 << 20), "--max-messages-buffering", "10000",
+            # The cache the plugin-call micro-benchmark (host/benches/plugin.rs) uses too.
             "--cache-dir", os.path.join(tempfile.gettempdir(), "wsplug-bench-cache"), *extra,
         ]
     if name == "fastwebsockets":

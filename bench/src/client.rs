@@ -152,10 +152,8 @@ impl Client {
 
     /// Writes everything queued.
     pub async fn flush(&mut self) -> anyhow::Result<()> {
-        if !self.wbuf.is_empty() {
-            self.stream.write_all(&self.wbuf).await?;
-            self.wbuf.clear();
-        }
+        // Consumes what it writes as it goes: cancelled, it never sends a byte twice.
+        self.stream.write_all_buf(&mut self.wbuf).await?;
         Ok(())
     }
 

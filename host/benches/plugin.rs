@@ -97,7 +97,9 @@ fn plugin_dir() -> PathBuf {
 }
 
 fn plugin_call(c: &mut Criterion) {
-    let loader = Loader::new(None).expect("engine");
+    // The cache `bench/run.py` serves its plugins from: each plugin is compiled once per
+    // version for both (the JavaScript and Python ones take seconds).
+    let loader = Loader::new(Some(std::env::temp_dir().join("wsplug-bench-cache"))).expect("engine");
     let mut group = c.benchmark_group(GROUP);
     let mut found = 0;
     for file in ECHO_PLUGINS {

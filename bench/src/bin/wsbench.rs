@@ -298,18 +298,28 @@ async fn fanout(
     let receiving: Vec<Client> = clients.drain(senders..).collect();
     let monitor_index = receiving.len() - 1;
     let done_sending = Arc::new(AtomicBool::new(false));
+    // Told once when sending stops: a receiver that already has everything is waiting
+    // for a frame that never comes, and must look again rather than time out.
+    let stopped = Arc::new(Notify::new());
     for (index, mut client) in receiving.into_iter().enumerate() {
-        let (monitor_seen, progress, sent_counts, done_sending) = (
+        let (monitor_seen, progress, sent_counts, done_sending, stopped) = (
             monitor_seen.clone(),
             progress.clone(),
             sent_counts.clone(),
             done_sending.clone(),
+            stopped.clone(),
         );
         receivers.spawn(async move {
             let mut histogram = latency_histogram();
             let mut expected = vec![0u64; sent_counts.len()];
             let mut received = 0u64;
             let mut lost = 0u64;
+            // Registered before the first look at `done_sending`, so the one wake-up
+            // cannot be missed.
+            let stop_told = stopped.notified();
+            tokio::pin!(stop_told);
+            stop_told.as_mut().enable();
+            let mut told = false;
             loop {
                 // Done once sending stopped and everything sent has arrived.
                 if done_sending.load(Ordering::Acquire)
@@ -320,9 +330,17 @@ async fn fanout(
                 {
                     break;
                 }
-                let frame = match tokio::time::timeout(Duration::from_secs(3), client.next_data()).await {
-                    Ok(frame) => frame?,
-                    Err(_) => break, // nothing more is coming: the rest is lost
+                // `next_data` is cancel-safe: a frame leaves the read buffer only when it
+                // is returned, reading only appends to it, and `flush` consumes what it wrote.
+                let frame = tokio::select! {
+                    frame = tokio::time::timeout(Duration::from_secs(3), client.next_data()) => match frame {
+                        Ok(frame) => frame?,
+                        Err(_) => break, // nothing more is coming: the rest is lost
+                    },
+                    () = &mut stop_told, if !told => {
+                        told = true;
+                        continue;
+                    }
                 };
                 let p = &frame.payload;
                 ensure!(p.len() >= 16, "short fanout message");
@@ -387,6 +405,7 @@ async fn fanout(
     let measured = measure_from.elapsed().as_secs_f64();
     done_sending.store(true, Ordering::Release);
     progress.notify_waiters();
+    stopped.notify_waiters();
     let mut total = latency_histogram();
     let (mut delivered, mut lost) = (0u64, 0u64);
     while let Some(joined) = receivers.join_next().await {
