@@ -130,17 +130,20 @@ WIT_OF_echo   := wit/0.1.0
 WORLD_OF_echo := plugin
 WIT_OF_chat   := wit
 WORLD_OF_chat := plugin-handshake-state
+# The test plugins that print (tests/runtime.rs).
+WIT_OF_probe   := wit/0.1.0
+WORLD_OF_probe := plugin
 
 # One component per directory: plugins/<name>-js/app.js -> <name>-js.wasm. No
 # wasi:http (the world does not need it; without -d the component would import it).
-plugins-js: $(PLUGIN_DIR)/chat-js.wasm $(PLUGIN_DIR)/echo-js.wasm
+plugins-js: $(PLUGIN_DIR)/chat-js.wasm $(PLUGIN_DIR)/echo-js.wasm $(PLUGIN_DIR)/probe-js.wasm
 
 $(PLUGIN_DIR)/%-js.wasm: plugins/%-js/app.js $(WIT) plugins/node_modules/.package-lock.json
 	@mkdir -p $(PLUGIN_DIR)
 	cd plugins && npx --no-install componentize-js $*-js/app.js --wit ../$(WIT_OF_$*) -n $(WORLD_OF_$*) -d http fetch-event -o $@
 
 # plugins/<name>-py/app.py -> <name>-py.wasm; componentize-py generates the bindings.
-plugins-py: $(PLUGIN_DIR)/chat-py.wasm $(PLUGIN_DIR)/echo-py.wasm
+plugins-py: $(PLUGIN_DIR)/chat-py.wasm $(PLUGIN_DIR)/echo-py.wasm $(PLUGIN_DIR)/probe-py.wasm
 
 $(PLUGIN_DIR)/%-py.wasm: plugins/%-py/app.py $(WIT) $(PY_STAMP)
 	@mkdir -p $(PLUGIN_DIR)

@@ -1038,21 +1038,28 @@ fn the_plugins_stdout_and_stderr_go_to_the_log() {
     let _serial = serial();
     // Stateless, the plugin prints from a connection's thread, where WASI's blocking
     // writes must not block on the runtime (they once failed the call with 1011).
-    for args in [&[][..], &["--stateless"][..]] {
-        let server = Server::start_isolated(&plugin_path("probe"), args);
-        let (mut client, _) = open_probe(&server, "/");
-        assert_eq!(ask(&mut client, "print hi"), "ok", "{args:?}");
-        for (stream, level) in [("stdout", " INFO "), ("stderr", " WARN ")] {
-            let field = format!("stream=\"{stream}\"");
-            let lines = server.wait_for_log_lines(1, |line| line.contains(&field));
-            assert_eq!(lines.len(), 1, "{lines:#?}");
-            let line = &lines[0];
-            assert!(
-                line.contains(" hi ") && line.contains("plugin=\"probe\"") && line.contains(level),
-                "{line}"
-            );
+    // Rust's `println!`, JavaScript's `console.log` and Python's `print` each reach
+    // them by a path of their own language's runtime.
+    for plugin in ["probe", "probe-js", "probe-py"] {
+        for args in [&[][..], &["--stateless"][..]] {
+            let server = Server::start(plugin, args);
+            let mut client = server.connect("/");
+            if plugin == "probe" {
+                expect_id(&mut client); // the Rust probe greets with the connection's id
+            }
+            assert_eq!(ask(&mut client, "print hi"), "ok", "{plugin} {args:?}");
+            for (stream, level) in [("stdout", " INFO "), ("stderr", " WARN ")] {
+                let field = format!("stream=\"{stream}\"");
+                let lines = server.wait_for_log_lines(1, |line| line.contains(&field));
+                assert_eq!(lines.len(), 1, "{plugin} {args:?}: {lines:#?}");
+                let line = &lines[0];
+                assert!(
+                    line.contains(" hi ") && line.contains(&format!("plugin=\"{plugin}\"")) && line.contains(level),
+                    "{plugin} {args:?}: {line}"
+                );
+            }
+            assert_eq!(ask(&mut client, "print again"), "ok", "{plugin} {args:?}");
         }
-        assert_eq!(ask(&mut client, "print again"), "ok", "{args:?}");
     }
 }
 
