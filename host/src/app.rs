@@ -253,7 +253,7 @@ fn start_plugin(
         runner = runner.with_store(store);
     }
     if route.stateless {
-        runner = runner.stateless(&route.name);
+        runner = runner.stateless();
     }
     let plugin = plugin::spawn(runner, &route.name)?;
     plugin::watcher::watch(

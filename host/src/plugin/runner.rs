@@ -190,6 +190,16 @@ impl PluginHandle {
 pub fn spawn(mut runner: Runner, route: &str) -> std::io::Result<PluginHandle> {
     let (queue_len, services) = (runner.sandbox.limits.queue_len, runner.sandbox.services.clone());
     let (timers, decides_handshakes) = (runner.sandbox.timers.clone(), runner.decides_handshakes.clone());
+    // Made here, after every builder call: the connections' instances must have the
+    // same store, metrics and limits as the plugin thread's.
+    if runner.stateless {
+        runner.inline = Some(Arc::new(Inline::new(
+            runner.sandbox.clone(),
+            runner.loaded.clone(),
+            runner.metrics.clone(),
+            route_span(route),
+        )));
+    }
     let inline = runner.inline.clone();
     let mut handle = spawn_handler(route, queue_len, services, move |_, event| runner.handle(event))?;
     timers.start(handle.events.downgrade())?;
@@ -303,7 +313,10 @@ pub struct Runner {
     loaded: Arc<Loaded>,
     /// For a stateless plugin: the instances on the connections' threads, which serve
     /// their events (this one serves timers and handshakes) and get every new version.
+    /// Made by [`spawn`] when `stateless` is set.
     inline: Option<Arc<Inline>>,
+    /// Set by [`Runner::stateless`].
+    stateless: bool,
     /// `None` after a trap, until the next event needs an instance.
     instance: Option<Instance>,
     /// Connections the plugin has seen `on-open` for and not yet `on-close`: a new
@@ -387,6 +400,7 @@ impl Runner {
             decides_handshakes: Arc::new(AtomicBool::new(loaded.linked.has_handshake())),
             loaded: Arc::new(loaded),
             inline: None,
+            stateless: false,
             instance: None,
             opened: BTreeSet::new(),
             crashes: 0,
@@ -398,16 +412,11 @@ impl Runner {
         Ok(runner)
     }
 
-    /// Serves a plugin that keeps no state between calls ([`Inline`]): the events of
-    /// the connections of the route named `route` are handled on their own threads, by
-    /// an instance per thread.
-    pub fn stateless(mut self, route: &str) -> Self {
-        self.inline = Some(Arc::new(Inline::new(
-            self.sandbox.clone(),
-            self.loaded.clone(),
-            self.metrics.clone(),
-            route_span(route),
-        )));
+    /// Serves a plugin that keeps no state between calls ([`Inline`]): once [`spawn`]ed,
+    /// the events of its connections are handled on their own threads, by an instance
+    /// per thread.
+    pub fn stateless(mut self) -> Self {
+        self.stateless = true;
         self
     }
 
