@@ -39,7 +39,7 @@ async def flood(port, flooder):
     stop_at = time.monotonic() + SECONDS
 
     async def send():
-        nonlocal sent
+        nonlocal sent, problem
         try:
             while time.monotonic() < stop_at and problem is None:
                 if sent - echoed + BATCH > WINDOW:
@@ -51,6 +51,8 @@ async def flood(port, flooder):
                 await client.send(batch)
                 sent += BATCH
                 sent_more.set()
+        except OSError as e:  # the server dropped us mid-write (the reader may say why)
+            problem = problem or f"send failed after {sent} messages: {e!r}"
         finally:
             sent_more.set()
 
@@ -70,15 +72,19 @@ async def flood(port, flooder):
                     problem = f"echo {echoed} was {data[:40]!r}"
                     break
                 echoed += 1
-                room.set()
+                if sent - echoed + BATCH <= WINDOW:
+                    room.set()
         except Closed as e:
             f = e.args[0]
             problem = f"closed after {echoed} echoes: {'close ' + str(f.close_code()) if f else 'EOF'}"
         except asyncio.TimeoutError:
             problem = f"no echo after {echoed} of {sent}"
+        except Exception as e:  # a malformed frame, a reset while answering a ping
+            problem = f"reading failed after {echoed} echoes: {e!r}"
         finally:
+            # Any problem stops the sender: it looks at `problem` whenever it wakes.
             room.set()
-            await sending
+            await asyncio.gather(sending, return_exceptions=True)
         return sent, echoed, problem
 
     try:
@@ -103,9 +109,9 @@ def test_continuous_senders(case):
             case.note(f"{FLOODERS} flooders: {sum(counts):,} echoes in {SECONDS:g} s and the drain, "
                       f"{min(counts):,} to {max(counts):,} each")
         case.check_common(host, timed_out=timed_out)
+        # A flooder without a problem got every echo, in order (its reader checks each).
         for i, (sent, echoed, problem) in enumerate(results):
             assert problem is None, f"flooder {i}: {problem}"
-            assert echoed == sent, f"flooder {i}: {echoed} of {sent} echoed"
         counts = [echoed for _, echoed, _ in results]
         assert min(counts) >= 1000, f"a flooder got almost nothing through: {counts}"
         assert min(counts) * 4 >= max(counts), f"the flooders' shares are unfair: {counts}"

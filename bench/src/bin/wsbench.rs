@@ -330,8 +330,9 @@ async fn fanout(
                 {
                     break;
                 }
-                // `next_data` is cancel-safe: a frame leaves the read buffer only when it
-                // is returned, reading only appends to it, and `flush` consumes what it wrote.
+                // `next_data` is cancel-safe: frames leave the read buffer only in its
+                // synchronous parts, reading only appends to it, and `flush` consumes what
+                // it wrote.
                 let frame = tokio::select! {
                     frame = tokio::time::timeout(Duration::from_secs(3), client.next_data()) => match frame {
                         Ok(frame) => frame?,
