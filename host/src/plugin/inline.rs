@@ -343,12 +343,9 @@ impl Inline {
     fn crashed(&self, failed: Failed) {
         let _route = self.span.enter();
         let name = self.version.lock().expect("not poisoned").name.clone();
-        let (crash, counts) = match failed {
-            Failed::Instantiating(crash) => (crash, true),
-            Failed::Calling(crash) => {
-                let counts = crash.export == "on-open";
-                (crash, counts)
-            }
+        let (counts, crash) = match failed {
+            Failed::Instantiating(crash) => (true, crash),
+            Failed::Calling(crash) => (crash.export == "on-open", crash),
         };
         crash.report(&name, &self.metrics);
         if counts {
