@@ -28,7 +28,7 @@ WIT_BINDGEN := $(TOOLS)/bin/wit-bindgen
 WASI_ADAPTER := $(TOOLS)/wasi_snapshot_preview1.reactor.wasm
 WIT        := $(wildcard wit/*.wit wit/0.1.0/*.wit)
 
-.PHONY: help deps redis-deps promtool-deps run-cluster rust-deps py-deps browser-deps js-deps c-deps bench-deps bench plugins plugins-rust plugins-js plugins-py plugins-c build lint unit integration clients adversarial fuzz fuzz-smoke autobahn browser test run clean
+.PHONY: help deps redis-deps promtool-deps net-deps run-cluster rust-deps py-deps browser-deps js-deps c-deps bench-deps bench plugins plugins-rust plugins-js plugins-py plugins-c build lint unit integration clients adversarial fuzz fuzz-smoke autobahn browser test run clean
 
 help:
 	@echo "make run        build the plugins and start the server on $(LISTEN)"
@@ -46,13 +46,19 @@ help:
 
 ## Installation -----------------------------------------------------------------
 
-deps: rust-deps py-deps js-deps c-deps browser-deps redis-deps promtool-deps
+deps: rust-deps py-deps js-deps c-deps browser-deps redis-deps promtool-deps net-deps
 
 # Debian's Redis, for the cluster tests and `make run-cluster` (each starts its own
 # redis-server on a port of its own; nothing uses a Redis on 6379).
 redis-deps:
 	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null \
 		|| (apt-get update && apt-get install -y redis-server)
+
+# `ss` (iproute2), with which the security tests read a listening socket's accept queue,
+# and `openssl`, with which they make keys of every form.
+net-deps:
+	@command -v ss >/dev/null || (apt-get update && apt-get install -y iproute2)
+	@command -v openssl >/dev/null || (apt-get update && apt-get install -y openssl)
 
 # promtool (from Debian's prometheus package; only promtool is used), which checks that
 # /metrics parses and follows Prometheus's naming conventions (tests/operations.rs).
@@ -198,9 +204,10 @@ unit: build
 
 # The real host binary with the real plugins: protocol (integration), plugin runtime
 # (runtime), configuration, TLS, static files, shutdown (settings), the chat in every
-# language (chat), plugin API 0.2 (plugin_api) and several hosts through Redis (cluster).
-integration: build plugins redis-deps promtool-deps
-	WSPLUG_PLUGIN_DIR=$(PLUGIN_DIR) cargo test --quiet --test integration --test runtime --test settings --test chat --test plugin_api --test cluster --test operations
+# language (chat), plugin API 0.2 (plugin_api), several hosts through Redis (cluster) and
+# the security model's rules, each the way it breaks (security).
+integration: build plugins redis-deps promtool-deps net-deps
+	WSPLUG_PLUGIN_DIR=$(PLUGIN_DIR) cargo test --quiet --test integration --test runtime --test settings --test chat --test plugin_api --test cluster --test operations --test security
 
 # Stock clients against the real host: Python `websockets` and Node `ws` (pinned in
 # tests/clients/node), with and without compression, every size, bursts, broadcasts.

@@ -9,12 +9,10 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::redis::Redis;
 use common::{Client, Scrape, Server, TempDir, ask, open_probe, plugin_path, serial};
 
 /// The bound the README states: a host silent for 3 s is dropped at the next heartbeat
@@ -22,94 +20,8 @@ use common::{Client, Scrape, Server, TempDir, ask, open_probe, plugin_path, seri
 /// for a loaded machine's scheduling.
 const DEAD_HOST_BOUND: Duration = Duration::from_secs(4);
 
-/// A `redis-server` of the test's own, without persistence, killed when dropped.
-struct Redis {
-    child: Option<Child>,
-    port: u16,
-    /// Settings beyond the port and no persistence.
-    settings: Vec<String>,
-    /// What it logged (its stdout).
-    log: Arc<Mutex<String>>,
-}
-
-impl Redis {
-    /// Starts one on a free port and waits until it accepts connections.
-    fn start() -> Redis {
-        Redis::start_with(&[])
-    }
-
-    /// Like [`Redis::start`], with these settings (`--name value` pairs) too.
-    fn start_with(settings: &[&str]) -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let settings = settings.iter().map(|s| s.to_string()).collect();
-        let mut redis = Redis {
-            child: None,
-            port,
-            settings,
-            log: Arc::default(),
-        };
-        redis.restart();
-        redis
-    }
-
-    /// The URL hosts are given.
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the server (again) on its port; returns once it accepts connections.
-    fn restart(&mut self) {
-        let binary = std::env::var("WSPLUG_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        let mut child = Command::new(&binary)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--loglevel", "notice"])
-            .args(&self.settings)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {binary} (make test installs it): {e}"));
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut lines = stdout.lines();
-        let ready = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .any(|line| line.contains("Ready to accept connections"));
-        assert!(ready, "redis-server exited before it was ready");
-        // Keep reading its output, so that it never blocks on a full pipe.
-        let log = self.log.clone();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                let mut log = log.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        self.child = Some(child);
-    }
-
-    /// Whether its log has a line containing `needle` (it may still come: the caller polls).
-    fn logged(&self, needle: &str) -> bool {
-        self.log.lock().unwrap().contains(needle)
-    }
-
-    /// Kills the server (SIGKILL: an outage, not a shutdown) and waits for it to exit.
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Starts a host of the cluster on `redis` running the probe plugin. (No idle pings: the
-/// tests' clients wait seconds at a time without reading.)
+/// Starts a host of the cluster on `redis` running the probe plugin, with its metrics on
+/// its port. (No idle pings: the tests' clients wait seconds at a time without reading.)
 fn host(redis: &Redis) -> Server {
     host_with(redis, &[])
 }
@@ -117,7 +29,15 @@ fn host(redis: &Redis) -> Server {
 /// [`host`], with `extra` arguments.
 fn host_with(redis: &Redis, extra: &[&str]) -> Server {
     let url = redis.url();
-    let mut args = vec!["--cluster", &url, "--cluster-name", "test", "--idle-timeout", "120"];
+    let mut args = vec![
+        "--cluster",
+        &url,
+        "--cluster-name",
+        "test",
+        "--idle-timeout",
+        "120",
+        "--serve-metrics",
+    ];
     args.extend_from_slice(extra);
     Server::start("probe", &args)
 }
@@ -511,11 +431,7 @@ fn a_host_that_falls_behind_is_cut_off_by_redis_and_catches_up() {
     assert_eq!(ask(&mut sender, &format!("send-to {reader_id} still-here")), "ok");
     while reader.recv_text() != "still-here" {}
     // Redis did cut host 1 off, and host 1 noticed.
-    assert!(
-        redis.logged("overcoming of output buffer limits"),
-        "{}",
-        redis.log.lock().unwrap()
-    );
+    assert!(redis.logged("overcoming of output buffer limits"), "{}", redis.log());
     hosts[1].wait_for_log("asking every host for its state");
 }
 

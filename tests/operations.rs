@@ -61,7 +61,13 @@ fn metrics_count_scripted_traffic_exactly_and_pass_promtool() {
     let cache = TempDir::new("cache");
     let server = Server::start_file(
         &plugin_path("echo"),
-        &["--cache-dir", cache.arg(), "--allowed-origin", "http://ok.example"],
+        &[
+            "--cache-dir",
+            cache.arg(),
+            "--allowed-origin",
+            "http://ok.example",
+            "--serve-metrics",
+        ],
     );
     let ok = [("Origin", "http://ok.example")];
 
@@ -184,7 +190,7 @@ fn health_is_200_and_readiness_turns_503_while_the_server_shuts_down() {
     let _turn = serial();
     let mut server = Server::start_isolated(
         &plugin_path("probe"),
-        &["--shutdown-grace", "10", "--close-timeout", "3"],
+        &["--shutdown-grace", "10", "--close-timeout", "3", "--serve-metrics"],
     );
     let healthz = http_get(server.addr, "/healthz");
     assert_eq!((healthz.status, healthz.body.as_slice()), (200, &b"ok\n"[..]));
@@ -244,7 +250,7 @@ fn routes_serve_three_plugins_and_a_reload_or_traps_in_one_leave_the_others_alon
             chaos = plugin_path("chaos").display(),
         ),
     );
-    let server = Server::start_config(&config, &[]);
+    let server = Server::start_config(&config, &["--serve-metrics"]);
 
     // No route serves these: 404 before the upgrade.
     for path in ["/", "/chatroom", "/echo-x", "/chat/x"] {
@@ -375,7 +381,7 @@ fn routes_keep_their_own_limits() {
             echo = plugin_path("echo").display(),
         ),
     );
-    let server = Server::start_config(&config, &[]);
+    let server = Server::start_config(&config, &["--serve-metrics"]);
     let mut small = server.connect("/small");
     small.send_text("0123456789");
     assert_eq!(small.recv_text(), "0123456789");

@@ -351,7 +351,7 @@ fn a_stateless_plugins_crash_gauge_keeps_the_plugin_threads_streak() {
     let _serial = serial();
     // Stateless: connections' events run on their own threads, timers on the plugin's
     // thread, and each side keeps a crash streak. The gauge shows the longer one.
-    let server = Server::start("api", &["--stateless"]);
+    let server = Server::start("api", &["--stateless", "--serve-metrics"]);
     let mut client = server.connect("/");
     let mut victim = server.connect("/"); // before the loop: its on-upgrade would end it
     let trapping = timer_id(FIRST, 1 << 19);

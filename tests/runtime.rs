@@ -832,9 +832,9 @@ fn a_stateless_plugin_is_called_on_the_connections_threads() {
     let cores = thread::available_parallelism().map_or(1, |n| n.get());
     // The plugin's threads: none of its own (shared), one per core, or as `--threads` says.
     for (args, threads) in [
-        (&[][..], None),
-        (&["--stateless"][..], Some(cores)),
-        (&["--stateless", "--threads", "1"][..], Some(1)),
+        (&["--serve-metrics"][..], None),
+        (&["--serve-metrics", "--stateless"][..], Some(cores)),
+        (&["--serve-metrics", "--stateless", "--threads", "1"][..], Some(1)),
     ] {
         let server = Server::start_isolated(&plugin_path("echo"), args);
         let mut clients: Vec<Client> = (0..20).map(|_| server.connect("/")).collect();

@@ -121,10 +121,13 @@ async fn run(config: Config, mut native: Option<NativeHandler>) -> anyhow::Resul
             Some(cluster) => Some(bus::join(&route_cluster(cluster, &route.name)).await?),
             None => None,
         };
-        let registry = Arc::new(match &bus {
-            Some(bus) => Registry::clustered(limits, bus.cluster()),
-            None => Registry::new(limits),
-        });
+        let registry = Arc::new(
+            match &bus {
+                Some(bus) => Registry::clustered(limits, bus.cluster()),
+                None => Registry::new(limits),
+            }
+            .with_shared_limits(config.shared_state),
+        );
         let route_metrics = metrics.route(&route.name);
         let plugin = match native.take() {
             Some(handle) => plugin::spawn_handler(&route.name, route.plugin_queue, registry.clone(), handle)?,
@@ -162,7 +165,9 @@ async fn run(config: Config, mut native: Option<NativeHandler>) -> anyhow::Resul
         close_timeout: config.close_timeout,
         max_connections: config.max_connections,
         prod: config.prod,
-        metrics_here: config.metrics_listen.is_none(),
+        metrics_here: config.serve_metrics,
+        backlog: config.backlog,
+        per_ip: config.per_ip,
     };
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     let server = Server::bind(
@@ -306,9 +311,13 @@ fn check_report(file: &Path) -> wasmtime::Result<String> {
         max_bytes: 1024,
     }));
     let started = Instant::now();
+    // A store of its own, should the plugin's start-up code use one: fresh, private, and
+    // gone when the check is done.
+    let store = crate::private_files::TempDir::new("check")
+        .map_err(|error| wasmtime::Error::msg(format!("cannot make a temporary directory: {error}")))?;
     let grants = Grants {
         data_dir: None,
-        store_dir: std::env::temp_dir().join("wsplug-check-store-unused"),
+        store_dir: store.path().to_owned(),
     };
     Runner::new(loader.engine(), loaded, registry, PluginLimits::default(), grants)?;
     let _ = writeln!(

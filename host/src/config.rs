@@ -122,11 +122,11 @@ pub struct Options {
     #[arg(long, value_name = "FILE")]
     pub cert_file: Option<PathBuf>,
 
-    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1; encrypted PKCS#8 with passphrase)
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1; encrypted as OpenSSL writes them, with passphrase)
     #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
 
-    /// Passphrase of an encrypted PKCS#8 private key
+    /// Passphrase of an encrypted private key (PKCS#8 with PBKDF2 or scrypt, or legacy PEM; AES or DES-EDE3)
     #[arg(long, value_name = "TEXT")]
     pub passphrase: Option<String>,
 
@@ -225,6 +225,38 @@ pub struct Options {
     /// WebSocket port, which then serves /healthz and /readyz only [default: none]
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
+
+    /// Serve /metrics on the WebSocket port too, where every client that reaches the port
+    /// reads them (metrics_listen keeps them on an address of their own) [default: false]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub serve_metrics: Option<bool>,
+
+    /// Connections the kernel may queue for the server to accept [default: the system's
+    /// most, net.core.somaxconn]
+    #[arg(long, value_name = "N")]
+    pub backlog: Option<u64>,
+
+    /// Connections one client address (IPv6: one /64) may hold open; more get 429 [default: no bound]
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_ip: Option<u64>,
+
+    /// Connections one client address (IPv6: one /64) may open per second; more get 429 [default: no bound]
+    #[arg(long, value_name = "N")]
+    pub max_connection_rate_per_ip: Option<u64>,
+
+    /// Groups one connection may be in at once; a join past it is refused [default: 256]
+    #[arg(long, value_name = "N")]
+    pub max_groups_per_connection: Option<u64>,
+
+    /// Longest group name, in bytes; a join of a longer one is refused [default: 256]
+    #[arg(long, value_name = "BYTES")]
+    pub max_group_name: Option<u64>,
+
+    /// Bytes of attachments and group names one route's connections on this host may hold
+    /// in all (what a cluster's hosts share); past it, attachments and joins are refused
+    /// [default: 64 MiB]
+    #[arg(long, value_name = "BYTES")]
+    pub max_shared_state: Option<u64>,
 }
 
 /// What `host` does instead of serving.
@@ -582,6 +614,14 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Where `/metrics` is served apart from the WebSocket port, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve `/metrics` on the WebSocket port.
+    pub serve_metrics: bool,
+    /// The listening socket's accept queue; `None`: the system's most.
+    pub backlog: Option<u32>,
+    /// Bounds per client address.
+    pub per_ip: crate::server::per_ip::PerIpLimits,
+    /// Bounds of the groups and attachments the connections hold.
+    pub shared_state: crate::server::registry::SharedStateLimits,
 }
 
 impl Options {
@@ -694,6 +734,13 @@ impl Options {
             log,
             log_format,
             metrics_listen,
+            serve_metrics,
+            backlog,
+            max_connections_per_ip,
+            max_connection_rate_per_ip,
+            max_groups_per_connection,
+            max_group_name,
+            max_shared_state,
         )
     }
 
@@ -712,6 +759,53 @@ impl Options {
             .as_deref()
             .map(|text| address("metrics_listen", text))
             .transpose()?;
+        let serve_metrics = self.serve_metrics.unwrap_or(false);
+        if serve_metrics && metrics_listen.is_some() {
+            return Err(ConfigError(
+                "serve_metrics and metrics_listen exclude each other: metrics_listen serves /metrics on an address of its own".into(),
+            ));
+        }
+        let optional = |key: &str, value: Option<u64>, max: u64, unit: &str| {
+            value.map(|n| range(key, n, 1, max, unit).map(|n| n as u32)).transpose()
+        };
+        let backlog = optional("backlog", self.backlog, 1 << 20, "connections")?;
+        let per_ip = crate::server::per_ip::PerIpLimits {
+            max_connections: optional(
+                "max_connections_per_ip",
+                self.max_connections_per_ip,
+                10_000_000,
+                "connections",
+            )?,
+            max_rate: optional(
+                "max_connection_rate_per_ip",
+                self.max_connection_rate_per_ip,
+                1_000_000,
+                "connections per second",
+            )?,
+        };
+        let shared_state = crate::server::registry::SharedStateLimits {
+            max_groups: range(
+                "max_groups_per_connection",
+                self.max_groups_per_connection.unwrap_or(256),
+                1,
+                1 << 20,
+                "groups",
+            )? as usize,
+            max_group_name: range(
+                "max_group_name",
+                self.max_group_name.unwrap_or(256),
+                1,
+                1 << 20,
+                "bytes",
+            )? as usize,
+            max_bytes: range(
+                "max_shared_state",
+                self.max_shared_state.unwrap_or(64 << 20),
+                1 << 16,
+                1 << 40,
+                "bytes",
+            )? as usize,
+        };
         let timeout = seconds("timeout", self.timeout.unwrap_or(5))?;
         let handshake_timeout = match self.handshake_timeout {
             Some(s) => seconds("handshake_timeout", s)?,
@@ -820,6 +914,10 @@ impl Options {
                 .unwrap_or_else(|| if prod { "info".into() } else { "debug".into() }),
             log_format,
             metrics_listen,
+            serve_metrics,
+            backlog,
+            per_ip,
+            shared_state,
         })
     }
 

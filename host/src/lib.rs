@@ -8,6 +8,7 @@
 //! - [`metrics`]: the Prometheus metrics (`/metrics`).
 //! - [`ws`]: the protocol, sans I/O (the `wsplug-ws` crate, in `host/ws`).
 //! - [`plugin`]: the WebAssembly runtime that runs a plugin; it knows nothing of frames.
+//! - [`private_files`]: the host's own directories and files, readable by this user only.
 //! - [`server`]: the tokio shell that connects sockets, protocol and plugin.
 
 pub mod app;
@@ -16,6 +17,7 @@ pub mod cluster;
 pub mod config;
 pub mod metrics;
 pub mod plugin;
+pub mod private_files;
 pub mod server;
 pub mod store;
 pub use wsplug_ws as ws;

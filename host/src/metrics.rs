@@ -68,10 +68,13 @@ pub enum Rejected {
     Tls,
     /// The server is shutting down (503).
     ShuttingDown,
+    /// The client's address has too many connections open, or opened too many in the
+    /// last second (429, before its request is read).
+    PerIp,
 }
 
 impl Rejected {
-    const ALL: [Rejected; 10] = [
+    const ALL: [Rejected; 11] = [
         Self::BadRequest,
         Self::Version,
         Self::Origin,
@@ -82,6 +85,7 @@ impl Rejected {
         Self::Timeout,
         Self::Tls,
         Self::ShuttingDown,
+        Self::PerIp,
     ];
 
     fn label(self) -> &'static str {
@@ -96,6 +100,7 @@ impl Rejected {
             Self::Timeout => "timeout",
             Self::Tls => "tls",
             Self::ShuttingDown => "shutting_down",
+            Self::PerIp => "per_ip",
         }
     }
 

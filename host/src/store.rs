@@ -150,8 +150,10 @@ impl FileStore {
 fn open(path: &Path) -> Result<Database, StoreError> {
     let failed = |e: &dyn std::fmt::Display| StoreError::Unavailable(format!("cannot open {}: {e}", path.display()));
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| failed(&e))?;
+        crate::private_files::create_dir(dir).map_err(|e| failed(&e))?;
     }
+    // The plugins' data is this user's alone: a new database file is made 0600.
+    crate::private_files::touch(path).map_err(|e| failed(&e))?;
     let db = Database::create(path).map_err(|e| failed(&e))?;
     // Create the table, so that readers never meet a missing one, and drop what expired
     // while the host was down.

@@ -9,6 +9,9 @@
 
 #![allow(dead_code)]
 
+pub mod redis;
+pub mod tls;
+
 use std::fs;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};

@@ -17,6 +17,11 @@ use tokio::sync::Notify;
 use super::wire::{Body, Envelope, HostNumber};
 use crate::plugin::ConnId;
 
+/// What every queued item is charged beyond its bytes: its place in the queue, and the
+/// command that publishes it. A forgotten connection's facts are no bytes at all, and
+/// must count against the bound too (while Redis is away, every close queues one).
+const ITEM_COST: usize = 64;
+
 /// Where a message goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -85,11 +90,11 @@ impl Outbox {
     }
 
     fn enqueue(&self, mut queue: MutexGuard<'_, Queue>, target: Target, bytes: Bytes) {
-        if queue.bytes + bytes.len() > self.max_bytes {
+        if queue.bytes + bytes.len() + ITEM_COST > self.max_bytes {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        queue.bytes += bytes.len();
+        queue.bytes += bytes.len() + ITEM_COST;
         queue.items.push_back((target, bytes));
         drop(queue);
         self.ready.notify_one();
@@ -107,7 +112,7 @@ impl Outbox {
                     queue.in_flight += n;
                     let queue = &mut *queue;
                     for (target, bytes) in queue.items.drain(..n) {
-                        queue.bytes -= bytes.len();
+                        queue.bytes -= bytes.len() + ITEM_COST;
                         into.push((target, bytes));
                     }
                     return;
@@ -163,7 +168,7 @@ mod tests {
         }
         .encode()
         .len();
-        let outbox = Outbox::new(1, 7, 3 * heartbeat_len);
+        let outbox = Outbox::new(1, 7, 3 * (heartbeat_len + ITEM_COST));
         for _ in 0..4 {
             outbox.push(Target::All, Body::Heartbeat);
         }
@@ -202,6 +207,18 @@ mod tests {
             out = future => Some(out),
             () = std::future::ready(()) => None,
         }
+    }
+
+    #[tokio::test]
+    async fn forgotten_connections_count_against_the_bound() {
+        let outbox = Outbox::new(1, 7, 10 * ITEM_COST);
+        for conn in 0..100 {
+            outbox.push_info(conn, None);
+        }
+        assert_eq!(outbox.dropped(), 90);
+        let mut got = Vec::new();
+        outbox.take(1000, &mut got).await;
+        assert_eq!(got.len(), 10);
     }
 
     #[tokio::test]

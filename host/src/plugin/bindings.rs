@@ -167,7 +167,8 @@ impl From<HostError> for types::Error {
             HostError::Gone => Self::Gone,
             HostError::InvalidCode => Self::InvalidCode,
             HostError::ReasonTooLong => Self::ReasonTooLong,
-            HostError::TooLarge => Self::TooLarge,
+            // 0.2 has no error of its own for it: a join past the bound is too large.
+            HostError::TooLarge | HostError::TooManyGroups => Self::TooLarge,
             HostError::TooManyTimers => Self::TooManyTimers,
             HostError::InvalidDuration => Self::InvalidDuration,
         }
@@ -305,6 +306,7 @@ impl v2::wsplug::plugin::host::Host for HostState {
 
     fn log(&mut self, level: types::LogLevel, message: String) {
         let plugin = &*self.name;
+        let message = super::output::escaped(&message);
         match level {
             types::LogLevel::Trace => tracing::trace!(target: "plugin", plugin, "{message}"),
             types::LogLevel::Debug => tracing::debug!(target: "plugin", plugin, "{message}"),

@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
@@ -15,6 +16,7 @@ use wasmtime::{Config, Engine};
 
 use super::bindings::{ApiVersion, HostState, v1, v2, v2_optional};
 use super::language::{self, Language};
+use crate::private_files;
 
 /// A component linked against one version of the world, ready to instantiate.
 pub enum Linked {
@@ -203,7 +205,7 @@ impl Loader {
         Ok(Self {
             engine,
             linker,
-            cache_dir,
+            cache_dir: cache_dir.filter(|dir| usable_cache(dir)),
             engine_key: hasher.finish(),
         })
     }
@@ -254,12 +256,20 @@ impl Loader {
             let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
             dir.join(format!("{hex}-{:016x}.cwasm", self.engine_key))
         });
-        if let Some(file) = cached.as_ref().filter(|f| f.exists()) {
-            // SAFETY: the cache directory belongs to the operator, and the file name
-            // binds it to these exact plugin bytes and this engine's settings.
-            match unsafe { Component::deserialize_file(&self.engine, file) } {
-                Ok(component) => return Ok((component, true)),
-                Err(error) => tracing::warn!(file = %file.display(), "ignoring unusable cached plugin code: {error}"),
+        if let Some(file) = cached.as_ref()
+            && let Ok(metadata) = fs::metadata(file)
+        {
+            match private_files::check_trusted(&metadata) {
+                // SAFETY: only this user can write the file and its directory (checked
+                // when the loader was made), and the file name binds it to these exact
+                // plugin bytes and this engine's settings.
+                Ok(()) => match unsafe { Component::deserialize_file(&self.engine, file) } {
+                    Ok(component) => return Ok((component, true)),
+                    Err(error) => {
+                        tracing::warn!(file = %file.display(), "ignoring unusable cached plugin code: {error}")
+                    }
+                },
+                Err(why) => tracing::warn!(file = %file.display(), "ignoring cached plugin code: {why}"),
             }
         }
         let component = Component::new(&self.engine, bytes)
@@ -277,13 +287,27 @@ impl Loader {
 /// never sees half a file.
 fn store_in_cache(component: &Component, file: &Path) -> wasmtime::Result<()> {
     let code = component.serialize()?;
-    if let Some(dir) = file.parent() {
-        fs::create_dir_all(dir)?;
-    }
     let partial = file.with_extension(format!("tmp{}", std::process::id()));
-    fs::write(&partial, code)?;
+    private_files::create_file(&partial)?.write_all(&code)?;
     fs::rename(&partial, file)?;
     Ok(())
+}
+
+/// Whether `dir` may hold compiled plugins, which run as native code outside the
+/// sandbox: it is created (0700) if missing, and refused, with a warning, if another
+/// user could put code in it.
+fn usable_cache(dir: &Path) -> bool {
+    let checked = private_files::create_dir(dir)
+        .and_then(|()| fs::metadata(dir))
+        .map_err(|error| error.to_string())
+        .and_then(|metadata| private_files::check_trusted(&metadata).map_err(|why| why.to_string()));
+    match checked {
+        Ok(()) => true,
+        Err(why) => {
+            tracing::warn!(dir = %dir.display(), "not caching compiled plugins in this directory: {why}");
+            false
+        }
+    }
 }
 
 /// SHA-256 of a plugin file: identifies a version for the cache and for reloads.

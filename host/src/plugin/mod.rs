@@ -120,8 +120,11 @@ pub enum HostError {
     InvalidCode,
     /// A close reason longer than 123 bytes.
     ReasonTooLong,
-    /// An attachment over [`MAX_ATTACHMENT`].
+    /// An attachment over [`MAX_ATTACHMENT`], a group name over the host's bound, or
+    /// either past the bound of what the host's connections hold in all.
     TooLarge,
+    /// A join past the bound of groups per connection.
+    TooManyGroups,
     /// More pending timers than [`timers::MAX_TIMERS`].
     TooManyTimers,
     /// A timer's delay or repetition out of range.

@@ -1,6 +1,9 @@
 //! A plugin's stdout and stderr, turned into host log lines tagged with the plugin's
 //! name, so that `println!` debugging and panic messages show up in the server log.
+//! What a plugin writes, here or through its `log` import, is [`escaped`]: it cannot
+//! start a log line of its own, nor colour or move a terminal's cursor.
 
+use std::borrow::Cow;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -60,13 +63,30 @@ impl LogOutput {
 
     fn emit(&self, line: &[u8]) {
         let line = String::from_utf8_lossy(line);
-        let line = line.trim_end_matches('\r');
+        let line = escaped(line.trim_end_matches('\r'));
         let plugin = &*self.plugin;
         match self.stream {
             Stream::Stdout => tracing::info!(target: "plugin", plugin, stream = "stdout", "{line}"),
             Stream::Stderr => tracing::warn!(target: "plugin", plugin, stream = "stderr", "{line}"),
         }
     }
+}
+
+/// `text` with every control character (line breaks, escape sequences, ...) written as
+/// a Rust escape (`\n`, `\u{1b}`): one log line stays one line, whatever a plugin logs.
+pub fn escaped(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 impl IsTerminal for LogOutput {
@@ -117,5 +137,20 @@ impl AsyncWrite for LogOutput {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escaped;
+
+    #[test]
+    fn control_characters_cannot_start_a_line_or_drive_a_terminal() {
+        assert_eq!(escaped("plain text, é"), "plain text, é");
+        assert!(matches!(escaped("plain"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(
+            escaped("ok\n2026-12-07T00:00:00Z ERROR forged\r\x1b[2J\t\0"),
+            "ok\\n2026-12-07T00:00:00Z ERROR forged\\r\\u{1b}[2J\\t\\u{0}"
+        );
     }
 }

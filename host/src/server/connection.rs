@@ -163,7 +163,10 @@ where
         protocol: Protocol::new(config, Instant::now().into_std()),
         mailbox,
         plugin,
+        route,
+        peer,
         trapped: opened == Handed::Trapped,
+        released: false,
         replies: Vec::new(),
         metrics: &route.metrics,
         blocked: false,
@@ -174,17 +177,14 @@ where
         read_at: None,
     };
     let ended = session.run(&mut reader, &mut writer, buf).await;
-    let trapped = session.trapped;
-
-    registry.unregister(id);
+    session.release(&ended).await;
     drop((slot, route_slot));
-    let (code, reason) = ended.code_and_reason();
-    route.metrics.closed(code);
-    tracing::debug!(%peer, conn = id, code, reason, "connection closed");
-    if trapped {
-        plugin.forget(id);
-    } else {
-        let _ = plugin.deliver(PluginEvent::Close(id, code, reason.to_owned())).await;
+    // Both close frames went their way: the peer sends nothing more, so the socket
+    // closes at once, the server first (RFC 6455 section 7.1.1), and a client that keeps
+    // its side open holds nothing (a shutdown least of all).
+    if matches!(ended, Ended::ByPeer { .. }) {
+        let _ = writer.shutdown().await;
+        return;
     }
     linger(reader, writer, &shared).await;
 }
@@ -244,6 +244,12 @@ async fn admit(
             if attachment.as_ref().is_some_and(|a| a.len() > MAX_ATTACHMENT) {
                 return Err(unavailable("on-upgrade gave an attachment over 16 KiB"));
             }
+            let limits = route.registry.shared_limits();
+            if groups.len() > limits.max_groups || groups.iter().any(|g| g.len() > limits.max_group_name) {
+                return Err(unavailable(
+                    "on-upgrade gave more groups than max_groups_per_connection, or a name over max_group_name",
+                ));
+            }
             Ok(Admitted { attachment, groups })
         }
         UpgradeDecision::Reject { status, headers, body } => {
@@ -281,10 +287,12 @@ impl Drop for Slot<'_> {
 }
 
 /// Answers a request without `Upgrade: websocket`: an operator's endpoint (health,
-/// metrics), else a static file if a directory is served, else 400.
+/// metrics), else a static file if a directory is served, else 400. A client that
+/// takes nothing of the response for the idle timeout is let go.
 async fn serve_plain<W: AsyncWrite + Unpin>(writer: &mut W, request: &Request, shared: &Shared) {
+    let stall = shared.settings.idle_timeout;
     if let Some(response) = endpoints::respond(&request.method, &request.path, shared, shared.settings.metrics_here) {
-        let _ = writer.write_all(&response).await;
+        let _ = write_within(writer, &response, stall).await;
         return;
     }
     let Some(files) = &shared.static_files else {
@@ -292,18 +300,41 @@ async fn serve_plain<W: AsyncWrite + Unpin>(writer: &mut W, request: &Request, s
             status: 400,
             detail: "missing Upgrade: websocket",
         };
-        let _ = writer.write_all(&rejection.response(!shared.settings.prod)).await;
+        let _ = write_within(writer, &rejection.response(!shared.settings.prod), stall).await;
         return;
     };
     let response = files.respond(&request.method, &request.path).await;
-    if writer.write_all(&response.head).await.is_err() {
+    if write_within(writer, &response.head, stall).await.is_err() {
         return;
     }
-    let _ = match response.body {
-        Body::Empty => Ok(()),
-        Body::Text(text) => writer.write_all(format!("{text}\n").as_bytes()).await,
-        Body::File(mut file) => tokio::io::copy(&mut file, writer).await.map(drop),
-    };
+    match response.body {
+        Body::Empty => {}
+        Body::Text(text) => {
+            let _ = write_within(writer, format!("{text}\n").as_bytes(), stall).await;
+        }
+        Body::File(mut file) => {
+            let mut chunk = vec![0; 64 << 10];
+            while let Ok(n @ 1..) = file.read(&mut chunk).await {
+                if write_within(writer, &chunk[..n], stall).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Writes all of `bytes`, unless the peer takes nothing for `stall`.
+async fn write_within<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8], stall: Duration) -> std::io::Result<()> {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        match timeout(stall, writer.write(rest)).await {
+            Ok(Ok(n @ 1..)) => rest = &rest[n..],
+            Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(Err(error)) => return Err(error),
+            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+    Ok(())
 }
 
 async fn read_handshake<R: AsyncRead + Unpin>(
@@ -407,9 +438,16 @@ struct Session<'a> {
     protocol: Protocol,
     mailbox: Mailbox,
     plugin: &'a PluginHandle,
+    /// The route the connection belongs to.
+    route: &'a Route,
+    /// The client's address, for the log.
+    peer: SocketAddr,
     /// The plugin trapped on one of this connection's events, on this thread (a
     /// stateless plugin): it is being closed with 1011, and gets no more events.
     trapped: bool,
+    /// The connection has left the application ([`Session::release`]): what the socket
+    /// still does (the close frame's flush) concerns nobody else.
+    released: bool,
     /// What a stateless plugin sent back while handling one of this connection's
     /// messages on this thread, to encode when the call returns (kept for its room).
     replies: Vec<Outgoing>,
@@ -511,6 +549,15 @@ impl Session<'_> {
             }
             if self.protocol.is_done() {
                 break;
+            }
+            // Dropped by the host (too slow, no answer to a ping): the application sees
+            // it gone now, while the close frame still has its time to leave.
+            if !self.released
+                && let Some(ended) = self.protocol.ended().filter(|ended| ended.by_host()).cloned()
+            {
+                pending = None;
+                barrier = None;
+                self.release(&ended).await;
             }
             let state = self.protocol.state();
             let output_len = self.protocol.output().len();
@@ -656,10 +703,32 @@ impl Session<'_> {
         self.trapped |= handed == Handed::Trapped;
     }
 
-    /// Whether `event` still goes to the plugin: after it trapped on this connection
-    /// (on this thread), only the barrier of the closing handshake does.
+    /// Whether `event` still goes to the plugin: nothing once the connection is
+    /// released, and after it trapped on this connection (on this thread) only the
+    /// barrier of the closing handshake.
     fn is_for_plugin(&self, event: &PluginEvent) -> bool {
-        !self.trapped || matches!(event, PluginEvent::Barrier(..))
+        !self.released && (!self.trapped || matches!(event, PluginEvent::Barrier(..)))
+    }
+
+    /// Takes the connection out of the application, once: out of the registry (sends,
+    /// broadcasts, groups, `connections()`, the other hosts' views), counted as closed,
+    /// and its `on-close` delivered with why it `ended`.
+    async fn release(&mut self, ended: &Ended) {
+        if std::mem::replace(&mut self.released, true) {
+            return;
+        }
+        self.route.registry.unregister(self.id);
+        let (code, reason) = ended.code_and_reason();
+        self.metrics.closed(code);
+        tracing::debug!(peer = %self.peer, conn = self.id, code, reason, "connection closed");
+        if self.trapped {
+            self.plugin.forget(self.id);
+        } else {
+            let _ = self
+                .plugin
+                .deliver(PluginEvent::Close(self.id, code, reason.to_owned()))
+                .await;
+        }
     }
 
     /// Hands the plugin the event that waited for room in its queue and every complete

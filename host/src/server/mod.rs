@@ -4,6 +4,8 @@
 mod connection;
 mod endpoints;
 pub mod outbound;
+pub mod pem_key;
+pub mod per_ip;
 pub mod registry;
 pub mod static_files;
 pub mod tls;
@@ -13,7 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +26,7 @@ use crate::config::RoutePath;
 use crate::metrics::{Metrics, Rejected, RouteMetrics};
 use crate::plugin::{PluginEvent, PluginHandle};
 use crate::ws::handshake::HandshakeConfig;
+use per_ip::{Admission, PerIp, PerIpLimits};
 use registry::Registry;
 use static_files::StaticFiles;
 
@@ -39,8 +43,14 @@ pub struct Settings {
     pub max_connections: usize,
     /// Production mode: HTTP error bodies carry no detail.
     pub prod: bool,
-    /// Serve `/metrics` on the WebSocket port (not when it has an address of its own).
+    /// Serve `/metrics` on the WebSocket port (only when asked to: it is open to every
+    /// client that reaches the port).
     pub metrics_here: bool,
+    /// Connections the kernel may hold for the server to accept; `None`: the system's
+    /// most (`net.core.somaxconn`).
+    pub backlog: Option<u32>,
+    /// Bounds per client address.
+    pub per_ip: PerIpLimits,
 }
 
 /// A plugin and the paths it serves: its own connections, groups, limits and metrics.
@@ -114,6 +124,8 @@ pub struct Shared {
     ready: AtomicBool,
     /// WebSocket connections open or being opened, against `max_connections`.
     open: AtomicUsize,
+    /// Connections per client address.
+    per_ip: Arc<PerIp>,
 }
 
 impl Shared {
@@ -162,11 +174,12 @@ impl Server {
         static_files: Option<StaticFiles>,
         tls: Option<TlsAcceptor>,
     ) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = listen(addr, settings.backlog.unwrap_or_else(system_backlog))?;
         let metrics_listener = match metrics_listen {
             Some(addr) => Some(TcpListener::bind(addr).await?),
             None => None,
         };
+        let per_ip = PerIp::new(settings.per_ip);
         let shared = Arc::new(Shared {
             settings,
             routes,
@@ -175,6 +188,7 @@ impl Server {
             shutdown: CancellationToken::new(),
             ready: AtomicBool::new(false),
             open: Default::default(),
+            per_ip,
         });
         Ok(Self {
             listener,
@@ -208,9 +222,20 @@ impl Server {
         let accept_loop = async {
             loop {
                 match self.listener.accept().await {
-                    Ok((stream, peer)) => {
-                        tasks.spawn(accept(stream, peer, self.tls.clone(), self.shared.clone()));
-                    }
+                    Ok((stream, peer)) => match self.shared.per_ip.admit(peer.ip(), std::time::Instant::now()) {
+                        Ok(admission) => {
+                            tasks.spawn(accept(stream, peer, self.tls.clone(), self.shared.clone(), admission));
+                        }
+                        Err(refusal) => {
+                            tasks.spawn(refuse_per_ip(
+                                stream,
+                                peer,
+                                refusal,
+                                self.tls.is_none(),
+                                self.shared.clone(),
+                            ));
+                        }
+                    },
                     Err(error) => {
                         // Typically EMFILE: back off briefly instead of spinning.
                         tracing::warn!("accept failed: {error}");
@@ -260,8 +285,65 @@ impl Server {
     }
 }
 
-/// Sets up one accepted socket (TLS handshake if configured) and serves it.
-async fn accept(stream: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>, shared: Arc<Shared>) {
+/// A listening socket on `addr` whose accept queue holds `backlog` connections.
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    // As `TcpListener::bind` does: a restarted server need not wait out TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
+/// The largest accept queue the system allows (`net.core.somaxconn`), which the kernel
+/// would cut a larger backlog down to anyway; 4096 (Linux's default since 5.4) if it
+/// cannot be read.
+pub fn system_backlog() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(4096)
+}
+
+/// Turns away a connection whose address is over a bound: a 429 on a plain socket (its
+/// request unread: the answer does not depend on it), nothing on a TLS one.
+async fn refuse_per_ip(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    refusal: per_ip::Refusal,
+    plain: bool,
+    shared: Arc<Shared>,
+) {
+    shared.metrics.rejected(Rejected::PerIp);
+    tracing::debug!(%peer, ?refusal, "connection refused: over the per-address bound");
+    if plain {
+        let response =
+            b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        // Then a moment for the client to send its request and read the answer: closing
+        // with its request unread would reset the connection, the answer with it.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            stream.write_all(response).await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 1024];
+            while stream.read(&mut sink).await? > 0 {}
+            std::io::Result::Ok(())
+        })
+        .await;
+    }
+}
+
+/// Sets up one accepted socket (TLS handshake if configured) and serves it, counted
+/// against its address until it closes.
+async fn accept(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    admission: Admission,
+) {
+    let _admission = admission;
     let _ = stream.set_nodelay(true);
     match tls {
         None => {

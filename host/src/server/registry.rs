@@ -14,9 +14,35 @@ use bytes::Bytes;
 
 use super::outbound::{self, Command, Mailbox, OutboundLimits, Outbox};
 use crate::cluster::Cluster;
-use crate::cluster::view::{Delivery, first_id};
+use crate::cluster::view::{Delivery, HOST_SHIFT};
 use crate::cluster::wire::{Body, Member};
 use crate::plugin::{ConnId, ConnectionInfo, HostError, HostServices, Outgoing};
+
+/// Bounds of what a route's connections hold that a cluster's hosts share: groups and
+/// attachments. A client chooses group names and attachment contents through the
+/// plugin, so each is bounded per connection, and all of them per host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SharedStateLimits {
+    /// Groups one connection may be in at once.
+    pub max_groups: usize,
+    /// Longest group name, in bytes.
+    pub max_group_name: usize,
+    /// Bytes of attachments and group names of all the route's connections on this host.
+    pub max_bytes: usize,
+}
+
+impl Default for SharedStateLimits {
+    fn default() -> Self {
+        Self {
+            max_groups: 256,
+            max_group_name: 256,
+            max_bytes: 64 << 20,
+        }
+    }
+}
+
+/// The ids of every registry of the process: unique across its routes, never reused.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 struct Entry {
     outbox: Outbox,
@@ -32,6 +58,11 @@ struct Entry {
 impl Entry {
     fn push(&self, command: Command) -> Result<(), HostError> {
         self.outbox.push(command)
+    }
+
+    /// What it holds against [`SharedStateLimits::max_bytes`].
+    fn shared_bytes(&self) -> usize {
+        self.attachment.as_ref().map_or(0, Bytes::len) + self.groups.iter().map(String::len).sum::<usize>()
     }
 
     /// The connection as the other hosts of a cluster mirror it.
@@ -50,6 +81,9 @@ struct Inner {
     groups: HashMap<String, HashSet<ConnId>>,
     /// Attachments of closed connections whose `on-close` the plugin has not handled yet.
     closing: HashMap<ConnId, Bytes>,
+    /// Bytes of the open connections' attachments and group names, against
+    /// [`SharedStateLimits::max_bytes`].
+    shared_bytes: usize,
     /// The server is shutting down: connections registered now are told at once.
     shutting_down: bool,
 }
@@ -96,8 +130,8 @@ impl Inner {
 /// The registry of open connections.
 pub struct Registry {
     inner: Mutex<Inner>,
-    next_id: AtomicU64,
     limits: OutboundLimits,
+    shared_limits: SharedStateLimits,
     cluster: Option<Arc<Cluster>>,
 }
 
@@ -106,8 +140,8 @@ impl Registry {
     pub fn new(limits: OutboundLimits) -> Self {
         Self {
             inner: Mutex::default(),
-            next_id: AtomicU64::new(1),
             limits,
+            shared_limits: SharedStateLimits::default(),
             cluster: None,
         }
     }
@@ -116,10 +150,14 @@ impl Registry {
     /// number, and what the plugin does reaches the other hosts' connections too.
     pub fn clustered(limits: OutboundLimits, cluster: Arc<Cluster>) -> Self {
         Self {
-            next_id: AtomicU64::new(first_id(cluster.host())),
             cluster: Some(cluster),
             ..Self::new(limits)
         }
+    }
+
+    /// The same registry with these bounds on groups and attachments.
+    pub fn with_shared_limits(self, shared_limits: SharedStateLimits) -> Self {
+        Self { shared_limits, ..self }
     }
 
     /// The cluster whose hosts share these connections, if any.
@@ -127,9 +165,17 @@ impl Registry {
         self.cluster.as_ref()
     }
 
-    /// A fresh connection id, never reused (in a cluster, unique across its hosts).
+    /// The bounds on groups and attachments.
+    pub fn shared_limits(&self) -> SharedStateLimits {
+        self.shared_limits
+    }
+
+    /// A fresh connection id, never reused in this process, whatever the route. In a
+    /// cluster, the high bits are the host's number, which makes it unique across the
+    /// hosts; below 2^53 either way, so that JavaScript numbers hold it.
     pub fn next_id(&self) -> ConnId {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
+        let host = self.cluster.as_ref().map_or(0, |cluster| ConnId::from(cluster.host()));
+        (host << HOST_SHIFT) | (NEXT_ID.fetch_add(1, Ordering::Relaxed) & ((1 << HOST_SHIFT) - 1))
     }
 
     /// Adds a connection; the returned mailbox receives what the plugin sends it.
@@ -170,6 +216,7 @@ impl Registry {
                 cluster.tell_all(Body::Closed(conn));
                 cluster.tell_info(conn, None);
             }
+            inner.shared_bytes -= entry.shared_bytes();
             if let Some(attachment) = entry.attachment {
                 inner.closing.insert(conn, attachment);
             }
@@ -293,11 +340,27 @@ impl HostServices for Registry {
     }
 
     fn join(&self, conn: ConnId, group: &str) -> Result<(), HostError> {
+        let limits = self.shared_limits;
+        if group.len() > limits.max_group_name {
+            return Err(HostError::TooLarge);
+        }
         let mut inner = self.lock();
+        let room = limits.max_bytes - inner.shared_bytes;
         let entry = inner.conns.get_mut(&conn).ok_or(HostError::Gone)?;
-        if entry.groups.insert(group.to_owned()) && entry.opened {
+        if entry.groups.contains(group) {
+            return Ok(());
+        }
+        if entry.groups.len() >= limits.max_groups {
+            return Err(HostError::TooManyGroups);
+        }
+        if group.len() > room {
+            return Err(HostError::TooLarge);
+        }
+        entry.groups.insert(group.to_owned());
+        if entry.opened {
             self.tell_all(Body::Joined(conn, group.to_owned()));
         }
+        inner.shared_bytes += group.len();
         inner.groups.entry(group.to_owned()).or_default().insert(conn);
         Ok(())
     }
@@ -305,14 +368,22 @@ impl HostServices for Registry {
     fn leave(&self, conn: ConnId, group: &str) -> Result<(), HostError> {
         let mut inner = self.lock();
         let entry = inner.conns.get_mut(&conn).ok_or(HostError::Gone)?;
-        if entry.groups.remove(group) && entry.opened {
+        if !entry.groups.remove(group) {
+            return Ok(());
+        }
+        if entry.opened {
             self.tell_all(Body::Left(conn, group.to_owned()));
         }
+        inner.shared_bytes -= group.len();
         inner.leave_group(conn, group);
         Ok(())
     }
 
     fn publish(&self, group: &str, message: Outgoing, except: Option<ConnId>) -> u32 {
+        // No connection can be in a group whose name is over the bound.
+        if group.len() > self.shared_limits.max_group_name {
+            return 0;
+        }
         let local = self.lock().publish(group, &message, except);
         let Some(cluster) = &self.cluster else {
             return local;
@@ -326,6 +397,9 @@ impl HostServices for Registry {
     // Like broadcasts, group messages and members cover opened connections only: one
     // that joined at its handshake is a member once the plugin has had its on-open.
     fn group_members(&self, group: &str) -> Vec<ConnId> {
+        if group.len() > self.shared_limits.max_group_name {
+            return Vec::new();
+        }
         let mut members: Vec<ConnId> = {
             let inner = self.lock();
             match inner.groups.get(group) {
@@ -368,11 +442,18 @@ impl HostServices for Registry {
 
     fn set_attachment(&self, conn: ConnId, data: Vec<u8>) -> Result<(), HostError> {
         let mut inner = self.lock();
+        let room = self.shared_limits.max_bytes - inner.shared_bytes;
         let entry = inner.conns.get_mut(&conn).ok_or(HostError::Gone)?;
+        let old = entry.attachment.as_ref().map_or(0, Bytes::len);
+        if data.len() > old + room {
+            return Err(HostError::TooLarge);
+        }
+        let data_len = data.len();
         entry.attachment = (!data.is_empty()).then(|| data.into());
         if entry.opened {
             self.tell_all(Body::Attached(conn, entry.attachment.clone()));
         }
+        inner.shared_bytes = inner.shared_bytes + data_len - old;
         Ok(())
     }
 

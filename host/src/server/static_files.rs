@@ -1,16 +1,26 @@
 //! Plain HTTP on the WebSocket port: static files from one directory (GET and HEAD),
 //! so a browser page and its socket share an origin. Paths that would leave the
-//! directory (`..`, encoded or not, and symlinks pointing out) are refused.
+//! directory (`..`, encoded or not, and symlinks pointing out) are refused, and
+//! dotfiles (`.env`, `.git/`) are not found. At most [`MAX_FILES_IN_FLIGHT`] files
+//! are sent at once (503 past it), so that slow readers of large files cannot hold
+//! every file descriptor.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use percent_encoding::percent_decode_str;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Files being sent at once, at most.
+pub const MAX_FILES_IN_FLIGHT: usize = 256;
 
 /// A directory served over HTTP.
 #[derive(Clone, Debug)]
 pub struct StaticFiles {
     /// Canonical path of the directory.
     root: PathBuf,
+    /// One permit per file being sent.
+    in_flight: Arc<Semaphore>,
 }
 
 /// What to send for a request: the response head, and the file to stream after it.
@@ -19,6 +29,8 @@ pub struct Response {
     pub head: Vec<u8>,
     /// The body: a file (GET of a file) or a short text (errors); none for HEAD.
     pub body: Body,
+    /// The place among the files in flight, held until the response is dropped.
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 /// A response body.
@@ -36,6 +48,7 @@ impl StaticFiles {
     pub fn new(dir: &Path) -> std::io::Result<Self> {
         Ok(Self {
             root: dir.canonicalize()?,
+            in_flight: Arc::new(Semaphore::new(MAX_FILES_IN_FLIGHT)),
         })
     }
 
@@ -49,6 +62,9 @@ impl StaticFiles {
             Err(Refusal::BadRequest) => return error(400, "Bad Request", ""),
             Err(Refusal::Forbidden) => return error(403, "Forbidden", ""),
             Err(Refusal::NotFound) => return error(404, "Not Found", ""),
+        };
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            return error(503, "Service Unavailable", "Retry-After: 1\r\n");
         };
         let Ok(handle) = tokio::fs::File::open(&file).await else {
             return error(404, "Not Found", "");
@@ -69,6 +85,7 @@ impl StaticFiles {
         Response {
             head: head.into_bytes(),
             body,
+            _permit: Some(permit),
         }
     }
 }
@@ -81,6 +98,7 @@ fn error(status: u16, phrase: &'static str, extra: &str) -> Response {
     Response {
         head: head.into_bytes(),
         body: Body::Text(phrase),
+        _permit: None,
     }
 }
 
@@ -105,19 +123,22 @@ fn resolve(root: &Path, url_path: &str) -> Result<PathBuf, Refusal> {
         match segment {
             "" | "." => {}
             ".." => return Err(Refusal::Forbidden),
+            name if name.starts_with('.') => return Err(Refusal::NotFound),
             name => candidate.push(name),
         }
     }
-    // Canonicalising follows symlinks: what it yields must still be inside the root.
+    // Canonicalising follows symlinks: what it yields must still be inside the root,
+    // and no dotfile either.
+    let inside = |file: &Path| match file.strip_prefix(root) {
+        Ok(below) if below.iter().any(|part| part.as_encoded_bytes().starts_with(b".")) => Err(Refusal::NotFound),
+        Ok(_) => Ok(()),
+        Err(_) => Err(Refusal::Forbidden),
+    };
     let mut file = candidate.canonicalize().map_err(|_| Refusal::NotFound)?;
-    if !file.starts_with(root) {
-        return Err(Refusal::Forbidden);
-    }
+    inside(&file)?;
     if file.is_dir() {
         file = file.join("index.html").canonicalize().map_err(|_| Refusal::NotFound)?;
-        if !file.starts_with(root) {
-            return Err(Refusal::Forbidden);
-        }
+        inside(&file)?;
     }
     if file.is_file() {
         Ok(file)
@@ -168,6 +189,10 @@ mod tests {
         std::fs::write(root.join("sub/app.js"), "1").unwrap();
         std::fs::write(base.join("secret.txt"), "secret").unwrap();
         std::os::unix::fs::symlink(base.join("secret.txt"), root.join("link.txt")).unwrap();
+        std::fs::write(root.join(".env"), "TOKEN=secret").unwrap();
+        std::fs::create_dir_all(root.join(".git")).unwrap();
+        std::fs::write(root.join(".git/config"), "secret").unwrap();
+        std::os::unix::fs::symlink(root.join(".env"), root.join("env.txt")).unwrap();
         (base, root.canonicalize().unwrap())
     }
 
@@ -199,6 +224,20 @@ mod tests {
         assert_eq!(resolve(&root, "/a%00b"), Err(Refusal::BadRequest));
         assert_eq!(resolve(&root, "/a%5c..%5csecret.txt"), Err(Refusal::BadRequest));
         assert_eq!(resolve(&root, "/%ff"), Err(Refusal::BadRequest));
+        std::fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn dotfiles_are_not_found() {
+        let (base, root) = fixture();
+        for path in ["/.env", "/%2eenv", "/.git/config", "/.git/", "/sub/../.env", "/env.txt"] {
+            let expected = if path.contains("..") {
+                Refusal::Forbidden
+            } else {
+                Refusal::NotFound
+            };
+            assert_eq!(resolve(&root, path), Err(expected), "{path}");
+        }
         std::fs::remove_dir_all(base).unwrap();
     }
 

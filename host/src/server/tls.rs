@@ -1,12 +1,12 @@
 //! WSS: builds the TLS acceptor from PEM files. The certificate chain and the private
 //! key may share one file (as the PHP library required) or come from two; an encrypted
-//! PKCS#8 key is decrypted with the configured passphrase.
+//! key is decrypted with the configured passphrase (see [`super::pem_key`]).
 
 use std::path::Path;
 use std::sync::Arc;
 
 use rustls::RootCertStore;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer};
+use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
 use tokio_rustls::TlsAcceptor;
 
@@ -27,7 +27,8 @@ pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
         Some(path) => (path.as_path(), read_pem(path)?),
         None => (files.cert_file.as_path(), cert_sections),
     };
-    let key = private_key(key_path, &key_sections, files.passphrase.as_deref())?;
+    let key = super::pem_key::private_key(&key_sections, files.passphrase.as_deref())
+        .map_err(|error| format!("{}: {error}", key_path.display()))?;
 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -64,31 +65,4 @@ pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
 fn read_pem(path: &Path) -> Result<Vec<pem::Pem>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     pem::parse_many(&bytes).map_err(|e| format!("{} is not valid PEM: {e}", path.display()))
-}
-
-/// The first private key among `sections`, decrypted if needed.
-fn private_key(path: &Path, sections: &[pem::Pem], passphrase: Option<&str>) -> Result<PrivateKeyDer<'static>, String> {
-    for section in sections {
-        let der = section.contents().to_vec();
-        match section.tag() {
-            "PRIVATE KEY" => return Ok(PrivatePkcs8KeyDer::from(der).into()),
-            "RSA PRIVATE KEY" => return Ok(PrivatePkcs1KeyDer::from(der).into()),
-            "EC PRIVATE KEY" => return Ok(PrivateSec1KeyDer::from(der).into()),
-            "ENCRYPTED PRIVATE KEY" => {
-                let passphrase = passphrase
-                    .ok_or_else(|| format!("the private key in {} is encrypted: set passphrase", path.display()))?;
-                let info = pkcs8::EncryptedPrivateKeyInfo::try_from(der.as_slice())
-                    .map_err(|e| format!("the encrypted private key in {} is malformed: {e}", path.display()))?;
-                let document = info
-                    .decrypt(passphrase)
-                    .map_err(|_| format!("cannot decrypt the private key in {}: wrong passphrase", path.display()))?;
-                return Ok(PrivatePkcs8KeyDer::from(document.as_bytes().to_vec()).into());
-            }
-            _ => {}
-        }
-    }
-    Err(format!(
-        "no private key in {} (expected a PEM section PRIVATE KEY, RSA PRIVATE KEY, EC PRIVATE KEY or ENCRYPTED PRIVATE KEY)",
-        path.display()
-    ))
 }

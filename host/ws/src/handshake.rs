@@ -122,6 +122,13 @@ pub struct NotOffered;
 /// Largest body of an application's own handshake response ([`custom_response`]).
 pub const MAX_CUSTOM_BODY: usize = 64 << 10;
 
+/// Most headers an application's own handshake response may add.
+pub const MAX_CUSTOM_HEADERS: usize = 32;
+
+/// Largest total of an application's own response headers (names, values and their
+/// separators): what a client's or a proxy's header buffer takes without fuss.
+pub const MAX_CUSTOM_HEADER_BYTES: usize = 8 << 10;
+
 /// Why an application's handshake response cannot be sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum BadResponse {
@@ -134,6 +141,9 @@ pub enum BadResponse {
     /// A body over [`MAX_CUSTOM_BODY`].
     #[error("response body over 64 KiB")]
     Body,
+    /// More than [`MAX_CUSTOM_HEADERS`] headers, or more than [`MAX_CUSTOM_HEADER_BYTES`] of them.
+    #[error("response headers over 32, or over 8 KiB")]
+    Headers,
 }
 
 /// An HTTP error response an application chose to refuse a handshake with: its status
@@ -146,6 +156,10 @@ pub fn custom_response(status: u16, headers: &[(String, String)], body: &[u8]) -
     }
     if body.len() > MAX_CUSTOM_BODY {
         return Err(BadResponse::Body);
+    }
+    let header_bytes: usize = headers.iter().map(|(name, value)| name.len() + value.len() + 4).sum();
+    if headers.len() > MAX_CUSTOM_HEADERS || header_bytes > MAX_CUSTOM_HEADER_BYTES {
+        return Err(BadResponse::Headers);
     }
     let mut head = format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status));
     for (name, value) in headers {
@@ -651,6 +665,15 @@ mod tests {
             custom_response(400, &[], &vec![0; MAX_CUSTOM_BODY + 1]),
             Err(BadResponse::Body)
         );
+        let many: Vec<(String, String)> = (0..=MAX_CUSTOM_HEADERS)
+            .map(|i| (format!("x-{i}"), "v".into()))
+            .collect();
+        assert_eq!(custom_response(400, &many, b""), Err(BadResponse::Headers));
+        assert!(custom_response(400, &many[1..], b"").is_ok());
+        let long = vec![("x".to_owned(), "v".repeat(MAX_CUSTOM_HEADER_BYTES))];
+        assert_eq!(custom_response(400, &long, b""), Err(BadResponse::Headers));
+        let fits = vec![("x".to_owned(), "v".repeat(MAX_CUSTOM_HEADER_BYTES - 5))];
+        assert!(custom_response(400, &fits, b"").is_ok());
     }
 
     #[test]

@@ -69,6 +69,12 @@ pub enum Ended {
 }
 
 impl Ended {
+    /// Whether we decided that the connection is over (the peer stopped answering, or
+    /// the caller aborted it), rather than the peer or the closing handshake.
+    pub fn by_host(&self) -> bool {
+        matches!(self, Self::PingTimeout | Self::Aborted { .. })
+    }
+
     /// The code and reason reported for this ending (to the plugin's `on-close`): the
     /// close frame's, or 1006 when no close frame ended the connection.
     pub fn code_and_reason(&self) -> (u16, &str) {

@@ -1,7 +1,8 @@
 //! Exercises every capability of the plugin API 0.2 on command, for the host's tests.
 //!
 //! Handshakes (`on-upgrade`), by path:
-//! - `/reject?status=N&body=TEXT`: rejects with that status and body, and header `x-plugin: api`.
+//! - `/reject?status=N&body=TEXT`: rejects with that status and body, and header `x-plugin: api`
+//!   (and `headers=K` more headers `x-0` to `x-{K-1}`, of `size=S` bytes each).
 //! - `/spin`: never returns (the deadline cuts it: 503). `/trap`: panics (503).
 //! - `/protocol?pick=P`: accepts with subprotocol P (the host refuses one not offered).
 //! - `/attach?data=D&group=G`: accepts with attachment D (or `size=N`: N bytes), joining group G.
@@ -24,6 +25,11 @@
 //! - `fail-snapshot` / `fail-restore`: the next snapshot (or the restore of the next
 //!   version) refuses. `trap`: panics. `spin`: never returns.
 //! - `group-size G`: members of group G. `echo T`: replies T.
+//! - `join G`: joins group G (`ok` or `error E`). `join-many N LEN`: joins N groups whose
+//!   names are LEN bytes long; `joined K E` (K joined, E the first error or `none`).
+//! - `send-to ID T`: sends T to connection ID (`ok` or `error E`). `conns`: how many
+//!   connections are open. `info-of ID`: `info PATH HEADER-NAMES` (comma-separated,
+//!   `-` for none) or `info none`.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -68,7 +74,13 @@ impl Plugin for Api {
                     .query_param("status")
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(403),
-                headers: vec![("x-plugin".into(), "api".into())],
+                headers: {
+                    let count: usize = request.query_param("headers").and_then(|n| n.parse().ok()).unwrap_or(0);
+                    let size: usize = request.query_param("size").and_then(|n| n.parse().ok()).unwrap_or(1);
+                    let mut headers = vec![("x-plugin".to_owned(), "api".to_owned())];
+                    headers.extend((0..count).map(|i| (format!("x-{i}"), "v".repeat(size))));
+                    headers
+                },
                 body: request.query_param("body").unwrap_or_default().into_bytes(),
             }),
             "/spin" => spin(),
@@ -110,6 +122,35 @@ impl Plugin for Api {
             ("attachment", []) => attachment(conn),
             ("attachment-of", [id]) => attachment(id.parse().unwrap_or_default()),
             ("group-size", [group]) => host::group_members(group).len().to_string(),
+            ("join", [group]) => result(host::join(conn, group)),
+            ("join-many", [n, len]) => {
+                let (n, len): (usize, usize) = (n.parse().unwrap_or(0), len.parse().unwrap_or(1));
+                let mut error = None;
+                let joined = (0..n)
+                    .filter(|i| match host::join(conn, &format!("{i:0>len$}")) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            error.get_or_insert(e.name());
+                            false
+                        }
+                    })
+                    .count();
+                format!("joined {joined} {}", error.unwrap_or("none"))
+            }
+            ("send-to", [id, text]) => result(host::send_text(id.parse().unwrap_or_default(), text)),
+            ("conns", []) => host::connections().len().to_string(),
+            ("info-of", [id]) => match host::info(id.parse().unwrap_or_default()) {
+                Some(info) => {
+                    let names: Vec<&str> = info.headers.iter().map(|(name, _)| name.as_str()).collect();
+                    let names = if names.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        names.join(",")
+                    };
+                    format!("info {} {names}", info.path)
+                }
+                None => "info none".into(),
+            },
             ("timer", [id, delay, repeat @ ..]) => {
                 let id: TimerId = id.parse().unwrap_or_default();
                 let delay: u32 = delay.parse().unwrap_or_default();
