@@ -61,6 +61,8 @@ pub fn main(native: Option<NativeHandler>) -> ExitCode {
     }
 
     keep_freed_memory();
+    // The one TLS implementation of the process (WSS, and rediss:// to the cluster's Redis).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // Every connection is a file descriptor: use all the process may have, not the
     // usual soft limit of 1024.
     match rlimit::increase_nofile_limit(u64::MAX) {
@@ -118,7 +120,11 @@ async fn run(config: Config, mut native: Option<NativeHandler>) -> anyhow::Resul
             max_bytes: route.max_buffered_bytes,
         };
         let bus = match &config.cluster {
-            Some(cluster) => Some(bus::join(&route_cluster(cluster, &route.name)).await?),
+            // The outbox must hold a whole state, and what changes meanwhile.
+            Some(cluster) => {
+                let max_queued = 2 * config.shared_state.max_bytes + (16 << 20);
+                Some(bus::join(&route_cluster(cluster, &route.name), max_queued).await?)
+            }
             None => None,
         };
         let registry = Arc::new(
@@ -207,8 +213,8 @@ fn route_cluster(cluster: &ClusterConfig, route: &str) -> ClusterConfig {
         format!("{}.{route}", cluster.name)
     };
     ClusterConfig {
-        url: cluster.url.clone(),
         name,
+        ..cluster.clone()
     }
 }
 

@@ -180,15 +180,43 @@ pub struct Options {
     #[arg(long, value_name = "DIR")]
     pub store_dir: Option<PathBuf>,
 
-    /// Join a cluster of hosts that share this Redis server (a redis:// URL):
+    /// Join a cluster of hosts that share this Redis server (a redis:// URL, or rediss:// for TLS):
     /// broadcasts, groups, connections and sends reach the clients of every host [default: none]
     #[arg(long, value_name = "URL")]
     pub cluster: Option<String>,
 
     /// Name of the cluster: hosts with the same Redis server and name serve one application
-    /// (1-64 of A-Z a-z 0-9 . _ -) [default: wsplug]
+    /// (1-64 of A-Z a-z 0-9 _ -) [default: wsplug]
     #[arg(long, value_name = "NAME")]
     pub cluster_name: Option<String>,
+
+    /// File holding the Redis password (keeps it off the command line and out of the URL)
+    #[arg(long, value_name = "FILE")]
+    pub cluster_password_file: Option<PathBuf>,
+
+    /// PEM file of the CAs that sign a rediss:// server's certificate [default: the system's]
+    #[arg(long, value_name = "FILE")]
+    pub cluster_ca_file: Option<PathBuf>,
+
+    /// A secret of at least 16 bytes the cluster's hosts share: every message between them
+    /// is authenticated with it, and what Redis writers forge is dropped [default: none]
+    #[arg(long, value_name = "TEXT")]
+    pub cluster_secret: Option<String>,
+
+    /// File holding cluster_secret (keeps it off the command line)
+    #[arg(long, value_name = "FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+
+    /// A request header (repeatable) that other hosts' info of a connection shows; the
+    /// others stay on its host [default: host origin user-agent accept-language
+    /// x-forwarded-for x-forwarded-proto x-real-ip]
+    #[arg(long = "cluster-shared-header", value_name = "NAME")]
+    pub cluster_shared_headers: Option<Vec<String>>,
+
+    /// Whether other hosts' info of a connection shows its query string, where tokens
+    /// often travel [default: false]
+    #[arg(long, value_name = "BOOL")]
+    pub cluster_share_query: Option<bool>,
 
     /// Cache compiled plugins [default: true]
     #[arg(long, value_name = "BOOL")]
@@ -728,6 +756,12 @@ impl Options {
             store_dir,
             cluster,
             cluster_name,
+            cluster_password_file,
+            cluster_ca_file,
+            cluster_secret,
+            cluster_secret_file,
+            cluster_shared_headers,
+            cluster_share_query,
             cache,
             watch,
             stateless,
@@ -802,10 +836,20 @@ impl Options {
                 "max_shared_state",
                 self.max_shared_state.unwrap_or(64 << 20),
                 1 << 16,
-                1 << 40,
+                1 << 32,
                 "bytes",
             )? as usize,
         };
+        // One connection's groups travel to the other hosts in one message.
+        if shared_state.max_groups * shared_state.max_group_name > MAX_GROUPS_BYTES {
+            return Err(ConfigError(format!(
+                "max_groups_per_connection ({}) times max_group_name ({}) is over {} MiB: what one \
+                 connection's groups may take in one cluster message",
+                shared_state.max_groups,
+                shared_state.max_group_name,
+                MAX_GROUPS_BYTES >> 20
+            )));
+        }
         let timeout = seconds("timeout", self.timeout.unwrap_or(5))?;
         let handshake_timeout = match self.handshake_timeout {
             Some(s) => seconds("handshake_timeout", s)?,
@@ -908,7 +952,17 @@ impl Options {
                 .transpose()?,
             cache_dir,
             store_dir: self.store_dir.unwrap_or_else(crate::store::default_dir),
-            cluster: cluster(self.cluster, self.cluster_name)?,
+            cluster: ClusterOptions {
+                url: self.cluster,
+                name: self.cluster_name,
+                password_file: self.cluster_password_file,
+                ca_file: self.cluster_ca_file,
+                secret: self.cluster_secret,
+                secret_file: self.cluster_secret_file,
+                shared_headers: self.cluster_shared_headers,
+                share_query: self.cluster_share_query,
+            }
+            .validate()?,
             log: self
                 .log
                 .unwrap_or_else(|| if prod { "info".into() } else { "debug".into() }),
@@ -982,29 +1036,126 @@ impl Options {
     }
 }
 
-/// The cluster settings: a Redis URL (and a name, only with one).
-fn cluster(url: Option<String>, name: Option<String>) -> Result<Option<crate::cluster::ClusterConfig>, ConfigError> {
-    let Some(url) = url else {
-        return match name {
-            Some(name) => Err(ConfigError::invalid(
+/// The most bytes of group names one connection may hold.
+const MAX_GROUPS_BYTES: usize = 4 << 20;
+
+/// The cluster keys, as given.
+struct ClusterOptions {
+    url: Option<String>,
+    name: Option<String>,
+    password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+    shared_headers: Option<Vec<String>>,
+    share_query: Option<bool>,
+}
+
+/// The shortest cluster secret: 128 bits of an `openssl rand -hex 16`.
+const MIN_SECRET: usize = 16;
+
+impl ClusterOptions {
+    /// The cluster settings: a Redis URL, and the rest only with one.
+    fn validate(self) -> Result<Option<crate::cluster::ClusterConfig>, ConfigError> {
+        let Some(url) = self.url else {
+            let given = [
+                ("cluster_name", self.name.is_some()),
+                ("cluster_password_file", self.password_file.is_some()),
+                ("cluster_ca_file", self.ca_file.is_some()),
+                ("cluster_secret", self.secret.is_some()),
+                ("cluster_secret_file", self.secret_file.is_some()),
+                ("cluster_shared_headers", self.shared_headers.is_some()),
+                ("cluster_share_query", self.share_query.is_some()),
+            ];
+            return match given.iter().find(|(_, given)| *given) {
+                Some((key, _)) => Err(ConfigError(format!(
+                    "{key} needs cluster, the Redis server the hosts share"
+                ))),
+                None => Ok(None),
+            };
+        };
+        let tls = url.starts_with("rediss://");
+        if !tls && !url.starts_with("redis://") {
+            return Err(ConfigError::invalid(
+                "cluster",
+                format!("{:?}", crate::cluster::redacted(&url)),
+                "a redis:// URL, or rediss:// for TLS, e.g. redis://127.0.0.1:6379",
+            ));
+        }
+        let name = self.name.unwrap_or_else(|| "wsplug".into());
+        // No dot: a route's cluster is named `NAME.ROUTE`, which must not be another's name.
+        plain_name("cluster_name", &name)?;
+        if name.contains('.') {
+            return Err(ConfigError::invalid(
                 "cluster_name",
                 format!("{name:?}"),
-                "needs cluster, the Redis server the hosts share",
-            )),
-            None => Ok(None),
+                "1 to 64 of A-Z a-z 0-9 _ - (no dot: the routes' clusters are named NAME.ROUTE)",
+            ));
+        }
+        let ca_file = match (self.ca_file, tls) {
+            (Some(_), false) => {
+                return Err(ConfigError(
+                    "cluster_ca_file needs a rediss:// cluster URL (TLS to Redis)".into(),
+                ));
+            }
+            (file, _) => file.map(|f| existing_file("cluster_ca_file", f)).transpose()?,
         };
-    };
-    // TLS to Redis (rediss://) is not built in yet: refuse it rather than fail to connect.
-    if !url.starts_with("redis://") {
-        return Err(ConfigError::invalid(
-            "cluster",
-            format!("{:?}", crate::cluster::redacted(&url)),
-            "a redis:// URL, e.g. redis://127.0.0.1:6379 (rediss:// is not supported yet)",
-        ));
+        let secret = match (self.secret, self.secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError(
+                    "cluster_secret and cluster_secret_file exclude each other".into(),
+                ));
+            }
+            (Some(secret), None) => Some(secret),
+            (None, Some(file)) => {
+                let file = existing_file("cluster_secret_file", file)?;
+                let text = std::fs::read_to_string(&file)
+                    .map_err(|e| ConfigError::invalid("cluster_secret_file", file.display(), &e.to_string()))?;
+                Some(text.trim_end_matches(['\r', '\n']).to_owned())
+            }
+            (None, None) => None,
+        };
+        if let Some(secret) = &secret
+            && secret.len() < MIN_SECRET
+        {
+            return Err(ConfigError(format!(
+                "invalid cluster_secret: {} bytes, at least {MIN_SECRET} are needed (e.g. `openssl rand -hex 32`)",
+                secret.len()
+            )));
+        }
+        let shared_headers = match self.shared_headers {
+            None => crate::cluster::DEFAULT_SHARED_HEADERS
+                .iter()
+                .map(|h| h.to_string())
+                .collect(),
+            Some(names) => names
+                .into_iter()
+                .map(|name| {
+                    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+                    if name.is_empty() || !name.bytes().all(token) {
+                        return Err(ConfigError::invalid(
+                            "cluster_shared_headers",
+                            format!("{name:?}"),
+                            "header names (HTTP tokens)",
+                        ));
+                    }
+                    Ok(name.to_ascii_lowercase())
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(Some(crate::cluster::ClusterConfig {
+            url,
+            name,
+            password_file: self
+                .password_file
+                .map(|f| existing_file("cluster_password_file", f))
+                .transpose()?,
+            ca_file,
+            secret: secret.map(crate::cluster::Secret),
+            shared_headers,
+            share_query: self.share_query.unwrap_or(false),
+        }))
     }
-    let name = name.unwrap_or_else(|| "wsplug".into());
-    plain_name("cluster_name", &name)?;
-    Ok(Some(crate::cluster::ClusterConfig { url, name }))
 }
 
 /// Checks a name that ends up in file names, Redis keys and metric labels.
@@ -1208,25 +1359,26 @@ mod tests {
             .unwrap();
         assert_eq!(
             config.cluster,
-            Some(crate::cluster::ClusterConfig {
-                url: "redis://127.0.0.1:6390".into(),
-                name: "wsplug".into()
-            })
+            Some(crate::cluster::ClusterConfig::new("redis://127.0.0.1:6390", "wsplug"))
         );
         let file = Options::from_toml(&format!(
-            "plugin = \"{PLUGIN}\"\ncluster = \"redis://a:6379\"\ncluster_name = \"chat.eu-1\""
+            "plugin = \"{PLUGIN}\"\ncluster = \"redis://a:6379\"\ncluster_name = \"chat-eu-1\""
         ))
         .unwrap();
         let config = parse(&["--cluster-name", "chat_2"]).merge(file).validate().unwrap();
         assert_eq!(config.cluster.unwrap().name, "chat_2");
-        let error = error_of(parse(&["--plugin", PLUGIN, "--cluster", "http://x"]));
+        let error = error_of(parse(&["--plugin", PLUGIN, "--cluster", "http://:pw@x"]));
         assert!(
-            error.starts_with("invalid cluster = \"http://x\": a redis:// URL"),
+            error.starts_with("invalid cluster = \"http://***@x\": a redis:// URL"),
             "{error}"
         );
-        let error = error_of(parse(&["--plugin", PLUGIN, "--cluster", "rediss://:pw@x"]));
-        assert!(error.contains("rediss://***@x") && !error.contains("pw"), "{error}");
-        for name in ["", "a b", "a:b", &"x".repeat(65)] {
+        assert!(!error.contains("pw"), "{error}");
+        let tls = parse(&["--plugin", PLUGIN, "--cluster", "rediss://x:6380"])
+            .validate()
+            .unwrap();
+        assert_eq!(tls.cluster.unwrap().url, "rediss://x:6380");
+        // A route's cluster is NAME.ROUTE: a dot in a cluster's name could make two meet.
+        for name in ["", "a b", "a:b", "chat.eu", &"x".repeat(65)] {
             let error = error_of(parse(&[
                 "--plugin",
                 PLUGIN,
@@ -1239,6 +1391,47 @@ mod tests {
         }
         let error = error_of(parse(&["--plugin", PLUGIN, "--cluster-name", "chat"]));
         assert!(error.contains("needs cluster"), "{error}");
+    }
+
+    #[test]
+    fn cluster_secrets_passwords_and_shared_headers() {
+        let with = |extra: &[&str]| {
+            let mut args = vec!["--plugin", PLUGIN, "--cluster", "redis://x"];
+            args.extend_from_slice(extra);
+            parse(&args)
+        };
+        let config = with(&[]).validate().unwrap().cluster.unwrap();
+        assert_eq!(config.secret, None);
+        assert_eq!(config.shared_headers, crate::cluster::DEFAULT_SHARED_HEADERS);
+        assert!(!config.share_query);
+        let short = error_of(with(&["--cluster-secret", "short"]));
+        assert!(short.contains("at least 16") && !short.contains("short\""), "{short}");
+        let secret = "0123456789abcdef";
+        let config = with(&["--cluster-secret", secret, "--cluster-shared-header", "X-User"])
+            .validate()
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(config.secret, Some(crate::cluster::Secret(secret.into())));
+        assert_eq!(config.shared_headers, ["x-user"]);
+        assert!(!format!("{config:?}").contains(secret));
+        // From a file, its line end dropped; not both.
+        let file = std::env::temp_dir().join(format!("wsplug-secret-test-{}", std::process::id()));
+        std::fs::write(&file, format!("{secret}\n")).unwrap();
+        let path = file.to_str().unwrap();
+        let config = with(&["--cluster-secret-file", path])
+            .validate()
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(config.secret, Some(crate::cluster::Secret(secret.into())));
+        let both = error_of(with(&["--cluster-secret-file", path, "--cluster-secret", secret]));
+        assert!(both.contains("exclude each other"), "{both}");
+        std::fs::remove_file(&file).unwrap();
+        assert!(error_of(with(&["--cluster-ca-file", PLUGIN])).contains("needs a rediss://"));
+        assert!(error_of(with(&["--cluster-shared-header", "a b"])).starts_with("invalid cluster_shared_headers"));
+        let lonely = error_of(parse(&["--plugin", PLUGIN, "--cluster-secret", secret]));
+        assert!(lonely.starts_with("cluster_secret needs cluster"), "{lonely}");
     }
 
     #[test]

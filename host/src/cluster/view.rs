@@ -2,18 +2,25 @@
 //! groups and attachments, rebuilt from the [`Envelope`]s they send. A state machine
 //! over messages and instants, without I/O: the bus feeds it, the registry asks it.
 //!
-//! A host's view of another is eventually consistent: a `Hello` or `State` replaces
-//! it whole, changes apply on top in the order the other host made them (Redis keeps
-//! one connection's order to each subscriber), and a host not heard from for the
-//! timeout is dropped with all its connections.
+//! A host's view of another is eventually consistent: a `Hello` or `State` (in parts)
+//! replaces it whole once its last part has come, changes apply on top in the order the
+//! other host made them (Redis keeps one connection's order to each subscriber), and a
+//! host not heard from for the timeout is dropped with all its connections.
+//!
+//! One number, one host: a number some host holds is taken over only by a `Hello` (a
+//! host that claimed it anew, after its holder fell silent); other messages under it
+//! from another incarnation are an impostor's, or a paused predecessor's, and dropped.
+//! A message already seen, of a live host or of one that left within the last minute,
+//! is dropped too (a replay), and so is a directed message for another incarnation.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::wire::{Body, Envelope, HostNumber, Member};
+use super::wire::{Body, Envelope, HostNumber, Member, StatePart};
 use crate::plugin::{ConnId, Outgoing};
+use crate::ws::close;
 
 /// Bits of a connection id below the host number: a host hands out 2^37 ids.
 pub const HOST_SHIFT: u32 = 37;
@@ -32,6 +39,13 @@ pub fn first_id(host: HostNumber) -> ConnId {
 /// from without its state prompts another one.
 const HELLO_ANSWERED: Duration = Duration::from_secs(3);
 
+/// How long the last sequence number of a host that left is remembered: its messages
+/// replayed within that time are recognised (older ones are refused by their age).
+pub const REMEMBERED: Duration = Duration::from_secs(120);
+
+/// Hosts that left remembered at most, whatever their number.
+const REMEMBERED_MAX: usize = 4096;
+
 /// What a received message asks this host to do, beyond updating the view.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Effect {
@@ -39,8 +53,48 @@ pub enum Effect {
     Deliver(Delivery),
     /// Another host (re)joined: send it this host's whole state.
     SendState,
-    /// Another process claims this host's number: ids may collide.
+    /// Another process claims this host's number: check the claim at once.
     Conflict,
+    /// The message was not applied, for this reason (counted).
+    Dropped(Dropped),
+}
+
+/// Why a received message was not applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dropped {
+    /// Seen already: a duplicate, or a replay.
+    Replayed,
+    /// From an incarnation other than the one this host knows under that number, and
+    /// not a `Hello`: an impostor, or a predecessor that was paused past its claim.
+    Impostor,
+    /// Directed to a connection of another incarnation (or another host).
+    Misdirected,
+    /// A close code or reason no endpoint may send.
+    Invalid,
+    /// A part of a state without the parts before it: the state is asked for again.
+    Incomplete,
+}
+
+impl Dropped {
+    /// Every reason, in the order of [`Dropped::label`].
+    pub const ALL: [Dropped; 5] = [
+        Self::Replayed,
+        Self::Impostor,
+        Self::Misdirected,
+        Self::Invalid,
+        Self::Incomplete,
+    ];
+
+    /// As metrics label it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Replayed => "replayed",
+            Self::Impostor => "impostor",
+            Self::Misdirected => "misdirected",
+            Self::Invalid => "invalid",
+            Self::Incomplete => "incomplete",
+        }
+    }
 }
 
 /// A message for this host's connections.
@@ -62,33 +116,14 @@ struct Remote {
     groups: HashSet<String>,
 }
 
-struct Peer {
-    incarnation: u64,
-    last_seq: u64,
-    heard: Instant,
+/// A host's connections and their groups.
+#[derive(Default)]
+struct Conns {
     conns: HashMap<ConnId, Remote>,
     groups: HashMap<String, HashSet<ConnId>>,
 }
 
-impl Peer {
-    fn new(incarnation: u64, seq: u64, heard: Instant) -> Self {
-        Self {
-            incarnation,
-            last_seq: seq,
-            heard,
-            conns: HashMap::new(),
-            groups: HashMap::new(),
-        }
-    }
-
-    fn replace(&mut self, members: Vec<Member>) {
-        self.conns.clear();
-        self.groups.clear();
-        for member in members {
-            self.open(member);
-        }
-    }
-
+impl Conns {
     fn open(&mut self, member: Member) {
         self.close(member.conn);
         let mut remote = Remote {
@@ -134,11 +169,69 @@ impl Peer {
     }
 }
 
+/// A state coming in parts: what has come so far, and what must come next.
+struct Staging {
+    conns: Conns,
+    next_part: u32,
+    next_seq: u64,
+}
+
+struct Peer {
+    incarnation: u64,
+    last_seq: u64,
+    heard: Instant,
+    state: Conns,
+    staging: Option<Staging>,
+}
+
+impl Peer {
+    fn new(incarnation: u64, seq: u64, heard: Instant) -> Self {
+        Self {
+            incarnation,
+            last_seq: seq,
+            heard,
+            state: Conns::default(),
+            staging: None,
+        }
+    }
+
+    /// Takes in one part of a state at `seq`; `false` if parts before it are missing.
+    fn state_part(&mut self, seq: u64, part: StatePart) -> bool {
+        if part.part == 0 {
+            self.staging = Some(Staging {
+                conns: Conns::default(),
+                next_part: 0,
+                next_seq: seq,
+            });
+        }
+        let Some(staging) = self
+            .staging
+            .as_mut()
+            .filter(|s| (s.next_part, s.next_seq) == (part.part, seq))
+        else {
+            self.staging = None;
+            return false;
+        };
+        for member in part.members {
+            staging.conns.open(member);
+        }
+        staging.next_part += 1;
+        staging.next_seq += 1;
+        if part.last {
+            self.state = self.staging.take().expect("checked above").conns;
+        }
+        true
+    }
+}
+
 /// The other hosts, as this one knows them.
 pub struct View {
     me: HostNumber,
     incarnation: u64,
     peers: HashMap<HostNumber, Peer>,
+    /// Hosts that left (dropped as silent, said `Bye`, or replaced under their number):
+    /// their last sequence number, and when they left, oldest first.
+    left: VecDeque<((HostNumber, u64), u64, Instant)>,
     /// When this host last sent a `Hello` (which every host answers with its state).
     hello_at: Option<Instant>,
     /// A host was heard from whose state this host has not had: send a `Hello`.
@@ -152,14 +245,28 @@ impl View {
             me,
             incarnation,
             peers: HashMap::new(),
+            left: VecDeque::new(),
             hello_at: None,
             needs_hello: false,
         }
     }
 
+    /// This host took number `me` (its old one was claimed by another process).
+    pub fn renumber(&mut self, me: HostNumber) {
+        if let Some(peer) = self.peers.remove(&me) {
+            self.remember(me, &peer, Instant::now());
+        }
+        self.me = me;
+    }
+
     /// How many other hosts it hears.
     pub fn hosts(&self) -> usize {
         self.peers.len()
+    }
+
+    /// The numbers of the other hosts it hears.
+    pub fn numbers(&self) -> impl Iterator<Item = HostNumber> + '_ {
+        self.peers.keys().copied()
     }
 
     /// Notes that this host sent a `Hello` at `now`: every host will answer with its state.
@@ -169,10 +276,38 @@ impl View {
     }
 
     /// Whether a host was heard from whose state this one lacks (it was dropped as
-    /// silent, or its `Hello` was missed) and no `Hello` asked for it lately. The
-    /// caller sends a `Hello` and calls [`View::hello_sent`].
+    /// silent, its `Hello` was missed, or parts of its state were lost) and no `Hello`
+    /// asked for it lately. The caller sends a `Hello` and calls [`View::hello_sent`].
     pub fn needs_hello(&self) -> bool {
         self.needs_hello
+    }
+
+    fn asked_lately(&self, now: Instant) -> bool {
+        self.hello_at
+            .is_some_and(|at| now.saturating_duration_since(at) < HELLO_ANSWERED)
+    }
+
+    fn remember(&mut self, host: HostNumber, peer: &Peer, now: Instant) {
+        if self.left.len() >= REMEMBERED_MAX {
+            self.left.pop_front();
+        }
+        self.left.push_back(((host, peer.incarnation), peer.last_seq, now));
+    }
+
+    /// The last sequence number of a host that left lately, if it is one.
+    fn left_at(&mut self, host: HostNumber, incarnation: u64, now: Instant) -> Option<u64> {
+        while self
+            .left
+            .front()
+            .is_some_and(|(_, _, at)| now.saturating_duration_since(*at) >= REMEMBERED)
+        {
+            self.left.pop_front();
+        }
+        self.left
+            .iter()
+            .rev()
+            .find(|(who, _, _)| *who == (host, incarnation))
+            .map(|(_, seq, _)| *seq)
     }
 
     /// Takes in a message received at `now`. A message this host sent itself, or one
@@ -183,47 +318,71 @@ impl View {
             incarnation,
             seq,
             body,
+            ..
         } = envelope;
         if origin == self.me {
             return (incarnation != self.incarnation).then_some(Effect::Conflict);
         }
+        let hello_starts = matches!(&body, Body::Hello(part) if part.part == 0);
         let mut new = false;
-        let peer = self.peers.entry(origin).or_insert_with(|| {
-            new = true;
-            Peer::new(incarnation, seq.wrapping_sub(1), now)
-        });
-        if peer.incarnation != incarnation {
-            // The host restarted: what its predecessor had is gone.
-            *peer = Peer::new(incarnation, seq.wrapping_sub(1), now);
-            new = true;
-        } else if seq <= peer.last_seq {
-            return None;
+        match self.peers.get(&origin) {
+            Some(peer) if peer.incarnation == incarnation => {
+                if seq <= peer.last_seq {
+                    return Some(Effect::Dropped(Dropped::Replayed));
+                }
+            }
+            // Another process holds the number now: only its successor's Hello takes it.
+            Some(_) if !hello_starts => return Some(Effect::Dropped(Dropped::Impostor)),
+            Some(_) => {
+                let old = self.peers.remove(&origin).expect("matched above");
+                self.remember(origin, &old, now);
+                new = true;
+            }
+            None => {
+                if self.left_at(origin, incarnation, now).is_some_and(|last| seq <= last) {
+                    return Some(Effect::Dropped(Dropped::Replayed));
+                }
+                new = true;
+            }
         }
-        let whole = matches!(body, Body::Hello(_) | Body::State(_));
-        let asked = self
-            .hello_at
-            .is_some_and(|at| now.saturating_duration_since(at) < HELLO_ANSWERED);
-        if new && !whole && !asked {
+        let asked = self.asked_lately(now);
+        let peer = self
+            .peers
+            .entry(origin)
+            .or_insert_with(|| Peer::new(incarnation, seq.wrapping_sub(1), now));
+        let state_starts = matches!(&body, Body::Hello(part) | Body::State(part) if part.part == 0);
+        if new && !state_starts && !asked {
             self.needs_hello = true;
+        }
+        // A state in parts is cut by anything else: parts were lost.
+        let is_part = matches!(body, Body::Hello(_) | Body::State(_));
+        if peer.staging.is_some() && !is_part {
+            peer.staging = None;
+            self.needs_hello |= !asked;
         }
         peer.last_seq = seq;
         peer.heard = now;
         match body {
-            Body::Hello(members) => {
-                peer.replace(members);
-                return Some(Effect::SendState);
+            Body::Hello(part) | Body::State(part) => {
+                if !peer.state_part(seq, part) {
+                    self.needs_hello |= !asked;
+                    return Some(Effect::Dropped(Dropped::Incomplete));
+                }
+                if hello_starts {
+                    return Some(Effect::SendState);
+                }
             }
-            Body::State(members) => peer.replace(members),
             Body::Heartbeat => {}
             Body::Bye => {
-                self.peers.remove(&origin);
+                let peer = self.peers.remove(&origin).expect("inserted above");
+                self.remember(origin, &peer, now);
             }
-            Body::Opened(member) => peer.open(member),
-            Body::Closed(conn) => peer.close(conn),
-            Body::Joined(conn, group) => peer.join(conn, group),
-            Body::Left(conn, group) => peer.leave(conn, &group),
+            Body::Opened(member) => peer.state.open(member),
+            Body::Closed(conn) => peer.state.close(conn),
+            Body::Joined(conn, group) => peer.state.join(conn, group),
+            Body::Left(conn, group) => peer.state.leave(conn, &group),
             Body::Attached(conn, attachment) => {
-                if let Some(remote) = peer.conns.get_mut(&conn) {
+                if let Some(remote) = peer.state.conns.get_mut(&conn) {
                     remote.attachment = attachment;
                 }
             }
@@ -233,14 +392,22 @@ impl View {
             Body::Publish { group, message, except } => {
                 return Some(Effect::Deliver(Delivery::Publish(group, message, except)));
             }
-            // Directed messages arrive on this host's own channel; the check is cheap.
-            Body::Send(conn, message) if host_of(conn) == self.me => {
+            Body::Send { conn, incarnation, .. } | Body::Close { conn, incarnation, .. }
+                if host_of(conn) != self.me || incarnation != self.incarnation =>
+            {
+                return Some(Effect::Dropped(Dropped::Misdirected));
+            }
+            Body::Send { conn, message, .. } => {
                 return Some(Effect::Deliver(Delivery::Send(conn, message)));
             }
-            Body::Close(conn, code, reason) if host_of(conn) == self.me => {
+            // Checked again here: whoever wrote the message, a client gets only a close
+            // frame an endpoint may send.
+            Body::Close { code, reason, .. } if !close::is_sendable(code) || reason.len() > close::MAX_REASON_LEN => {
+                return Some(Effect::Dropped(Dropped::Invalid));
+            }
+            Body::Close { conn, code, reason, .. } => {
                 return Some(Effect::Deliver(Delivery::Close(conn, code, reason)));
             }
-            Body::Send(..) | Body::Close(..) => {}
         }
         None
     }
@@ -254,29 +421,34 @@ impl View {
             .map(|(host, _)| *host)
             .collect();
         for host in &dead {
-            self.peers.remove(host);
+            let peer = self.peers.remove(host).expect("listed above");
+            self.remember(*host, &peer, now);
         }
         dead
     }
 
+    /// The incarnation of the host whose open connection `conn` is, if another host's.
+    pub fn owner(&self, conn: ConnId) -> Option<u64> {
+        let peer = self.peers.get(&host_of(conn))?;
+        peer.state.conns.contains_key(&conn).then_some(peer.incarnation)
+    }
+
     /// Whether `conn` is an open connection of another host.
     pub fn contains(&self, conn: ConnId) -> bool {
-        self.peers
-            .get(&host_of(conn))
-            .is_some_and(|peer| peer.conns.contains_key(&conn))
+        self.owner(conn).is_some()
     }
 
     /// Appends the other hosts' open connections to `into`.
     pub fn connections(&self, into: &mut Vec<ConnId>) {
         for peer in self.peers.values() {
-            into.extend(peer.conns.keys().copied());
+            into.extend(peer.state.conns.keys().copied());
         }
     }
 
     /// Appends the other hosts' members of `group` to `into`.
     pub fn group_members(&self, group: &str, into: &mut Vec<ConnId>) {
         for peer in self.peers.values() {
-            if let Some(members) = peer.groups.get(group) {
+            if let Some(members) = peer.state.groups.get(group) {
                 into.extend(members.iter().copied());
             }
         }
@@ -284,7 +456,7 @@ impl View {
 
     /// How many of the other hosts' open connections are not `except`.
     pub fn count(&self, except: Option<ConnId>) -> u32 {
-        let all: usize = self.peers.values().map(|peer| peer.conns.len()).sum();
+        let all: usize = self.peers.values().map(|peer| peer.state.conns.len()).sum();
         (all - usize::from(except.is_some_and(|conn| self.contains(conn)))) as u32
     }
 
@@ -292,14 +464,20 @@ impl View {
     pub fn count_group(&self, group: &str, except: Option<ConnId>) -> u32 {
         self.peers
             .values()
-            .filter_map(|peer| peer.groups.get(group))
+            .filter_map(|peer| peer.state.groups.get(group))
             .map(|members| members.len() - usize::from(except.is_some_and(|conn| members.contains(&conn))))
             .sum::<usize>() as u32
     }
 
     /// The attachment of another host's open connection.
     pub fn attachment(&self, conn: ConnId) -> Option<Bytes> {
-        self.peers.get(&host_of(conn))?.conns.get(&conn)?.attachment.clone()
+        self.peers
+            .get(&host_of(conn))?
+            .state
+            .conns
+            .get(&conn)?
+            .attachment
+            .clone()
     }
 }
 
@@ -308,6 +486,7 @@ mod tests {
     use super::*;
 
     const ME: HostNumber = 1;
+    const MY_INCARNATION: u64 = 10;
 
     fn conn(host: HostNumber, n: u64) -> ConnId {
         first_id(host) + n
@@ -334,9 +513,14 @@ mod tests {
                 origin: self.host,
                 incarnation: self.incarnation,
                 seq: self.seq,
+                sent_ms: 0,
                 body,
             }
         }
+    }
+
+    fn hello(members: Vec<Member>) -> Body {
+        Body::Hello(StatePart::whole(members))
     }
 
     fn member(conn: ConnId, name: &'static str, groups: &[&str]) -> Member {
@@ -364,6 +548,10 @@ mod tests {
         sorted(ids)
     }
 
+    fn text() -> Outgoing {
+        Outgoing::Text("hi".into())
+    }
+
     #[test]
     fn ids_carry_their_host_and_fit_javascript_numbers() {
         assert_eq!(host_of(first_id(0)), 0);
@@ -375,13 +563,14 @@ mod tests {
     #[test]
     fn mirrors_hello_changes_and_state() {
         let now = Instant::now();
-        let mut view = View::new(ME, 10);
+        let mut view = View::new(ME, MY_INCARNATION);
         let mut two = Sender::new(2, 20);
         let (a, b, c) = (conn(2, 1), conn(2, 2), conn(2, 3));
-        let hello = two.says(Body::Hello(vec![member(a, "ann", &["room"]), member(b, "bob", &[])]));
+        let hello = two.says(hello(vec![member(a, "ann", &["room"]), member(b, "bob", &[])]));
         assert_eq!(view.apply(hello, now), Some(Effect::SendState));
         assert_eq!(connections(&view), [a, b]);
         assert_eq!(members(&view, "room"), [a]);
+        assert_eq!(view.owner(a), Some(20));
 
         view.apply(two.says(Body::Opened(member(c, "cy", &["room"]))), now);
         view.apply(two.says(Body::Joined(b, "room".into())), now);
@@ -402,25 +591,68 @@ mod tests {
         assert_eq!(members(&view, "room"), [b]);
 
         // A State replaces all of it.
-        assert_eq!(view.apply(two.says(Body::State(vec![member(c, "cy", &[])])), now), None);
+        let state = two.says(Body::State(StatePart::whole(vec![member(c, "cy", &[])])));
+        assert_eq!(view.apply(state, now), None);
         assert_eq!(connections(&view), [c]);
         assert!(members(&view, "room").is_empty());
     }
 
     #[test]
-    fn duplicates_and_own_messages_are_ignored_and_restarts_reset() {
+    fn a_state_in_parts_replaces_the_old_one_once_whole_and_a_lost_part_asks_again() {
         let now = Instant::now();
-        let mut view = View::new(ME, 10);
+        let mut view = View::new(ME, MY_INCARNATION);
+        let mut two = Sender::new(2, 20);
+        view.apply(two.says(hello(vec![member(conn(2, 9), "old", &[])])), now);
+        let part = |n: u32, last: bool, ids: &[u64]| {
+            Body::State(StatePart {
+                part: n,
+                last,
+                members: ids.iter().map(|id| member(conn(2, *id), "m", &["g"])).collect(),
+            })
+        };
+        assert_eq!(view.apply(two.says(part(0, false, &[1, 2])), now), None);
+        assert_eq!(view.apply(two.says(part(1, false, &[3])), now), None);
+        // Until the last part, the old state stands.
+        assert_eq!(connections(&view), [conn(2, 9)]);
+        assert_eq!(view.apply(two.says(part(2, true, &[4])), now), None);
+        assert_eq!(connections(&view), [1, 2, 3, 4].map(|n| conn(2, n)));
+        assert_eq!(members(&view, "g").len(), 4);
+
+        // A part lost on the way: the state is incomplete, and asked for again.
+        view.hello_sent(now - HOST);
+        view.apply(two.says(part(0, false, &[5])), now);
+        let _lost = two.says(part(1, false, &[6]));
+        assert_eq!(
+            view.apply(two.says(part(2, true, &[7])), now),
+            Some(Effect::Dropped(Dropped::Incomplete))
+        );
+        assert!(view.needs_hello());
+        assert_eq!(connections(&view).len(), 4, "the last whole state stands");
+        // So is one cut by another message.
+        view.hello_sent(now - HOST);
+        view.apply(two.says(part(0, false, &[5])), now);
+        view.apply(two.says(Body::Heartbeat), now);
+        assert!(view.needs_hello());
+        assert_eq!(
+            view.apply(two.says(part(1, true, &[6])), now),
+            Some(Effect::Dropped(Dropped::Incomplete))
+        );
+    }
+
+    #[test]
+    fn duplicates_and_own_messages_are_ignored_and_restarts_say_hello() {
+        let now = Instant::now();
+        let mut view = View::new(ME, MY_INCARNATION);
         let mut two = Sender::new(2, 20);
         let opened = two.says(Body::Opened(member(conn(2, 1), "ann", &[])));
         view.apply(opened.clone(), now);
         view.apply(two.says(Body::Closed(conn(2, 1))), now);
-        assert_eq!(view.apply(opened, now), None);
+        assert_eq!(view.apply(opened, now), Some(Effect::Dropped(Dropped::Replayed)));
         assert!(connections(&view).is_empty());
 
-        let mut me = Sender::new(ME, 10);
+        let mut me = Sender::new(ME, MY_INCARNATION);
         assert_eq!(
-            view.apply(me.says(Body::Hello(vec![member(conn(ME, 1), "me", &[])])), now),
+            view.apply(me.says(hello(vec![member(conn(ME, 1), "me", &[])])), now),
             None
         );
         assert!(connections(&view).is_empty());
@@ -428,18 +660,74 @@ mod tests {
         assert_eq!(view.apply(impostor.says(Body::Heartbeat), now), Some(Effect::Conflict));
 
         view.apply(two.says(Body::Opened(member(conn(2, 2), "bob", &[]))), now);
-        // Host 2 restarted (new incarnation, sequence from 1 again): its old connections are gone.
+        // Host 2's number claimed anew (its holder fell silent): its Hello replaces it.
         let mut two_again = Sender::new(2, 21);
-        view.apply(two_again.says(Body::Opened(member(conn(2, 1), "ann", &[]))), now);
+        let hello = two_again.says(hello(vec![member(conn(2, 1), "ann", &[])]));
+        assert_eq!(view.apply(hello, now), Some(Effect::SendState));
         assert_eq!(connections(&view), [conn(2, 1)]);
+        assert_eq!(view.owner(conn(2, 1)), Some(21));
     }
 
     #[test]
-    fn deliveries_directed_ones_only_for_this_host() {
+    fn one_number_one_host_an_impostor_or_a_paused_predecessor_is_not_heard() {
         let now = Instant::now();
-        let mut view = View::new(ME, 10);
+        let mut view = View::new(ME, MY_INCARNATION);
+        let mut holder = Sender::new(2, 20);
+        view.apply(holder.says(hello(vec![member(conn(2, 1), "ann", &["g"])])), now);
+        // Another process under the same number, not through a Hello: not heard at all.
+        let mut other = Sender::new(2, 99);
+        for body in [
+            Body::Opened(member(conn(2, 1), "eve", &["g"])),
+            Body::Closed(conn(2, 1)),
+            Body::Broadcast {
+                message: text(),
+                except: None,
+            },
+            Body::Bye,
+        ] {
+            assert_eq!(
+                view.apply(other.says(body), now),
+                Some(Effect::Dropped(Dropped::Impostor))
+            );
+        }
+        assert_eq!(view.attachment(conn(2, 1)).as_deref(), Some(&b"ann"[..]));
+        assert_eq!(view.owner(conn(2, 1)), Some(20));
+    }
+
+    #[test]
+    fn replays_of_a_host_that_left_are_recognised() {
+        let start = Instant::now();
+        let mut view = View::new(ME, MY_INCARNATION);
         let mut two = Sender::new(2, 20);
-        let text = || Outgoing::Text("hi".into());
+        view.apply(two.says(hello(vec![])), start);
+        let broadcast = two.says(Body::Broadcast {
+            message: text(),
+            except: None,
+        });
+        assert!(matches!(view.apply(broadcast.clone(), start), Some(Effect::Deliver(_))));
+        view.apply(two.says(Body::Bye), start);
+        assert_eq!(view.hosts(), 0);
+        // Replayed after it left: recognised for REMEMBERED.
+        assert_eq!(
+            view.apply(broadcast.clone(), start),
+            Some(Effect::Dropped(Dropped::Replayed))
+        );
+        // Its next message (a host that was only paused, say) is heard again.
+        let later = start + Duration::from_secs(1);
+        view.apply(two.says(Body::Heartbeat), later);
+        assert_eq!(view.hosts(), 1);
+        view.expire(later + HOST, HOST);
+        assert_eq!(
+            view.apply(broadcast.clone(), later + HOST),
+            Some(Effect::Dropped(Dropped::Replayed))
+        );
+    }
+
+    #[test]
+    fn directed_messages_are_delivered_only_to_this_incarnations_connections() {
+        let now = Instant::now();
+        let mut view = View::new(ME, MY_INCARNATION);
+        let mut two = Sender::new(2, 20);
         assert_eq!(
             view.apply(
                 two.says(Body::Broadcast {
@@ -461,14 +749,66 @@ mod tests {
             ),
             Some(Effect::Deliver(Delivery::Publish("g".into(), text(), None)))
         );
+        let send = |conn, incarnation| Body::Send {
+            conn,
+            incarnation,
+            message: text(),
+        };
         assert_eq!(
-            view.apply(two.says(Body::Send(conn(ME, 4), text())), now),
+            view.apply(two.says(send(conn(ME, 4), MY_INCARNATION)), now),
             Some(Effect::Deliver(Delivery::Send(conn(ME, 4), text())))
         );
-        assert_eq!(view.apply(two.says(Body::Send(conn(3, 4), text())), now), None);
+        // Meant for the process that held (or holds) this number before or after this one.
         assert_eq!(
-            view.apply(two.says(Body::Close(conn(ME, 4), 4000, "x".into())), now),
+            view.apply(two.says(send(conn(ME, 4), MY_INCARNATION + 1)), now),
+            Some(Effect::Dropped(Dropped::Misdirected))
+        );
+        assert_eq!(
+            view.apply(two.says(send(conn(3, 4), MY_INCARNATION)), now),
+            Some(Effect::Dropped(Dropped::Misdirected))
+        );
+        let close = |code, reason: &str| Body::Close {
+            conn: conn(ME, 4),
+            incarnation: MY_INCARNATION,
+            code,
+            reason: reason.into(),
+        };
+        assert_eq!(
+            view.apply(two.says(close(4000, "x")), now),
             Some(Effect::Deliver(Delivery::Close(conn(ME, 4), 4000, "x".into())))
+        );
+        // Close codes and reasons no endpoint may send: dropped, whoever wrote them.
+        for (code, reason) in [
+            (1005, "x".to_owned()),
+            (1006, "x".into()),
+            (0, "x".into()),
+            (4000, "r".repeat(124)),
+        ] {
+            assert_eq!(
+                view.apply(two.says(close(code, &reason)), now),
+                Some(Effect::Dropped(Dropped::Invalid)),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_renumbered_host_takes_its_new_numbers_messages() {
+        let now = Instant::now();
+        let mut view = View::new(ME, MY_INCARNATION);
+        let mut seven = Sender::new(7, 70);
+        view.apply(seven.says(hello(vec![])), now);
+        view.renumber(7);
+        assert_eq!(view.hosts(), 0);
+        let mut two = Sender::new(2, 20);
+        let send = Body::Send {
+            conn: conn(7, 1),
+            incarnation: MY_INCARNATION,
+            message: text(),
+        };
+        assert_eq!(
+            view.apply(two.says(send), now),
+            Some(Effect::Deliver(Delivery::Send(conn(7, 1), text())))
         );
     }
 
@@ -476,11 +816,11 @@ mod tests {
     fn silent_hosts_expire_and_bye_leaves_at_once() {
         let start = Instant::now();
         let timeout = Duration::from_secs(3);
-        let mut view = View::new(ME, 10);
+        let mut view = View::new(ME, MY_INCARNATION);
         let mut two = Sender::new(2, 20);
         let mut three = Sender::new(3, 30);
-        view.apply(two.says(Body::Hello(vec![member(conn(2, 1), "ann", &["g"])])), start);
-        view.apply(three.says(Body::Hello(vec![member(conn(3, 1), "bob", &["g"])])), start);
+        view.apply(two.says(hello(vec![member(conn(2, 1), "ann", &["g"])])), start);
+        view.apply(three.says(hello(vec![member(conn(3, 1), "bob", &["g"])])), start);
         let later = start + Duration::from_secs(2);
         view.apply(three.says(Body::Heartbeat), later);
         assert!(view.expire(start + Duration::from_millis(2999), timeout).is_empty());
@@ -494,10 +834,10 @@ mod tests {
     #[test]
     fn a_host_heard_without_its_state_prompts_one_hello() {
         let start = Instant::now();
-        let mut view = View::new(ME, 10);
+        let mut view = View::new(ME, MY_INCARNATION);
         let mut two = Sender::new(2, 20);
         // Its Hello came first: nothing to ask.
-        view.apply(two.says(Body::Hello(vec![])), start);
+        view.apply(two.says(hello(vec![])), start);
         view.apply(two.says(Body::Heartbeat), start);
         assert!(!view.needs_hello());
         // Dropped as silent (this host fell behind), then heard again: its state is missing.
@@ -510,9 +850,9 @@ mod tests {
         let mut three = Sender::new(3, 30);
         view.apply(three.says(Body::Heartbeat), start + HOST + Duration::from_secs(1));
         assert!(!view.needs_hello());
-        // A restart whose Hello was missed, long after this host's Hello.
-        let mut three_again = Sender::new(3, 31);
-        view.apply(three_again.says(Body::Heartbeat), start + 3 * HOST);
+        // A host first heard long after this host's Hello (its own Hello was missed).
+        let mut four = Sender::new(4, 40);
+        view.apply(four.says(Body::Heartbeat), start + 3 * HOST);
         assert!(view.needs_hello());
     }
 

@@ -14,8 +14,8 @@ use bytes::Bytes;
 
 use super::outbound::{self, Command, Mailbox, OutboundLimits, Outbox};
 use crate::cluster::Cluster;
-use crate::cluster::view::{Delivery, HOST_SHIFT};
-use crate::cluster::wire::{Body, Member};
+use crate::cluster::view::{Delivery, HOST_SHIFT, host_of};
+use crate::cluster::wire::{Body, HostNumber, Member, MemberRef};
 use crate::plugin::{ConnId, ConnectionInfo, HostError, HostServices, Outgoing};
 
 /// Bounds of what a route's connections hold that a cluster's hosts share: groups and
@@ -256,16 +256,43 @@ impl Registry {
     }
 
     /// Tells the other hosts of the cluster every open connection of this one: as a
-    /// `Hello` (this host (re)joined: everyone answers with their state) or a `State`.
+    /// `Hello` (this host (re)joined: everyone answers with their state) or a `State`,
+    /// in parts of bounded size, encoded straight from the registry.
     pub fn tell_state(&self, hello: bool) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
         let inner = self.lock();
-        let members: Vec<Member> = inner.conns.values().filter(|e| e.opened).map(Entry::member).collect();
-        // Queued under the lock: the changes after the snapshot are numbered after it.
-        self.tell_all(if hello {
-            Body::Hello(members)
-        } else {
-            Body::State(members)
+        let members = inner.conns.values().filter(|e| e.opened).map(|entry| MemberRef {
+            conn: entry.info.id,
+            attachment: entry.attachment.as_deref(),
+            groups: entry.groups.iter().map(String::as_str),
         });
+        // Queued under the lock: the changes after the snapshot are numbered after it.
+        cluster.outbox().push_state(hello, members);
+    }
+
+    /// Keeps every open connection's handshake facts in Redis again (after this host's
+    /// claim lapsed, the others may have removed them).
+    pub fn tell_infos(&self) {
+        if let Some(cluster) = &self.cluster {
+            let inner = self.lock();
+            for entry in inner.conns.values().filter(|e| e.opened) {
+                cluster.tell_info(entry.info.id, Some(&entry.info));
+            }
+        }
+    }
+
+    /// Starts closing, with `code` and `reason`, every connection whose id carries host
+    /// number `host` (which this host no longer holds); returns how many.
+    pub fn close_numbered(&self, host: HostNumber, code: u16, reason: &str) -> usize {
+        let inner = self.lock();
+        inner
+            .conns
+            .values()
+            .filter(|entry| host_of(entry.info.id) == host)
+            .filter(|entry| entry.push(Command::Close(code, reason.to_owned())).is_ok())
+            .count()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -283,12 +310,11 @@ impl Registry {
         self.cluster.as_deref().filter(|cluster| !cluster.is_local(conn))
     }
 
-    /// Sends a command to another host's connection, if the view has it open.
-    fn tell_owner(&self, cluster: &Cluster, conn: ConnId, body: Body) -> Result<(), HostError> {
-        if !cluster.view().contains(conn) {
-            return Err(HostError::Gone);
-        }
-        cluster.tell_owner(conn, body);
+    /// Sends a command to another host's connection, if the view has it open: addressed
+    /// to the incarnation of the host that has it.
+    fn tell_owner(&self, cluster: &Cluster, conn: ConnId, body: impl FnOnce(u64) -> Body) -> Result<(), HostError> {
+        let incarnation = cluster.view().owner(conn).ok_or(HostError::Gone)?;
+        cluster.tell_owner(conn, body(incarnation));
         Ok(())
     }
 }
@@ -317,14 +343,23 @@ impl HostServices for Registry {
 
     fn send(&self, conn: ConnId, message: Outgoing) -> Result<(), HostError> {
         match self.remote(conn) {
-            Some(cluster) => self.tell_owner(cluster, conn, Body::Send(conn, message)),
+            Some(cluster) => self.tell_owner(cluster, conn, |incarnation| Body::Send {
+                conn,
+                incarnation,
+                message,
+            }),
             None => self.lock().send(conn, Command::Send(message)),
         }
     }
 
     fn close(&self, conn: ConnId, code: u16, reason: String) -> Result<(), HostError> {
         match self.remote(conn) {
-            Some(cluster) => self.tell_owner(cluster, conn, Body::Close(conn, code, reason)),
+            Some(cluster) => self.tell_owner(cluster, conn, |incarnation| Body::Close {
+                conn,
+                incarnation,
+                code,
+                reason,
+            }),
             None => self.lock().send(conn, Command::Close(code, reason)),
         }
     }
