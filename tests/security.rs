@@ -22,6 +22,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::redis::{Redis, Reply};
 use common::tls::{Pki, openssl, tls_stream};
 use common::*;
 
@@ -50,6 +51,515 @@ fn connect_when_admitted(server: &Server) -> Client {
         }
         assert!(Instant::now() < deadline, "still refused: {response:?}");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The cluster (rules 1 to 4)
+// ---------------------------------------------------------------------------------
+
+/// A secret for the clusters that have one.
+const SECRET: &str = "a-secret-of-the-tests-0123456789";
+
+/// Starts a host of cluster `name` on `redis` with `plugin` and `extra` arguments (no
+/// idle pings: the clients wait seconds at a time without reading).
+fn cluster_host(redis: &Redis, name: &str, plugin: &str, extra: &[&str]) -> Server {
+    let url = redis.url();
+    let mut args = vec![
+        "--cluster",
+        &url,
+        "--cluster-name",
+        name,
+        "--idle-timeout",
+        "120",
+        "--serve-metrics",
+    ];
+    args.extend_from_slice(extra);
+    Server::start(plugin, &args)
+}
+
+/// Asks `client` until `answer` satisfies `done`, or panics after `within`: polling a
+/// condition the hosts converge to.
+fn ask_until(client: &mut Client, question: &str, within: Duration, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let answer = ask(client, question);
+        if done(&answer) {
+            return answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{question:?} still answered {answer:?} after {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(name: &str, pid: u32) {
+    let status = Command::new("kill").args([name, &pid.to_string()]).status().unwrap();
+    assert!(status.success(), "kill {name} {pid}");
+}
+
+/// A cluster message as any writer to Redis could make one (the wire format, version 2,
+/// written out by hand): sent now by host `origin`, incarnation `incarnation`.
+fn forged(origin: u16, incarnation: u64, seq: u64, body: &[u8]) -> Vec<u8> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut bytes = vec![2];
+    bytes.extend_from_slice(&origin.to_le_bytes());
+    bytes.extend_from_slice(&incarnation.to_le_bytes());
+    bytes.extend_from_slice(&seq.to_le_bytes());
+    bytes.extend_from_slice(&now_ms.to_le_bytes());
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// A `Broadcast` body of `text` to everyone.
+fn broadcast_body(text: &str) -> Vec<u8> {
+    let mut body = vec![10, 0, 0];
+    body.extend_from_slice(&(text.len() as u32).to_le_bytes());
+    body.extend_from_slice(text.as_bytes());
+    body
+}
+
+/// A `Close` body for connection `conn` of incarnation `incarnation`.
+fn close_body(conn: u64, incarnation: u64, code: u16) -> Vec<u8> {
+    let mut body = vec![13];
+    body.extend_from_slice(&conn.to_le_bytes());
+    body.extend_from_slice(&incarnation.to_le_bytes());
+    body.extend_from_slice(&code.to_le_bytes());
+    body.extend_from_slice(&0u32.to_le_bytes());
+    body
+}
+
+/// A whole `Hello` body of one connection, `conn`, in no group.
+fn hello_body(conn: u64) -> Vec<u8> {
+    let mut body = vec![1];
+    body.extend_from_slice(&0u32.to_le_bytes());
+    body.push(1);
+    body.extend_from_slice(&1u32.to_le_bytes());
+    body.extend_from_slice(&conn.to_le_bytes());
+    body.push(0);
+    body.extend_from_slice(&0u32.to_le_bytes());
+    body
+}
+
+fn publish(redis: &Redis, channel: &str, message: &[u8]) {
+    let reply = redis.command(&[b"PUBLISH", channel.as_bytes(), message]);
+    assert!(matches!(reply, Reply::Integer(_)), "{reply:?}");
+}
+
+/// The incarnation the host holding number `host` of cluster `name` keeps in Redis: a
+/// Redis writer reads it as easily.
+fn incarnation_of(redis: &Redis, name: &str, host: u64) -> u64 {
+    let held = redis
+        .command(&[b"GET", format!("{name}:alive:{host}").as_bytes()])
+        .bytes();
+    String::from_utf8(held).unwrap().parse().unwrap()
+}
+
+/// The id a client of the `api` plugin has.
+fn api_id(client: &mut Client) -> u64 {
+    let answer = ask(client, "id");
+    answer
+        .strip_prefix("id ")
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("{answer:?}"))
+}
+
+#[test]
+fn rule1_a_host_paused_past_its_claim_gives_its_number_up_and_sends_reach_only_their_target() {
+    let _turn = serial();
+    let redis = Redis::start();
+    let paused = cluster_host(&redis, "one", "probe", &[]);
+    let third = cluster_host(&redis, "one", "probe", &[]);
+    let (mut victim, victim_id) = open_probe(&paused, "/a");
+    let (mut sender, _) = open_probe(&third, "/c");
+    ask_until(&mut sender, "conns", TIMEOUT, |n| n == "2");
+    let number = victim_id >> 37;
+
+    signal("-STOP", paused.pid());
+    // The others drop it once it has been silent for 3 s, and its claim lapses.
+    ask_until(&mut sender, "conns", TIMEOUT, |n| n == "1");
+    let alive = format!("one:alive:{number}");
+    let deadline = Instant::now() + TIMEOUT;
+    while redis.command(&[b"EXISTS", alive.as_bytes()]) != Reply::Integer(0) {
+        assert!(Instant::now() < deadline, "{alive} outlived its host's silence");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Redis lost the counter (as in a restart without persistence): the next host to
+    // join draws the paused host's number, and its first client the paused one's id.
+    let reply = redis.command(&[b"SET", b"one:host-seq", (number - 1).to_string().as_bytes()]);
+    assert_eq!(reply, Reply::Simple("OK".into()));
+    let newcomer = cluster_host(&redis, "one", "probe", &[]);
+    let (mut target, target_id) = open_probe(&newcomer, "/b");
+    assert_eq!(target_id, victim_id, "the scenario: one id for two connections");
+    ask_until(&mut sender, "conns", TIMEOUT, |n| n == "2");
+    // A send while the paused host sleeps: the paused host finds it waiting when it wakes.
+    assert_eq!(ask(&mut sender, &format!("send-to {target_id} first")), "ok");
+    assert_eq!(target.recv_text(), "first");
+
+    signal("-CONT", paused.pid());
+    // It finds its number taken: its client is told to reconnect (the next frame, so
+    // "first" never reached it), and it takes another number.
+    assert_eq!(victim.recv_close().0, 1012);
+    paused.wait_for_log("took a new host number");
+    assert_eq!(ask(&mut sender, &format!("send-to {target_id} second")), "ok");
+    assert_eq!(target.recv_text(), "second");
+    assert!(ask(&mut sender, &format!("info-of {target_id}")).starts_with("path=/b "));
+    // The cluster heals by itself: a new client of the renumbered host has a new
+    // number's id, and the others reach it.
+    let (mut back, back_id) = open_probe(&paused, "/a");
+    assert_ne!(back_id >> 37, number);
+    assert!(back_id < 1 << 53);
+    ask_until(&mut sender, &format!("send-to {back_id} healed"), TIMEOUT, |a| {
+        a == "ok"
+    });
+    assert_eq!(back.recv_text(), "healed");
+    ask_until(&mut sender, "conns", TIMEOUT, |n| n == "3");
+    let refused = Scrape::of(paused.addr).value(
+        "wsplug_cluster_messages_refused_total",
+        &[("route", "default"), ("reason", "misdirected")],
+    );
+    assert!(
+        refused >= 1.0,
+        "the paused host dropped the send meant for the newcomer: {refused}"
+    );
+}
+
+#[test]
+fn rule1_after_redis_loses_its_data_the_live_hosts_keep_their_numbers() {
+    let _turn = serial();
+    let mut redis = Redis::start();
+    let a = cluster_host(&redis, "one", "probe", &[]);
+    let b = cluster_host(&redis, "one", "probe", &[]);
+    let (mut on_a, a_id) = open_probe(&a, "/");
+    let (_on_b, b_id) = open_probe(&b, "/");
+    ask_until(&mut on_a, "conns", TIMEOUT, |n| n == "2");
+    // Restarted without persistence: no claim, no counter. A host joins at once, while
+    // the live ones claim their numbers again.
+    redis.stop();
+    redis.restart();
+    let c = cluster_host(&redis, "one", "probe", &[]);
+    let (mut on_c, c_id) = open_probe(&c, "/");
+    let numbers = [a_id >> 37, b_id >> 37, c_id >> 37];
+    assert!(
+        numbers[2] != numbers[0] && numbers[2] != numbers[1],
+        "the newcomer took a live host's number: {numbers:?}"
+    );
+    ask_until(&mut on_c, "conns", Duration::from_secs(20), |n| n == "3");
+    assert_eq!(ask(&mut on_c, &format!("send-to {a_id} across")), "ok");
+    assert_eq!(on_a.recv_text(), "across");
+    for host in [&a, &b, &c] {
+        assert!(!host.log().contains("took a new host number"), "{}", host.log());
+    }
+}
+
+#[test]
+fn rule2_a_client_cannot_make_its_host_share_unbounded_groups() {
+    let _turn = serial();
+    let redis = Redis::start();
+    let host = cluster_host(&redis, "two", "api", &[]);
+    let mut client = host.connect("/");
+    let huge = "g".repeat(400_000);
+    for _ in 0..100 {
+        assert_eq!(ask(&mut client, &format!("join {huge}")), "error too-large");
+    }
+    // Up to the bounds a chat needs it works: 256 groups of 256 bytes, then no more.
+    assert_eq!(ask(&mut client, "join-many 256 256"), "joined 256 none");
+    assert_eq!(ask(&mut client, "join one-more"), "error too-large");
+    assert_eq!(ask(&mut client, &format!("group-size {}", "0".repeat(256))), "1");
+    // Groups given at the handshake are held to the same bounds.
+    let long = "g".repeat(257);
+    let (_, refused) = Client::handshake(host.addr, &format!("/attach?group={long}"), &[]);
+    assert_eq!(refused.status, 503);
+}
+
+#[test]
+fn rule2_hosts_with_large_states_survive_redis_cutting_every_subscriber_off() {
+    let _turn = serial();
+    // Redis cuts off a subscriber with 4 MB unread (its default is 32 MB): each host's
+    // whole state below is about twice that.
+    let redis = Redis::start_with(&["--client-output-buffer-limit", "pubsub 4mb 2mb 10"]);
+    let hosts = [
+        cluster_host(&redis, "big", "api", &[]),
+        cluster_host(&redis, "big", "api", &[]),
+    ];
+    // 150 connections on each host, each with a 16 KiB attachment and 200 groups of 200
+    // bytes (56 KiB of shared state each, 8 MB per host).
+    let mut clients: Vec<Vec<Client>> = Vec::new();
+    for host in &hosts {
+        let mut own = Vec::new();
+        for _ in 0..150 {
+            let (mut client, response) = Client::handshake(host.addr, "/attach?size=16384", &[]);
+            assert_eq!(response.status, 101);
+            assert_eq!(ask(&mut client, "join-many 200 200"), "joined 200 none");
+            own.push(client);
+        }
+        clients.push(own);
+    }
+    ask_until(&mut clients[0][0], "conns", Duration::from_secs(30), |n| n == "300");
+    ask_until(&mut clients[1][0], "conns", Duration::from_secs(30), |n| n == "300");
+    // The test listens to the bus too, and is not cut off with the hosts.
+    let mut bus = redis.connection();
+    bus.send(&[b"CLIENT", b"ID"]);
+    let Reply::Integer(mine) = bus.reply() else {
+        panic!("CLIENT ID")
+    };
+    bus.subscribe("big:bus");
+    let Reply::Bulk(Some(list)) = redis.command(&[b"CLIENT", b"LIST", b"TYPE", b"pubsub"]) else {
+        panic!("CLIENT LIST")
+    };
+    let subscribers: Vec<String> = String::from_utf8_lossy(&list)
+        .lines()
+        .filter_map(|line| line.strip_prefix("id=")?.split(' ').next().map(str::to_owned))
+        .filter(|id| *id != mine.to_string())
+        .collect();
+    assert!(subscribers.len() >= 2, "{subscribers:?}");
+    for id in &subscribers {
+        let killed = redis.command(&[b"CLIENT", b"KILL", b"ID", id.as_bytes()]);
+        assert_eq!(killed, Reply::Integer(1), "{id}");
+    }
+    // Both reconnect and say Hello, and each answers the other's: each host's whole
+    // state (150 connections) goes over the bus again, in parts, and arrives whole.
+    let (mut counted, mut whole) = (std::collections::HashMap::new(), std::collections::HashSet::new());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while whole.len() < 2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let message = bus
+            .next_message(left)
+            .unwrap_or_else(|| panic!("whole states came from {whole:?} only"));
+        // The header is 27 bytes; a Hello (1) or State (2) then has its part, whether it
+        // is the last, and its member count.
+        if message.len() < 37 || !matches!(message[27], 1 | 2) {
+            continue;
+        }
+        let origin = u16::from_le_bytes([message[1], message[2]]);
+        let part = u32::from_le_bytes(message[28..32].try_into().unwrap());
+        let members = u32::from_le_bytes(message[33..37].try_into().unwrap());
+        assert!(message.len() < 1 << 20, "a part of {} bytes", message.len());
+        let count = counted.entry(origin).or_insert(0);
+        if part == 0 {
+            *count = 0;
+        }
+        *count += members;
+        if message[32] == 1 && *count == 150 {
+            whole.insert(origin);
+        }
+    }
+    let target = api_id(&mut clients[1][7]);
+    ask_until(&mut clients[0][0], "conns", Duration::from_secs(20), |n| n == "300");
+    ask_until(
+        &mut clients[0][0],
+        &format!("send-to {target} across"),
+        Duration::from_secs(20),
+        |a| a == "ok",
+    );
+    assert_eq!(clients[1][7].recv_text(), "across");
+    // Redis never had to cut anyone off for what the hosts sent.
+    assert!(!redis.logged("output buffer limits"), "{}", redis.log());
+}
+
+#[test]
+fn rule3_with_a_secret_what_a_redis_writer_forges_is_dropped_and_counted() {
+    let _turn = serial();
+    let redis = Redis::start();
+    // Without a secret, anyone who may PUBLISH reaches every client and closes any
+    // connection (the incarnation it needs is in Redis too): the attack.
+    let open = cluster_host(&redis, "open", "probe", &[]);
+    let (mut client, id) = open_probe(&open, "/");
+    publish(&redis, "open:bus", &forged(999, 1, 1, &broadcast_body("forged hello")));
+    assert_eq!(client.recv_text(), "forged hello");
+    let incarnation = incarnation_of(&redis, "open", id >> 37);
+    // A close code no endpoint may send is refused even so.
+    let channel = format!("open:host:{}", id >> 37);
+    publish(&redis, &channel, &forged(999, 1, 2, &close_body(id, incarnation, 1006)));
+    Scrape::until(open.addr, |s| {
+        s.value(
+            "wsplug_cluster_messages_refused_total",
+            &[("route", "default"), ("reason", "invalid")],
+        ) == 1.0
+    });
+    assert_eq!(ask(&mut client, "still open"), "still open");
+    publish(&redis, &channel, &forged(999, 1, 3, &close_body(id, incarnation, 4001)));
+    assert_eq!(client.recv_close().0, 4001);
+
+    // With a secret, the same messages are dropped, and counted.
+    let sealed = cluster_host(&redis, "sealed", "probe", &["--cluster-secret", SECRET]);
+    let (mut client, id) = open_probe(&sealed, "/");
+    let incarnation = incarnation_of(&redis, "sealed", id >> 37);
+    publish(
+        &redis,
+        "sealed:bus",
+        &forged(999, 1, 1, &broadcast_body("forged hello")),
+    );
+    publish(&redis, "sealed:bus", &forged(998, 1, 1, &hello_body(998 << 37 | 1)));
+    let channel = format!("sealed:host:{}", id >> 37);
+    publish(&redis, &channel, &forged(999, 1, 2, &close_body(id, incarnation, 4001)));
+    let forged_count = |s: &Scrape| {
+        s.value(
+            "wsplug_cluster_messages_refused_total",
+            &[("route", "default"), ("reason", "forged")],
+        )
+    };
+    let scrape = Scrape::until(sealed.addr, |s| forged_count(s) == 3.0);
+    assert_eq!(scrape.value("wsplug_cluster_peers", &[("route", "default")]), 0.0);
+    // Counted where it would have been delivered: the client's next frame is its echo.
+    assert_eq!(ask(&mut client, "still open"), "still open");
+    assert_eq!(ask(&mut client, "conns"), "1");
+    // The facts it keeps in Redis are tagged too: changed, they are not believed.
+    let other = cluster_host(&redis, "sealed", "probe", &["--cluster-secret", SECRET]);
+    let (mut other_client, _) = open_probe(&other, "/");
+    ask_until(&mut other_client, "conns", TIMEOUT, |n| n == "2");
+    assert!(ask(&mut other_client, &format!("info-of {id}")).starts_with("path=/ "));
+    let infos = format!("sealed:info:{}", id >> 37);
+    let mut facts = redis
+        .command(&[b"HGET", infos.as_bytes(), id.to_string().as_bytes()])
+        .bytes();
+    let at = facts.len() - 20;
+    facts[at] ^= 1;
+    let _ = redis.command(&[b"HSET", infos.as_bytes(), id.to_string().as_bytes(), &facts]);
+    assert_eq!(ask(&mut other_client, &format!("info-of {id}")), "error gone");
+}
+
+#[test]
+fn rule3_hosts_answer_a_storm_of_hellos_with_one_state_a_second() {
+    let _turn = serial();
+    let redis = Redis::start();
+    let host = cluster_host(&redis, "storm", "probe", &[]);
+    let (mut client, id) = open_probe(&host, "/");
+    let number = (id >> 37) as u16;
+    let mut bus = redis.subscribe("storm:bus");
+    // 50 hosts that do not exist say Hello at once (no secret: anyone can).
+    for fake in 0..50u16 {
+        publish(
+            &redis,
+            "storm:bus",
+            &forged(1000 + fake, 7, 1, &hello_body(u64::from(1000 + fake) << 37 | 1)),
+        );
+    }
+    // The host's states on the bus over the next 2.5 s: a message of its number whose
+    // kind (after the 27 bytes of header) is a State.
+    let until = Instant::now() + Duration::from_millis(2500);
+    let mut states = 0;
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        let Some(message) = bus.next_message(left) else {
+            break;
+        };
+        if message.len() > 27 && message[1..3] == number.to_le_bytes() && message[27] == 2 {
+            states += 1;
+        }
+    }
+    assert!((1..=4).contains(&states), "{states} states answered 50 Hellos in 2.5 s");
+    assert_eq!(ask(&mut client, "still here"), "still here");
+}
+
+#[test]
+fn rule3_hosts_reach_redis_over_tls_with_a_password_from_a_file() {
+    let _turn = serial();
+    let pki = Pki::new();
+    let dir = TempDir::new("redis-auth");
+    fs::write(dir.join("password"), "s3cret-password\n").unwrap();
+    fs::write(dir.join("wrong"), "not-the-password\n").unwrap();
+    let (cert, key, ca) = (pki.path("server.pem"), pki.path("server-key.pem"), pki.path("ca.pem"));
+    let redis = Redis::start_tls(&[
+        "--tls-cert-file",
+        path_arg(&cert),
+        "--tls-key-file",
+        path_arg(&key),
+        "--tls-ca-cert-file",
+        path_arg(&ca),
+        "--tls-auth-clients",
+        "no",
+        "--requirepass",
+        "s3cret-password",
+    ]);
+    let url = redis.url();
+    assert!(url.starts_with("rediss://"));
+    let password = dir.join("password");
+    let args = [
+        "--cluster-ca-file",
+        path_arg(&ca),
+        "--cluster-password-file",
+        path_arg(&password),
+    ];
+    let a = cluster_host(&redis, "tls", "probe", &args);
+    let b = cluster_host(&redis, "tls", "probe", &args);
+    let (mut on_a, _) = open_probe(&a, "/");
+    let (mut on_b, b_id) = open_probe(&b, "/");
+    ask_until(&mut on_a, "conns", TIMEOUT, |n| n == "2");
+    assert_eq!(ask(&mut on_a, &format!("send-to {b_id} over-tls")), "ok");
+    assert_eq!(on_b.recv_text(), "over-tls");
+    // Without the CA, or with the wrong password, the host says it cannot reach Redis.
+    let echo = plugin_path("echo");
+    let wrong = dir.join("wrong");
+    for extra in [
+        vec!["--cluster-password-file", path_arg(&password)],
+        vec![
+            "--cluster-ca-file",
+            path_arg(&ca),
+            "--cluster-password-file",
+            path_arg(&wrong),
+        ],
+    ] {
+        let mut args = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--plugin",
+            path_arg(&echo),
+            "--cluster",
+            &url,
+        ];
+        args.extend(extra);
+        let exit = run_host(&args, REFUSAL_TIMEOUT);
+        assert!(!exit.status.success(), "{exit:?}");
+        assert!(
+            exit.stderr.contains("cannot reach the cluster's Redis server"),
+            "{exit:?}"
+        );
+        assert!(!exit.stderr.contains("s3cret"), "{exit:?}");
+    }
+}
+
+#[test]
+fn rule4_credentials_stay_on_the_host_that_holds_the_connection() {
+    let _turn = serial();
+    let redis = Redis::start();
+    let a = cluster_host(&redis, "four", "api", &[]);
+    let b = cluster_host(&redis, "four", "api", &[]);
+    let (mut client, response) = Client::handshake(
+        b.addr,
+        "/?token=query-secret",
+        &[
+            ("Cookie", "session=cookie-secret"),
+            ("Authorization", "Bearer authorization-secret"),
+            ("Proxy-Authorization", "Basic proxy-secret"),
+            ("User-Agent", "test-agent"),
+        ],
+    );
+    assert_eq!(response.status, 101);
+    let id = api_id(&mut client);
+    // Its own host shows everything.
+    let local = ask(&mut client, &format!("info-of {id}"));
+    assert!(local.contains("cookie") && local.contains("authorization"), "{local}");
+    // Another host's info of it lacks the credentials.
+    let mut other = a.connect("/");
+    let remote = ask_until(&mut other, &format!("info-of {id}"), TIMEOUT, |a| a != "info none");
+    assert_eq!(remote, "info / host,user-agent");
+    // And Redis holds none of them, anywhere.
+    let Reply::Array(keys) = redis.command(&[b"KEYS", b"*"]) else {
+        panic!("KEYS");
+    };
+    for key in keys {
+        let key = key.bytes();
+        let value = match redis.command(&[b"TYPE", &key]) {
+            Reply::Simple(kind) if kind == "hash" => redis.command(&[b"HGETALL", &key]).text(),
+            Reply::Simple(kind) if kind == "string" => redis.command(&[b"GET", &key]).text(),
+            other => format!("{other:?}"),
+        };
+        assert!(!value.contains("secret"), "{}: {value}", String::from_utf8_lossy(&key));
     }
 }
 

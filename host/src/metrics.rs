@@ -158,6 +158,7 @@ pub struct Metrics {
     compiles: IntCounterVec,
     cluster_hosts: IntGaugeVec,
     cluster_lost: IntCounterVec,
+    cluster_refused: IntCounterVec,
 }
 
 /// Registers a metric built by `make` from these options, or panics: the names are
@@ -273,6 +274,14 @@ impl Metrics {
                  or from them (unreceived: this host fell behind).",
                 &["route", "direction"],
             ),
+            cluster_refused: counter(
+                "wsplug_cluster_messages_refused_total",
+                "Cluster messages received and refused: forged (not tagged with the cluster's secret, or \
+                 malformed), stale (older than the replay window), replayed, impostor (under a number \
+                 another host holds), misdirected (for another incarnation), invalid (a close no endpoint \
+                 may send), incomplete (a state's part without those before it).",
+                &["route", "reason"],
+            ),
             registry,
         };
         for reason in Rejected::ALL {
@@ -323,13 +332,20 @@ impl Metrics {
         }
     }
 
-    /// Sets a clustered route's cluster metrics to what its cluster reports: `peers`
-    /// hosts heard, and so many messages lost each way so far.
-    pub fn cluster(&self, route: &str, peers: usize, unsent: u64, unreceived: u64) {
-        self.cluster_hosts.with_label_values(&[route]).set(peers as i64);
-        for (direction, total) in [("unsent", unsent), ("unreceived", unreceived)] {
-            let counter = self.cluster_lost.with_label_values(&[route, direction]);
-            counter.inc_by(total.saturating_sub(counter.get()));
+    /// Sets a clustered route's cluster metrics to what its cluster reports: the hosts it
+    /// hears, the messages lost each way and those it refused, so far.
+    pub fn cluster(&self, route: &str, cluster: &crate::cluster::Cluster) {
+        self.cluster_hosts
+            .with_label_values(&[route])
+            .set(cluster.peers() as i64);
+        let catch_up =
+            |counter: prometheus::IntCounter, total: u64| counter.inc_by(total.saturating_sub(counter.get()));
+        for (direction, total) in [("unsent", cluster.unsent()), ("unreceived", cluster.unreceived())] {
+            catch_up(self.cluster_lost.with_label_values(&[route, direction]), total);
+        }
+        for reason in crate::cluster::Refused::all() {
+            let total = cluster.losses().refused(reason);
+            catch_up(self.cluster_refused.with_label_values(&[route, reason.label()]), total);
         }
     }
 

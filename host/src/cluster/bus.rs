@@ -86,6 +86,9 @@ const KEEP_CLAIM: &str = "local held = redis.call('GET', KEYS[1]) \
 const RELEASE_CLAIM: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
     redis.call('DEL', KEYS[1], KEYS[2]) return 1 end return 0";
 
+/// Removes a host's connections' facts if its claim has lapsed.
+const FORGET_LAPSED: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then return redis.call('DEL', KEYS[2]) end return 0";
+
 /// The names of the cluster's keys and channels.
 #[derive(Clone)]
 struct Names {
@@ -728,8 +731,13 @@ async fn beat(
                 "cluster: no word from host for {} s: dropped with its connections",
                 HOST_TIMEOUT.as_secs()
             );
-            // Its connections' facts go with it (every survivor tries; one is enough).
-            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(names.infos(host)).query_async(&mut manager).await;
+            // Its connections' facts go with it (every survivor tries; one is enough), once
+            // its claim has lapsed too: this host may only have been paused itself.
+            let _: redis::RedisResult<i64> = redis::Script::new(FORGET_LAPSED)
+                .key(names.alive(host))
+                .key(names.infos(host))
+                .invoke_async(&mut manager)
+                .await;
         }
     }
 }

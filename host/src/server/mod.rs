@@ -146,9 +146,7 @@ impl Shared {
             let waiting = events.max_capacity() - events.capacity();
             route.metrics.plugin_queue.set(waiting as i64);
             if let Some(cluster) = route.registry.cluster() {
-                let name = route.name();
-                self.metrics
-                    .cluster(name, cluster.peers(), cluster.unsent(), cluster.unreceived());
+                self.metrics.cluster(route.name(), cluster);
             }
         }
         self.metrics.render()

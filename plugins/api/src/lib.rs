@@ -27,6 +27,7 @@
 //! - `group-size G`: members of group G. `echo T`: replies T.
 //! - `join G`: joins group G (`ok` or `error E`). `join-many N LEN`: joins N groups whose
 //!   names are LEN bytes long; `joined K E` (K joined, E the first error or `none`).
+//! - `id`: `id N`, this connection's id.
 //! - `send-to ID T`: sends T to connection ID (`ok` or `error E`). `conns`: how many
 //!   connections are open. `info-of ID`: `info PATH HEADER-NAMES` (comma-separated,
 //!   `-` for none) or `info none`.
@@ -137,6 +138,7 @@ impl Plugin for Api {
                     .count();
                 format!("joined {joined} {}", error.unwrap_or("none"))
             }
+            ("id", []) => format!("id {conn}"),
             ("send-to", [id, text]) => result(host::send_text(id.parse().unwrap_or_default(), text)),
             ("conns", []) => host::connections().len().to_string(),
             ("info-of", [id]) => match host::info(id.parse().unwrap_or_default()) {
