@@ -230,6 +230,30 @@ fn rule1_a_host_paused_past_its_claim_gives_its_number_up_and_sends_reach_only_t
 }
 
 #[test]
+fn rule1_ids_are_unique_in_a_process_across_its_routes() {
+    let _turn = serial();
+    let dir = TempDir::new("two-routes");
+    let probe = plugin_path("probe");
+    let config = dir.join("wsplug.toml");
+    fs::write(
+        &config,
+        format!(
+            "[[route]]\npath = \"/a\"\nplugin = \"{probe}\"\n[[route]]\npath = \"/b\"\nplugin = \"{probe}\"\n",
+            probe = probe.display()
+        ),
+    )
+    .unwrap();
+    let server = Server::start_config(&config, &[]);
+    let mut ids: Vec<u64> = ["/a", "/b", "/a", "/b"]
+        .iter()
+        .map(|path| open_probe(&server, path).1)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 4, "{ids:?}");
+}
+
+#[test]
 fn rule1_after_redis_loses_its_data_the_live_hosts_keep_their_numbers() {
     let _turn = serial();
     let mut redis = Redis::start();
