@@ -45,8 +45,15 @@ SCALING = "echo 100 x 20 B, host on 1 core (taskset) vs 2"
 # the scenarios of COMPARED, to measure what a change costs.
 COMPARE_AS = "wsplug-before"
 COMPARED = ["echo 100 x 20 B", "echo 100 x 20 B, 1 in flight", "echo 100 x 16 KiB",
-            "fanout 1000 conns x 1 sender", "fanout 1000 conns x 1 sender, 1 in flight"]
+            "fanout 1000 conns x 1 sender", "fanout 1000 conns x 1 sender, 1 in flight",
+            "fanout 1000 conns x 1 sender, 1 host vs 3 hosts via Redis",
+            "latency of one broadcast, same host vs across hosts via Redis (p50 µs)"]
 compare_binary = None
+# `NAME-cluster-N`: N hosts of server NAME sharing a Redis server of the bench's own.
+CLUSTER = re.compile(r"^(.*)-cluster-(\d+)$")
+# `--cluster-secret`: "wsplug"'s clusters authenticate their messages with this secret
+# (not a compared host's, which may predate the setting).
+cluster_secret = None
 # `--host PATH`: the host binary "wsplug" runs (default: the release build).
 host_binary = "host"
 # `--echo-plugin NAME`: the echo plugin wsplug (and wsplug-before) run; a host from before
@@ -126,15 +133,18 @@ def measure(server, mode, wsbench_args, server_extra=()):
     server; wsbench spreads its connections over them (its senders on the first)."""
     procs = []
     try:
-        hosts = 1
-        if server.startswith("wsplug-cluster-"):
-            hosts = int(server.rsplit("-", 1)[1])
+        hosts, base = 1, server
+        cluster = CLUSTER.match(server)
+        if cluster:
+            base, hosts = cluster[1], int(cluster[2])
             redis, port = start_redis()
             procs.append(redis)
             server_extra = [*server_extra, "--cluster", f"redis://127.0.0.1:{port}"]
+            if cluster_secret and base == "wsplug":
+                server_extra += ["--cluster-secret", cluster_secret]
         addrs = []
         for _ in range(hosts):
-            proc, addr = start(server_command(server, mode, list(server_extra)))
+            proc, addr = start(server_command(base, mode, list(server_extra)))
             procs.append(proc)
             addrs.append(addr)
         pin = ["taskset", "-c", "1"] if server == PINNED else []
@@ -344,11 +354,13 @@ def main():
     parser.add_argument("--compare", metavar="HOST",
                         help=f"another host binary: run it as {COMPARE_AS} against wsplug, in {COMPARED} only")
     parser.add_argument("--host", metavar="PATH", help="the host binary wsplug runs (default: the release build)")
+    parser.add_argument("--cluster-secret", metavar="TEXT",
+                        help="wsplug's clusters authenticate their messages with this secret (not --compare's)")
     parser.add_argument("--echo-plugin", default="echo", metavar="NAME",
                         help="the echo plugin wsplug runs (default echo; a pre-0.2 host with --compare needs echo-raw)")
     args = parser.parse_args()
-    global compare_binary, echo_plugin, host_binary
-    compare_binary, echo_plugin = args.compare, args.echo_plugin
+    global compare_binary, echo_plugin, host_binary, cluster_secret
+    compare_binary, echo_plugin, cluster_secret = args.compare, args.echo_plugin, args.cluster_secret
     host_binary = args.host or host_binary
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -366,7 +378,13 @@ def main():
         results = {}
         chosen = [s for s in scenarios(args.duration, certs) if not args.only or args.only in s[0]]
         if args.compare:
-            chosen = [(*s[:5], ["wsplug", COMPARE_AS], s[6]) for s in chosen if s[0] in COMPARED]
+            # Each host against the compared one, clustered as the scenario clusters it.
+            def compared(servers):
+                clustered = [CLUSTER.match(server) for server in servers if CLUSTER.match(server)]
+                if clustered:
+                    return [clustered[0][0], f"{COMPARE_AS}-cluster-{clustered[0][2]}"]
+                return ["wsplug", COMPARE_AS]
+            chosen = [(*s[:5], compared(s[5]), s[6]) for s in chosen if s[0] in COMPARED]
         started = time.monotonic()
         for round_ in range(args.rounds):
             for title, metric, _, mode, wsbench_args, servers, wsplug_extra in chosen:
