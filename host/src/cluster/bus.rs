@@ -475,6 +475,7 @@ async fn publish(cluster: Arc<Cluster>, mut manager: ConnectionManager, names: A
     let mut batch = Vec::with_capacity(BATCH);
     let mut failing = false;
     let mut lost = 0u64;
+    let mut infos = (cluster.host(), names.infos(cluster.host()));
     loop {
         batch.clear();
         cluster.outbox().take(BATCH, PIPELINE_BYTES, &mut batch).await;
@@ -489,14 +490,17 @@ async fn publish(cluster: Arc<Cluster>, mut manager: ConnectionManager, names: A
             _ => wire::sender_of(bytes).is_some_and(|(origin, _)| origin == me),
         });
         cluster.count_unpublished(before - batch.len());
-        let infos = names.infos(me);
+        if infos.0 != me {
+            infos = (me, names.infos(me));
+        }
+        let infos = &infos.1;
         let mut pipe = redis::pipe();
         for (target, bytes) in &batch {
             match target {
                 Target::All => pipe.cmd("PUBLISH").arg(&bus).arg(bytes.as_ref()),
                 Target::Host(host) => pipe.cmd("PUBLISH").arg(names.host_channel(*host)).arg(bytes.as_ref()),
-                Target::Info(conn) if bytes.is_empty() => pipe.cmd("HDEL").arg(&infos).arg(*conn),
-                Target::Info(conn) => pipe.cmd("HSET").arg(&infos).arg(*conn).arg(bytes.as_ref()),
+                Target::Info(conn) if bytes.is_empty() => pipe.cmd("HDEL").arg(infos).arg(*conn),
+                Target::Info(conn) => pipe.cmd("HSET").arg(infos).arg(*conn).arg(bytes.as_ref()),
             }
             .ignore();
         }

@@ -107,6 +107,8 @@ impl Outbox {
         }
         .encode(self.key.as_ref());
         self.enqueue(&mut queue, target, bytes);
+        drop(queue);
+        self.ready.notify_one();
     }
 
     /// Numbers, encodes and queues the host's whole state, in parts (see
@@ -122,14 +124,19 @@ impl Outbox {
         for part in parts {
             self.enqueue(&mut queue, Target::All, part);
         }
+        drop(queue);
+        self.ready.notify_one();
     }
 
     /// Queues the handshake facts of connection `conn` (`None`: it closed), in order with
     /// the messages, outside their numbering.
     pub fn push_info(&self, conn: ConnId, info: Option<Bytes>) {
         self.enqueue(&mut self.lock(), Target::Info(conn), info.unwrap_or_default());
+        self.ready.notify_one();
     }
 
+    /// Queues `bytes` unless the queue is full; the caller wakes the taker once it has
+    /// let go of the lock (woken under it, the taker would only wait for the lock).
     fn enqueue(&self, queue: &mut Queue, target: Target, bytes: Bytes) {
         if queue.bytes + bytes.len() + ITEM_COST > self.max_bytes {
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -137,7 +144,6 @@ impl Outbox {
         }
         queue.bytes += bytes.len() + ITEM_COST;
         queue.items.push_back((target, bytes));
-        self.ready.notify_one();
     }
 
     /// The host took number `origin`: what is queued under the old one is dropped
