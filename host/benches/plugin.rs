@@ -2,6 +2,9 @@
 //!
 //! - "plugin call": one `on-text` into the echo plugin and its `send-text` back to the
 //!   host, at 20 B and 16 KiB, for every echo plugin found (one per language).
+//! - "plugin call style": the same call of the Rust echo plugin in the sync style the host
+//!   serves with and in wasmtime's async style, which would let a long call give its
+//!   thread back at every epoch tick.
 //! - "plugin api": what API 0.2 costs where it is used, with the `api` test plugin: one
 //!   `on-upgrade` (a handshake's decision), and a hot reload that carries the plugin's
 //!   state through `snapshot`/`restore`, with 40 bytes and with 8 MiB of it (the
@@ -94,6 +97,41 @@ fn plugin_dir() -> PathBuf {
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release"),
         PathBuf::from,
     )
+}
+
+/// One `on-text` call of the Rust echo plugin (0.2), in the sync style the host serves
+/// with and in wasmtime's async style (each epoch tick yielding), on the same setup.
+fn plugin_call_style(c: &mut Criterion) {
+    let loader = Loader::new(Some(std::env::temp_dir().join("wsplug-bench-cache"))).expect("engine");
+    let mut group = c.benchmark_group("plugin call style");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for file in ["echo.wasm"] {
+        let path = plugin_dir().join(file);
+        let loaded = loader.load(&path, Instant::now()).expect("plugin loads");
+        let sink = Arc::new(Sink::default());
+        let runner = Runner::new(
+            loader.engine(),
+            loader.load(&path, Instant::now()).expect("plugin loads"),
+            sink.clone(),
+            PluginLimits::default(),
+            Grants::default(),
+        )
+        .expect("plugin starts");
+        for size in SIZES {
+            let text = "x".repeat(size);
+            let name = file.trim_end_matches(".wasm");
+            group.bench_function(format!("sync {name} {size}"), |b| {
+                b.iter_custom(|iters| runner.time_sync_calls(&loaded, &text, iters))
+            });
+            group.bench_function(format!("async {name} {size}"), |b| {
+                b.iter_custom(|iters| runtime.block_on(runner.time_async_calls(&loaded, &text, iters)))
+            });
+        }
+    }
+    group.finish();
 }
 
 fn plugin_call(c: &mut Criterion) {
@@ -230,5 +268,5 @@ fn plugin_api(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(cache);
 }
 
-criterion_group!(benches, plugin_call, plugin_api);
+criterion_group!(benches, plugin_call_style, plugin_call, plugin_api);
 criterion_main!(benches);

@@ -38,6 +38,22 @@ pub mod v2_optional {
     pub use self::exports::wsplug::plugin::{handshake, state};
 }
 
+/// The required exports of 0.2 called in wasmtime's async style, with the same (sync)
+/// imports: measured against the sync style (`runner::call_style`), not used in serving.
+pub mod v2_async {
+    wasmtime::component::bindgen!({
+        world: "plugin",
+        path: "../wit",
+        exports: { default: async },
+        with: {
+            "wsplug:plugin/types": super::v2::wsplug::plugin::types,
+            "wsplug:plugin/host": super::v2::wsplug::plugin::host,
+            "wsplug:plugin/timers": super::v2::wsplug::plugin::timers,
+            "wsplug:plugin/store": super::v2::wsplug::plugin::store,
+        },
+    });
+}
+
 /// Bindings of `wsplug:plugin@0.1.0`.
 pub mod v1 {
     wasmtime::component::bindgen!({ world: "plugin", path: "../wit/0.1.0" });

@@ -908,3 +908,47 @@ mod tests {
         assert_eq!(backoff(100), BACKOFF_MAX);
     }
 }
+
+/// What an export call costs in wasmtime's async calling style against the sync one it
+/// serves with, on the same plugin and instance setup: the measurement behind the
+/// choice of calling style (`cargo bench --bench plugin -- "plugin call style"`). Not
+/// used in serving.
+#[doc(hidden)]
+pub mod call_style {
+    use super::super::bindings::v2_async;
+    use super::*;
+
+    impl Runner {
+        /// Makes an instance of `loaded` and calls its `on-text` with `text` `n` times, in
+        /// the sync style; returns the time the calls took.
+        pub fn time_sync_calls(&self, loaded: &Loaded, text: &str, n: u64) -> Duration {
+            let mut instance = self.sandbox.instantiate(loaded).expect("instance");
+            let event = PluginEvent::Text(1, text.to_owned());
+            let started = Instant::now();
+            for _ in 0..n {
+                deliver(&mut instance, &event).expect("call");
+            }
+            started.elapsed()
+        }
+
+        /// The same in the async style (a 0.2 plugin), each epoch tick yielding to the
+        /// executor, as a call that must not hold its thread would.
+        pub async fn time_async_calls(&self, loaded: &Loaded, text: &str, n: u64) -> Duration {
+            let Linked::V2 { pre, .. } = &loaded.linked else {
+                panic!("the async style is measured with a 0.2 plugin")
+            };
+            let mut instance = self.sandbox.instantiate(loaded).expect("instance");
+            let store = &mut instance.store;
+            store.epoch_deadline_callback(|_| Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))));
+            let indices = v2_async::PluginIndices::new(pre).expect("indices");
+            let component = pre.instantiate_async(&mut *store).await.expect("instantiate");
+            let plugin = indices.load(&mut *store, &component).expect("load");
+            let started = Instant::now();
+            for _ in 0..n {
+                start_call(store);
+                plugin.call_on_text(&mut *store, 1, text).await.expect("call");
+            }
+            started.elapsed()
+        }
+    }
+}
