@@ -21,8 +21,8 @@ use std::time::Instant;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use wsplug::plugin::{
-    ConnId, ConnectionInfo, Grants, HostError, HostServices, Loader, Outgoing, PluginEvent, PluginLimits, Runner,
-    UpgradeDecision, UpgradeRequest,
+    CloseCode, ConnId, ConnectionInfo, Grants, HostError, HostServices, Loader, Outgoing, PluginEvent, PluginLimits,
+    Runner, UpgradeDecision, UpgradeRequest,
 };
 
 /// The echo plugin of each language, by file name (`echo` is Rust with the SDK,
@@ -60,7 +60,7 @@ impl HostServices for Sink {
         self.sent_bytes.fetch_add(len, Ordering::Relaxed);
         Ok(())
     }
-    fn close(&self, _: ConnId, _: u16, _: String) -> Result<(), HostError> {
+    fn close(&self, _: ConnId, _: CloseCode, _: String) -> Result<(), HostError> {
         Ok(())
     }
     fn broadcast(&self, _: Outgoing, _: Option<ConnId>) -> u32 {

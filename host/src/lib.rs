@@ -4,6 +4,7 @@
 //! - [`app`]: the `host` program, from command line to shutdown.
 //! - [`blocking`]: waiting for a future in a plugin's host call, on any thread.
 //! - [`cluster`]: several hosts serving one application through a shared Redis server.
+//! - [`conn`]: the connection vocabulary every layer shares (ids, messages, facts, errors).
 //! - [`config`]: the TOML file and command line, merged and validated.
 //! - [`metrics`]: the Prometheus metrics (`/metrics`).
 //! - [`ws`]: the protocol, sans I/O (the `wsplug-ws` crate, in `host/ws`).
@@ -15,6 +16,7 @@ pub mod app;
 pub mod blocking;
 pub mod cluster;
 pub mod config;
+pub mod conn;
 pub mod metrics;
 pub mod plugin;
 pub mod private_files;

@@ -35,8 +35,8 @@ use super::calls::RedisCalls;
 use super::outbox::{Target, now_ms};
 use super::view::Effect;
 use super::wire::{self, Body, Envelope, HostNumber};
-use super::{Cluster, ClusterConfig, HEARTBEAT, HOST_TIMEOUT, LEASE, Losses, Refused, redacted};
-use crate::server::registry::Registry;
+use super::{Cluster, ClusterConfig, HEARTBEAT, HOST_TIMEOUT, LEASE, Losses, Members, Refused, redacted};
+use crate::conn::CloseCode;
 
 /// Messages published at most in one pipeline.
 const BATCH: usize = 256;
@@ -70,10 +70,6 @@ const ANNOUNCE_GAP: Duration = Duration::from_secs(1);
 /// In a cluster with a secret, a message sent longer ago than this (by the sender's
 /// clock) is refused as a replay: the hosts' clocks must agree within it.
 const REPLAY_WINDOW_MS: u64 = 60_000;
-
-/// Close code for the connections of a host that lost its number: RFC 6455's 1012,
-/// "service restart", which tells clients to reconnect.
-const SERVICE_RESTART: u16 = 1012;
 
 /// Keeps a claim: renews it if this incarnation holds it (1), takes it again if nobody
 /// does (2: it lapsed), leaves it if another process holds it (0).
@@ -348,7 +344,7 @@ impl Bus {
 
     /// Starts the tasks that publish, receive and beat, serving `registry`'s connections
     /// to the other hosts. Says `Hello` first.
-    pub fn run(self, registry: Arc<Registry>) -> Running {
+    pub fn run(self, registry: Arc<dyn Members>) -> Running {
         let Bus {
             cluster,
             manager,
@@ -444,7 +440,7 @@ async fn claim_number(
 
 /// Sends the `Hello`s and the states the other tasks ask for, at most one each
 /// [`ANNOUNCE_GAP`]: a `Hello` carries the state too, so it serves both.
-async fn announce(cluster: Arc<Cluster>, registry: Arc<Registry>, announcer: Arc<Announcer>) {
+async fn announce(cluster: Arc<Cluster>, registry: Arc<dyn Members>, announcer: Arc<Announcer>) {
     let mut last: Option<tokio::time::Instant> = None;
     loop {
         let woken = announcer.wake.notified();
@@ -545,7 +541,7 @@ impl Quiet {
 
 /// Applies what the other hosts publish: authenticated (with a secret), recent enough,
 /// and not refused by the view.
-async fn receive(cluster: Arc<Cluster>, registry: Arc<Registry>, mut received: Received, announcer: Arc<Announcer>) {
+async fn receive(cluster: Arc<Cluster>, registry: Arc<dyn Members>, mut received: Received, announcer: Arc<Announcer>) {
     let mut quiet = Quiet::default();
     while let Some(bytes) = received.recv().await {
         // Redis sends this host's own messages back to it.
@@ -654,7 +650,7 @@ async fn check_claim(manager: &mut ConnectionManager, alive: &str, incarnation: 
 /// silent, and says `Hello` once Redis is reachable again after a loss.
 async fn beat(
     cluster: Arc<Cluster>,
-    registry: Arc<Registry>,
+    registry: Arc<dyn Members>,
     mut manager: ConnectionManager,
     names: Arc<Names>,
     resync: Arc<Resync>,
@@ -701,7 +697,7 @@ async fn beat(
                         resync.needed.store(true, Ordering::Relaxed);
                     }
                     Claim::Lost => {
-                        if let Err(error) = renumber(&cluster, &registry, &mut manager, &names).await {
+                        if let Err(error) = renumber(&cluster, &*registry, &mut manager, &names).await {
                             tracing::warn!("cluster: cannot take a new host number yet: {error:#}");
                             continue;
                         }
@@ -751,7 +747,7 @@ async fn beat(
 /// closes the connections whose ids carry it, and claims a new number.
 async fn renumber(
     cluster: &Cluster,
-    registry: &Registry,
+    registry: &dyn Members,
     manager: &mut ConnectionManager,
     names: &Names,
 ) -> anyhow::Result<()> {
@@ -771,7 +767,8 @@ async fn renumber(
         .context("cannot subscribe")?;
     cluster.renumber(me, claimed);
     // After the renumbering: a connection opened meanwhile got an id of the old number too.
-    let closed = registry.close_numbered(old, SERVICE_RESTART, "server restart: reconnect");
+    // 1012, "service restart": the clients reconnect, and get ids of the new number.
+    let closed = registry.close_numbered(old, CloseCode::SERVICE_RESTART, "server restart: reconnect");
     tracing::warn!(old, host = me, closed, "cluster: took a new host number");
     Ok(())
 }

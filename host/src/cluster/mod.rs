@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::plugin::{ConnId, ConnectionInfo};
+use crate::conn::{CloseCode, ConnId, ConnectionInfo};
 use outbox::{Outbox, Target};
 use view::{Dropped, View};
 use wire::{Body, BusKey, HostNumber};
@@ -206,6 +206,22 @@ pub struct Cluster {
     check_claim: tokio::sync::Notify,
     /// Looks up another host's connection in Redis (set once the bus runs).
     lookup: OnceLock<Box<InfoLookup>>,
+}
+
+/// What the cluster needs of the host's own connections (the registry provides it):
+/// the port through which the bus reaches them, so that the cluster knows nothing of
+/// the server.
+pub trait Members: Send + Sync + 'static {
+    /// Carries out what another host asks of this host's connections.
+    fn deliver(&self, delivery: view::Delivery);
+    /// Queues every open connection of this host for the others: as a `Hello` if
+    /// `hello`, else as a `State`.
+    fn tell_state(&self, hello: bool);
+    /// Keeps every open connection's handshake facts in Redis again.
+    fn tell_infos(&self);
+    /// Starts closing every connection whose id carries host number `host`; returns
+    /// how many.
+    fn close_numbered(&self, host: HostNumber, code: CloseCode, reason: &str) -> usize;
 }
 
 /// Fetches the handshake facts of another host's connection, waiting for Redis.

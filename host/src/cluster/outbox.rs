@@ -16,7 +16,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::wire::{self, Body, BusKey, Envelope, Header, HostNumber, MemberRef};
-use crate::plugin::ConnId;
+use crate::conn::ConnId;
 
 /// What every queued item is charged beyond its bytes: its place in the queue, and the
 /// command that publishes it. A forgotten connection's facts are no bytes at all, and
@@ -299,7 +299,7 @@ mod tests {
         let key = BusKey::derive(b"k");
         let outbox = Outbox::new(1, 7, 1 << 20, Some(key.clone()));
         let big = || Body::Broadcast {
-            message: crate::plugin::Outgoing::Binary(Bytes::from(vec![0; 1000])),
+            message: crate::conn::Outgoing::Binary(Bytes::from(vec![0; 1000])),
             except: None,
         };
         for _ in 0..5 {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::wire::{Body, Envelope, HostNumber, Member, StatePart};
-use crate::plugin::{ConnId, Outgoing};
+use crate::conn::{CloseCode, ConnId, Outgoing};
 use crate::ws::close;
 
 /// Bits of a connection id below the host number: a host hands out 2^37 ids.
@@ -107,7 +107,7 @@ pub enum Delivery {
     /// To one connection.
     Send(ConnId, Outgoing),
     /// Close one connection.
-    Close(ConnId, u16, String),
+    Close(ConnId, CloseCode, String),
 }
 
 #[derive(Default)]
@@ -402,11 +402,13 @@ impl View {
             }
             // Checked again here: whoever wrote the message, a client gets only a close
             // frame an endpoint may send.
-            Body::Close { code, reason, .. } if !close::is_sendable(code) || reason.len() > close::MAX_REASON_LEN => {
-                return Some(Effect::Dropped(Dropped::Invalid));
-            }
             Body::Close { conn, code, reason, .. } => {
-                return Some(Effect::Deliver(Delivery::Close(conn, code, reason)));
+                return Some(
+                    match CloseCode::new(code).filter(|_| reason.len() <= close::MAX_REASON_LEN) {
+                        Some(code) => Effect::Deliver(Delivery::Close(conn, code, reason)),
+                        None => Effect::Dropped(Dropped::Invalid),
+                    },
+                );
             }
         }
         None
@@ -775,7 +777,11 @@ mod tests {
         };
         assert_eq!(
             view.apply(two.says(close(4000, "x")), now),
-            Some(Effect::Deliver(Delivery::Close(conn(ME, 4), 4000, "x".into())))
+            Some(Effect::Deliver(Delivery::Close(
+                conn(ME, 4),
+                CloseCode::new(4000).unwrap(),
+                "x".into()
+            )))
         );
         // Close codes and reasons no endpoint may send: dropped, whoever wrote them.
         for (code, reason) in [

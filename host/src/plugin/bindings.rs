@@ -12,7 +12,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::inline;
 use super::timers::Timers;
-use super::{ConnId, ConnectionInfo, HostError, HostServices, MAX_ATTACHMENT, Outgoing, TimerId};
+use super::{CloseCode, ConnId, ConnectionInfo, HostError, HostServices, MAX_ATTACHMENT, Outgoing, TimerId};
 use super::{UpgradeDecision, UpgradeRequest};
 use crate::store::{self, KeyValue, StoreError};
 use crate::ws::close;
@@ -261,9 +261,7 @@ impl v2::wsplug::plugin::host::Host for HostState {
     }
 
     fn close(&mut self, conn: ConnId, code: u16, reason: String) -> Result<(), types::Error> {
-        if !close::is_sendable(code) {
-            return Err(types::Error::InvalidCode);
-        }
+        let code = CloseCode::new(code).ok_or(types::Error::InvalidCode)?;
         if reason.len() > close::MAX_REASON_LEN {
             return Err(types::Error::ReasonTooLong);
         }

@@ -22,9 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::runner::{self, BACKOFF_AFTER, Crash, Instance, Sandbox};
-use super::{ConnId, Loaded, Outgoing, PluginEvent};
+use super::{CloseCode, ConnId, Loaded, Outgoing, PluginEvent};
 use crate::metrics::PluginMetrics;
-use crate::ws::close;
 
 /// A stateless plugin's instances on the threads that run its connections.
 pub struct Inline {
@@ -355,7 +354,7 @@ impl Inline {
             let _ = self
                 .sandbox
                 .services()
-                .close(conn, close::INTERNAL_ERROR, "internal error".into());
+                .close(conn, CloseCode::INTERNAL_ERROR, "internal error".into());
         }
     }
 

@@ -20,10 +20,9 @@ use super::inline::{Handed, Inline};
 use super::loader::{EPOCH_TICK, Linked, Loaded};
 use super::output::{LogOutput, Stream};
 use super::timers::Timers;
-use super::{ConnId, HostServices, Outgoing, PluginEvent, UpgradeDecision, UpgradeRequest};
+use super::{CloseCode, ConnId, HostServices, Outgoing, PluginEvent, UpgradeDecision, UpgradeRequest};
 use crate::metrics::{PluginMetrics, TrapKind};
 use crate::store::{FileStore, KeyValue};
-use crate::ws::close;
 
 /// Resource limits of a plugin.
 #[derive(Clone, Copy, Debug)]
@@ -603,7 +602,7 @@ impl Runner {
             let _ = self
                 .sandbox
                 .services
-                .close(conn, close::INTERNAL_ERROR, "internal error".into());
+                .close(conn, CloseCode::INTERNAL_ERROR, "internal error".into());
         }
     }
 

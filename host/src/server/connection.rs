@@ -830,7 +830,7 @@ impl Session<'_> {
             Command::Send(Outgoing::Text(text)) => (self.protocol.send_text(text.as_str()), text.as_str().len()),
             Command::Send(Outgoing::Binary(data)) => (self.protocol.send_binary(&data), data.len()),
             Command::Close(code, reason) => {
-                let _ = self.protocol.close(code, &reason, Instant::now().into_std());
+                let _ = self.protocol.close(code.get(), &reason, Instant::now().into_std());
                 return;
             }
         };

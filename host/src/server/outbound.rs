@@ -17,7 +17,7 @@ use std::task::Poll;
 
 use atomic_waker::AtomicWaker;
 
-use crate::plugin::{HostError, Outgoing};
+use crate::conn::{CloseCode, HostError, Outgoing};
 use crate::ws::output::Backlog;
 
 /// What the plugin asks a connection's task to do.
@@ -26,7 +26,7 @@ pub enum Command {
     /// Send a message.
     Send(Outgoing),
     /// Start the closing handshake.
-    Close(u16, String),
+    Close(CloseCode, String),
 }
 
 impl Command {

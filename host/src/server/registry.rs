@@ -13,10 +13,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 
 use super::outbound::{self, Command, Mailbox, OutboundLimits, Outbox};
-use crate::cluster::Cluster;
 use crate::cluster::view::{Delivery, HOST_SHIFT, host_of};
 use crate::cluster::wire::{Body, HostNumber, Member, MemberRef};
-use crate::plugin::{ConnId, ConnectionInfo, HostError, HostServices, Outgoing};
+use crate::cluster::{Cluster, Members};
+use crate::conn::{CloseCode, ConnId, ConnectionInfo, HostError, Outgoing};
+use crate::plugin::HostServices;
 
 /// Bounds of what a route's connections hold that a cluster's hosts share: groups and
 /// attachments. A client chooses group names and attachment contents through the
@@ -236,65 +237,6 @@ impl Registry {
         self.len() == 0
     }
 
-    /// Carries out what another host of the cluster asks of this host's connections.
-    pub fn deliver(&self, delivery: Delivery) {
-        let inner = self.lock();
-        match delivery {
-            Delivery::Broadcast(message, except) => {
-                inner.broadcast(&message, except);
-            }
-            Delivery::Publish(group, message, except) => {
-                inner.publish(&group, &message, except);
-            }
-            Delivery::Send(conn, message) => {
-                let _ = inner.send(conn, Command::Send(message));
-            }
-            Delivery::Close(conn, code, reason) => {
-                let _ = inner.send(conn, Command::Close(code, reason));
-            }
-        }
-    }
-
-    /// Tells the other hosts of the cluster every open connection of this one: as a
-    /// `Hello` (this host (re)joined: everyone answers with their state) or a `State`,
-    /// in parts of bounded size, encoded straight from the registry.
-    pub fn tell_state(&self, hello: bool) {
-        let Some(cluster) = &self.cluster else {
-            return;
-        };
-        let inner = self.lock();
-        let members = inner.conns.values().filter(|e| e.opened).map(|entry| MemberRef {
-            conn: entry.info.id,
-            attachment: entry.attachment.as_deref(),
-            groups: entry.groups.iter().map(String::as_str),
-        });
-        // Queued under the lock: the changes after the snapshot are numbered after it.
-        cluster.outbox().push_state(hello, members);
-    }
-
-    /// Keeps every open connection's handshake facts in Redis again (after this host's
-    /// claim lapsed, the others may have removed them).
-    pub fn tell_infos(&self) {
-        if let Some(cluster) = &self.cluster {
-            let inner = self.lock();
-            for entry in inner.conns.values().filter(|e| e.opened) {
-                cluster.tell_info(entry.info.id, Some(&entry.info));
-            }
-        }
-    }
-
-    /// Starts closing, with `code` and `reason`, every connection whose id carries host
-    /// number `host` (which this host no longer holds); returns how many.
-    pub fn close_numbered(&self, host: HostNumber, code: u16, reason: &str) -> usize {
-        let inner = self.lock();
-        inner
-            .conns
-            .values()
-            .filter(|entry| host_of(entry.info.id) == host)
-            .filter(|entry| entry.push(Command::Close(code, reason.to_owned())).is_ok())
-            .count()
-    }
-
     fn lock(&self) -> MutexGuard<'_, Inner> {
         lock(&self.inner)
     }
@@ -326,6 +268,67 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+impl Members for Registry {
+    /// Carries out what another host of the cluster asks of this host's connections.
+    fn deliver(&self, delivery: Delivery) {
+        let inner = self.lock();
+        match delivery {
+            Delivery::Broadcast(message, except) => {
+                inner.broadcast(&message, except);
+            }
+            Delivery::Publish(group, message, except) => {
+                inner.publish(&group, &message, except);
+            }
+            Delivery::Send(conn, message) => {
+                let _ = inner.send(conn, Command::Send(message));
+            }
+            Delivery::Close(conn, code, reason) => {
+                let _ = inner.send(conn, Command::Close(code, reason));
+            }
+        }
+    }
+
+    /// Tells the other hosts of the cluster every open connection of this one: as a
+    /// `Hello` (this host (re)joined: everyone answers with their state) or a `State`,
+    /// in parts of bounded size, encoded straight from the registry.
+    fn tell_state(&self, hello: bool) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let inner = self.lock();
+        let members = inner.conns.values().filter(|e| e.opened).map(|entry| MemberRef {
+            conn: entry.info.id,
+            attachment: entry.attachment.as_deref(),
+            groups: entry.groups.iter().map(String::as_str),
+        });
+        // Queued under the lock: the changes after the snapshot are numbered after it.
+        cluster.outbox().push_state(hello, members);
+    }
+
+    /// Keeps every open connection's handshake facts in Redis again (after this host's
+    /// claim lapsed, the others may have removed them).
+    fn tell_infos(&self) {
+        if let Some(cluster) = &self.cluster {
+            let inner = self.lock();
+            for entry in inner.conns.values().filter(|e| e.opened) {
+                cluster.tell_info(entry.info.id, Some(&entry.info));
+            }
+        }
+    }
+
+    /// Starts closing, with `code` and `reason`, every connection whose id carries host
+    /// number `host` (which this host no longer holds); returns how many.
+    fn close_numbered(&self, host: HostNumber, code: CloseCode, reason: &str) -> usize {
+        let inner = self.lock();
+        inner
+            .conns
+            .values()
+            .filter(|entry| host_of(entry.info.id) == host)
+            .filter(|entry| entry.push(Command::Close(code, reason.to_owned())).is_ok())
+            .count()
+    }
+}
+
 impl HostServices for Registry {
     fn opened(&self, conn: ConnId) {
         if let Some(entry) = self.lock().conns.get_mut(&conn) {
@@ -352,12 +355,12 @@ impl HostServices for Registry {
         }
     }
 
-    fn close(&self, conn: ConnId, code: u16, reason: String) -> Result<(), HostError> {
+    fn close(&self, conn: ConnId, code: CloseCode, reason: String) -> Result<(), HostError> {
         match self.remote(conn) {
             Some(cluster) => self.tell_owner(cluster, conn, |incarnation| Body::Close {
                 conn,
                 incarnation,
-                code,
+                code: code.get(),
                 reason,
             }),
             None => self.lock().send(conn, Command::Close(code, reason)),
