@@ -200,7 +200,7 @@ bench: rust-deps plugins bench-deps redis-deps
 
 unit: build
 	cargo test --lib --quiet -p wsplug-host
-	cargo test --quiet -p wsplug-ws
+	cargo test --quiet -p wsplug-ws -p wsplug-conn -p wsplug-cluster-proto
 
 # The real host binary with the real plugins: protocol (integration), plugin runtime
 # (runtime), configuration, TLS, static files, shutdown (settings), the chat in every
@@ -230,8 +230,9 @@ adversarial: build plugins-rust py-deps
 	WSPLUG_HOST=$(HOST) WSPLUG_PLUGIN_DIR=$(PLUGIN_DIR) ADVERSARIAL_REPORT=$(ADVERSARIAL_REPORT_STATELESS) \
 		WSPLUG_HOST_FLAGS=--stateless $(PY) -m pytest tests/adversarial -k "not stateless"
 
-# Fuzz targets of the sans-IO protocol (host/fuzz: cargo-fuzz and libFuzzer, with
-# AddressSanitizer): 12 s per target in `make test`, FUZZ_SECONDS per target in `make fuzz`.
+# Fuzz targets of the sans-IO protocols, WebSocket and cluster (host/fuzz: cargo-fuzz and
+# libFuzzer, with AddressSanitizer): 12 s per target in `make test`, FUZZ_SECONDS per target
+# in `make fuzz`.
 FUZZ_SECONDS ?= 300
 
 fuzz-smoke: rust-deps

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Fuzzes wsplug-ws: installs what is missing, builds every fuzz target, runs each one.
+# Fuzzes wsplug-ws and wsplug-cluster-proto: installs what is missing, builds every fuzz
+# target, runs each one.
 #
 #   host/fuzz/run.sh SECONDS [TARGET...]
 #
-# SECONDS is the time per target (the default targets are the five in fuzz_targets/).
+# SECONDS is the time per target (the default targets are the six in fuzz_targets/).
 # Exits non-zero if any target finds a failing input, after printing where the input
 # is and how to reproduce it. Environment:
 #   FUZZ_SANITIZER  address (default) or none (about twice the executions per second)
@@ -16,7 +17,7 @@
 set -euo pipefail
 
 CARGO_FUZZ_VERSION=0.13.2
-ALL_TARGETS=(frame protocol protocol_deflate handshake deflate_negotiate)
+ALL_TARGETS=(frame protocol protocol_deflate handshake deflate_negotiate cluster_wire)
 
 usage() {
     echo "usage: $0 SECONDS [TARGET...]   targets: ${ALL_TARGETS[*]}" >&2
@@ -80,7 +81,7 @@ for t in "${TARGETS[@]}"; do
     artifacts=$FUZZ_DIR/artifacts/$t
     mkdir -p "$work" "$artifacts"
     case $t in
-        handshake | deflate_negotiate) dict=$FUZZ_DIR/dict/$t.dict ;;
+        handshake | deflate_negotiate | cluster_wire) dict=$FUZZ_DIR/dict/$t.dict ;;
         *) dict=$FUZZ_DIR/dict/protocol.dict ;;
     esac
     # One log per run (another run.sh may be fuzzing the same target); kept if it fails.

@@ -4,7 +4,8 @@
 //! - [`app`]: the `host` program, from command line to shutdown.
 //! - [`blocking`]: waiting for a future in a plugin's host call, on any thread.
 //! - [`cluster`]: several hosts serving one application through a shared Redis server.
-//! - [`conn`]: the connection vocabulary every layer shares (ids, messages, facts, errors).
+//! - [`conn`]: the connection vocabulary every layer shares (ids, messages, facts, errors;
+//!   the `wsplug-conn` crate, in `host/conn`).
 //! - [`config`]: the TOML file and command line, merged and validated.
 //! - [`metrics`]: the Prometheus metrics (`/metrics`).
 //! - [`ws`]: the protocol, sans I/O (the `wsplug-ws` crate, in `host/ws`).
@@ -16,10 +17,10 @@ pub mod app;
 pub mod blocking;
 pub mod cluster;
 pub mod config;
-pub mod conn;
 pub mod metrics;
 pub mod plugin;
 pub mod private_files;
 pub mod server;
 pub mod store;
+pub use wsplug_conn as conn;
 pub use wsplug_ws as ws;

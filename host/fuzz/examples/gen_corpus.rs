@@ -91,6 +91,7 @@ fn main() {
     protocol_deflate(&c);
     handshake(&c);
     negotiate(&c);
+    cluster(&c);
     regressions(&c);
     eprintln!("seeds written to {dir}");
 }
@@ -571,4 +572,104 @@ fn regressions(c: &Corpus) {
         "regression-plus-sign",
         b"\x3epermessage-deflate; client_max_window_bits=+9",
     );
+}
+
+fn cluster(c: &Corpus) {
+    use bytes::Bytes;
+    use wsplug_cluster_proto::wire::{Body, BusKey, Envelope, Member, StatePart, encode_info};
+    use wsplug_conn::{ConnectionInfo, Outgoing};
+    use wsplug_fuzz::cluster::{INCARNATION, ME, SECRET, input};
+
+    let t = "cluster_wire";
+    let mine = (u64::from(ME) << 37) | 1;
+    let theirs = (2u64 << 37) | 1;
+    let member = Member {
+        conn: theirs,
+        attachment: Some(Bytes::from_static(b"ann")),
+        groups: vec!["room".into()],
+    };
+    let bodies = [
+        Body::Hello(StatePart::whole(vec![member.clone()])),
+        Body::Joined(theirs, "lobby".into()),
+        Body::Broadcast {
+            message: Outgoing::Text("hi".into()),
+            except: None,
+        },
+        Body::Send {
+            conn: mine,
+            incarnation: INCARNATION,
+            message: Outgoing::Text("to me".into()),
+        },
+        Body::Send {
+            conn: mine,
+            incarnation: INCARNATION + 1,
+            message: Outgoing::Binary(Bytes::from_static(&[1, 2])),
+        },
+        Body::Close {
+            conn: mine,
+            incarnation: INCARNATION,
+            code: 4000,
+            reason: "bye".into(),
+        },
+        Body::Close {
+            conn: mine,
+            incarnation: INCARNATION,
+            code: 1006,
+            reason: String::new(),
+        },
+        Body::State(StatePart {
+            part: 1,
+            last: true,
+            members: vec![member],
+        }),
+        Body::Bye,
+    ];
+    let info = ConnectionInfo {
+        id: theirs,
+        remote_address: "10.0.0.1:5000".into(),
+        path: "/chat".into(),
+        query: None,
+        subprotocol: None,
+        headers: vec![("host".to_owned(), "example".to_owned())].into(),
+    };
+    let key = BusKey::derive(SECRET);
+    for keyed in [false, true] {
+        let key = keyed.then_some(&key);
+        let messages: Vec<Bytes> = bodies
+            .iter()
+            .enumerate()
+            .map(|(seq, body)| {
+                Envelope {
+                    origin: 2,
+                    incarnation: 20,
+                    seq: seq as u64 + 1,
+                    sent_ms: 1_765_000_000_000,
+                    body: body.clone(),
+                }
+                .encode(key)
+            })
+            .chain([encode_info(&info, key)])
+            .collect();
+        let name = if keyed { "conversation-keyed" } else { "conversation" };
+        c.seed(t, name, &input(keyed, &messages));
+    }
+    // Found by the fuzzer: a state part numbered u64::MAX overflowed the next number due.
+    let parts: Vec<Bytes> = [(u64::MAX, 0, false), (0, 1, true)]
+        .into_iter()
+        .map(|(seq, part, last)| {
+            Envelope {
+                origin: 2,
+                incarnation: 20,
+                seq,
+                sent_ms: 0,
+                body: Body::State(StatePart {
+                    part,
+                    last,
+                    members: Vec::new(),
+                }),
+            }
+            .encode(None)
+        })
+        .collect();
+    c.seed(t, "regression-last-sequence-number", &input(false, &parts));
 }

@@ -1,10 +1,11 @@
-//! The checks behind wsplug-ws's fuzz targets. Each target in `fuzz_targets/` is one
+//! The checks behind the fuzz targets of wsplug-ws and wsplug-cluster-proto. Each target in `fuzz_targets/` is one
 //! call into this library, so the same checks run on any input without libFuzzer
 //! (`cargo run --example replay -- TARGET FILE...`), and `examples/gen_corpus.rs`
 //! writes the seed corpora with the encoders below.
 //!
 //! Every check is an `assert!`: libFuzzer reports a failed one as a crash and saves the input.
 
+pub mod cluster;
 pub mod frame;
 pub mod handshake;
 pub mod negotiate;
@@ -77,16 +78,18 @@ pub fn run_target(name: &str, data: &[u8]) -> bool {
         "protocol_deflate" => protocol::run(data, true),
         "handshake" => handshake::run(data),
         "deflate_negotiate" => negotiate::run(data),
+        "cluster_wire" => cluster::run(data),
         _ => return false,
     }
     true
 }
 
 /// The targets, in the order run.sh runs them.
-pub const TARGETS: [&str; 5] = [
+pub const TARGETS: [&str; 6] = [
     "frame",
     "protocol",
     "protocol_deflate",
     "handshake",
     "deflate_negotiate",
+    "cluster_wire",
 ];

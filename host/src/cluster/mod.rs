@@ -1,7 +1,8 @@
 //! Several hosts serving one application through a shared Redis server.
 //!
-//! - [`wire`]: the messages hosts exchange, as bytes (sans I/O), tagged with the cluster's secret.
-//! - [`view`]: what a host knows of the others, rebuilt from those messages (sans I/O).
+//! - [`wire`]: the messages hosts exchange, as bytes (sans I/O), tagged with the cluster's
+//!   secret (the `wsplug-cluster-proto` crate, in `host/cluster-proto`).
+//! - [`view`]: what a host knows of the others, rebuilt from those messages (sans I/O, the same crate).
 //! - [`outbox`]: the messages waiting to be published, bounded in bytes.
 //! - [`bus`]: the Redis connection: joining, the claim on a host number, publishing,
 //!   receiving, heartbeats.
@@ -18,8 +19,7 @@ pub mod bus;
 pub mod calls;
 pub mod outbox;
 pub mod store;
-pub mod view;
-pub mod wire;
+pub use wsplug_cluster_proto::{view, wire};
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};

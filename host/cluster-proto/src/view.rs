@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::wire::{Body, Envelope, HostNumber, Member, StatePart};
-use crate::conn::{CloseCode, ConnId, Outgoing};
-use crate::ws::close;
+use crate::wire::{Body, Envelope, HostNumber, Member, StatePart};
+use wsplug_conn::{CloseCode, ConnId, Outgoing};
+use wsplug_ws::close;
 
 /// Bits of a connection id below the host number: a host hands out 2^37 ids.
 pub const HOST_SHIFT: u32 = 37;
@@ -215,8 +215,9 @@ impl Peer {
         for member in part.members {
             staging.conns.open(member);
         }
-        staging.next_part += 1;
-        staging.next_seq += 1;
+        // Wrapping: the numbers are the sender's, and a hostile one may be the largest.
+        staging.next_part = staging.next_part.wrapping_add(1);
+        staging.next_seq = staging.next_seq.wrapping_add(1);
         if part.last {
             self.state = self.staging.take().expect("checked above").conns;
         }
@@ -639,6 +640,39 @@ mod tests {
             view.apply(two.says(part(1, true, &[6])), now),
             Some(Effect::Dropped(Dropped::Incomplete))
         );
+    }
+
+    #[test]
+    fn sequence_and_part_numbers_may_wrap() {
+        let now = Instant::now();
+        let mut view = View::new(ME, MY_INCARNATION);
+        let part = |part: u32, last: bool, seq: u64| Envelope {
+            origin: 2,
+            incarnation: 20,
+            seq,
+            sent_ms: 0,
+            body: Body::State(StatePart {
+                part,
+                last,
+                members: vec![member(conn(2, u64::from(part)), "m", &[])],
+            }),
+        };
+        assert_eq!(view.apply(part(0, false, u64::MAX), now), None);
+        assert_eq!(
+            view.apply(part(1, true, 0), now),
+            Some(Effect::Dropped(Dropped::Replayed)),
+            "after u64::MAX a host's numbers do not go on"
+        );
+        let mut hostile = View::new(ME, MY_INCARNATION);
+        let wrapped = Envelope {
+            body: Body::State(StatePart {
+                part: u32::MAX,
+                last: false,
+                members: vec![],
+            }),
+            ..part(0, false, 5)
+        };
+        assert_eq!(hostile.apply(wrapped, now), Some(Effect::Dropped(Dropped::Incomplete)));
     }
 
     #[test]

@@ -11,7 +11,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::conn::{ConnId, ConnectionInfo, Outgoing, TextBytes};
+use wsplug_conn::{ConnId, ConnectionInfo, Outgoing, TextBytes};
 
 /// Version of the encoding, the first byte of every message. Version 2 added the time
 /// of sending, the incarnation a directed message is for, states in parts, and tags.

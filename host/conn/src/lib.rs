@@ -2,7 +2,7 @@
 //! the cluster, and owned by none of them: ids, what is sent, what is known of a
 //! connection, why a call about one did nothing, and close codes an endpoint may send.
 
-use crate::ws::close;
+use wsplug_ws::close;
 
 /// Identifies a connection; the same id the plugin sees.
 pub type ConnId = u64;
