@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+
+pub use crate::server::route_path::RoutePath;
+pub use crate::server::tls::TlsFiles;
 use serde::Deserialize;
 
 /// A configuration error: reported as `host: error: ...` with exit status 2.
@@ -372,20 +375,25 @@ impl RouteOptions {
     }
 
     fn validate_keys(self) -> Result<RouteConfig, ConfigError> {
-        let path = RoutePath::parse(self.path.as_deref().unwrap_or("/*"))?;
+        let text = self.path.as_deref().unwrap_or("/*");
+        let path = RoutePath::parse(text)
+            .map_err(|why| ConfigError::invalid("path", format!("{text:?}"), &why.to_string()))?;
         let plugin = self
             .plugin
             .ok_or_else(|| ConfigError("a route needs plugin = \"FILE\"".into()))?;
         let plugin = existing_file("plugin", plugin)?;
         let name = match self.name {
             Some(name) => name,
-            None => path.default_name().ok_or_else(|| {
-                ConfigError::invalid(
-                    "path",
-                    format!("{:?}", path.as_str()),
-                    "cannot name the route after this path: give it a name",
-                )
-            })?,
+            None => path
+                .default_name()
+                .filter(|n| plain_name("name", n).is_ok())
+                .ok_or_else(|| {
+                    ConfigError::invalid(
+                        "path",
+                        format!("{:?}", path.as_str()),
+                        "cannot name the route after this path: give it a name",
+                    )
+                })?,
         };
         plain_name("name", &name)?;
         let max_payload_size = range(
@@ -486,58 +494,6 @@ impl RouteOptions {
     }
 }
 
-/// The paths a route serves.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RoutePath {
-    /// As written: `/chat`, `/chat/*` or `/*`.
-    text: String,
-}
-
-impl RoutePath {
-    /// Checks a route's `path`.
-    pub fn parse(text: &str) -> Result<RoutePath, ConfigError> {
-        let body = text.strip_suffix("/*").unwrap_or(text);
-        let valid = text.starts_with('/')
-            && !body.contains('*')
-            && body.bytes().all(|b| b.is_ascii_graphic() && !b"?#%\\".contains(&b));
-        if !valid {
-            return Err(ConfigError::invalid(
-                "path",
-                format!("{text:?}"),
-                "expected /exact/path, /prefix/* or /* (no query, no %, * only at the end)",
-            ));
-        }
-        Ok(RoutePath { text: text.to_owned() })
-    }
-
-    /// The path as written.
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-
-    /// How well it matches a request's path: `None` if it does not, else a rank that
-    /// prefers an exact path to any prefix, and a longer prefix to a shorter one.
-    pub fn rank(&self, path: &str) -> Option<usize> {
-        match self.text.strip_suffix("/*") {
-            None => (path == self.text).then_some(usize::MAX),
-            Some(prefix) => {
-                let below = path.strip_prefix(prefix)?;
-                (below.is_empty() || below.starts_with('/')).then_some(prefix.len())
-            }
-        }
-    }
-
-    /// The name a route gets when it is not given one: its path without the slashes at
-    /// either end and the `*`, inner slashes as dots (`/api/v1/*` is `api.v1`).
-    fn default_name(&self) -> Option<String> {
-        let text = self.text.trim_end_matches('*').trim_matches('/');
-        let name = text.replace('/', ".");
-        (!name.is_empty())
-            .then_some(name)
-            .filter(|n| plain_name("name", n).is_ok())
-    }
-}
-
 /// A validated route.
 #[derive(Clone, Debug)]
 pub struct RouteConfig {
@@ -587,19 +543,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
-}
-
-/// TLS settings, validated but not yet loaded (see `server::tls`).
-#[derive(Clone, Debug)]
-pub struct TlsFiles {
-    /// Certificate chain, and the key unless `key_file` is set.
-    pub cert_file: PathBuf,
-    /// Separate private key.
-    pub key_file: Option<PathBuf>,
-    /// Passphrase of an encrypted key.
-    pub passphrase: Option<String>,
-    /// CAs that sign acceptable client certificates.
-    pub client_ca_file: Option<PathBuf>,
 }
 
 /// The validated configuration.
@@ -1084,8 +1027,7 @@ impl ClusterOptions {
         }
         let name = self.name.unwrap_or_else(|| "wsplug".into());
         // No dot: a route's cluster is named `NAME.ROUTE`, which must not be another's name.
-        plain_name("cluster_name", &name)?;
-        if name.contains('.') {
+        if name.contains('.') || plain_name("cluster_name", &name).is_err() {
             return Err(ConfigError::invalid(
                 "cluster_name",
                 format!("{name:?}"),

@@ -12,6 +12,10 @@
 //! - [`plugin`]: the WebAssembly runtime that runs a plugin; it knows nothing of frames.
 //! - [`private_files`]: the host's own directories and files, readable by this user only.
 //! - [`server`]: the tokio shell that connects sockets, protocol and plugin.
+//! - [`store`]: the plugins' key-value store (the `KeyValue` port, and its file backend).
+//!
+//! `docs/architecture.md` says which of these may import which (`tests/architecture.rs`
+//! checks the code against it).
 
 pub mod app;
 pub mod blocking;

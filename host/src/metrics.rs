@@ -334,18 +334,15 @@ impl Metrics {
 
     /// Sets a clustered route's cluster metrics to what its cluster reports: the hosts it
     /// hears, the messages lost each way and those it refused, so far.
-    pub fn cluster(&self, route: &str, cluster: &crate::cluster::Cluster) {
-        self.cluster_hosts
-            .with_label_values(&[route])
-            .set(cluster.peers() as i64);
+    pub fn cluster(&self, route: &str, counts: &ClusterCounts) {
+        self.cluster_hosts.with_label_values(&[route]).set(counts.peers as i64);
         let catch_up =
             |counter: prometheus::IntCounter, total: u64| counter.inc_by(total.saturating_sub(counter.get()));
-        for (direction, total) in [("unsent", cluster.unsent()), ("unreceived", cluster.unreceived())] {
+        for (direction, total) in [("unsent", counts.unsent), ("unreceived", counts.unreceived)] {
             catch_up(self.cluster_lost.with_label_values(&[route, direction]), total);
         }
-        for reason in crate::cluster::Refused::all() {
-            let total = cluster.losses().refused(reason);
-            catch_up(self.cluster_refused.with_label_values(&[route, reason.label()]), total);
+        for (reason, total) in &counts.refused {
+            catch_up(self.cluster_refused.with_label_values(&[route, reason]), *total);
         }
     }
 
@@ -362,6 +359,19 @@ impl Metrics {
             .expect("metrics encode as text");
         text
     }
+}
+
+/// What a route's cluster reports, for [`Metrics::cluster`].
+#[derive(Debug, Default)]
+pub struct ClusterCounts {
+    /// Other hosts heard.
+    pub peers: usize,
+    /// Messages to other hosts lost so far.
+    pub unsent: u64,
+    /// Messages from other hosts dropped so far (this host fell behind).
+    pub unreceived: u64,
+    /// Messages refused so far, by reason (the label).
+    pub refused: Vec<(&'static str, u64)>,
 }
 
 /// The `code` label of a close code: the code itself for those RFC 6455 and IANA

@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::super::outbound::OutboundLimits;
 use super::super::registry::Registry;
+use super::super::route_path::RoutePath;
 use super::super::{Route, Settings, Shared};
 use super::serve;
-use crate::config::RoutePath;
 use crate::metrics::Metrics;
 use crate::plugin::{HostServices, Outgoing, PluginEvent, spawn_handler};
 use crate::ws::frame::{FrameHeader, Opcode};

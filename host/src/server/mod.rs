@@ -7,6 +7,7 @@ pub mod outbound;
 pub mod pem_key;
 pub mod per_ip;
 pub mod registry;
+pub mod route_path;
 pub mod static_files;
 pub mod tls;
 
@@ -22,12 +23,13 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::RoutePath;
-use crate::metrics::{Metrics, Rejected, RouteMetrics};
+use crate::cluster::Refused;
+use crate::metrics::{ClusterCounts, Metrics, Rejected, RouteMetrics};
 use crate::plugin::{PluginEvent, PluginHandle};
 use crate::ws::handshake::HandshakeConfig;
 use per_ip::{Admission, PerIp, PerIpLimits};
 use registry::Registry;
+use route_path::RoutePath;
 use static_files::StaticFiles;
 
 /// Settings of every connection, whatever its route.
@@ -146,7 +148,15 @@ impl Shared {
             let waiting = events.max_capacity() - events.capacity();
             route.metrics.plugin_queue.set(waiting as i64);
             if let Some(cluster) = route.registry.cluster() {
-                self.metrics.cluster(route.name(), cluster);
+                let counts = ClusterCounts {
+                    peers: cluster.peers(),
+                    unsent: cluster.unsent(),
+                    unreceived: cluster.unreceived(),
+                    refused: Refused::all()
+                        .map(|why| (why.label(), cluster.losses().refused(why)))
+                        .collect(),
+                };
+                self.metrics.cluster(route.name(), &counts);
             }
         }
         self.metrics.render()

@@ -2,7 +2,7 @@
 //! key may share one file (as the PHP library required) or come from two; an encrypted
 //! key is decrypted with the configured passphrase (see [`super::pem_key`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::RootCertStore;
@@ -10,7 +10,18 @@ use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::TlsFiles;
+/// TLS settings, validated but not yet loaded.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// Certificate chain, and the key unless `key_file` is set.
+    pub cert_file: PathBuf,
+    /// Separate private key.
+    pub key_file: Option<PathBuf>,
+    /// Passphrase of an encrypted key.
+    pub passphrase: Option<String>,
+    /// CAs that sign acceptable client certificates.
+    pub client_ca_file: Option<PathBuf>,
+}
 
 /// Loads the certificates and key and builds the acceptor. Errors say which file and why.
 pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {

@@ -1,0 +1,136 @@
+//! The layering of `wsplug-host`, as `docs/architecture.md` states it ("Allowed edges"),
+//! compared with the code both ways: every `crate::x` a module's code names must be
+//! allowed by the table, every edge the table allows must still be in the code, and the
+//! table must be a layering (no circle). Reads files only: no binary, no plugin.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+/// The modules the table names (the re-exported crates `conn` and `ws` import nothing).
+type Edges = BTreeMap<String, BTreeSet<String>>;
+
+/// The "Allowed edges" table of docs/architecture.md.
+fn allowed() -> Edges {
+    let page = std::fs::read_to_string(Path::new(ROOT).join("docs/architecture.md")).expect("docs/architecture.md");
+    let table = page
+        .split("### Allowed edges")
+        .nth(1)
+        .expect("docs/architecture.md has an \"Allowed edges\" section");
+    let name = |cell: &str| cell.trim().trim_matches('`').to_owned();
+    table
+        .lines()
+        .skip_while(|line| !line.starts_with("| module |"))
+        .skip(2)
+        .take_while(|line| line.starts_with('|'))
+        .map(|row| {
+            let cells: Vec<&str> = row.split('|').collect();
+            let imports = cells[2].split(',').map(name).filter(|m| !m.is_empty()).collect();
+            (name(cells[1]), imports)
+        })
+        .collect()
+}
+
+fn rust_files(dir: &Path, into: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read host/src") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            rust_files(&path, into);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            into.push(path);
+        }
+    }
+}
+
+/// The top-level modules each module's code names through `crate::`, comments left out.
+fn actual(modules: &BTreeSet<String>) -> Edges {
+    let src = Path::new(ROOT).join("host/src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut edges = Edges::new();
+    for file in files {
+        let relative = file.strip_prefix(&src).unwrap();
+        let first = relative.iter().next().unwrap().to_string_lossy();
+        let module = first.trim_end_matches(".rs").to_owned();
+        if !modules.contains(&module) {
+            continue; // lib.rs, main.rs
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        for line in text.lines() {
+            let code = line.split("//").next().unwrap_or_default();
+            for (at, _) in code.match_indices("crate::") {
+                // `crate::` inside an identifier (`wsplug_crate::`) or a longer path does not count.
+                if at > 0 && code[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_') {
+                    continue;
+                }
+                let named: String = code[at + 7..]
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if !named.is_empty() && named != module {
+                    edges.entry(module.clone()).or_default().insert(named);
+                }
+            }
+        }
+    }
+    edges
+}
+
+#[test]
+fn the_code_keeps_the_layering_the_architecture_page_states() {
+    let allowed = allowed();
+    let modules: BTreeSet<String> = allowed.keys().cloned().collect();
+    assert!(modules.contains("server") && modules.contains("plugin"), "{allowed:?}");
+    let actual = actual(&modules);
+    let mut problems = Vec::new();
+    for (module, imports) in &actual {
+        for import in imports {
+            if !allowed[module].contains(import) {
+                problems.push(format!("{module} imports {import}, which the table does not allow"));
+            }
+        }
+    }
+    for (module, imports) in &allowed {
+        for import in imports {
+            let known = modules.contains(import) || matches!(import.as_str(), "conn" | "ws");
+            if !known {
+                problems.push(format!("{module} may import {import}, which is no module"));
+            } else if !actual.get(module).is_some_and(|i| i.contains(import)) {
+                problems.push(format!(
+                    "{module} may import {import}, but no longer does: update the table"
+                ));
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "docs/architecture.md and host/src disagree:\n{}",
+        problems.join("\n")
+    );
+}
+
+#[test]
+fn the_allowed_edges_form_no_circle() {
+    let allowed = allowed();
+    // Repeatedly remove modules that import nothing still present: a layering empties.
+    let mut left: Edges = allowed
+        .into_iter()
+        .map(|(m, i)| (m, i.into_iter().filter(|x| x != "conn" && x != "ws").collect()))
+        .collect();
+    while !left.is_empty() {
+        let bottom: Vec<String> = left
+            .iter()
+            .filter(|(_, imports)| imports.iter().all(|i| !left.contains_key(i)))
+            .map(|(m, _)| m.clone())
+            .collect();
+        assert!(
+            !bottom.is_empty(),
+            "a circle among {:?}",
+            left.keys().collect::<Vec<_>>()
+        );
+        for module in bottom {
+            left.remove(&module);
+        }
+    }
+}
