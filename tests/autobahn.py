@@ -3,7 +3,7 @@
 
 Starts the host on a free port, runs every server case, and fails unless all 517
 cases ran and none is FAILED, UNIMPLEMENTED or WRONG CODE (in `behavior` or
-`behaviorClose`). NON-STRICT cases are counted and listed separately; the README
+`behaviorClose`). NON-STRICT cases are counted and listed separately; docs/testing.md
 explains each one.
 """
 

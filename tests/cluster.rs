@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::redis::Redis;
 use common::{Client, Scrape, Server, TempDir, ask, open_probe, plugin_path, serial};
 
-/// The bound the README states: a host silent for 3 s is dropped at the next heartbeat
+/// The bound docs/operating.md states: a host silent for 3 s is dropped at the next heartbeat
 /// (every 0.5 s) of each other host, so within 3.5 s of its last word; 4 s leaves room
 /// for a loaded machine's scheduling.
 const DEAD_HOST_BOUND: Duration = Duration::from_secs(4);

@@ -1,4 +1,4 @@
-//! The security model (README, "Security model"): each rule shown the way it breaks,
+//! The security model (docs/operating.md, "Security model"): each rule shown the way it breaks,
 //! against the real `host` binary: raw clients that misbehave, keys made by `openssl`,
 //! files and directories as another user would find them, and (rules 1 to 4) a
 //! `redis-server` of the test's own that the test stops, pauses, restarts and writes
