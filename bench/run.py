@@ -192,7 +192,7 @@ LANGUAGE_PLUGINS = [("echo", "Rust (SDK)"), ("echo-raw", "Rust (bare bindings)")
 LANGUAGES = "echo 100 x 20 B, plugin per language"
 ECHO_20_DEPTH_1 = "echo 100 x 20 B, 1 in flight"
 
-# The performance targets (issue 14): (scenario, reference server, bound). A ratio bound
+# The performance targets: (scenario, reference server, bound). A ratio bound
 # is on wsplug / reference for throughput (at least), reference / wsplug for memory; an
 # absolute bound (reference None) is on wsplug's own median (at most, for memory).
 TARGETS = [

@@ -1,4 +1,4 @@
-//! End-to-end tests of what operators use (issue 13): the real `host` binary.
+//! End-to-end tests of what operators use: the real `host` binary.
 //!
 //! - `/metrics` after scripted traffic: every count checked exactly (connections by
 //!   route and close code, refused handshakes by reason, messages and bytes each way,

@@ -1,4 +1,4 @@
-//! End-to-end tests of the settings (issue 4): the real `host` binary, configured by
+//! End-to-end tests of the settings: the real `host` binary, configured by
 //! flags and by a TOML file, with the `echo` and `probe` plugins.
 //!
 //! - Bad settings stop the start with status 2 and one `host: error:` line; `--help`
@@ -291,7 +291,7 @@ fn a_config_file_sets_max_payload_size_and_a_flag_overrides_it() {
     let _turn = serial();
     let dir = TempDir::new("config");
     let file = dir.join("wsplug.toml");
-    std::fs::write(&file, "# issue 4\nmax_payload_size = 1000\n").unwrap();
+    std::fs::write(&file, "# a comment\nmax_payload_size = 1000\n").unwrap();
 
     let server = start("echo", &["--config", path_arg(&file)]);
     let mut client = server.connect("/");
