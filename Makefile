@@ -201,7 +201,7 @@ bench: rust-deps plugins bench-deps redis-deps
 unit: build
 	cargo test --lib --quiet -p wsplug-host
 	cargo test --quiet -p wsplug-host --test architecture
-	cargo test --quiet -p wsplug-ws -p wsplug-conn -p wsplug-cluster-proto
+	cargo test --quiet -p wsplug-ws -p wsplug-http -p wsplug-conn -p wsplug-cluster-proto
 
 # The real host binary with the real plugins: protocol (integration), plugin runtime
 # (runtime), configuration, TLS, static files, shutdown (settings), the chat in every

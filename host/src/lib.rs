@@ -6,6 +6,7 @@
 //! - [`cluster`]: several hosts serving one application through a shared Redis server.
 //! - [`conn`]: the connection vocabulary every layer shares (ids, messages, facts, errors;
 //!   the `wsplug-conn` crate, in `host/conn`).
+//! - [`http`]: the one writer of the host's HTTP responses (the `wsplug-http` crate, in `host/http`).
 //! - [`config`]: the TOML file and command line, merged and validated.
 //! - [`metrics`]: the Prometheus metrics (`/metrics`).
 //! - [`ws`]: the protocol, sans I/O (the `wsplug-ws` crate, in `host/ws`).
@@ -27,4 +28,5 @@ pub mod private_files;
 pub mod server;
 pub mod store;
 pub use wsplug_conn as conn;
+pub use wsplug_http as http;
 pub use wsplug_ws as ws;

@@ -12,8 +12,9 @@
 //! outcome with `consumed` bytes is the same on those bytes alone. An accepted request's
 //! response, with each subprotocol the application may choose instead, names exactly
 //! that one; one not offered is refused. Every input is also read as an application's
-//! rejection (`custom_response`): what is sent is one response with the status, the
-//! given headers (none added, none injected) and the body.
+//! rejection (`wsplug_http::custom`): what is sent is one response with the status, the
+//! given headers (none added, none injected) and the body. Rejections are written the
+//! way the host writes them (`wsplug_http::error`).
 
 use wsplug_ws::deflate::{self, DeflateConfig};
 use wsplug_ws::handshake::{self, Accepted, HandshakeConfig, Outcome, Rejection};
@@ -71,7 +72,7 @@ fn check_custom_response(data: &[u8]) {
         })
         .take(8)
         .collect();
-    let Ok(response) = handshake::custom_response(status, &headers, body) else {
+    let Ok(response) = wsplug_http::custom(status, &headers, body) else {
         return;
     };
     assert!((400..=599).contains(&status), "sent status {status}");
@@ -448,7 +449,7 @@ fn check_rejection(rejection: &Rejection) {
         rejection.status
     );
     for detailed in [true, false] {
-        let response = rejection.response(detailed);
+        let response = wsplug_http::error(rejection.status, rejection.headers(), rejection.detail, detailed);
         let (status, len, headers) = parse_response(&response);
         assert_eq!(status, rejection.status);
         let length: usize = headers

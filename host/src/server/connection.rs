@@ -17,6 +17,7 @@ use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use super::outbound::{Command, Inbound, Mailbox, Wants};
 use super::static_files::Body;
 use super::{Route, Shared, endpoints, route_of};
+use crate::http;
 use crate::metrics::{Rejected, RouteMetrics};
 use crate::plugin::{
     ConnectionInfo, Handed, HostServices, MAX_ATTACHMENT, Outgoing, PluginEvent, PluginHandle, Refused,
@@ -56,7 +57,7 @@ where
     let detailed = !shared.settings.prod;
     let refuse = |reason: Rejected, rejection: Rejection| {
         shared.metrics.rejected(reason);
-        rejection.response(detailed)
+        http::error(rejection.status, rejection.headers(), rejection.detail, detailed)
     };
     let mut accepted = match handshake.await {
         Ok(Ok(Outcome::Accepted { accepted, consumed })) => {
@@ -229,7 +230,7 @@ async fn admit(
     let decision = timeout_at(deadline, asked).await.ok().flatten();
     let unavailable = |why: &str| {
         tracing::warn!(%peer, "handshake refused with 503: {why}");
-        let response = Rejection::new(503, "the application could not decide").response(!shared.settings.prod);
+        let response = http::error(503, &[], "the application could not decide", !shared.settings.prod);
         (Rejected::PluginFailed, response)
     };
     match decision.unwrap_or(UpgradeDecision::Failed) {
@@ -252,15 +253,13 @@ async fn admit(
             }
             Ok(Admitted { attachment, groups })
         }
-        UpgradeDecision::Reject { status, headers, body } => {
-            match handshake::custom_response(status, &headers, &body) {
-                Ok(response) => {
-                    tracing::debug!(%peer, status, "handshake rejected by the plugin");
-                    Err((Rejected::Plugin, response))
-                }
-                Err(bad) => Err(unavailable(&format!("on-upgrade's rejection cannot be sent: {bad}"))),
+        UpgradeDecision::Reject { status, headers, body } => match http::custom(status, &headers, &body) {
+            Ok(response) => {
+                tracing::debug!(%peer, status, "handshake rejected by the plugin");
+                Err((Rejected::Plugin, response))
             }
-        }
+            Err(bad) => Err(unavailable(&format!("on-upgrade's rejection cannot be sent: {bad}"))),
+        },
         UpgradeDecision::NoHook => Ok(Admitted::default()),
         UpgradeDecision::Failed => Err(unavailable(
             "on-upgrade failed (trapped, ran past its deadline, or did not answer in time)",
@@ -296,11 +295,8 @@ async fn serve_plain<W: AsyncWrite + Unpin>(writer: &mut W, request: &Request, s
         return;
     }
     let Some(files) = &shared.static_files else {
-        let rejection = Rejection {
-            status: 400,
-            detail: "missing Upgrade: websocket",
-        };
-        let _ = write_within(writer, &rejection.response(!shared.settings.prod), stall).await;
+        let response = http::error(400, &[], "missing Upgrade: websocket", !shared.settings.prod);
+        let _ = write_within(writer, &response, stall).await;
         return;
     };
     let response = files.respond(&request.method, &request.path).await;
@@ -309,9 +305,6 @@ async fn serve_plain<W: AsyncWrite + Unpin>(writer: &mut W, request: &Request, s
     }
     match response.body {
         Body::Empty => {}
-        Body::Text(text) => {
-            let _ = write_within(writer, format!("{text}\n").as_bytes(), stall).await;
-        }
         Body::File(mut file) => {
             let mut chunk = vec![0; 64 << 10];
             while let Ok(n @ 1..) = file.read(&mut chunk).await {

@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 
 use super::Shared;
+use crate::http;
 use crate::metrics::CONTENT_TYPE;
 use crate::ws::handshake::{self, HandshakeConfig, Outcome};
 
@@ -31,16 +32,8 @@ pub fn respond(method: &str, path: &str, shared: &Shared, metrics: bool) -> Opti
         "/metrics" if metrics => (200, CONTENT_TYPE, shared.scrape()),
         _ => return None,
     };
-    let phrase = if status == 200 { "OK" } else { "Service Unavailable" };
-    let mut response = format!(
-        "HTTP/1.1 {status} {phrase}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Cache-Control: no-store\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    if method == "GET" {
-        response.extend_from_slice(body.as_bytes());
-    }
+    let headers = [("Cache-Control", "no-store")];
+    let response = http::response(status, &headers, content_type, body.as_bytes(), method == "GET");
     Some(response)
 }
 
@@ -83,10 +76,7 @@ async fn answer(mut stream: TcpStream, shared: Arc<Shared>) {
         Outcome::Accepted { accepted, .. } => respond(&accepted.request.method, &accepted.request.path, &shared, true),
         _ => None,
     };
-    let response = found.unwrap_or_else(|| {
-        b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 10\r\nConnection: close\r\n\r\nNot Found\n"
-            .to_vec()
-    });
+    let response = found.unwrap_or_else(|| http::text(404, &[], "Not Found"));
     let _ = stream.write_all(&response).await;
     let _ = stream.shutdown().await;
 }

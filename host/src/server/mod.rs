@@ -327,12 +327,11 @@ async fn refuse_per_ip(
     shared.metrics.rejected(Rejected::PerIp);
     tracing::debug!(%peer, ?refusal, "connection refused: over the per-address bound");
     if plain {
-        let response =
-            b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        let response = crate::http::text(429, &[("Retry-After", "1")], crate::http::phrase(429));
         // Then a moment for the client to send its request and read the answer: closing
         // with its request unread would reset the connection, the answer with it.
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            stream.write_all(response).await?;
+            stream.write_all(&response).await?;
             stream.shutdown().await?;
             let mut sink = [0u8; 1024];
             while stream.read(&mut sink).await? > 0 {}

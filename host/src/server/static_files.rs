@@ -23,7 +23,8 @@ pub struct StaticFiles {
     in_flight: Arc<Semaphore>,
 }
 
-/// What to send for a request: the response head, and the file to stream after it.
+/// What to send for a request: the response head (a whole response, for an error), and
+/// the file to stream after it.
 pub struct Response {
     /// Status line and headers, ending with the blank line.
     pub head: Vec<u8>,
@@ -33,12 +34,10 @@ pub struct Response {
     _permit: Option<OwnedSemaphorePermit>,
 }
 
-/// A response body.
+/// What follows the head.
 pub enum Body {
-    /// No body (HEAD).
+    /// Nothing (HEAD, or an error, whose head carries its text).
     Empty,
-    /// A short message.
-    Text(&'static str),
     /// A file, of the length announced in the head.
     File(tokio::fs::File),
 }
@@ -55,49 +54,43 @@ impl StaticFiles {
     /// Answers a plain HTTP request for `path` (already split from its query).
     pub async fn respond(&self, method: &str, path: &str) -> Response {
         if method != "GET" && method != "HEAD" {
-            return error(405, "Method Not Allowed", "Allow: GET, HEAD\r\n");
+            return error(405, &[("Allow", "GET, HEAD")]);
         }
         let file = match resolve(&self.root, path) {
             Ok(file) => file,
-            Err(Refusal::BadRequest) => return error(400, "Bad Request", ""),
-            Err(Refusal::Forbidden) => return error(403, "Forbidden", ""),
-            Err(Refusal::NotFound) => return error(404, "Not Found", ""),
+            Err(Refusal::BadRequest) => return error(400, &[]),
+            Err(Refusal::Forbidden) => return error(403, &[]),
+            Err(Refusal::NotFound) => return error(404, &[]),
         };
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-            return error(503, "Service Unavailable", "Retry-After: 1\r\n");
+            return error(503, &[("Retry-After", "1")]);
         };
         let Ok(handle) = tokio::fs::File::open(&file).await else {
-            return error(404, "Not Found", "");
+            return error(404, &[]);
         };
         let Ok(metadata) = handle.metadata().await else {
-            return error(404, "Not Found", "");
+            return error(404, &[]);
         };
-        let head = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nX-Content-Type-Options: nosniff\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n",
-            content_type(&file),
-            metadata.len()
-        );
+        let headers = [("X-Content-Type-Options", "nosniff"), ("Cache-Control", "no-cache")];
+        let head = crate::http::head(200, &headers, Some(content_type(&file)), metadata.len());
         let body = if method == "HEAD" {
             Body::Empty
         } else {
             Body::File(handle)
         };
         Response {
-            head: head.into_bytes(),
+            head,
             body,
             _permit: Some(permit),
         }
     }
 }
 
-fn error(status: u16, phrase: &'static str, extra: &str) -> Response {
-    let head = format!(
-        "HTTP/1.1 {status} {phrase}\r\n{extra}Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        phrase.len() + 1
-    );
+/// An error answer, whole: its phrase as the body.
+fn error(status: u16, headers: &[(&str, &str)]) -> Response {
     Response {
-        head: head.into_bytes(),
-        body: Body::Text(phrase),
+        head: crate::http::text(status, headers, crate::http::phrase(status)),
+        body: Body::Empty,
         _permit: None,
     }
 }

@@ -119,71 +119,10 @@ impl Accepted {
 #[error("subprotocol not offered by the client")]
 pub struct NotOffered;
 
-/// Largest body of an application's own handshake response ([`custom_response`]).
-pub const MAX_CUSTOM_BODY: usize = 64 << 10;
-
-/// Most headers an application's own handshake response may add.
-pub const MAX_CUSTOM_HEADERS: usize = 32;
-
-/// Largest total of an application's own response headers (names, values and their
-/// separators): what a client's or a proxy's header buffer takes without fuss.
-pub const MAX_CUSTOM_HEADER_BYTES: usize = 8 << 10;
-
-/// Why an application's handshake response cannot be sent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum BadResponse {
-    /// Not a status from 400 to 599.
-    #[error("status {0} is not an HTTP error (400-599)")]
-    Status(u16),
-    /// A header name that is not a token, or a value with a control character.
-    #[error("invalid response header")]
-    Header,
-    /// A body over [`MAX_CUSTOM_BODY`].
-    #[error("response body over 64 KiB")]
-    Body,
-    /// More than [`MAX_CUSTOM_HEADERS`] headers, or more than [`MAX_CUSTOM_HEADER_BYTES`] of them.
-    #[error("response headers over 32, or over 8 KiB")]
-    Headers,
-}
-
-/// An HTTP error response an application chose to refuse a handshake with: its status
-/// (400-599), extra headers and body; the framing headers (`content-length`,
-/// `connection`, `transfer-encoding`) are the server's, and such headers given here
-/// are dropped. The connection closes after it.
-pub fn custom_response(status: u16, headers: &[(String, String)], body: &[u8]) -> Result<Vec<u8>, BadResponse> {
-    if !(400..=599).contains(&status) {
-        return Err(BadResponse::Status(status));
-    }
-    if body.len() > MAX_CUSTOM_BODY {
-        return Err(BadResponse::Body);
-    }
-    let header_bytes: usize = headers.iter().map(|(name, value)| name.len() + value.len() + 4).sum();
-    if headers.len() > MAX_CUSTOM_HEADERS || header_bytes > MAX_CUSTOM_HEADER_BYTES {
-        return Err(BadResponse::Headers);
-    }
-    let mut head = format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status));
-    for (name, value) in headers {
-        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-        if name.is_empty() || !name.bytes().all(token) || value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
-            return Err(BadResponse::Header);
-        }
-        if ["content-length", "connection", "transfer-encoding"]
-            .iter()
-            .any(|reserved| name.eq_ignore_ascii_case(reserved))
-        {
-            continue;
-        }
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()));
-    let mut response = head.into_bytes();
-    response.extend_from_slice(body);
-    Ok(response)
-}
-
-/// The handshake failed: the HTTP status to answer with, and why.
+/// The handshake failed: the HTTP status to answer with, why, and the headers RFC 6455
+/// asks that answer to carry. The server writes the response (the `wsplug-http` crate).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{status} {}: {detail}", reason_phrase(*status))]
+#[error("{status}: {detail}")]
 pub struct Rejection {
     /// HTTP status code (400, 405, 426, 431, ...).
     pub status: u16,
@@ -197,45 +136,14 @@ impl Rejection {
         Self { status, detail }
     }
 
-    /// The complete HTTP response, which closes the connection. Its body says what was
-    /// wrong if `detailed`, else only the status.
-    pub fn response(&self, detailed: bool) -> Vec<u8> {
-        let extra = match self.status {
-            405 => "Allow: GET\r\n",
-            426 => "Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n",
-            _ => "",
-        };
-        let body = format!(
-            "{}\n",
-            if detailed {
-                self.detail
-            } else {
-                reason_phrase(self.status)
-            }
-        );
-        format!(
-            "HTTP/1.1 {} {}\r\n{extra}Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.status,
-            reason_phrase(self.status),
-            body.len()
-        )
-        .into_bytes()
-    }
-}
-
-fn reason_phrase(status: u16) -> &'static str {
-    match status {
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        409 => "Conflict",
-        429 => "Too Many Requests",
-        426 => "Upgrade Required",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "Error",
+    /// The headers the answer must carry: what method is allowed (405), which version the
+    /// server speaks (426).
+    pub fn headers(&self) -> &'static [(&'static str, &'static str)] {
+        match self.status {
+            405 => &[("Allow", "GET")],
+            426 => &[("Sec-WebSocket-Version", "13"), ("Upgrade", "websocket")],
+            _ => &[],
+        }
     }
 }
 
@@ -527,12 +435,12 @@ mod tests {
         for (raw, status) in cases {
             assert_eq!(status_of(&raw, &config), status, "{raw:?}");
         }
-        let rejection = Rejection::new(426, "x");
-        let response = String::from_utf8(rejection.response(true)).unwrap();
-        assert!(response.contains("Sec-WebSocket-Version: 13\r\n"));
-        assert!(response.ends_with("\r\n\r\nx\n"));
-        let terse = String::from_utf8(rejection.response(false)).unwrap();
-        assert!(terse.ends_with("\r\n\r\nUpgrade Required\n"), "{terse}");
+        assert_eq!(
+            Rejection::new(426, "x").headers(),
+            [("Sec-WebSocket-Version", "13"), ("Upgrade", "websocket")]
+        );
+        assert_eq!(Rejection::new(405, "x").headers(), [("Allow", "GET")]);
+        assert!(Rejection::new(400, "x").headers().is_empty());
     }
 
     #[test]
@@ -641,39 +549,6 @@ mod tests {
                 .unwrap()
                 .contains("Sec-WebSocket-Protocol")
         );
-    }
-
-    #[test]
-    fn a_custom_rejection_is_checked_and_framed_by_the_server() {
-        let headers = vec![
-            ("WWW-Authenticate".to_owned(), "Bearer".to_owned()),
-            ("Content-Length".to_owned(), "999".to_owned()),
-        ];
-        let response = String::from_utf8(custom_response(401, &headers, b"who are you?").unwrap()).unwrap();
-        assert!(response.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{response}");
-        assert!(response.contains("WWW-Authenticate: Bearer\r\n"));
-        assert!(response.contains("Content-Length: 12\r\n") && !response.contains("999"));
-        assert!(response.ends_with("\r\n\r\nwho are you?"));
-
-        assert_eq!(custom_response(101, &[], b""), Err(BadResponse::Status(101)));
-        assert_eq!(custom_response(200, &[], b""), Err(BadResponse::Status(200)));
-        let split = vec![("X".to_owned(), "a\r\nSet-Cookie: evil".to_owned())];
-        assert_eq!(custom_response(400, &split, b""), Err(BadResponse::Header));
-        let bad_name = vec![("X Y".to_owned(), "v".to_owned())];
-        assert_eq!(custom_response(400, &bad_name, b""), Err(BadResponse::Header));
-        assert_eq!(
-            custom_response(400, &[], &vec![0; MAX_CUSTOM_BODY + 1]),
-            Err(BadResponse::Body)
-        );
-        let many: Vec<(String, String)> = (0..=MAX_CUSTOM_HEADERS)
-            .map(|i| (format!("x-{i}"), "v".into()))
-            .collect();
-        assert_eq!(custom_response(400, &many, b""), Err(BadResponse::Headers));
-        assert!(custom_response(400, &many[1..], b"").is_ok());
-        let long = vec![("x".to_owned(), "v".repeat(MAX_CUSTOM_HEADER_BYTES))];
-        assert_eq!(custom_response(400, &long, b""), Err(BadResponse::Headers));
-        let fits = vec![("x".to_owned(), "v".repeat(MAX_CUSTOM_HEADER_BYTES - 5))];
-        assert!(custom_response(400, &fits, b"").is_ok());
     }
 
     #[test]
