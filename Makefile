@@ -208,7 +208,7 @@ unit: build
 # language (chat), plugin API 0.2 (plugin_api), several hosts through Redis (cluster) and
 # the security model's rules, each the way it breaks (security).
 integration: build plugins redis-deps promtool-deps net-deps
-	WSPLUG_PLUGIN_DIR=$(PLUGIN_DIR) cargo test --quiet --test integration --test runtime --test settings --test chat --test plugin_api --test cluster --test operations --test security
+	WSPLUG_PLUGIN_DIR=$(PLUGIN_DIR) cargo test --quiet --test integration --test runtime --test settings --test chat --test plugin_api --test cluster --test operations --test security --test plugin_runtime
 
 # Stock clients against the real host: Python `websockets` and Node `ws` (pinned in
 # tests/clients/node), with and without compression, every size, bursts, broadcasts.

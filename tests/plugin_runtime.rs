@@ -1,0 +1,241 @@
+//! The plugin runtime's rules, in-process: a `Runner` driven directly, event by event,
+//! over the real test plugins, with host services that record what the plugin did. No
+//! server, no sockets, no log to read: each rule is what the recorder saw, or a count.
+//! (What only a process shows, signals, file watching, durability across `kill -9`,
+//! stdout reaching the log, stays in `tests/runtime.rs`.)
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use wsplug::conn::{CloseCode, ConnId, ConnectionInfo, HostError, Outgoing};
+use wsplug::metrics::Metrics;
+use wsplug::plugin::{Grants, HostServices, Loaded, Loader, PluginEvent, PluginLimits, Runner};
+
+use common::{TempDir, plugin_path};
+
+/// What the plugin asked of the host, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Did {
+    Send(ConnId, String),
+    Close(ConnId, u16),
+}
+
+/// Host services that record sends and closes, and know each connection's path.
+#[derive(Default)]
+struct Recorder {
+    did: Mutex<Vec<Did>>,
+    paths: Mutex<Vec<(ConnId, String)>>,
+}
+
+impl Recorder {
+    /// What was recorded since the last call.
+    fn take(&self) -> Vec<Did> {
+        std::mem::take(&mut self.did.lock().unwrap())
+    }
+
+    fn open_at(&self, conn: ConnId, path: &str) {
+        self.paths.lock().unwrap().push((conn, path.to_owned()));
+    }
+}
+
+impl HostServices for Recorder {
+    fn opened(&self, _: ConnId) {}
+    fn closed(&self, _: ConnId) {}
+    fn send(&self, conn: ConnId, message: Outgoing) -> Result<(), HostError> {
+        let text = match message {
+            Outgoing::Text(text) => text.as_str().to_owned(),
+            Outgoing::Binary(data) => format!("{} bytes", data.len()),
+        };
+        self.did.lock().unwrap().push(Did::Send(conn, text));
+        Ok(())
+    }
+    fn close(&self, conn: ConnId, code: CloseCode, _: String) -> Result<(), HostError> {
+        self.did.lock().unwrap().push(Did::Close(conn, code.get()));
+        Ok(())
+    }
+    fn broadcast(&self, _: Outgoing, _: Option<ConnId>) -> u32 {
+        0
+    }
+    fn join(&self, _: ConnId, _: &str) -> Result<(), HostError> {
+        Ok(())
+    }
+    fn leave(&self, _: ConnId, _: &str) -> Result<(), HostError> {
+        Ok(())
+    }
+    fn publish(&self, _: &str, _: Outgoing, _: Option<ConnId>) -> u32 {
+        0
+    }
+    fn group_members(&self, _: &str) -> Vec<ConnId> {
+        Vec::new()
+    }
+    fn connections(&self) -> Vec<ConnId> {
+        Vec::new()
+    }
+    fn info(&self, conn: ConnId) -> Option<Arc<ConnectionInfo>> {
+        let paths = self.paths.lock().unwrap();
+        let (_, path) = paths.iter().find(|(id, _)| *id == conn)?;
+        Some(Arc::new(ConnectionInfo {
+            id: conn,
+            remote_address: "127.0.0.1:1".into(),
+            path: path.clone(),
+            query: None,
+            subprotocol: None,
+            headers: Default::default(),
+        }))
+    }
+    fn set_attachment(&self, _: ConnId, _: Vec<u8>) -> Result<(), HostError> {
+        Ok(())
+    }
+    fn attachment(&self, _: ConnId) -> Option<bytes::Bytes> {
+        None
+    }
+}
+
+/// A runner of `plugin` over a fresh recorder, its metrics, and what keeps them alive.
+struct Rig {
+    runner: Runner,
+    recorder: Arc<Recorder>,
+    metrics: wsplug::metrics::RouteMetrics,
+    loader: Loader,
+    _dirs: (TempDir, TempDir),
+}
+
+impl Rig {
+    fn new(plugin: &str) -> Rig {
+        let cache = TempDir::new("runtime-cache");
+        let store = TempDir::new("runtime-store");
+        let loader = Loader::new(Some(cache.path().to_owned())).expect("engine");
+        let recorder = Arc::new(Recorder::default());
+        let metrics = Metrics::new().route("test");
+        let grants = Grants {
+            data_dir: None,
+            store_dir: store.path().to_owned(),
+        };
+        let runner = Runner::new(
+            loader.engine(),
+            loader.load(&plugin_path(plugin), Instant::now()).expect("loads"),
+            recorder.clone(),
+            PluginLimits::default(),
+            grants,
+        )
+        .expect("starts")
+        .with_metrics(metrics.plugin.clone());
+        Rig {
+            runner,
+            recorder,
+            metrics,
+            loader,
+            _dirs: (cache, store),
+        }
+    }
+
+    fn load(&self, plugin: &str) -> Loaded {
+        self.loader.load(&plugin_path(plugin), Instant::now()).expect("loads")
+    }
+
+    fn open(&mut self, conn: ConnId, path: &str) -> Vec<Did> {
+        self.recorder.open_at(conn, path);
+        self.runner.handle(PluginEvent::Open(conn));
+        self.recorder.take()
+    }
+
+    fn text(&mut self, conn: ConnId, text: &str) -> Vec<Did> {
+        self.runner.handle(PluginEvent::Text(conn, text.to_owned()));
+        self.recorder.take()
+    }
+
+    fn reload(&mut self, plugin: &str) -> Vec<Did> {
+        let loaded = self.load(plugin);
+        self.runner.handle(PluginEvent::Reload(Box::new(loaded)));
+        self.recorder.take()
+    }
+}
+
+fn send(conn: ConnId, text: &str) -> Did {
+    Did::Send(conn, text.to_owned())
+}
+
+#[test]
+fn a_trap_closes_its_connection_with_1011_and_a_fresh_instance_replays_the_others() {
+    let mut rig = Rig::new("probe");
+    for conn in [1, 2, 3] {
+        assert_eq!(rig.open(conn, "/"), [send(conn, &format!("id {conn}"))]);
+    }
+    assert_eq!(rig.text(2, "panic"), [Did::Close(2, 1011)]);
+    assert_eq!(rig.metrics.plugin.instances.get(), 0, "the trapped instance is gone");
+    // The next event gets a fresh instance, which first hears of every other open
+    // connection, in order, then the event itself.
+    assert_eq!(
+        rig.text(3, "hello"),
+        [send(1, "id 1"), send(3, "id 3"), send(3, "hello")]
+    );
+    assert_eq!(rig.metrics.plugin.instances.get(), 1);
+    // The closed connection is not replayed again.
+    assert_eq!(rig.text(1, "again"), [send(1, "again")]);
+}
+
+#[test]
+fn traps_of_every_kind_cost_only_their_connection() {
+    let mut rig = Rig::new("chaos");
+    rig.open(1, "/");
+    for (conn, command) in [(2, "panic"), (3, "trap"), (4, "oom"), (5, "loop")] {
+        rig.open(conn, "/");
+        assert_eq!(rig.text(conn, command), [Did::Close(conn, 1011)], "{command}");
+        assert_eq!(rig.text(1, "still"), [send(1, "still")], "after {command}");
+    }
+}
+
+#[test]
+fn a_reload_swaps_versions_between_events_and_across_api_versions() {
+    let mut rig = Rig::new("counter-v1");
+    rig.open(1, "/");
+    assert_eq!(rig.text(1, "x"), [send(1, "v1:1")]);
+    assert_eq!(rig.reload("counter-v2"), []);
+    // counter keeps no state across versions (no snapshot): its count starts again.
+    assert_eq!(rig.text(1, "x"), [send(1, "v2:1")]);
+    // From a 0.1 plugin to a 0.2 one (echo), and back.
+    assert_eq!(rig.reload("echo"), []);
+    assert_eq!(rig.text(1, "to 0.2"), [send(1, "to 0.2")]);
+    assert_eq!(rig.reload("counter-v1"), []);
+    assert_eq!(rig.text(1, "x"), [send(1, "v1:1")]);
+    assert_eq!(rig.metrics.plugin.reloaded.get(), 3);
+    assert_eq!(rig.metrics.plugin.reload_failed.get(), 0);
+}
+
+#[test]
+fn state_is_carried_across_a_reload_and_a_refusal_keeps_the_old_version() {
+    let mut rig = Rig::new("api");
+    rig.open(1, "/");
+    for _ in 0..3 {
+        assert_eq!(rig.text(1, "+"), []);
+    }
+    assert_eq!(rig.reload("api"), []);
+    assert_eq!(rig.text(1, "total"), [send(1, "total 3")]);
+    assert_eq!(rig.text(1, "restores"), [send(1, "restores 1")]);
+    // The old version refuses its snapshot: it keeps serving, its state untouched.
+    assert_eq!(rig.text(1, "fail-snapshot"), [send(1, "ok")]);
+    assert_eq!(rig.reload("api"), []);
+    assert_eq!(rig.metrics.plugin.reload_failed.get(), 1);
+    assert_eq!(rig.text(1, "+"), []);
+    assert_eq!(rig.text(1, "total"), [send(1, "total 4")]);
+    assert_eq!(rig.text(1, "restores"), [send(1, "restores 1")]);
+    // The new version refuses to restore: the same.
+    assert_eq!(rig.text(1, "fail-restore"), [send(1, "ok")]);
+    assert_eq!(rig.reload("api"), []);
+    assert_eq!(rig.metrics.plugin.reload_failed.get(), 2);
+    assert_eq!(rig.text(1, "total"), [send(1, "total 4")]);
+    assert_eq!(rig.metrics.plugin.reloaded.get(), 1);
+}
+
+#[test]
+fn a_version_that_traps_in_its_replay_is_refused_and_the_old_one_serves() {
+    let mut rig = Rig::new("echo");
+    rig.open(1, "/panic-on-open");
+    assert_eq!(rig.text(1, "before"), [send(1, "before")]);
+    // chaos panics in on-open for this path: its replay fails, so the reload does.
+    assert_eq!(rig.reload("chaos"), []);
+    assert_eq!(rig.metrics.plugin.reload_failed.get(), 1);
+    assert_eq!(rig.text(1, "after"), [send(1, "after")]);
+}
