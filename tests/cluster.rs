@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::redis::Redis;
-use common::{Client, Scrape, Server, TempDir, ask, open_probe, plugin_path, serial};
+use common::{Client, Scrape, Server, TempDir, ask, ask_until, open_probe, plugin_path, serial};
 
 /// The bound docs/operating.md states: a host silent for 3 s is dropped at the next heartbeat
 /// (every 0.5 s) of each other host, so within 3.5 s of its last word; 4 s leaves room
@@ -40,23 +40,6 @@ fn host_with(redis: &Redis, extra: &[&str]) -> Server {
     ];
     args.extend_from_slice(extra);
     Server::start("probe", &args)
-}
-
-/// Asks `client` until `answer` satisfies `done`, or panics after `within`. Polling a
-/// condition the hosts converge to, not a sleep standing in for one.
-fn ask_until(client: &mut Client, question: &str, within: Duration, done: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + within;
-    loop {
-        let answer = ask(client, question);
-        if done(&answer) {
-            return answer;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{question:?} still answered {answer:?} after {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Opens `n` probe connections to each host; returns them per host, with their ids.

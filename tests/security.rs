@@ -78,23 +78,6 @@ fn cluster_host(redis: &Redis, name: &str, plugin: &str, extra: &[&str]) -> Serv
     Server::start(plugin, &args)
 }
 
-/// Asks `client` until `answer` satisfies `done`, or panics after `within`: polling a
-/// condition the hosts converge to.
-fn ask_until(client: &mut Client, question: &str, within: Duration, done: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + within;
-    loop {
-        let answer = ask(client, question);
-        if done(&answer) {
-            return answer;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{question:?} still answered {answer:?} after {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn signal(name: &str, pid: u32) {
     let status = Command::new("kill").args([name, &pid.to_string()]).status().unwrap();
     assert!(status.success(), "kill {name} {pid}");

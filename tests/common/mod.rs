@@ -92,6 +92,23 @@ pub fn ask(client: &mut Client, text: &str) -> String {
     client.recv_text()
 }
 
+/// Asks `client` until the answer satisfies `done`, or panics after `within`: polling a
+/// condition the server (or a cluster's hosts) converges to, not a sleep standing in for one.
+pub fn ask_until(client: &mut Client, question: &str, within: Duration, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let answer = ask(client, question);
+        if done(&answer) {
+            return answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{question:?} still answered {answer:?} after {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A fresh, empty directory under the system's temp dir, removed with its contents
 /// when dropped.
 pub struct TempDir {
