@@ -284,8 +284,9 @@ fn routes_serve_three_plugins_and_a_reload_or_traps_in_one_leave_the_others_alon
     assert!(bob.recv_text().starts_with("id "));
     echo_still_alone(&mut echo, "c");
 
-    // Traps of every kind in the chaos route: a deadline, the memory cap, a trap, and
-    // three connections whose on-open panics (a crash loop).
+    // Traps of every kind in the chaos route: a deadline, the memory cap, a trap (each
+    // one message's fault, costing its client only), and four connections whose
+    // on-open panics (a crash loop: those count).
     for command in ["loop", "oom", "trap"] {
         let mut client = server.connect("/panic-on-open/x");
         client.send_text(command);
@@ -293,7 +294,7 @@ fn routes_serve_three_plugins_and_a_reload_or_traps_in_one_leave_the_others_alon
         client.send_close(INTERNAL_ERROR, "");
         client.expect_eof();
     }
-    for _ in 0..3 {
+    for _ in 0..4 {
         let mut client = server.connect("/panic-on-open");
         assert_eq!(client.recv_close().0, INTERNAL_ERROR);
         client.send_close(INTERNAL_ERROR, "");
@@ -305,7 +306,7 @@ fn routes_serve_three_plugins_and_a_reload_or_traps_in_one_leave_the_others_alon
             && s.sum(
                 "wsplug_connections_closed_total",
                 &[("route", "chaos"), ("code", "1011")],
-            ) == 6.0
+            ) == 7.0
     });
     let traps =
         |route: &str, kind: &str| scrape.value("wsplug_plugin_traps_total", &[("route", route), ("kind", kind)]);
@@ -315,9 +316,9 @@ fn routes_serve_three_plugins_and_a_reload_or_traps_in_one_leave_the_others_alon
             traps("chaos", "memory"),
             traps("chaos", "trap")
         ),
-        (1.0, 1.0, 4.0)
+        (1.0, 1.0, 5.0)
     );
-    // Four crashes in a row: the next restart waits 0.2 s (0.1 s doubled once).
+    // Four counted crashes in a row: the next restart waits 0.2 s (0.1 s doubled once).
     assert_eq!(scrape.value("wsplug_plugin_restart_backoff_seconds", &chaos), 0.2);
     for route in ["chat", "echo"] {
         assert_eq!(
@@ -338,7 +339,7 @@ fn routes_serve_three_plugins_and_a_reload_or_traps_in_one_leave_the_others_alon
         (1.0, 0.0, 0.0)
     );
     let opened = |route: &str| scrape.value("wsplug_connections_opened_total", &[("route", route)]);
-    assert_eq!((opened("chat"), opened("echo"), opened("chaos")), (2.0, 1.0, 6.0));
+    assert_eq!((opened("chat"), opened("echo"), opened("chaos")), (2.0, 1.0, 7.0));
     assert_eq!(
         scrape.value("wsplug_handshakes_rejected_total", &[("reason", "not_found")]),
         4.0

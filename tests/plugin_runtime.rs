@@ -239,3 +239,29 @@ fn a_version_that_traps_in_its_replay_is_refused_and_the_old_one_serves() {
     assert_eq!(rig.metrics.plugin.reload_failed.get(), 1);
     assert_eq!(rig.text(1, "after"), [send(1, "after")]);
 }
+
+#[test]
+fn only_failures_that_show_the_plugin_cannot_work_count_towards_back_off() {
+    let mut rig = Rig::new("chaos");
+    let streak = |rig: &Rig| {
+        let plugin = &rig.metrics.plugin;
+        (plugin.crashes.get(), plugin.backoff.get())
+    };
+    rig.open(1, "/");
+    // A trap in a message is that message's fault: fifty in a row make no streak.
+    for conn in 2..52 {
+        rig.open(conn, "/");
+        assert_eq!(rig.text(conn, "trap"), [Did::Close(conn, 1011)]);
+    }
+    assert_eq!(streak(&rig), (0, 0.0));
+    // A plugin that cannot open a connection is in a crash loop. Each fresh instance
+    // first replays connection 1's on-open, which works: a replay ends no streak.
+    for conn in 100..104 {
+        assert_eq!(rig.open(conn, "/panic-on-open"), [Did::Close(conn, 1011)]);
+    }
+    // From the third counted failure on, a restart waits: 0.1 s, then doubled.
+    assert_eq!(streak(&rig), (4, 0.2));
+    // A new event's call that works ends it.
+    assert_eq!(rig.text(1, "back"), [send(1, "back")]);
+    assert_eq!(streak(&rig), (0, 0.0));
+}

@@ -21,7 +21,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::runner::{self, BACKOFF_AFTER, Crash, Instance, Sandbox};
+use super::crash_loop::{self, CrashLoop, Failure};
+use super::runner::{self, Crash, Instance, Sandbox};
 use super::{CloseCode, ConnId, Loaded, Outgoing, PluginEvent};
 use crate::metrics::PluginMetrics;
 
@@ -34,10 +35,10 @@ pub struct Inline {
     /// number makes a new one before its next call.
     version: Mutex<Arc<Loaded>>,
     generation: AtomicU64,
-    /// Crashes since the last successful call, on any connection's thread.
-    crashes: AtomicU32,
-    /// The same of the plugin's thread (`on-timer`, `on-upgrade`), for the gauges.
-    plugin_thread_crashes: AtomicU32,
+    /// The streak of failures that count, on any connection's thread (see [`crash_loop`]).
+    crash_loop: CrashLoop,
+    /// The streak of the plugin's thread (`on-timer`, `on-upgrade`), for the gauges.
+    plugin_thread_streak: AtomicU32,
     /// Held while the gauges are set from the two counts, so that a crash and a success
     /// on two threads at once cannot leave them showing a streak that has ended.
     reporting: Mutex<()>,
@@ -177,8 +178,8 @@ impl Inline {
             sandbox,
             version: Mutex::new(loaded),
             generation: AtomicU64::new(0),
-            crashes: AtomicU32::new(0),
-            plugin_thread_crashes: AtomicU32::new(0),
+            crash_loop: CrashLoop::new(),
+            plugin_thread_streak: AtomicU32::new(0),
             reporting: Mutex::new(()),
             restart_at: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -191,7 +192,7 @@ impl Inline {
     pub(super) fn serve(&self, loaded: Arc<Loaded>) {
         *self.version.lock().expect("not poisoned") = loaded;
         self.generation.fetch_add(1, Ordering::Release);
-        self.crashes.store(0, Ordering::Relaxed);
+        self.crash_loop.reset();
         self.restart_at.store(0, Ordering::Relaxed);
         self.report_crashes();
     }
@@ -245,16 +246,15 @@ impl Inline {
         };
         let handed = match called {
             Ok(()) => {
-                if self.crashes.load(Ordering::Relaxed) != 0 {
+                if self.crash_loop.succeeded() {
                     // A call worked: the crash loop is over, on every thread.
-                    self.crashes.store(0, Ordering::Relaxed);
                     self.restart_at.store(0, Ordering::Relaxed);
                     self.report_crashes();
                 }
                 Handed::Taken
             }
-            Err(failed) => {
-                self.crashed(failed);
+            Err(crash) => {
+                self.crashed(crash);
                 Handed::Trapped
             }
         };
@@ -266,17 +266,19 @@ impl Inline {
 
     /// Notes the crash streak of the plugin's thread, which serves this plugin's
     /// `on-timer` and `on-upgrade`: the gauges show the longer of the two streaks.
-    pub(super) fn plugin_thread_crashes(&self, crashes: u32) {
-        self.plugin_thread_crashes.store(crashes, Ordering::Relaxed);
+    pub(super) fn plugin_thread_streak(&self, streak: u32) {
+        self.plugin_thread_streak.store(streak, Ordering::Relaxed);
         self.report_crashes();
     }
 
     fn report_crashes(&self) {
         // The counts are read under the lock: the last to set the gauges read the latest.
         let _reporting = self.reporting.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let crashes = self.crashes.load(Ordering::Relaxed);
-        let longest = crashes.max(self.plugin_thread_crashes.load(Ordering::Relaxed));
-        runner::report_crashes(&self.metrics, longest);
+        let longest = self
+            .crash_loop
+            .streak()
+            .max(self.plugin_thread_streak.load(Ordering::Relaxed));
+        crash_loop::report(&self.metrics, longest);
     }
 
     /// Ends the host's record of a connection whose `on-close` is not called.
@@ -285,8 +287,9 @@ impl Inline {
     }
 
     /// Calls `event`'s export on this thread's instance of the current version.
-    fn call(&self, conn: ConnId, event: &PluginEvent) -> Result<(), Failed> {
-        let export = event.export_name();
+    fn call(&self, conn: ConnId, event: &PluginEvent) -> Result<(), Crash> {
+        // `handle` passes only a connection's events, which all have an export.
+        let Some(export) = event.export() else { return Ok(()) };
         INSTANCES.with_borrow_mut(|instances| {
             let generation = self.generation.load(Ordering::Acquire);
             let at = instances.iter().position(|local| local.owner == self.id);
@@ -299,13 +302,11 @@ impl Inline {
                 Some(i) => i,
                 None => {
                     let loaded = self.version.lock().expect("not poisoned").clone();
-                    let instance = self.sandbox.instantiate(&loaded).map_err(|error| {
-                        Failed::Instantiating(Crash {
-                            conn: Some(conn),
-                            export,
-                            error,
-                            kind: crate::metrics::TrapKind::Trap,
-                        })
+                    let instance = self.sandbox.instantiate(&loaded).map_err(|error| Crash {
+                        conn: Some(conn),
+                        failure: Failure::Instantiate,
+                        error,
+                        kind: crate::metrics::TrapKind::Trap,
                     })?;
                     instances.push(Local {
                         owner: self.id,
@@ -318,37 +319,39 @@ impl Inline {
             let instance = &mut instances[at].instance;
             let started = Instant::now();
             let delivered = deliver_here(instance, event);
-            self.metrics.call(export, started.elapsed());
+            self.metrics.call(export as usize, started.elapsed());
             delivered.map_err(|error| {
                 let kind = runner::trap_kind(&error, &instances[at].instance.store);
                 instances.swap_remove(at);
-                Failed::Calling(Crash {
+                Crash {
                     conn: Some(conn),
-                    export,
+                    failure: Failure::Trap(export),
                     error,
                     kind,
-                })
+                }
             })
         })
     }
 
-    /// Logs a crash, and closes the connection whose event failed. A plugin that cannot
-    /// start (no instance, or `on-open` traps) counts towards the crash loop: from the
-    /// [`BACKOFF_AFTER`]th such crash in a row on, events wait before the next call. A
-    /// message's or a close's trap is that event's fault and costs its connection only:
-    /// a burst of bad messages from many clients must not stall the others. (On the
-    /// plugin's thread, the fresh instance's replay of every open connection's `on-open`
-    /// makes the same distinction.)
-    fn crashed(&self, failed: Failed) {
+    /// Logs a failure and closes the connection whose event failed. From the
+    /// [`crash_loop::BACKOFF_AFTER`]th failure in a row that counts (no instance, or
+    /// `on-open` trapped), events wait before the next call; a message's or a close's
+    /// trap costs its connection only.
+    fn crashed(&self, crash: Crash) {
         let _route = self.span.enter();
         let name = self.version.lock().expect("not poisoned").name.clone();
-        let (counts, crash) = match failed {
-            Failed::Instantiating(crash) => (true, crash),
-            Failed::Calling(crash) => (crash.export == "on-open", crash),
-        };
         crash.report(&name, &self.metrics);
-        if counts {
-            self.count_crash(&name);
+        if self.crash_loop.failed(crash.failure).is_some() {
+            self.report_crashes();
+            if let Some(delay) = self.crash_loop.delay() {
+                tracing::warn!(
+                    plugin = &*name,
+                    crashes = self.crash_loop.streak(),
+                    "plugin keeps crashing: next call in {delay:?}"
+                );
+                let at = (Instant::now() + delay).duration_since(self.epoch);
+                self.restart_at.store(at.as_nanos().max(1) as u64, Ordering::Relaxed);
+            }
         }
         if let Some(conn) = crash.conn {
             let _ = self
@@ -357,24 +360,4 @@ impl Inline {
                 .close(conn, CloseCode::INTERNAL_ERROR, "internal error".into());
         }
     }
-
-    /// One more crash in a row; from the [`BACKOFF_AFTER`]th on, the next call waits.
-    fn count_crash(&self, name: &str) {
-        let crashes = self.crashes.fetch_add(1, Ordering::Relaxed) + 1;
-        self.report_crashes();
-        if crashes >= BACKOFF_AFTER {
-            let delay = runner::backoff(crashes);
-            tracing::warn!(plugin = name, crashes, "plugin keeps crashing: next call in {delay:?}");
-            let at = (Instant::now() + delay).duration_since(self.epoch);
-            self.restart_at.store(at.as_nanos().max(1) as u64, Ordering::Relaxed);
-        }
-    }
-}
-
-/// A call that failed on this thread.
-enum Failed {
-    /// No instance could be made.
-    Instantiating(Crash),
-    /// The export trapped.
-    Calling(Crash),
 }

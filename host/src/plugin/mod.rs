@@ -5,7 +5,8 @@
 //!
 //! - [`language`]: tells a plugin's source language from its producers sections.
 //! - [`loader`]: compiles (or loads from the cache) and links a plugin file.
-//! - [`runner`]: the plugin thread: instances, traps, crash-loop back-off, reload swaps.
+//! - [`runner`]: the plugin thread: instances, traps, reload swaps.
+//! - [`crash_loop`]: the one crash-loop policy of both ways of serving a plugin.
 //! - [`inline`]: a stateless plugin's instances on its connections' own threads.
 //! - [`timers`]: the plugin's timers, kept by the host and fired as events.
 //! - [`wasi_io`]: WASI's streams and polling, for calls on any thread (stateless plugins).
@@ -15,6 +16,7 @@
 //! maps both onto the same [`HostServices`].
 
 mod bindings;
+pub mod crash_loop;
 pub mod inline;
 pub mod language;
 pub mod loader;
@@ -152,17 +154,71 @@ pub enum PluginEvent {
 }
 
 impl PluginEvent {
-    /// The export that handles it, for logs.
-    pub fn export_name(&self) -> &'static str {
-        match self {
-            Self::Open(_) => "on-open",
-            Self::Text(..) => "on-text",
-            Self::Binary(..) => "on-binary",
-            Self::Close(..) => "on-close",
-            Self::Upgrade(..) => "on-upgrade",
-            Self::Timer(..) => "on-timer",
-            Self::Barrier(..) => "(barrier)",
-            Self::Reload(_) => "(reload)",
+    /// The export that handles it; none for a barrier or a reload.
+    pub fn export(&self) -> Option<Export> {
+        Some(match self {
+            Self::Open(_) => Export::OnOpen,
+            Self::Text(..) => Export::OnText,
+            Self::Binary(..) => Export::OnBinary,
+            Self::Close(..) => Export::OnClose,
+            Self::Upgrade(..) => Export::OnUpgrade,
+            Self::Timer(..) => Export::OnTimer,
+            Self::Barrier(..) | Self::Reload(_) => return None,
+        })
+    }
+}
+
+/// An export of the plugin: what a call, a trap or a crash is about. In the order of
+/// the metrics' [`crate::metrics::EXPORTS`], which times each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Export {
+    /// `on-open`.
+    OnOpen,
+    /// `on-text`.
+    OnText,
+    /// `on-binary`.
+    OnBinary,
+    /// `on-close`.
+    OnClose,
+    /// `handshake.on-upgrade`.
+    OnUpgrade,
+    /// `on-timer`.
+    OnTimer,
+    /// `state.snapshot`.
+    Snapshot,
+    /// `state.restore`.
+    Restore,
+}
+
+impl Export {
+    /// Every export, in the metrics' order.
+    pub const ALL: [Export; 8] = [
+        Export::OnOpen,
+        Export::OnText,
+        Export::OnBinary,
+        Export::OnClose,
+        Export::OnUpgrade,
+        Export::OnTimer,
+        Export::Snapshot,
+        Export::Restore,
+    ];
+
+    /// Its name in the WIT, logs and metrics.
+    pub fn name(self) -> &'static str {
+        crate::metrics::EXPORTS[self as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Export;
+
+    #[test]
+    fn exports_are_in_the_metrics_order() {
+        for (i, export) in Export::ALL.into_iter().enumerate() {
+            assert_eq!(export as usize, i);
+            assert_eq!(export.name(), crate::metrics::EXPORTS[i]);
         }
+        assert_eq!(Export::OnUpgrade.name(), "on-upgrade");
     }
 }

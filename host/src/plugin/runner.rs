@@ -16,11 +16,12 @@ use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use super::bindings::{HostState, MemoryLimit, v1, v2, v2_optional};
+use super::crash_loop::{self, CrashLoop, Failure};
 use super::inline::{Handed, Inline};
 use super::loader::{EPOCH_TICK, Linked, Loaded};
 use super::output::{LogOutput, Stream};
 use super::timers::Timers;
-use super::{CloseCode, ConnId, HostServices, Outgoing, PluginEvent, UpgradeDecision, UpgradeRequest};
+use super::{CloseCode, ConnId, Export, HostServices, Outgoing, PluginEvent, UpgradeDecision, UpgradeRequest};
 use crate::metrics::{PluginMetrics, TrapKind};
 use crate::store::{FileStore, KeyValue};
 
@@ -70,12 +71,6 @@ pub const DATA_DIR: &str = "/data";
 /// An export call may take this many times its CPU deadline in all, time spent waiting
 /// in host calls included.
 pub const WAITING_FACTOR: u32 = 10;
-
-/// Consecutive crashes after which restarts are delayed.
-pub(super) const BACKOFF_AFTER: u32 = 3;
-/// First and longest delay of a restart in a crash loop.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// The sending side of a running plugin's event queue.
 #[derive(Clone)]
@@ -321,24 +316,20 @@ pub struct Runner {
     /// Connections the plugin has seen `on-open` for and not yet `on-close`: a new
     /// instance gets `on-open` for each of them before any other event.
     opened: BTreeSet<ConnId>,
-    /// Crashes since the last successful call.
-    crashes: u32,
-    /// The last crash was one event's fault and cost only that event's client (its
-    /// connection closed with 1011, its handshake refused with 503): the replay that
-    /// follows shows the plugin works. Not so for a timer or a snapshot.
-    last_crash_contained: bool,
+    /// This thread's streak of failures that count (see [`crash_loop`]).
+    crash_loop: CrashLoop,
     /// Shared with [`PluginHandle::decides_handshakes`].
     decides_handshakes: Arc<AtomicBool>,
     /// Calls, traps, reloads and crash-loop state.
     metrics: Arc<PluginMetrics>,
-    /// `crashes` as the metrics last showed it.
-    reported_crashes: u32,
+    /// The streak as the metrics last showed it.
+    reported_streak: u32,
 }
 
-/// A failed call: the export, the connection whose event it was (if any), and the error.
+/// A failure: what failed, the connection whose event it was (if any), and the error.
 pub(super) struct Crash {
     pub(super) conn: Option<ConnId>,
-    pub(super) export: &'static str,
+    pub(super) failure: Failure,
     pub(super) error: wasmtime::Error,
     pub(super) kind: TrapKind,
 }
@@ -353,7 +344,7 @@ impl Crash {
             .map_or_else(|| "error".to_owned(), Trap::to_string);
         tracing::error!(
             plugin,
-            export = self.export,
+            export = self.failure.name(),
             conn = self.conn,
             trap,
             "plugin trapped: {}",
@@ -402,10 +393,9 @@ impl Runner {
             stateless: false,
             instance: None,
             opened: BTreeSet::new(),
-            crashes: 0,
-            last_crash_contained: false,
+            crash_loop: CrashLoop::new(),
             metrics: PluginMetrics::detached(),
-            reported_crashes: 0,
+            reported_streak: 0,
         };
         runner.instance = Some(runner.sandbox.instantiate(&runner.loaded)?);
         Ok(runner)
@@ -443,13 +433,14 @@ impl Runner {
     /// barrier.
     pub fn handle(&mut self, event: PluginEvent) {
         self.dispatch(event);
-        if self.crashes != self.reported_crashes {
-            self.reported_crashes = self.crashes;
+        let streak = self.crash_loop.streak();
+        if streak != self.reported_streak {
+            self.reported_streak = streak;
             // A stateless plugin's connections' threads have a streak of their own: the
             // route's gauges show the longer one.
             match &self.inline {
-                Some(inline) => inline.plugin_thread_crashes(self.crashes),
-                None => report_crashes(&self.metrics, self.crashes),
+                Some(inline) => inline.plugin_thread_streak(streak),
+                None => crash_loop::report(&self.metrics, streak),
             }
         }
     }
@@ -508,17 +499,17 @@ impl Runner {
         start_call(store);
         let started = Instant::now();
         let decided = handshake.call_on_upgrade(&mut *store, &request.into());
-        metrics.call("on-upgrade", started.elapsed());
+        metrics.call(Export::OnUpgrade as usize, started.elapsed());
         match decided {
             Ok(decision) => {
-                self.crashes = 0;
+                self.crash_loop.succeeded();
                 decision.into()
             }
             Err(error) => {
                 let kind = trap_kind(&error, store);
                 self.crashed(Crash {
                     conn: None,
-                    export: "on-upgrade",
+                    failure: Failure::Trap(Export::OnUpgrade),
                     error,
                     kind,
                 });
@@ -528,18 +519,21 @@ impl Runner {
     }
 
     fn call(&mut self, conn: Option<ConnId>, event: &PluginEvent) {
+        let Some(export) = event.export() else { return };
         let metrics = self.metrics.clone();
         let Some(instance) = self.live_instance() else { return };
         let started = Instant::now();
         let delivered = deliver(instance, event);
-        metrics.call(event.export_name(), started.elapsed());
+        metrics.call(export as usize, started.elapsed());
         match delivered {
-            Ok(()) => self.crashes = 0,
+            Ok(()) => {
+                self.crash_loop.succeeded();
+            }
             Err(error) => {
                 let kind = trap_kind(&error, &instance.store);
                 self.crashed(Crash {
                     conn,
-                    export: event.export_name(),
+                    failure: Failure::Trap(export),
                     error,
                     kind,
                 });
@@ -552,51 +546,38 @@ impl Runner {
     /// connections stop reading (back-pressure), but stay open.
     fn live_instance(&mut self) -> Option<&mut Instance> {
         while self.instance.is_none() {
-            if self.crashes >= BACKOFF_AFTER {
-                let delay = backoff(self.crashes);
+            if let Some(delay) = self.crash_loop.delay() {
                 tracing::warn!(
                     plugin = &*self.loaded.name,
-                    crashes = self.crashes,
+                    crashes = self.crash_loop.streak(),
                     "plugin keeps crashing: restarting in {delay:?}"
                 );
                 thread::sleep(delay);
             }
+            // The replay re-runs what worked before: it does not end a streak.
             match self.sandbox.instantiate(&self.loaded) {
                 Ok(mut instance) => match self.replay(&mut instance) {
-                    Ok(()) => {
-                        // Replayed opens are successful calls: the plugin works, and the
-                        // trap before was one client's event's fault. A plugin that fails
-                        // every call (or cannot start), or a timer that traps at every
-                        // tick, keeps counting towards back-off.
-                        if self.last_crash_contained && !self.opened.is_empty() {
-                            self.crashes = 0;
-                        }
-                        self.instance = Some(instance);
-                    }
+                    Ok(()) => self.instance = Some(instance),
                     Err(crash) => self.crashed(crash),
                 },
-                Err(error) => {
-                    tracing::error!(
-                        plugin = &*self.loaded.name,
-                        "cannot instantiate plugin: {}",
-                        super::one_line(&error)
-                    );
-                    self.crashes += 1;
-                }
+                Err(error) => self.crashed(Crash {
+                    conn: None,
+                    failure: Failure::Instantiate,
+                    error,
+                    kind: TrapKind::Trap,
+                }),
             }
         }
         self.instance.as_mut()
     }
 
-    /// Logs a crash, drops the poisoned instance and closes the connection whose event
+    /// Logs a failure, drops the poisoned instance and closes the connection whose event
     /// trapped with 1011. Its `on-close` is not delivered: no live instance saw it open.
     fn crashed(&mut self, crash: Crash) {
         crash.report(&self.loaded.name, &self.metrics);
-        let Crash { conn, export, .. } = crash;
         self.instance = None;
-        self.crashes += 1;
-        self.last_crash_contained = conn.is_some() || export == "on-upgrade";
-        if let Some(conn) = conn
+        self.crash_loop.failed(crash.failure);
+        if let Some(conn) = crash.conn
             && self.opened.remove(&conn)
         {
             let _ = self
@@ -611,10 +592,10 @@ impl Runner {
         for &conn in &self.opened {
             let started = Instant::now();
             let delivered = deliver(instance, &PluginEvent::Open(conn));
-            self.metrics.call("on-open", started.elapsed());
+            self.metrics.call(Export::OnOpen as usize, started.elapsed());
             delivered.map_err(|error| Crash {
                 conn: Some(conn),
-                export: "on-open (replay)",
+                failure: Failure::Trap(Export::OnOpen),
                 kind: trap_kind(&error, &instance.store),
                 error,
             })?;
@@ -689,7 +670,7 @@ impl Runner {
         if let Some(inline) = &self.inline {
             inline.serve(self.loaded.clone());
         }
-        self.crashes = 0;
+        self.crash_loop.reset();
         self.metrics.reloaded.inc();
     }
 
@@ -718,7 +699,7 @@ impl Runner {
         start_call(store);
         let started = Instant::now();
         let snapshot = snapshot.call_snapshot(&mut *store);
-        metrics.call("snapshot", started.elapsed());
+        metrics.call(Export::Snapshot as usize, started.elapsed());
         let state = match snapshot {
             Ok(Ok(state)) => state,
             Ok(Err(why)) => return Err(format!("snapshot refused: {why}")),
@@ -728,15 +709,14 @@ impl Runner {
                 metrics.trapped(trap_kind(&error, store));
                 let why = format!("snapshot trapped: {}", super::one_line(&error));
                 self.instance = None;
-                self.crashes += 1;
-                self.last_crash_contained = false;
+                self.crash_loop.failed(Failure::Trap(Export::Snapshot));
                 return Err(why);
             }
         };
         start_call(&mut new.store);
         let started = Instant::now();
         let restored = restore.call_restore(&mut new.store, &state);
-        metrics.call("restore", started.elapsed());
+        metrics.call(Export::Restore as usize, started.elapsed());
         match restored {
             Ok(Ok(())) => Ok(Some(state.len())),
             Ok(Err(why)) => Err(format!("restore refused: {why}")),
@@ -875,36 +855,6 @@ pub(super) fn deliver(instance: &mut Instance, event: &PluginEvent) -> wasmtime:
             Exports::V1(_) => Ok(()),
         },
         PluginEvent::Upgrade(..) | PluginEvent::Barrier(..) | PluginEvent::Reload(_) => Ok(()),
-    }
-}
-
-/// Delay before the next restart after `crashes` consecutive crashes.
-pub(super) fn backoff(crashes: u32) -> Duration {
-    let doublings = crashes.saturating_sub(BACKOFF_AFTER).min(16);
-    (BACKOFF_MIN * 2u32.pow(doublings)).min(BACKOFF_MAX)
-}
-
-/// Sets the crash-loop gauges for a streak of `crashes` consecutive crashes.
-pub(super) fn report_crashes(metrics: &PluginMetrics, crashes: u32) {
-    metrics.crashes.set(crashes.into());
-    let delay = if crashes >= BACKOFF_AFTER {
-        backoff(crashes)
-    } else {
-        Duration::ZERO
-    };
-    metrics.backoff.set(delay.as_secs_f64());
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_a_ceiling() {
-        assert_eq!(backoff(3), Duration::from_millis(100));
-        assert_eq!(backoff(4), Duration::from_millis(200));
-        assert_eq!(backoff(6), Duration::from_millis(800));
-        assert_eq!(backoff(100), BACKOFF_MAX);
     }
 }
 
