@@ -491,3 +491,90 @@ fn json_logs_are_one_object_per_line() {
     assert!(messages.iter().any(|m| m == "plugin loaded"), "{log}");
     assert!(messages.iter().any(|m| m == "shut down cleanly"), "{log}");
 }
+
+/// The 99th percentile of `times`.
+fn p99(times: &mut [Duration]) -> Duration {
+    times.sort();
+    times[(times.len() * 99).div_ceil(100).saturating_sub(1)]
+}
+
+#[test]
+fn a_stateless_route_whose_calls_spin_stalls_no_other_route_nor_the_endpoints() {
+    let _turn = serial();
+    let dir = TempDir::new("spin");
+    // Two runtime threads, four attackers: each sends `spin` to the stateless route
+    // (a loop until the CPU deadline traps it), and reconnects after the 1011 to do it
+    // again, so that every runtime thread always has a spinning call to run.
+    let config = config_file(
+        &dir,
+        &format!(
+            "threads = 2\ncache_dir = \"{cache}\"\n\
+             [[route]]\npath = \"/a\"\nplugin = \"{api}\"\nstateless = true\nplugin_deadline_ms = 500\n\
+             [[route]]\npath = \"/b\"\nplugin = \"{echo}\"\n",
+            cache = dir.join("cache").display(),
+            api = plugin_path("api").display(),
+            echo = plugin_path("echo").display(),
+        ),
+    );
+    let server = Server::start_config(&config, &[]);
+    let addr = server.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let started = std::sync::Arc::new(std::sync::Barrier::new(5));
+    let attackers: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, started) = (stop.clone(), started.clone());
+            std::thread::spawn(move || {
+                let mut spun = 0;
+                let mut first = true;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut attacker = Client::connect(addr, "/a");
+                    attacker.send_text("spin");
+                    if std::mem::take(&mut first) {
+                        started.wait();
+                    }
+                    assert_eq!(attacker.recv_close().0, INTERNAL_ERROR);
+                    spun += 1;
+                }
+                spun
+            })
+        })
+        .collect();
+    started.wait();
+    // For two seconds (four deadlines of the attackers' calls) and at least 30 turns,
+    // an echo on the other route, and every tenth turn a new connection to it and a
+    // health check.
+    let mut bystander = server.connect("/b");
+    let (mut echoes, mut opens, mut checks) = (Vec::new(), Vec::new(), Vec::new());
+    let began = std::time::Instant::now();
+    while began.elapsed() < Duration::from_secs(2) || echoes.len() < 30 {
+        let sent = std::time::Instant::now();
+        bystander.send_text("still here");
+        assert_eq!(bystander.recv_text(), "still here");
+        echoes.push(sent.elapsed());
+        if echoes.len() % 10 == 0 {
+            let sent = std::time::Instant::now();
+            let mut newcomer = server.connect("/b");
+            newcomer.send_text("new");
+            assert_eq!(newcomer.recv_text(), "new");
+            opens.push(sent.elapsed());
+            let sent = std::time::Instant::now();
+            assert_eq!(http_get(addr, "/healthz").status, 200);
+            checks.push(sent.elapsed());
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let spun: u32 = attackers.into_iter().map(|a| a.join().expect("attacker")).sum();
+    let (echo, open, check) = (p99(&mut echoes), p99(&mut opens), p99(&mut checks));
+    eprintln!(
+        "spinning stateless route: {spun} calls trapped at their deadline; the other route's echo p99 \
+         {echo:?} over {} echoes, a new connection's first echo p99 {open:?}, /healthz p99 {check:?}",
+        echoes.len()
+    );
+    assert!(spun >= 8, "the attack did not run: {spun} calls trapped");
+    for (what, p99) in [("echo", echo), ("new connection", open), ("/healthz", check)] {
+        assert!(
+            p99 < Duration::from_millis(50),
+            "{what}: p99 {p99:?} behind the spinning route"
+        );
+    }
+}

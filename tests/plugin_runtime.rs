@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use wsplug::conn::{CloseCode, ConnId, ConnectionInfo, HostError, Outgoing};
 use wsplug::metrics::Metrics;
-use wsplug::plugin::{Grants, HostServices, Loaded, Loader, PluginEvent, PluginLimits, Runner};
+use wsplug::plugin::{Grants, HostServices, Loaded, Loader, PluginEvent, PluginHandle, PluginLimits, Runner};
 
 use common::{TempDir, plugin_path};
 
@@ -146,6 +146,25 @@ impl Rig {
         self.recorder.take()
     }
 
+    /// Serves the runner as the host does, on its own thread, or (`stateless`) on the
+    /// threads of `runtime` that deliver the events.
+    fn spawn(self, runtime: &tokio::runtime::Runtime, stateless: bool) -> Served {
+        let runner = if stateless {
+            self.runner.stateless()
+        } else {
+            self.runner
+        };
+        let handle = runtime
+            .block_on(async { wsplug::plugin::spawn(runner, "test") })
+            .expect("spawns");
+        Served {
+            handle,
+            recorder: self.recorder,
+            metrics: self.metrics,
+            _rest: (self.loader, self._dirs),
+        }
+    }
+
     fn reload(&mut self, plugin: &str) -> Vec<Did> {
         let loaded = self.load(plugin);
         self.runner.handle(PluginEvent::Reload(Box::new(loaded)));
@@ -240,28 +259,74 @@ fn a_version_that_traps_in_its_replay_is_refused_and_the_old_one_serves() {
     assert_eq!(rig.text(1, "after"), [send(1, "after")]);
 }
 
+/// A plugin served as the host serves it: [`Rig::spawn`].
+struct Served {
+    handle: PluginHandle,
+    recorder: Arc<Recorder>,
+    metrics: wsplug::metrics::RouteMetrics,
+    _rest: (Loader, (TempDir, TempDir)),
+}
+
+impl Served {
+    /// Delivers `event` of `conn` as a connection does, and waits until it is handled.
+    async fn deliver(&self, conn: ConnId, event: PluginEvent) -> Vec<Did> {
+        self.handle.deliver(event).await.expect("the plugin runs");
+        let (done, handled) = tokio::sync::oneshot::channel();
+        self.handle
+            .deliver(PluginEvent::Barrier(conn, done))
+            .await
+            .expect("the plugin runs");
+        handled.await.expect("the barrier is answered");
+        self.recorder.take()
+    }
+
+    async fn open(&self, conn: ConnId, path: &str) -> Vec<Did> {
+        self.recorder.open_at(conn, path);
+        self.deliver(conn, PluginEvent::Open(conn)).await
+    }
+
+    async fn text(&self, conn: ConnId, text: &str) -> Vec<Did> {
+        self.deliver(conn, PluginEvent::Text(conn, text.to_owned())).await
+    }
+
+    fn streak(&self) -> (i64, f64) {
+        (self.metrics.plugin.crashes.get(), self.metrics.plugin.backoff.get())
+    }
+}
+
 #[test]
-fn only_failures_that_show_the_plugin_cannot_work_count_towards_back_off() {
-    let mut rig = Rig::new("chaos");
-    let streak = |rig: &Rig| {
-        let plugin = &rig.metrics.plugin;
-        (plugin.crashes.get(), plugin.backoff.get())
-    };
-    rig.open(1, "/");
-    // A trap in a message is that message's fault: fifty in a row make no streak.
-    for conn in 2..52 {
-        rig.open(conn, "/");
-        assert_eq!(rig.text(conn, "trap"), [Did::Close(conn, 1011)]);
+fn the_crash_loop_rules_are_the_same_in_both_modes() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for stateless in [false, true] {
+        let mode = if stateless { "stateless" } else { "plugin thread" };
+        let served = Rig::new("chaos").spawn(&runtime, stateless);
+        runtime.block_on(async {
+            served.open(1, "/").await;
+            // Message traps from ten clients: each costs its client, none counts.
+            for conn in 2..12 {
+                served.open(conn, "/").await;
+                assert_eq!(served.text(conn, "trap").await, [Did::Close(conn, 1011)], "{mode}");
+            }
+            assert_eq!(served.streak(), (0, 0.0), "{mode}");
+            // A plugin that cannot open a connection: each counts, and from the third
+            // the next start waits (0.1 s, then doubled). On the plugin thread each fresh
+            // instance first replays connection 1's on-open, which works: a replay ends
+            // no streak.
+            for conn in 100..104 {
+                assert_eq!(
+                    served.open(conn, "/panic-on-open").await,
+                    [Did::Close(conn, 1011)],
+                    "{mode}"
+                );
+            }
+            assert_eq!(served.streak(), (4, 0.2), "{mode}");
+            // A new event that works ends the streak.
+            assert_eq!(served.text(1, "back").await, [send(1, "back")], "{mode}");
+            assert_eq!(served.streak(), (0, 0.0), "{mode}");
+        });
     }
-    assert_eq!(streak(&rig), (0, 0.0));
-    // A plugin that cannot open a connection is in a crash loop. Each fresh instance
-    // first replays connection 1's on-open, which works: a replay ends no streak.
-    for conn in 100..104 {
-        assert_eq!(rig.open(conn, "/panic-on-open"), [Did::Close(conn, 1011)]);
-    }
-    // From the third counted failure on, a restart waits: 0.1 s, then doubled.
-    assert_eq!(streak(&rig), (4, 0.2));
-    // A new event's call that works ends it.
-    assert_eq!(rig.text(1, "back"), [send(1, "back")]);
-    assert_eq!(streak(&rig), (0, 0.0));
 }

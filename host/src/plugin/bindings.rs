@@ -10,7 +10,8 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::inline;
+use super::deadline::CallClock;
+use super::replies::Replying;
 use super::timers::Timers;
 use super::{CloseCode, ConnId, ConnectionInfo, HostError, HostServices, MAX_ATTACHMENT, Outgoing, TimerId};
 use super::{UpgradeDecision, UpgradeRequest};
@@ -39,7 +40,8 @@ pub mod v2_optional {
 }
 
 /// The required exports of 0.2 called in wasmtime's async style, with the same (sync)
-/// imports: measured against the sync style (`runner::call_style`), not used in serving.
+/// imports: how a stateless plugin's connections' threads call them, so that a call
+/// that runs long gives its thread back at every epoch tick.
 pub mod v2_async {
     wasmtime::component::bindgen!({
         world: "plugin",
@@ -57,6 +59,19 @@ pub mod v2_async {
 /// Bindings of `wsplug:plugin@0.1.0`.
 pub mod v1 {
     wasmtime::component::bindgen!({ world: "plugin", path: "../wit/0.1.0" });
+}
+
+/// The exports of 0.1 called in the async style (see [`v2_async`]).
+pub mod v1_async {
+    wasmtime::component::bindgen!({
+        world: "plugin",
+        path: "../wit/0.1.0",
+        exports: { default: async },
+        with: {
+            "wsplug:plugin/types": super::v1::wsplug::plugin::types,
+            "wsplug:plugin/host": super::v1::wsplug::plugin::host,
+        },
+    });
 }
 
 use v2::wsplug::plugin::types;
@@ -139,13 +154,11 @@ pub struct HostState {
     pub(super) store: Arc<dyn KeyValue>,
     /// The plugin's name, for log lines and as its namespace in the store.
     pub(super) name: Arc<str>,
-    /// CPU time one export call may take.
-    pub(super) deadline: Duration,
-    /// Epoch ticks the current export call has been given so far: the callback runs
-    /// when they have passed, so this is the call's time, without a clock read per call.
-    pub(super) granted_ticks: u64,
-    /// Time the current call waited in host calls, which its deadline does not count.
-    pub(super) in_host: Duration,
+    /// What the current call has spent of its CPU deadline.
+    pub(super) clock: CallClock,
+    /// The current call handles a message of a connection on that connection's
+    /// thread: its replies to it are kept here.
+    pub(super) replying: Option<Replying>,
 }
 
 impl HostState {
@@ -154,14 +167,18 @@ impl HostState {
     fn off_the_clock<R>(&mut self, call: impl FnOnce(&Self) -> R) -> R {
         let started = Instant::now();
         let result = call(self);
-        self.in_host += started.elapsed();
+        self.clock.waited(started.elapsed());
         result
     }
 
     /// Sends `message` to `conn`: straight back if the plugin is replying to a message
     /// of `conn` on its connection's thread, through the registry otherwise.
     fn send(&mut self, conn: ConnId, message: Outgoing) -> Result<(), types::Error> {
-        match inline::reply_here(conn, message) {
+        let message = match &mut self.replying {
+            Some(replying) => replying.keep(conn, message),
+            None => Some(message),
+        };
+        match message {
             None => Ok(()),
             Some(message) => Ok(self.services.send(conn, message)?),
         }
@@ -265,7 +282,9 @@ impl v2::wsplug::plugin::host::Host for HostState {
         if reason.len() > close::MAX_REASON_LEN {
             return Err(types::Error::ReasonTooLong);
         }
-        inline::queued_for(conn);
+        if let Some(replying) = &mut self.replying {
+            replying.queued_for(conn);
+        }
         Ok(self.services.close(conn, code, reason)?)
     }
 

@@ -16,8 +16,10 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use super::Export;
-use crate::metrics::PluginMetrics;
+use wasmtime::Trap;
+
+use super::{ConnId, Export};
+use crate::metrics::{PluginMetrics, TrapKind};
 
 /// Consecutive counted failures after which restarts are delayed.
 pub const BACKOFF_AFTER: u32 = 3;
@@ -110,6 +112,33 @@ pub fn report(metrics: &PluginMetrics, streak: u32) {
         Duration::ZERO
     };
     metrics.backoff.set(delay.as_secs_f64());
+}
+
+/// A failure: what failed, the connection whose event it was (if any), and the error.
+pub(super) struct Crash {
+    pub(super) conn: Option<ConnId>,
+    pub(super) failure: Failure,
+    pub(super) error: wasmtime::Error,
+    pub(super) kind: TrapKind,
+}
+
+impl Crash {
+    /// Counts the crash in `metrics` and logs it.
+    pub(super) fn report(&self, plugin: &str, metrics: &PluginMetrics) {
+        metrics.trapped(self.kind);
+        let trap = self
+            .error
+            .downcast_ref::<Trap>()
+            .map_or_else(|| "error".to_owned(), Trap::to_string);
+        tracing::error!(
+            plugin,
+            export = self.failure.name(),
+            conn = self.conn,
+            trap,
+            "plugin trapped: {}",
+            super::one_line(&self.error)
+        );
+    }
 }
 
 #[cfg(test)]

@@ -8,23 +8,34 @@
 //! its timers and handshakes, and validates each new version before it is served here.
 //!
 //! What the plugin sends to the connection whose message it is handling goes back to
-//! that connection directly ([`reply_here`]): no registry lookup, no queue, no lock.
+//! that connection directly (`replies::Replying`): no registry lookup, no queue, no lock.
 //!
-//! The cost: a call runs on a thread that also runs other connections, which wait for
-//! it (up to the CPU deadline; a host call that waits hands them to another thread
-//! first, within [`crate::blocking`]'s bound), and every thread holds an instance (its
-//! linear memory).
+//! Calls are made in wasmtime's async style: a call that runs past an epoch tick (2 ms)
+//! gives its thread back to the other connections at every tick (`deadline.rs`),
+//! so that a call that spins costs its route, not the other routes, the accept loop or
+//! `/healthz`. At most [`Inline::calls_at_once`] of a route's calls run at once (each
+//! needs an instance, with its linear memory): past that a connection waits its turn.
+//!
+//! The cost: a host call that waits (a store call) holds up the other connections of
+//! its thread while it waits, unless it hands them to another thread first (within
+//! [`crate::blocking`]'s bound); every thread holds an instance (its linear memory).
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use super::crash_loop::{self, CrashLoop, Failure};
-use super::runner::{self, Crash, Instance, Sandbox};
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+use super::crash_loop::{self, Crash, CrashLoop, Failure};
+use super::instance::{AsyncInstance, Sandbox, deliver_async, trap_kind};
+use super::replies::Replying;
 use super::{CloseCode, ConnId, Loaded, Outgoing, PluginEvent};
-use crate::metrics::PluginMetrics;
+use crate::metrics::{PluginMetrics, TrapKind};
 
 /// A stateless plugin's instances on the threads that run its connections.
 pub struct Inline {
@@ -42,6 +53,9 @@ pub struct Inline {
     /// Held while the gauges are set from the two counts, so that a crash and a success
     /// on two threads at once cannot leave them showing a streak that has ended.
     reporting: Mutex<()>,
+    /// Calls that may run at once (each holds an instance).
+    calls: Semaphore,
+    calls_at_once: usize,
     /// In a crash loop: no event is handled before this time, in nanoseconds after
     /// [`Inline::epoch`] (0: none).
     restart_at: AtomicU64,
@@ -51,30 +65,35 @@ pub struct Inline {
     span: tracing::Span,
 }
 
-/// Calls `event`'s export on this thread. The host calls that wait do so through
-/// [`crate::blocking`], which a runtime thread can use; WASI's others (files, sockets,
-/// which the sandbox does not offer anyway) wait by entering the async runtime, which a
-/// thread of that runtime cannot do: the host call panics. That panic fails the call
-/// like a trap, and its message, printed nowhere, becomes the error.
-fn deliver_here(instance: &mut Instance, event: &PluginEvent) -> wasmtime::Result<()> {
-    IN_CALL.set(true);
-    let delivered = panic::catch_unwind(AssertUnwindSafe(|| runner::deliver(instance, event)));
-    IN_CALL.set(false);
-    delivered.unwrap_or_else(|payload| {
-        let why = payload
-            .downcast_ref::<&str>()
-            .copied()
-            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-            .unwrap_or("a panic");
-        Err(wasmtime::Error::msg(format!(
-            "a host call the plugin made cannot run on a connection's thread (a stateless plugin \
-             has no WASI files or sockets): {why}"
-        )))
+/// Runs `call` (an instantiation or an export call), turning a panic in it into its
+/// error. The host calls that wait do so through [`crate::blocking`], which a runtime
+/// thread can use; WASI's others (files, sockets, which the sandbox does not offer
+/// anyway) wait by entering the async runtime, which a thread of that runtime cannot
+/// do: the host call panics. That panic fails the call like a trap, and its message,
+/// printed nowhere, becomes the error.
+async fn catching_panics<T>(call: impl Future<Output = wasmtime::Result<T>>) -> wasmtime::Result<T> {
+    let mut call = std::pin::pin!(call);
+    std::future::poll_fn(|cx| {
+        IN_CALL.set(true);
+        let polled = panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(cx)));
+        IN_CALL.set(false);
+        polled.unwrap_or_else(|payload| {
+            let why = payload
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("a panic");
+            Poll::Ready(Err(wasmtime::Error::msg(format!(
+                "a host call the plugin made cannot run on a connection's thread (a stateless plugin \
+                 has no WASI files or sockets): {why}"
+            ))))
+        })
     })
+    .await
 }
 
-/// Keeps the panic hook from printing the panics [`deliver_here`] turns into errors; any
-/// other panic is printed as before.
+/// Keeps the panic hook from printing the panics [`catching_panics`] turns into errors;
+/// any other panic is printed as before.
 fn quiet_call_panics() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -88,73 +107,22 @@ fn quiet_call_panics() {
 }
 
 thread_local! {
-    /// A plugin call is running on this thread, under [`deliver_here`].
+    /// A plugin call is being polled on this thread, under [`catching_panics`].
     static IN_CALL: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Messages one call may send straight back to its connection; later ones take the
-/// connection's queue (and its limits), after these.
-const REPLIES_HERE: usize = 64;
-/// Bytes one call may send straight back to its connection.
-const REPLY_BYTES_HERE: usize = 256 * 1024;
-
-/// The call running on this thread handles a message of `conn`, whose sends to `conn`
-/// are kept in `replies` for the connection to encode when the call returns.
-struct Replying {
-    conn: ConnId,
-    replies: Vec<Outgoing>,
-    bytes: usize,
-    /// Something for `conn` took its queue (a close, or a send past the bounds): later
-    /// sends take it too, to stay in order.
-    queued: bool,
-}
-
-thread_local! {
-    static REPLYING: RefCell<Option<Replying>> = const { RefCell::new(None) };
-}
-
-/// Keeps `message` for `conn` if the call running on this thread handles a message of
-/// `conn` (a stateless plugin replying): returns it if it must go through the
-/// connection's queue instead.
-pub(super) fn reply_here(conn: ConnId, message: Outgoing) -> Option<Outgoing> {
-    REPLYING.with_borrow_mut(|replying| {
-        let Some(replying) = replying
-            .as_mut()
-            .filter(|replying| replying.conn == conn && !replying.queued)
-        else {
-            return Some(message);
-        };
-        let bytes = replying.bytes + message.len();
-        if replying.replies.len() >= REPLIES_HERE || bytes > REPLY_BYTES_HERE {
-            replying.queued = true;
-            return Some(message);
-        }
-        replying.bytes = bytes;
-        replying.replies.push(message);
-        None
-    })
-}
-
-/// Notes that something for `conn` takes its queue: if the call running on this thread
-/// replies to `conn`, its later sends take the queue too, so that they stay in order.
-pub(super) fn queued_for(conn: ConnId) {
-    REPLYING.with_borrow_mut(|replying| {
-        if let Some(replying) = replying.as_mut().filter(|replying| replying.conn == conn) {
-            replying.queued = true;
-        }
-    });
-}
-
-/// One thread's instance of one plugin.
+/// One thread's idle instance of one plugin.
 struct Local {
     owner: u64,
     generation: u64,
-    instance: Instance,
+    instance: AsyncInstance,
 }
 
 thread_local! {
-    /// This thread's instances, one per stateless plugin it has called. An instance
-    /// stays until its plugin's next version replaces it, or the thread ends.
+    /// This thread's idle instances, one per stateless plugin it has called. A call
+    /// takes its plugin's out and puts it back when done (in the pool of the thread it
+    /// ends on); an instance stays until its plugin's next version replaces it, a trap
+    /// drops it, or the thread ends.
     static INSTANCES: RefCell<Vec<Local>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -173,6 +141,12 @@ impl Inline {
     pub(super) fn new(sandbox: Sandbox, loaded: Arc<Loaded>, metrics: Arc<PluginMetrics>, span: tracing::Span) -> Self {
         static IDS: AtomicU64 = AtomicU64::new(1);
         quiet_call_panics();
+        // Two per runtime thread: one running and one waiting in a host call that
+        // handed its thread's other connections on ([`crate::blocking`]).
+        let threads = tokio::runtime::Handle::try_current()
+            .map(|runtime| runtime.metrics().num_workers())
+            .unwrap_or_else(|_| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let calls_at_once = 2 * threads.max(1);
         Self {
             id: IDS.fetch_add(1, Ordering::Relaxed),
             sandbox,
@@ -181,11 +155,18 @@ impl Inline {
             crash_loop: CrashLoop::new(),
             plugin_thread_streak: AtomicU32::new(0),
             reporting: Mutex::new(()),
+            calls: Semaphore::new(calls_at_once),
+            calls_at_once,
             restart_at: AtomicU64::new(0),
             epoch: Instant::now(),
             metrics,
             span,
         }
+    }
+
+    /// How many of this plugin's calls may run at once: two per runtime thread.
+    pub fn calls_at_once(&self) -> usize {
+        self.calls_at_once
     }
 
     /// Serves `loaded` from the next call on, on every thread.
@@ -205,15 +186,16 @@ impl Inline {
             .filter(|&at| at > Instant::now())
     }
 
-    /// Handles one of a connection's events on this thread: calls its export on this
-    /// thread's instance (made first if there is none, or it is of an older version).
-    /// A trap closes the connection with 1011 and drops the instance; in a crash loop,
+    /// Handles one of a connection's events on this thread: calls its export on an
+    /// instance of the current version (this thread's, or a new one), once fewer than
+    /// [`Inline::calls_at_once`] calls of this plugin are running. A trap closes the
+    /// connection with 1011 and drops the instance; in a crash loop,
     /// [`Inline::restart_at`] says how long to wait before the next event.
     ///
     /// With `replies`, what a message's call sends to its own connection is added
     /// there (up to a bound), for the connection to encode before anything queued for
     /// it meanwhile; the caller must have taken everything queued before.
-    pub fn handle(&self, event: PluginEvent, replies: Option<&mut Vec<Outgoing>>) -> Handed {
+    pub async fn handle(&self, event: PluginEvent, replies: Option<&mut Vec<Outgoing>>) -> Handed {
         let conn = match &event {
             PluginEvent::Open(conn) => {
                 self.sandbox.services().opened(*conn);
@@ -230,19 +212,13 @@ impl Inline {
             PluginEvent::Upgrade(..) | PluginEvent::Timer(..) | PluginEvent::Reload(_) => return Handed::Taken,
         };
         let replies = replies.filter(|_| matches!(event, PluginEvent::Text(..) | PluginEvent::Binary(..)));
-        let called = match replies {
-            Some(replies) => {
-                REPLYING.set(Some(Replying {
-                    conn,
-                    replies: std::mem::take(replies),
-                    bytes: 0,
-                    queued: false,
-                }));
-                let called = self.span.in_scope(|| self.call(conn, &event));
-                *replies = REPLYING.take().map(|replying| replying.replies).unwrap_or_default();
-                called
-            }
-            None => self.span.in_scope(|| self.call(conn, &event)),
+        let called = {
+            // The semaphore is never closed.
+            let _turn = match self.calls.try_acquire() {
+                Ok(turn) => turn,
+                Err(_) => self.calls.acquire().await.expect("never closed"),
+            };
+            self.call(conn, &event, replies).instrument(self.span.clone()).await
         };
         let handed = match called {
             Ok(()) => {
@@ -286,51 +262,82 @@ impl Inline {
         self.sandbox.services().closed(conn);
     }
 
-    /// Calls `event`'s export on this thread's instance of the current version.
-    fn call(&self, conn: ConnId, event: &PluginEvent) -> Result<(), Crash> {
+    /// Calls `event`'s export on an instance of the current version, keeping its
+    /// replies to `conn` in `replies` if given.
+    async fn call(
+        &self,
+        conn: ConnId,
+        event: &PluginEvent,
+        mut replies: Option<&mut Vec<Outgoing>>,
+    ) -> Result<(), Crash> {
         // `handle` passes only a connection's events, which all have an export.
         let Some(export) = event.export() else { return Ok(()) };
-        INSTANCES.with_borrow_mut(|instances| {
-            let generation = self.generation.load(Ordering::Acquire);
-            let at = instances.iter().position(|local| local.owner == self.id);
-            if let Some(i) = at
-                && instances[i].generation != generation
-            {
-                instances.swap_remove(i);
-            }
-            let at = match instances.iter().position(|local| local.owner == self.id) {
-                Some(i) => i,
-                None => {
-                    let loaded = self.version.lock().expect("not poisoned").clone();
-                    let instance = self.sandbox.instantiate(&loaded).map_err(|error| Crash {
+        let generation = self.generation.load(Ordering::Acquire);
+        let mut instance = match self.take_idle(generation) {
+            Some(instance) => instance,
+            None => {
+                let loaded = self.version.lock().expect("not poisoned").clone();
+                // Boxed: rare, and large, it would grow every call's future.
+                catching_panics(Box::pin(self.sandbox.instantiate_async(&loaded)))
+                    .await
+                    .map_err(|error| Crash {
                         conn: Some(conn),
                         failure: Failure::Instantiate,
                         error,
-                        kind: crate::metrics::TrapKind::Trap,
-                    })?;
-                    instances.push(Local {
-                        owner: self.id,
-                        generation,
-                        instance,
-                    });
-                    instances.len() - 1
-                }
-            };
-            let instance = &mut instances[at].instance;
-            let started = Instant::now();
-            let delivered = deliver_here(instance, event);
-            self.metrics.call(export as usize, started.elapsed());
-            delivered.map_err(|error| {
-                let kind = runner::trap_kind(&error, &instances[at].instance.store);
-                instances.swap_remove(at);
-                Crash {
-                    conn: Some(conn),
-                    failure: Failure::Trap(export),
-                    error,
-                    kind,
-                }
-            })
+                        kind: TrapKind::Trap,
+                    })?
+            }
+        };
+        if let Some(replies) = replies.as_deref_mut() {
+            instance.store.data_mut().replying = Some(Replying::new(conn, std::mem::take(replies)));
+        }
+        let started = Instant::now();
+        let delivered = catching_panics(deliver_async(&mut instance, event)).await;
+        self.metrics.call(export as usize, started.elapsed());
+        if let Some(replying) = instance.store.data_mut().replying.take()
+            && let Some(replies) = replies
+        {
+            *replies = replying.into_replies();
+        }
+        match delivered {
+            Ok(()) => {
+                self.put_idle(generation, instance);
+                Ok(())
+            }
+            Err(error) => Err(Crash {
+                conn: Some(conn),
+                failure: Failure::Trap(export),
+                kind: trap_kind(&error, &instance.store),
+                error,
+            }),
+        }
+    }
+
+    /// This thread's idle instance of this plugin, if it has one of `generation`; one
+    /// of an older version is dropped.
+    fn take_idle(&self, generation: u64) -> Option<AsyncInstance> {
+        INSTANCES.with_borrow_mut(|idle| {
+            let at = idle.iter().position(|local| local.owner == self.id)?;
+            let local = idle.swap_remove(at);
+            (local.generation == generation).then_some(local.instance)
         })
+    }
+
+    /// Keeps `instance` for this thread's next call, unless a new version is served
+    /// meanwhile or the thread has one already (a call that yielded let another start).
+    fn put_idle(&self, generation: u64, instance: AsyncInstance) {
+        if generation != self.generation.load(Ordering::Acquire) {
+            return;
+        }
+        INSTANCES.with_borrow_mut(|idle| {
+            if !idle.iter().any(|local| local.owner == self.id) {
+                idle.push(Local {
+                    owner: self.id,
+                    generation,
+                    instance,
+                });
+            }
+        });
     }
 
     /// Logs a failure and closes the connection whose event failed. From the

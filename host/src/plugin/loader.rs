@@ -15,6 +15,7 @@ use wasmtime::error::Context as _;
 use wasmtime::{Config, Engine};
 
 use super::bindings::{ApiVersion, HostState, v1, v2, v2_optional};
+use super::deadline::EPOCH_TICK;
 use super::language::{self, Language};
 use crate::private_files;
 
@@ -126,9 +127,6 @@ impl Interfaces {
         }
     }
 }
-
-/// How often the engine's epoch advances; CPU deadlines are counted in these ticks.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// A plugin file, compiled and linked.
 pub struct Loaded {

@@ -5,9 +5,12 @@
 //!
 //! - [`language`]: tells a plugin's source language from its producers sections.
 //! - [`loader`]: compiles (or loads from the cache) and links a plugin file.
-//! - [`runner`]: the plugin thread: instances, traps, reload swaps.
+//! - [`runner`]: the plugin thread: traps, restarts, reload swaps.
+//! - [`instance`]: the sandbox an instance is made in, and a call of an export.
+//! - `deadline`: the CPU deadline of a call, and the yields of a stateless plugin's.
 //! - [`crash_loop`]: the one crash-loop policy of both ways of serving a plugin.
 //! - [`inline`]: a stateless plugin's instances on its connections' own threads.
+//! - `replies`: what a stateless plugin's call sends back to its own connection.
 //! - [`timers`]: the plugin's timers, kept by the host and fired as events.
 //! - [`wasi_io`]: WASI's streams and polling, for calls on any thread (stateless plugins).
 //! - [`watcher`]: notices a changed plugin file (or SIGHUP) and hands the new version over.
@@ -17,10 +20,13 @@
 
 mod bindings;
 pub mod crash_loop;
+mod deadline;
 pub mod inline;
+mod instance;
 pub mod language;
 pub mod loader;
 mod output;
+mod replies;
 pub mod runner;
 pub mod timers;
 mod wasi_io;
@@ -30,8 +36,9 @@ use std::sync::Arc;
 
 pub use bindings::ApiVersion;
 pub use inline::Handed;
+pub use instance::{DATA_DIR, Grants, PluginLimits};
 pub use loader::{Loaded, Loader};
-pub use runner::{Grants, PluginHandle, PluginLimits, Ready, Refused, Runner, spawn, spawn_handler};
+pub use runner::{PluginHandle, Ready, Refused, Runner, spawn, spawn_handler};
 
 /// An error and its causes on one log line: wasmtime's messages (a trap's wasm
 /// backtrace, a parse error's details) span several lines, which would split one log

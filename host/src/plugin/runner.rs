@@ -3,74 +3,23 @@
 //! back-off in a crash loop, and the swap to a reloaded version between two events.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use prometheus::IntGauge;
 use tokio::sync::mpsc;
-use wasmtime::component::ResourceTable;
-use wasmtime::{Engine, Store, Trap, UpdateDeadline};
-use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+use wasmtime::Engine;
 
-use super::bindings::{HostState, MemoryLimit, v1, v2, v2_optional};
-use super::crash_loop::{self, CrashLoop, Failure};
+use super::crash_loop::{self, Crash, CrashLoop, Failure};
 use super::inline::{Handed, Inline};
-use super::loader::{EPOCH_TICK, Linked, Loaded};
-use super::output::{LogOutput, Stream};
+use super::instance::{Exports, Grants, Instance, Live, PluginLimits, Sandbox, deliver, start_call, trap_kind};
+use super::loader::{Linked, Loaded};
 use super::timers::Timers;
 use super::{CloseCode, ConnId, Export, HostServices, Outgoing, PluginEvent, UpgradeDecision, UpgradeRequest};
 use crate::metrics::{PluginMetrics, TrapKind};
 use crate::store::{FileStore, KeyValue};
-
-/// Resource limits of a plugin.
-#[derive(Clone, Copy, Debug)]
-pub struct PluginLimits {
-    /// CPU time one export call may take before it is interrupted.
-    pub deadline: Duration,
-    /// Largest linear memory an instance may grow to, in bytes.
-    pub memory_bytes: usize,
-    /// Events that may wait for the plugin; connections stop reading when it is full.
-    pub queue_len: usize,
-}
-
-impl Default for PluginLimits {
-    fn default() -> Self {
-        Self {
-            deadline: Duration::from_millis(500),
-            memory_bytes: 64 << 20,
-            queue_len: 1024,
-        }
-    }
-}
-
-/// What the operator grants a plugin beyond the default sandbox (no files, network,
-/// environment or arguments; clocks and random are always available).
-#[derive(Clone, Debug)]
-pub struct Grants {
-    /// A host directory the plugin may read, mounted at [`DATA_DIR`].
-    pub data_dir: Option<PathBuf>,
-    /// Where the plugin's key-value store keeps its database (the host's, not mounted).
-    pub store_dir: PathBuf,
-}
-
-impl Default for Grants {
-    fn default() -> Self {
-        Self {
-            data_dir: None,
-            store_dir: crate::store::default_dir(),
-        }
-    }
-}
-
-/// Where [`Grants::data_dir`] appears inside the plugin.
-pub const DATA_DIR: &str = "/data";
-
-/// An export call may take this many times its CPU deadline in all, time spent waiting
-/// in host calls included.
-pub const WAITING_FACTOR: u32 = 10;
 
 /// The sending side of a running plugin's event queue.
 #[derive(Clone)]
@@ -102,13 +51,13 @@ pub enum Ready<'a> {
 
 impl Ready<'_> {
     /// Hands `event` over.
-    pub fn send(self, event: PluginEvent) -> Handed {
+    pub async fn send(self, event: PluginEvent) -> Handed {
         match self {
             Ready::Queued(permit) => {
                 permit.send(event);
                 Handed::Taken
             }
-            Ready::Inline(inline) => inline.handle(event, None),
+            Ready::Inline(inline) => Box::pin(inline.handle(event, None)).await,
         }
     }
 }
@@ -129,10 +78,16 @@ impl PluginHandle {
     /// can take it now: queues it, or for a stateless plugin handles it on this thread,
     /// adding what it sends back to the connection to `replies` if given (see
     /// [`Inline::handle`]).
-    pub fn try_deliver(&self, event: PluginEvent, replies: Option<&mut Vec<Outgoing>>) -> Result<Handed, Refused> {
+    pub async fn try_deliver(
+        &self,
+        event: PluginEvent,
+        replies: Option<&mut Vec<Outgoing>>,
+    ) -> Result<Handed, Refused> {
         match &self.inline {
             Some(inline) if inline.restart_at().is_some() => Err(Refused::Busy(event)),
-            Some(inline) => Ok(inline.handle(event, replies)),
+            // Boxed: a connection's task holds the largest of its awaits, and idle
+            // connections are many (one allocation per call instead).
+            Some(inline) => Ok(Box::pin(inline.handle(event, replies)).await),
             None => match self.events.try_send(event) {
                 Ok(()) => Ok(Handed::Taken),
                 Err(mpsc::error::TrySendError::Full(event)) => Err(Refused::Busy(event)),
@@ -162,7 +117,7 @@ impl PluginHandle {
 
     /// Hands a connection's event to the plugin, waiting for room as needed.
     pub async fn deliver(&self, event: PluginEvent) -> Result<Handed, Refused> {
-        Ok(self.ready().await?.send(event))
+        Ok(self.ready().await?.send(event).await)
     }
 
     /// Ends the host's record of a connection whose plugin trapped ([`Handed::Trapped`]):
@@ -265,40 +220,6 @@ fn route_span(route: &str) -> tracing::Span {
     tracing::info_span!("route", name = route)
 }
 
-/// One instance of the component in its own store.
-pub(super) struct Instance {
-    pub(super) store: Store<HostState>,
-    exports: Exports,
-    /// Counts this instance while it lives.
-    live: IntGauge,
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        self.live.dec();
-    }
-}
-
-/// An instance's exports, by the version of the world it implements.
-pub(super) enum Exports {
-    V1(v1::Plugin),
-    V2 {
-        plugin: v2::Plugin,
-        handshake: Option<v2_optional::handshake::Guest>,
-        state: Option<v2_optional::state::Guest>,
-    },
-}
-
-/// Calls the same export of either version's bindings.
-macro_rules! on_either {
-    ($exports:expr, $plugin:ident => $call:expr) => {
-        match $exports {
-            Exports::V1($plugin) => $call,
-            Exports::V2 { plugin: $plugin, .. } => $call,
-        }
-    };
-}
-
 /// Calls a plugin's exports, one event at a time, on the caller's thread. [`spawn`]
 /// runs one on a thread of its own; benchmarks call it directly.
 pub struct Runner {
@@ -324,45 +245,6 @@ pub struct Runner {
     metrics: Arc<PluginMetrics>,
     /// The streak as the metrics last showed it.
     reported_streak: u32,
-}
-
-/// A failure: what failed, the connection whose event it was (if any), and the error.
-pub(super) struct Crash {
-    pub(super) conn: Option<ConnId>,
-    pub(super) failure: Failure,
-    pub(super) error: wasmtime::Error,
-    pub(super) kind: TrapKind,
-}
-
-impl Crash {
-    /// Counts the crash in `metrics` and logs it.
-    pub(super) fn report(&self, plugin: &str, metrics: &PluginMetrics) {
-        metrics.trapped(self.kind);
-        let trap = self
-            .error
-            .downcast_ref::<Trap>()
-            .map_or_else(|| "error".to_owned(), Trap::to_string);
-        tracing::error!(
-            plugin,
-            export = self.failure.name(),
-            conn = self.conn,
-            trap,
-            "plugin trapped: {}",
-            super::one_line(&self.error)
-        );
-    }
-}
-
-/// What made a call fail: its deadline, the memory cap (it refused a growth during the
-/// call), or anything else.
-pub(super) fn trap_kind(error: &wasmtime::Error, store: &Store<HostState>) -> TrapKind {
-    if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-        TrapKind::Deadline
-    } else if store.data().limits.refused {
-        TrapKind::Memory
-    } else {
-        TrapKind::Trap
-    }
 }
 
 impl Runner {
@@ -412,9 +294,7 @@ impl Runner {
     /// Counts its calls, traps, reloads and crash-loop state in `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<PluginMetrics>) -> Self {
         if let Some(instance) = &mut self.instance {
-            instance.live.dec();
-            instance.live = metrics.instances.clone();
-            instance.live.inc();
+            instance.live = Live::new(&metrics.instances);
         }
         self.sandbox.live = metrics.instances.clone();
         self.metrics = metrics;
@@ -728,143 +608,14 @@ impl Runner {
     }
 }
 
-/// What every instance of a plugin is made with: the engine, the host's services, the
-/// limits and grants, and the host-side state that outlives instances.
-#[derive(Clone)]
-pub(super) struct Sandbox {
-    engine: Engine,
-    services: Arc<dyn HostServices>,
-    limits: PluginLimits,
-    grants: Grants,
-    /// The plugin's timers: the host's, so they outlive instances and versions.
-    timers: Arc<Timers>,
-    /// The key-value store its `store` imports use.
-    store: Arc<dyn KeyValue>,
-    /// Counts live instances.
-    live: IntGauge,
-}
-
-impl Sandbox {
-    /// The services the plugin's host calls reach.
-    pub(super) fn services(&self) -> &Arc<dyn HostServices> {
-        &self.services
-    }
-
-    /// A new instance of `loaded`, in a store of its own.
-    pub(super) fn instantiate(&self, loaded: &Loaded) -> wasmtime::Result<Instance> {
-        let mut wasi = WasiCtxBuilder::new();
-        wasi.stdout(LogOutput::new(loaded.name.clone(), Stream::Stdout));
-        wasi.stderr(LogOutput::new(loaded.name.clone(), Stream::Stderr));
-        if let Some(dir) = &self.grants.data_dir {
-            wasi.preopened_dir(dir, DATA_DIR, FsPerms::ReadOnly)?;
-        }
-        let state = HostState {
-            wasi: wasi.build(),
-            table: ResourceTable::new(),
-            limits: MemoryLimit::new(self.limits.memory_bytes),
-            services: self.services.clone(),
-            timers: self.timers.clone(),
-            store: self.store.clone(),
-            name: loaded.name.clone(),
-            deadline: self.limits.deadline,
-            granted_ticks: 0,
-            in_host: Duration::ZERO,
-        };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.limits);
-        // The ticks `start_call` (or this callback) granted have passed: the call has
-        // what is left of its deadline once the time it waited in host calls is taken
-        // off, if anything.
-        store.epoch_deadline_callback(|mut store| {
-            let state = store.data_mut();
-            let elapsed = EPOCH_TICK * u32::try_from(state.granted_ticks).unwrap_or(u32::MAX);
-            if elapsed >= state.deadline * WAITING_FACTOR {
-                // Waiting in host calls is off the deadline, but not without end: a
-                // loop of store writes would otherwise hold the plugin thread for ever.
-                return Err(Trap::Interrupt.into());
-            }
-            let spent = elapsed.saturating_sub(state.in_host);
-            match state.deadline.checked_sub(spent).filter(|left| !left.is_zero()) {
-                Some(left) => {
-                    let more = ticks(left);
-                    state.granted_ticks += more;
-                    Ok(UpdateDeadline::Continue(more))
-                }
-                None => Err(Trap::Interrupt.into()),
-            }
-        });
-        start_call(&mut store);
-        let exports = match &loaded.linked {
-            Linked::V1(pre) => Exports::V1(pre.instantiate(&mut store)?),
-            Linked::V2 {
-                pre,
-                exports,
-                handshake,
-                state,
-            } => {
-                let instance = pre.instantiate(&mut store)?;
-                Exports::V2 {
-                    plugin: exports.load(&mut store, &instance)?,
-                    handshake: handshake.as_ref().map(|h| h.load(&mut store, &instance)).transpose()?,
-                    state: state.as_ref().map(|s| s.load(&mut store, &instance)).transpose()?,
-                }
-            }
-        };
-        self.live.inc();
-        Ok(Instance {
-            store,
-            exports,
-            live: self.live.clone(),
-        })
-    }
-}
-
-/// Starts the deadline of an export call. It counts the time the plugin's code runs,
-/// not the time its calls into the host wait (a key-value write waits for the disk):
-/// when the engine's epoch reaches the deadline set here, the store's callback (set
-/// in [`Runner::instantiate`]) takes that time off and lets the call go on for what is
-/// left, or interrupts it.
-fn start_call(store: &mut Store<HostState>) {
-    let state = store.data_mut();
-    state.granted_ticks = ticks(state.deadline);
-    state.in_host = Duration::ZERO;
-    state.limits.refused = false;
-    let granted = state.granted_ticks;
-    store.set_epoch_deadline(granted);
-}
-
-/// Epoch ticks in `time`, at least one.
-fn ticks(time: Duration) -> u64 {
-    time.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1) as u64
-}
-
-/// Calls the export for `event`, with a fresh CPU deadline.
-pub(super) fn deliver(instance: &mut Instance, event: &PluginEvent) -> wasmtime::Result<()> {
-    let Instance { store, exports, .. } = instance;
-    start_call(store);
-    match event {
-        PluginEvent::Open(conn) => on_either!(exports, p => p.call_on_open(store, *conn)),
-        PluginEvent::Text(conn, text) => on_either!(exports, p => p.call_on_text(&mut *store, *conn, text)),
-        PluginEvent::Binary(conn, data) => on_either!(exports, p => p.call_on_binary(&mut *store, *conn, data)),
-        PluginEvent::Close(conn, code, reason) => {
-            on_either!(exports, p => p.call_on_close(&mut *store, *conn, *code, reason))
-        }
-        PluginEvent::Timer(id, _) => match exports {
-            Exports::V2 { plugin, .. } => plugin.call_on_timer(store, *id),
-            // A 0.1 plugin cannot set timers.
-            Exports::V1(_) => Ok(()),
-        },
-        PluginEvent::Upgrade(..) | PluginEvent::Barrier(..) | PluginEvent::Reload(_) => Ok(()),
-    }
-}
-
-/// What an export call costs in wasmtime's async calling style against the sync one it
-/// serves with, on the same plugin and instance setup: the measurement behind the
-/// choice of calling style (`cargo bench --bench plugin -- "plugin call style"`). Not
-/// used in serving.
+/// What an export call costs in wasmtime's async calling style against the sync one,
+/// on the same plugin and instance setup: the measurement behind the choice of calling
+/// style (`cargo bench --bench plugin -- "plugin call style"`). Not used in serving.
 #[doc(hidden)]
 pub mod call_style {
-    use super::super::bindings::v2_async;
+    use std::time::Duration;
+
+    use super::super::instance::deliver_async;
     use super::*;
 
     impl Runner {
@@ -880,22 +631,13 @@ pub mod call_style {
             started.elapsed()
         }
 
-        /// The same in the async style (a 0.2 plugin), each epoch tick yielding to the
-        /// executor, as a call that must not hold its thread would.
+        /// The same in the async style, as a stateless plugin's calls are made.
         pub async fn time_async_calls(&self, loaded: &Loaded, text: &str, n: u64) -> Duration {
-            let Linked::V2 { pre, .. } = &loaded.linked else {
-                panic!("the async style is measured with a 0.2 plugin")
-            };
-            let mut instance = self.sandbox.instantiate(loaded).expect("instance");
-            let store = &mut instance.store;
-            store.epoch_deadline_callback(|_| Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))));
-            let indices = v2_async::PluginIndices::new(pre).expect("indices");
-            let component = pre.instantiate_async(&mut *store).await.expect("instantiate");
-            let plugin = indices.load(&mut *store, &component).expect("load");
+            let mut instance = self.sandbox.instantiate_async(loaded).await.expect("instance");
+            let event = PluginEvent::Text(1, text.to_owned());
             let started = Instant::now();
             for _ in 0..n {
-                start_call(store);
-                plugin.call_on_text(&mut *store, 1, text).await.expect("call");
+                deliver_async(&mut instance, &event).await.expect("call");
             }
             started.elapsed()
         }

@@ -512,7 +512,7 @@ impl Session<'_> {
                     // The queue is empty (taken above, under the high-water mark): what a
                     // stateless plugin sends back now may skip it.
                     let mut replies = std::mem::take(&mut self.replies);
-                    match self.plugin.try_deliver(event, Some(&mut replies)) {
+                    match self.plugin.try_deliver(event, Some(&mut replies)).await {
                         Ok(handed) => self.handed(handed),
                         Err(Refused::Busy(event)) => pending = Some(event),
                         Err(Refused::Stopped) => self.abort(close::INTERNAL_ERROR, "plugin stopped"),
@@ -611,7 +611,10 @@ impl Session<'_> {
                     _ => gone = true,
                 },
                 ready = self.plugin.ready(), if pending.is_some() => match ready {
-                    Ok(ready) => self.handed(ready.send(pending.take().expect("checked above"))),
+                    Ok(ready) => {
+                        let handed = ready.send(pending.take().expect("checked above")).await;
+                        self.handed(handed);
+                    }
                     Err(_) => {
                         pending = None;
                         self.abort(close::INTERNAL_ERROR, "plugin stopped");

@@ -1,0 +1,284 @@
+//! One instance of a plugin and how it is made and called: the sandbox every instance
+//! is made in (WASI without ambient authority, the memory cap, the deadline's clock),
+//! the exports of either API version, and a call of the export an event is for, in
+//! wasmtime's sync style (the plugin's own thread) or its async style (a stateless
+//! plugin, on the connections' threads: see [`super::deadline`]).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::IntGauge;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Engine, Store, Trap};
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+use super::bindings::{HostState, MemoryLimit, v1, v1_async, v2, v2_async, v2_optional};
+use super::deadline::CallClock;
+use super::loader::{Linked, Loaded};
+use super::output::{LogOutput, Stream};
+use super::timers::Timers;
+use super::{HostServices, PluginEvent};
+use crate::metrics::TrapKind;
+use crate::store::KeyValue;
+
+/// Resource limits of a plugin.
+#[derive(Clone, Copy, Debug)]
+pub struct PluginLimits {
+    /// CPU time one export call may take before it is interrupted.
+    pub deadline: Duration,
+    /// Largest linear memory an instance may grow to, in bytes.
+    pub memory_bytes: usize,
+    /// Events that may wait for the plugin; connections stop reading when it is full.
+    pub queue_len: usize,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_millis(500),
+            memory_bytes: 64 << 20,
+            queue_len: 1024,
+        }
+    }
+}
+
+/// What the operator grants a plugin beyond the default sandbox (no files, network,
+/// environment or arguments; clocks and random are always available).
+#[derive(Clone, Debug)]
+pub struct Grants {
+    /// A host directory the plugin may read, mounted at [`DATA_DIR`].
+    pub data_dir: Option<PathBuf>,
+    /// Where the plugin's key-value store keeps its database (the host's, not mounted).
+    pub store_dir: PathBuf,
+}
+
+impl Default for Grants {
+    fn default() -> Self {
+        Self {
+            data_dir: None,
+            store_dir: crate::store::default_dir(),
+        }
+    }
+}
+
+/// Where [`Grants::data_dir`] appears inside the plugin.
+pub const DATA_DIR: &str = "/data";
+
+/// One instance of the component in its own store, called in the sync style.
+pub(super) struct Instance {
+    pub(super) store: Store<HostState>,
+    pub(super) exports: Exports,
+    pub(super) live: Live,
+}
+
+/// An instance's exports, by the version of the world it implements.
+pub(super) enum Exports {
+    V1(v1::Plugin),
+    V2 {
+        plugin: v2::Plugin,
+        handshake: Option<v2_optional::handshake::Guest>,
+        state: Option<v2_optional::state::Guest>,
+    },
+}
+
+/// One instance called in the async style: a connection's events only.
+pub(super) struct AsyncInstance {
+    pub(super) store: Store<HostState>,
+    exports: AsyncExports,
+    _live: Live,
+}
+
+/// The connection events' exports of either version, called in the async style.
+enum AsyncExports {
+    V1(v1_async::Plugin),
+    V2(v2_async::Plugin),
+}
+
+/// Counts an instance in its gauge while it lives.
+pub(super) struct Live(IntGauge);
+
+impl Live {
+    /// Counts one more in `gauge`, until dropped.
+    pub(super) fn new(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Calls the same export of either version's bindings: `$plugin` is bound to the
+/// one `$exports` has, in either style.
+macro_rules! on_either {
+    (async $exports:expr, $plugin:ident => $call:expr) => {
+        match $exports {
+            AsyncExports::V1($plugin) => $call.await,
+            AsyncExports::V2($plugin) => $call.await,
+        }
+    };
+    ($exports:expr, $plugin:ident => $call:expr) => {
+        match $exports {
+            Exports::V1($plugin) => $call,
+            Exports::V2 { plugin: $plugin, .. } => $call,
+        }
+    };
+}
+
+/// What made a call fail: its deadline, the memory cap (it refused a growth during the
+/// call), or anything else.
+pub(super) fn trap_kind(error: &wasmtime::Error, store: &Store<HostState>) -> TrapKind {
+    if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        TrapKind::Deadline
+    } else if store.data().limits.refused {
+        TrapKind::Memory
+    } else {
+        TrapKind::Trap
+    }
+}
+
+/// What every instance of a plugin is made with: the engine, the host's services, the
+/// limits and grants, and the host-side state that outlives instances.
+#[derive(Clone)]
+pub(super) struct Sandbox {
+    pub(super) engine: Engine,
+    pub(super) services: Arc<dyn HostServices>,
+    pub(super) limits: PluginLimits,
+    pub(super) grants: Grants,
+    /// The plugin's timers: the host's, so they outlive instances and versions.
+    pub(super) timers: Arc<Timers>,
+    /// The key-value store its `store` imports use.
+    pub(super) store: Arc<dyn KeyValue>,
+    /// Counts live instances.
+    pub(super) live: IntGauge,
+}
+
+impl Sandbox {
+    /// The services the plugin's host calls reach.
+    pub(super) fn services(&self) -> &Arc<dyn HostServices> {
+        &self.services
+    }
+
+    /// A store for an instance of `loaded`, whose calls are in the async style if
+    /// `yields`, ready for instantiation (which runs under the deadline too).
+    fn store(&self, loaded: &Loaded, yields: bool) -> wasmtime::Result<Store<HostState>> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(LogOutput::new(loaded.name.clone(), Stream::Stdout));
+        wasi.stderr(LogOutput::new(loaded.name.clone(), Stream::Stderr));
+        if let Some(dir) = &self.grants.data_dir {
+            wasi.preopened_dir(dir, DATA_DIR, FsPerms::ReadOnly)?;
+        }
+        let state = HostState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limits: MemoryLimit::new(self.limits.memory_bytes),
+            services: self.services.clone(),
+            timers: self.timers.clone(),
+            store: self.store.clone(),
+            name: loaded.name.clone(),
+            clock: CallClock::new(self.limits.deadline, yields),
+            replying: None,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        store.epoch_deadline_callback(|mut store| store.data_mut().clock.tick());
+        start_call(&mut store);
+        Ok(store)
+    }
+
+    /// A new instance of `loaded`, called in the sync style.
+    pub(super) fn instantiate(&self, loaded: &Loaded) -> wasmtime::Result<Instance> {
+        let mut store = self.store(loaded, false)?;
+        let exports = match &loaded.linked {
+            Linked::V1(pre) => Exports::V1(pre.instantiate(&mut store)?),
+            Linked::V2 {
+                pre,
+                exports,
+                handshake,
+                state,
+            } => {
+                let instance = pre.instantiate(&mut store)?;
+                Exports::V2 {
+                    plugin: exports.load(&mut store, &instance)?,
+                    handshake: handshake.as_ref().map(|h| h.load(&mut store, &instance)).transpose()?,
+                    state: state.as_ref().map(|s| s.load(&mut store, &instance)).transpose()?,
+                }
+            }
+        };
+        Ok(Instance {
+            store,
+            exports,
+            live: Live::new(&self.live),
+        })
+    }
+
+    /// A new instance of `loaded`, called in the async style.
+    pub(super) async fn instantiate_async(&self, loaded: &Loaded) -> wasmtime::Result<AsyncInstance> {
+        let mut store = self.store(loaded, true)?;
+        let exports = match &loaded.linked {
+            Linked::V1(pre) => {
+                let pre = v1_async::PluginPre::new(pre.instance_pre().clone())?;
+                AsyncExports::V1(pre.instantiate_async(&mut store).await?)
+            }
+            Linked::V2 { pre, .. } => {
+                let pre = v2_async::PluginPre::new(pre.clone())?;
+                AsyncExports::V2(pre.instantiate_async(&mut store).await?)
+            }
+        };
+        Ok(AsyncInstance {
+            store,
+            exports,
+            _live: Live::new(&self.live),
+        })
+    }
+}
+
+/// Starts the deadline of an export call (see [`super::deadline`]).
+pub(super) fn start_call(store: &mut Store<HostState>) {
+    let state = store.data_mut();
+    state.limits.refused = false;
+    let ticks = state.clock.start();
+    store.set_epoch_deadline(ticks);
+}
+
+/// Calls the export for `event` in the sync style, with a fresh CPU deadline.
+pub(super) fn deliver(instance: &mut Instance, event: &PluginEvent) -> wasmtime::Result<()> {
+    let Instance { store, exports, .. } = instance;
+    start_call(store);
+    match event {
+        PluginEvent::Open(conn) => on_either!(exports, p => p.call_on_open(store, *conn)),
+        PluginEvent::Text(conn, text) => on_either!(exports, p => p.call_on_text(&mut *store, *conn, text)),
+        PluginEvent::Binary(conn, data) => on_either!(exports, p => p.call_on_binary(&mut *store, *conn, data)),
+        PluginEvent::Close(conn, code, reason) => {
+            on_either!(exports, p => p.call_on_close(&mut *store, *conn, *code, reason))
+        }
+        PluginEvent::Timer(id, _) => match exports {
+            Exports::V2 { plugin, .. } => plugin.call_on_timer(store, *id),
+            // A 0.1 plugin cannot set timers.
+            Exports::V1(_) => Ok(()),
+        },
+        PluginEvent::Upgrade(..) | PluginEvent::Barrier(..) | PluginEvent::Reload(_) => Ok(()),
+    }
+}
+
+/// Calls the export for a connection's `event` in the async style, with a fresh CPU
+/// deadline; any other event is not for this style, and calls nothing.
+pub(super) async fn deliver_async(instance: &mut AsyncInstance, event: &PluginEvent) -> wasmtime::Result<()> {
+    let AsyncInstance { store, exports, .. } = instance;
+    start_call(store);
+    match event {
+        PluginEvent::Open(conn) => on_either!(async exports, p => p.call_on_open(&mut *store, *conn)),
+        PluginEvent::Text(conn, text) => on_either!(async exports, p => p.call_on_text(&mut *store, *conn, text)),
+        PluginEvent::Binary(conn, data) => {
+            on_either!(async exports, p => p.call_on_binary(&mut *store, *conn, data))
+        }
+        PluginEvent::Close(conn, code, reason) => {
+            on_either!(async exports, p => p.call_on_close(&mut *store, *conn, *code, reason))
+        }
+        PluginEvent::Timer(..) | PluginEvent::Upgrade(..) | PluginEvent::Barrier(..) | PluginEvent::Reload(_) => Ok(()),
+    }
+}
