@@ -42,7 +42,8 @@ SCALING = "echo 100 x 20 B, host on 1 core (taskset) vs 2"
 
 
 # `--compare PATH`: another build of the host, run as "wsplug-before" beside "wsplug" in
-# the scenarios of COMPARED, to measure what a change costs.
+# the scenarios of COMPARED (and served as stateless beside "wsplug-stateless" where the
+# scenario has it), to measure what a change costs: per round, each pair's ratio.
 COMPARE_AS = "wsplug-before"
 COMPARED = ["echo 100 x 20 B", "echo 100 x 20 B, 1 in flight", "echo 100 x 16 KiB",
             "fanout 1000 conns x 1 sender", "fanout 1000 conns x 1 sender, 1 in flight",
@@ -383,7 +384,8 @@ def main():
                 clustered = [CLUSTER.match(server) for server in servers if CLUSTER.match(server)]
                 if clustered:
                     return [clustered[0][0], f"{COMPARE_AS}-cluster-{clustered[0][2]}"]
-                return ["wsplug", COMPARE_AS]
+                stateless = [STATELESS, COMPARE_AS + STATELESS_SUFFIX] if STATELESS in servers else []
+                return ["wsplug", COMPARE_AS, *stateless]
             chosen = [(*s[:5], compared(s[5]), s[6]) for s in chosen if s[0] in COMPARED]
         started = time.monotonic()
         for round_ in range(args.rounds):
@@ -425,11 +427,31 @@ def main():
             value = "failed" if theirs is None else f"{theirs:,.0f}" if higher else f"{theirs:.2f}"
             print(f"| {title} | {server} | {value} | {p99} | {bad} | {ratio} |")
     if args.compare:
+        print_compared(chosen, results)
         return
     print_targets(chosen, results)
     print_plugin_share(chosen, results)
     if any(title == LANGUAGES for title, *_ in chosen):
         print_languages(results)
+
+
+def print_compared(chosen, results):
+    """Each pair of `--compare`: the ratio of its two hosts round by round (the rounds
+    alternate which goes first), as the median and the range."""
+    print()
+    print(f"Per-round ratios, {COMPARE_AS} as the reference (above 1: this build is better).")
+    print()
+    print("| scenario | pair | median ratio | range | rounds |")
+    print("|---|---|---|---|---|")
+    for title, _, higher, _, _, servers, _ in chosen:
+        for mine, theirs in zip(servers[::2], servers[1::2]):
+            ratios = []
+            for (a, _), (b, _) in zip(results[(title, mine)], results[(title, theirs)]):
+                if a and b:
+                    ratios.append(a / b if higher else b / a)
+            if ratios:
+                print(f"| {title} | {mine} / {theirs} | {statistics.median(ratios):.3f} | "
+                      f"{min(ratios):.3f}-{max(ratios):.3f} | {len(ratios)} |")
 
 
 def print_plugin_share(chosen, results):
