@@ -40,6 +40,14 @@ STATELESS = "wsplug" + STATELESS_SUFFIX
 JS_SCALING = "echo 100 x 20 B, JavaScript plugin: one plugin thread vs stateless"
 SCALING = "echo 100 x 20 B, host on 1 core (taskset) vs 2"
 
+# A stateless route under attack beside another route: api.wasm stateless on /attack,
+# whose `spin` runs until its deadline cuts it, and echo.wasm on /, on a host of two
+# runtime threads. The control is the same host with no attackers.
+CONTROL = "wsplug-control"
+UNDER_ATTACK = "wsplug-under-attack"
+ATTACKERS = 4
+ATTACK_TITLE = (f"echo 10 x 20 B, 1 in flight, beside a stateless route whose {ATTACKERS} clients "
+                "send calls that spin (p99 µs): control vs attack")
 
 # `--compare PATH`: another build of the host, run as "wsplug-before" beside "wsplug" in
 # the scenarios of COMPARED (and served as stateless beside "wsplug-stateless" where the
@@ -72,6 +80,21 @@ def server_command(name, mode, extra):
         return ["taskset", "-c", "0", *server_command("wsplug", mode, extra)]
     if name == UNPINNED:
         return server_command("wsplug", mode, extra)
+    if name in (CONTROL, UNDER_ATTACK):
+        config = os.path.join(tempfile.gettempdir(), "wsplug-bench-attack.toml")
+        with open(config, "w") as f:
+            f.write(f"""threads = 2
+cache_dir = "{os.path.join(tempfile.gettempdir(), 'wsplug-bench-cache')}"
+[[route]]
+path = "/attack"
+plugin = "{os.path.join(PLUGINS, 'api.wasm')}"
+stateless = true
+plugin_deadline_ms = 100
+[[route]]
+path = "/"
+plugin = "{os.path.join(PLUGINS, echo_plugin + '.wasm')}"
+""")
+        return [os.path.join(RELEASE, host_binary), "--config", config, "--listen", "127.0.0.1:0", "--log", "error"]
     if name.endswith(STATELESS_SUFFIX):
         return server_command(name.removesuffix(STATELESS_SUFFIX), mode, [*extra, "--stateless"])
     if name.startswith("wsplug") or name.startswith("echo-"):
@@ -149,10 +172,11 @@ def measure(server, mode, wsbench_args, server_extra=()):
             procs.append(proc)
             addrs.append(addr)
         pin = ["taskset", "-c", "1"] if server == PINNED else []
+        attack = ["--attackers", str(ATTACKERS), "--attack-path", "/attack"] if server == UNDER_ATTACK else []
         plugin_before = thread_cpu_s(procs[-1].pid, "plugin")
         out = subprocess.run(
             [*pin, os.path.join(RELEASE, "wsbench"), "--addr", ",".join(addrs), "--server-pid", str(procs[-1].pid),
-             *wsbench_args],
+             *attack, *wsbench_args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300,
         )
         plugin_after = thread_cpu_s(procs[-1].pid, "plugin")
@@ -341,6 +365,11 @@ def scenarios(duration, certs):
         (JS_SCALING, "msgs_per_s", True, "echo",
          ["echo", "--conns", "100", "--size", "20", "--inflight", "4", "--duration", d],
          ["echo-js" + STATELESS_SUFFIX, "echo-js"], []),
+        # What one route's attackers cost another route's clients: the echo's p99 with
+        # and without them (the ratio is attack / control).
+        (ATTACK_TITLE, "p99_us", False, "echo",
+         ["echo", "--conns", "10", "--size", "20", "--inflight", "1", "--duration", d],
+         [CONTROL, UNDER_ATTACK], []),
         ("WSS echo 100 x 1 KiB", "msgs_per_s", True, "echo",
          ["--tls", "echo", "--conns", "100", "--size", "1024", "--inflight", "4", "--duration", d],
          ["wsplug"], wss),
@@ -426,6 +455,12 @@ def main():
                 ratio = f"{(mine / theirs) if higher else (theirs / mine):.2f}"
             value = "failed" if theirs is None else f"{theirs:,.0f}" if higher else f"{theirs:.2f}"
             print(f"| {title} | {server} | {value} | {p99} | {bad} | {ratio} |")
+    if any(title == ATTACK_TITLE for title, *_ in chosen):
+        attacks = [r["attacks"] for _, r in results[(ATTACK_TITLE, UNDER_ATTACK)] if r and "attacks" in r]
+        if attacks:
+            print()
+            print(f"Under attack, the attackers' calls that ended (each at its 100 ms deadline, with 1011), "
+                  f"median per run of {args.duration:g} s: {statistics.median(attacks):,.0f}.")
     if args.compare:
         print_compared(chosen, results)
         return

@@ -6,6 +6,10 @@
 //!   connection; prints deliveries/s, delivery latency and lost messages.
 //! - `conns`: opens N idle connections, holds them, and reads the server's RSS.
 //!
+//! With `--attackers N`, N more connections attack meanwhile: each sends
+//! `--attack-message` to `--attack-path`, waits for the server to answer or close it,
+//! and starts again on a new connection; how many attacks ended is reported.
+//!
 //! The last line of output is `RESULT {json}` for scripts. CPU time of wsbench and
 //! of the server (`--server-pid`) is reported, to show which one was the bottleneck.
 
@@ -42,6 +46,16 @@ struct Cli {
     /// Worker threads of wsbench itself.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Connections attacking while the load runs (see `--attack-path`).
+    #[arg(long, default_value_t = 0)]
+    attackers: usize,
+    /// Request path the attackers connect to.
+    #[arg(long, default_value = "/attack")]
+    attack_path: String,
+    /// What each attacker sends, as one text message, before it waits to be answered
+    /// or closed.
+    #[arg(long, default_value = "spin")]
+    attack_message: String,
     #[command(subcommand)]
     mode: Mode,
 }
@@ -110,8 +124,13 @@ fn main() -> anyhow::Result<()> {
     let target = &targets[..];
     let own_pid = std::process::id();
     let cpu_before = (cpu_seconds(own_pid), cli.server_pid.and_then(cpu_seconds));
+    let attack_target = Target {
+        path: cli.attack_path.clone(),
+        ..targets[0].clone()
+    };
     let mut result = runtime.block_on(async {
-        match cli.mode {
+        let attack = Attack::start(attack_target, cli.attackers, cli.attack_message.clone());
+        let mut result = match cli.mode {
             Mode::Echo {
                 conns,
                 size,
@@ -126,7 +145,11 @@ fn main() -> anyhow::Result<()> {
                 duration,
             } => fanout(target, conns, senders, size, window, duration).await,
             Mode::Conns { conns, concurrency } => idle(target, conns, concurrency, cli.server_pid).await,
+        }?;
+        if cli.attackers > 0 {
+            result.push(("attacks", attack.stop().to_string()));
         }
+        anyhow::Ok(result)
     })?;
     let cpu_after = (cpu_seconds(own_pid), cli.server_pid.and_then(cpu_seconds));
     if let (Some(a), Some(b)) = (cpu_before.0, cpu_after.0) {
@@ -266,6 +289,44 @@ async fn echo(target: &[Target], conns: usize, size: usize, inflight: usize, dur
         ("p999_us", p999.to_string()),
         ("errors", errors.to_string()),
     ])
+}
+
+/// Connections that each send one message and wait for the server to answer or close
+/// them, then do it again on a new connection, until stopped.
+struct Attack {
+    tasks: tokio::task::JoinSet<()>,
+    ended: Arc<AtomicU64>,
+}
+
+impl Attack {
+    /// Starts `attackers` of them against `target`, each sending `message`.
+    fn start(target: Target, attackers: usize, message: String) -> Self {
+        let ended = Arc::new(AtomicU64::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..attackers {
+            let (target, message, ended) = (target.clone(), message.clone(), ended.clone());
+            tasks.spawn(async move {
+                loop {
+                    let Ok(mut client) = Client::connect(&target).await else {
+                        // Refused (over a bound, say): try again a little later.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    };
+                    client.queue(1, message.as_bytes());
+                    // Answered or closed, either way this attack has ended.
+                    let _ = client.next_data().await;
+                    ended.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        Self { tasks, ended }
+    }
+
+    /// Stops the attackers; how many attacks ended.
+    fn stop(mut self) -> u64 {
+        self.tasks.abort_all();
+        self.ended.load(Ordering::Relaxed)
+    }
 }
 
 /// Nanoseconds since the run started, as embedded in fanout messages.
