@@ -5,6 +5,10 @@
 //!
 //! The hosts run the probe plugin (see `plugins/probe`): its commands `broadcast`,
 //! `publish`, `join`, `members`, `conns` and `send-to` are the plugin API's calls.
+//!
+//! The tests take turns (see [`exclusive`] and [`shared`]): those that measure how soon
+//! the cluster gets somewhere, restart Redis on its port, or load both cores run alone;
+//! the others run side by side.
 
 mod common;
 
@@ -13,7 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::redis::Redis;
-use common::{Client, Scrape, Server, TempDir, ask, ask_until, open_probe, plugin_path, serial};
+use common::{Client, Scrape, Server, TempDir, ask, ask_until, exclusive, open_probe, plugin_path, shared};
 
 /// The bound docs/operating.md states: a host silent for 3 s is dropped at the next heartbeat
 /// (every 0.5 s) of each other host, so within 3.5 s of its last word; 4 s leaves room
@@ -52,7 +56,7 @@ fn open_clients(hosts: &[Server], n: usize) -> Vec<Vec<(Client, u64)>> {
 
 #[test]
 fn ids_are_unique_across_hosts_and_sends_reach_other_hosts() {
-    let _serial = serial();
+    let _turn = shared();
     let redis = Redis::start();
     // The first host's plugin is stateless: it asks Redis from a connection's thread.
     let hosts = vec![host_with(&redis, &["--stateless"]), host(&redis)];
@@ -99,7 +103,7 @@ fn three_hosts_deliver_every_broadcast_and_group_message_once_in_order() {
     const PER_HOST: usize = 100;
     const SENDERS_PER_HOST: usize = 2;
     const MESSAGES: usize = 40;
-    let _serial = serial();
+    let _turn = exclusive();
     let redis = Redis::start();
     let hosts: Vec<Server> = (0..3).map(|_| host(&redis)).collect();
     let mut clients = open_clients(&hosts, PER_HOST);
@@ -169,7 +173,7 @@ fn three_hosts_deliver_every_broadcast_and_group_message_once_in_order() {
 
 #[test]
 fn a_killed_host_leaves_the_others_groups_within_the_bound() {
-    let _serial = serial();
+    let _turn = exclusive();
     let redis = Redis::start();
     let mut hosts: Vec<Server> = (0..3).map(|_| host(&redis)).collect();
     let mut clients = open_clients(&hosts, 5);
@@ -216,7 +220,7 @@ fn a_killed_host_leaves_the_others_groups_within_the_bound() {
 
 #[test]
 fn a_redis_outage_drops_no_connection_and_delivery_resumes() {
-    let _serial = serial();
+    let _turn = exclusive();
     let mut redis = Redis::start();
     let hosts: Vec<Server> = (0..2).map(|_| host(&redis)).collect();
     let mut clients = open_clients(&hosts, 3);
@@ -316,7 +320,7 @@ fn a_redis_outage_drops_no_connection_and_delivery_resumes() {
 
 #[test]
 fn the_key_value_store_is_shared_by_the_hosts() {
-    let _serial = serial();
+    let _turn = shared();
     let redis = Redis::start();
     let start = |extra: &[&str]| {
         let url = redis.url();
@@ -367,7 +371,7 @@ fn the_key_value_store_is_shared_by_the_hosts() {
 
 #[test]
 fn a_host_that_falls_behind_is_cut_off_by_redis_and_catches_up() {
-    let _serial = serial();
+    let _turn = exclusive();
     // Redis cuts off a subscriber with more than 1 MB unread (the default is 32 MB).
     let redis = Redis::start_with(&["--client-output-buffer-limit", "pubsub 1mb 1mb 0"]);
     let hosts: Vec<Server> = (0..2).map(|_| host(&redis)).collect();
@@ -427,7 +431,7 @@ fn a_host_that_falls_behind_is_cut_off_by_redis_and_catches_up() {
 /// connections, broadcasts and counts span the hosts, never the other route).
 #[test]
 fn routes_of_clustered_hosts_stay_apart() {
-    let _serial = serial();
+    let _turn = shared();
     let redis = Redis::start();
     let dir = TempDir::new("cluster-routes");
     let config = dir.join("wsplug.toml");

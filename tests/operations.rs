@@ -9,7 +9,8 @@
 //!   a reload and a trap in one route leave the others' connections untouched.
 //! - `metrics_listen`, `host check`, `log_format = "json"`.
 //!
-//! Build the plugins first (`make plugins`). The tests take turns (see [`serial`]).
+//! Build the plugins first (`make plugins`). The tests take turns (see [`exclusive`] and
+//! [`shared`]): the one that measures a p99 runs alone, the others side by side.
 
 mod common;
 
@@ -57,7 +58,7 @@ fn promtool_accepts(text: &str) {
 
 #[test]
 fn metrics_count_scripted_traffic_exactly_and_pass_promtool() {
-    let _turn = serial();
+    let _turn = shared();
     let cache = TempDir::new("cache");
     let server = Server::start_file(
         &plugin_path("echo"),
@@ -187,7 +188,7 @@ fn metrics_count_scripted_traffic_exactly_and_pass_promtool() {
 
 #[test]
 fn health_is_200_and_readiness_turns_503_while_the_server_shuts_down() {
-    let _turn = serial();
+    let _turn = shared();
     let mut server = Server::start_isolated(
         &plugin_path("probe"),
         &["--shutdown-grace", "10", "--close-timeout", "3", "--serve-metrics"],
@@ -233,7 +234,7 @@ fn health_is_200_and_readiness_turns_503_while_the_server_shuts_down() {
 
 #[test]
 fn routes_serve_three_plugins_and_a_reload_or_traps_in_one_leave_the_others_alone() {
-    let _turn = serial();
+    let _turn = shared();
     let dir = TempDir::new("routes");
     let chat = PluginFile::copy_of("probe");
     let config = config_file(
@@ -371,7 +372,7 @@ fn routes_serve_three_plugins_and_a_reload_or_traps_in_one_leave_the_others_alon
 
 #[test]
 fn routes_keep_their_own_limits() {
-    let _turn = serial();
+    let _turn = shared();
     let dir = TempDir::new("limits");
     let config = config_file(
         &dir,
@@ -408,7 +409,7 @@ fn routes_keep_their_own_limits() {
 
 #[test]
 fn metrics_listen_moves_metrics_off_the_websocket_port() {
-    let _turn = serial();
+    let _turn = shared();
     let server = Server::start_isolated(&plugin_path("echo"), &["--metrics-listen", "127.0.0.1:0"]);
     server.wait_for_log("metrics on http://");
     let line = server.log_lines(|l| l.contains("metrics on http://")).remove(0);
@@ -437,7 +438,7 @@ fn metrics_listen_moves_metrics_off_the_websocket_port() {
 
 #[test]
 fn host_check_describes_a_plugin_or_says_why_it_would_not_load() {
-    let _turn = serial();
+    let _turn = shared();
     let echo = plugin_path("echo");
     let exit = run_host(&["check", path_text(&echo)], Duration::from_secs(120));
     assert!(exit.status.success(), "{exit:?}");
@@ -473,7 +474,7 @@ fn host_check_describes_a_plugin_or_says_why_it_would_not_load() {
 
 #[test]
 fn json_logs_are_one_object_per_line() {
-    let _turn = serial();
+    let _turn = shared();
     let mut server = Server::start_isolated(&plugin_path("echo"), &["--log-format", "json"]);
     let mut client = server.connect("/");
     client.send_close(NORMAL, "");
@@ -500,7 +501,7 @@ fn p99(times: &mut [Duration]) -> Duration {
 
 #[test]
 fn a_stateless_route_whose_calls_spin_stalls_no_other_route_nor_the_endpoints() {
-    let _turn = serial();
+    let _turn = exclusive();
     let dir = TempDir::new("spin");
     // Two runtime threads, four attackers: each sends `spin` to the stateless route
     // (a loop until the CPU deadline traps it), and reconnects after the 1011 to do it

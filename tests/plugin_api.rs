@@ -4,8 +4,9 @@
 //! plugins beside 0.2 ones.
 //!
 //! Build the plugins first (`make plugins`). Every test starts its own server (with its
-//! own store); they take turns (see [`serial`]), because two of them measure timer
-//! lateness and throughput, which on 2 cores would otherwise measure the other tests.
+//! own store); they take turns (see [`exclusive`] and [`shared`]): the throughput test
+//! and the one that races fsyncs against a call's wall-clock bound run alone, because on
+//! 2 cores they would otherwise measure the other tests; the others run side by side.
 
 mod common;
 
@@ -97,7 +98,7 @@ fn version(original: &[u8], n: usize) -> Vec<u8> {
 
 #[test]
 fn a_rejected_handshake_gets_the_plugins_status_headers_and_body_and_no_on_open() {
-    let _serial = serial();
+    let _turn = shared();
     let server = Server::start("api", &[]);
     for (status, body) in [(401, "who%20are%20you%3F"), (403, "no"), (429, "slow+down"), (599, "")] {
         let path = format!("/reject?status={status}&body={body}");
@@ -114,7 +115,7 @@ fn a_rejected_handshake_gets_the_plugins_status_headers_and_body_and_no_on_open(
 
 #[test]
 fn a_rejection_that_is_not_an_http_error_fails_closed_with_503() {
-    let _serial = serial();
+    let _turn = shared();
     let server = Server::start("api", &[]);
     for status in [101, 200, 302, 600] {
         let path = format!("/reject?status={status}&body=x");
@@ -127,7 +128,7 @@ fn a_rejection_that_is_not_an_http_error_fails_closed_with_503() {
 
 #[test]
 fn a_hook_past_its_deadline_or_trapping_gets_503_and_the_others_keep_working() {
-    let _serial = serial();
+    let _turn = shared();
     let server = Server::start("api", &["--plugin-deadline-ms", "100"]);
     let mut bystander = server.connect("/attach?data=bystander");
     assert_eq!(ask(&mut bystander, "echo before"), "before");
@@ -161,7 +162,7 @@ fn a_hook_past_its_deadline_or_trapping_gets_503_and_the_others_keep_working() {
 
 #[test]
 fn the_hook_chooses_among_the_offered_subprotocols_only() {
-    let _serial = serial();
+    let _turn = shared();
     let server = Server::start("api", &[]);
     let offered = [("Sec-WebSocket-Protocol", "v1, v2")];
     let (mut client, response) = Client::handshake(server.addr, "/protocol?pick=v2", &offered);
@@ -181,7 +182,7 @@ fn the_hook_chooses_among_the_offered_subprotocols_only() {
 
 #[test]
 fn the_hook_sets_the_attachment_and_groups_before_on_open() {
-    let _serial = serial();
+    let _turn = shared();
     let server = Server::start("api", &[]);
     let mut a = server.connect("/attach?data=alice&group=room");
     let mut b = server.connect("/attach?data=bob&group=room");
@@ -206,7 +207,7 @@ fn the_hook_sets_the_attachment_and_groups_before_on_open() {
 
 #[test]
 fn a_thousand_10_ms_timers_fire_exactly_once_each() {
-    let _serial = serial();
+    let _turn = shared();
     let server = Server::start("api", &[]);
     let mut client = server.connect("/");
     const N: u64 = 1000;
@@ -254,7 +255,7 @@ fn a_thousand_10_ms_timers_fire_exactly_once_each() {
 
 #[test]
 fn a_cancelled_timer_never_fires_and_a_reset_one_fires_once_at_its_new_time() {
-    let _serial = serial();
+    let _turn = shared();
     let server = Server::start("api", &[]);
     let mut client = server.connect("/");
     let (cancelled, reset, sentinel) = (timer_id(FIRST, 1), timer_id(FIRST, 2), timer_id(FIRST, 3));
@@ -283,7 +284,7 @@ fn a_cancelled_timer_never_fires_and_a_reset_one_fires_once_at_its_new_time() {
 
 #[test]
 fn a_repeating_timer_keeps_its_cadence_across_five_reloads_and_a_trap() {
-    let _serial = serial();
+    let _turn = shared();
     let reloadable = Reloadable::start(5);
     let server = &reloadable.server;
     let mut client = server.connect("/");
@@ -333,7 +334,7 @@ fn a_repeating_timer_keeps_its_cadence_across_five_reloads_and_a_trap() {
 
 #[test]
 fn a_timer_that_traps_at_every_tick_backs_off_instead_of_restarting_at_its_pace() {
-    let _serial = serial();
+    let _turn = shared();
     let server = Server::start("api", &[]);
     let mut client = server.connect("/");
     // Bit 19: the api plugin traps in this timer's on-timer, every 10 ms.
@@ -348,7 +349,7 @@ fn a_timer_that_traps_at_every_tick_backs_off_instead_of_restarting_at_its_pace(
 
 #[test]
 fn a_stateless_plugins_crash_gauge_keeps_the_plugin_threads_streak() {
-    let _serial = serial();
+    let _turn = shared();
     // Stateless: connections' events run on their own threads, timers on the plugin's
     // thread, and each side keeps a crash streak. The gauge shows the longer one.
     let server = Server::start("api", &["--stateless", "--serve-metrics"]);
@@ -375,7 +376,7 @@ fn a_stateless_plugins_crash_gauge_keeps_the_plugin_threads_streak() {
 
 #[test]
 fn a_hundred_clients_times_a_thousand_messages_with_ten_reloads_count_exactly() {
-    let _serial = serial();
+    let _turn = exclusive();
     const CLIENTS: usize = 100;
     const ROUNDS: usize = 10;
     const PER_ROUND: usize = 100;
@@ -431,7 +432,7 @@ fn a_hundred_clients_times_a_thousand_messages_with_ten_reloads_count_exactly() 
 
 #[test]
 fn attachments_survive_reloads_and_traps() {
-    let _serial = serial();
+    let _turn = shared();
     let reloadable = Reloadable::start(2);
     let server = &reloadable.server;
     let mut alice = server.connect("/attach?data=alice");
@@ -459,7 +460,7 @@ fn attachments_survive_reloads_and_traps() {
 
 #[test]
 fn a_refused_snapshot_or_restore_keeps_the_old_version_and_its_state() {
-    let _serial = serial();
+    let _turn = shared();
     let reloadable = Reloadable::start(2);
     let server = &reloadable.server;
     let mut client = server.connect("/");
@@ -482,7 +483,7 @@ fn a_refused_snapshot_or_restore_keeps_the_old_version_and_its_state() {
 
 #[test]
 fn an_eight_mib_state_is_carried_across_a_reload() {
-    let _serial = serial();
+    let _turn = shared();
     let reloadable = Reloadable::start(1);
     let server = &reloadable.server;
     let mut client = server.connect("/");
@@ -502,7 +503,7 @@ fn an_eight_mib_state_is_carried_across_a_reload() {
 
 #[test]
 fn the_store_keeps_data_across_a_killed_host() {
-    let _serial = serial();
+    let _turn = shared();
     let store = TempDir::new("api-store");
     let args = ["--store-dir", store.arg()];
     {
@@ -530,7 +531,7 @@ fn the_store_keeps_data_across_a_killed_host() {
 
 #[test]
 fn store_limits_and_expiry() {
-    let _serial = serial();
+    let _turn = shared();
     let server = Server::start("api", &[]);
     let mut client = server.connect("/");
     assert_eq!(ask(&mut client, "kv-big key"), "Err(StoreError::TooLarge)");
@@ -547,7 +548,7 @@ fn store_limits_and_expiry() {
 
 #[test]
 fn time_waiting_for_the_store_does_not_count_against_the_cpu_deadline() {
-    let _serial = serial();
+    let _turn = exclusive();
     // 1000 committed writes in one call take longer than 50 ms (each is a transaction,
     // with an fsync: 250 ms here) but less than the 10 x 50 ms a call may last in all,
     // and about 8 ms in the plugin's code and the calls' crossings (8 us per call,
@@ -570,7 +571,7 @@ fn time_waiting_for_the_store_does_not_count_against_the_cpu_deadline() {
 
 #[test]
 fn a_call_that_keeps_writing_is_stopped_at_ten_times_its_deadline() {
-    let _serial = serial();
+    let _turn = shared();
     // 20,000 writes take seconds; the call may last 10 x 10 ms in all.
     let server = Server::start("api", &["--plugin-deadline-ms", "10"]);
     let mut client = server.connect("/");
@@ -584,7 +585,7 @@ fn a_call_that_keeps_writing_is_stopped_at_ten_times_its_deadline() {
 
 #[test]
 fn a_store_that_cannot_open_is_an_error_not_a_trap() {
-    let _serial = serial();
+    let _turn = shared();
     let dir = TempDir::new("blocked-store");
     // A directory where the database file should be.
     fs::create_dir(dir.join("store.redb")).unwrap();
@@ -602,7 +603,7 @@ fn a_store_that_cannot_open_is_an_error_not_a_trap() {
 
 #[test]
 fn the_load_report_names_the_api_version_and_optional_exports() {
-    let _serial = serial();
+    let _turn = shared();
     for (plugin, api, exports) in [
         ("echo-raw", "0.1.0", "none"),
         ("counter-v1", "0.1.0", "none"),
@@ -624,7 +625,7 @@ fn the_load_report_names_the_api_version_and_optional_exports() {
 
 #[test]
 fn a_reload_from_0_1_to_0_2_and_back_keeps_the_connections() {
-    let _serial = serial();
+    let _turn = shared();
     let file = PluginFile::copy_of("echo-raw");
     let server = Server::start_file(&file.path(), &["--idle-timeout", "60"]);
     let mut client = server.connect("/");

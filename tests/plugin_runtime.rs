@@ -20,6 +20,8 @@ use common::{TempDir, plugin_path};
 enum Did {
     Send(ConnId, String),
     Close(ConnId, u16),
+    /// A call of the connection's ran past the deadline (held against its client).
+    Overran(ConnId),
 }
 
 /// Host services that record sends and closes, and know each connection's path.
@@ -90,6 +92,9 @@ impl HostServices for Recorder {
     }
     fn attachment(&self, _: ConnId) -> Option<bytes::Bytes> {
         None
+    }
+    fn overran(&self, conn: ConnId) {
+        self.did.lock().unwrap().push(Did::Overran(conn));
     }
 }
 
@@ -201,7 +206,10 @@ fn traps_of_every_kind_cost_only_their_connection() {
     rig.open(1, "/");
     for (conn, command) in [(2, "panic"), (3, "trap"), (4, "oom"), (5, "loop")] {
         rig.open(conn, "/");
-        assert_eq!(rig.text(conn, command), [Did::Close(conn, 1011)], "{command}");
+        // Only the call that ran past its deadline is held against its client.
+        let overran = (command == "loop").then_some(Did::Overran(conn));
+        let expected: Vec<Did> = overran.into_iter().chain([Did::Close(conn, 1011)]).collect();
+        assert_eq!(rig.text(conn, command), expected, "{command}");
         assert_eq!(rig.text(1, "still"), [send(1, "still")], "after {command}");
     }
 }
@@ -311,6 +319,14 @@ fn the_crash_loop_rules_are_the_same_in_both_modes() {
                 served.open(conn, "/").await;
                 assert_eq!(served.text(conn, "trap").await, [Did::Close(conn, 1011)], "{mode}");
             }
+            assert_eq!(served.streak(), (0, 0.0), "{mode}");
+            // A call that runs to its deadline: its client is closed and held to account.
+            served.open(20, "/").await;
+            assert_eq!(
+                served.text(20, "loop").await,
+                [Did::Overran(20), Did::Close(20, 1011)],
+                "{mode}"
+            );
             assert_eq!(served.streak(), (0, 0.0), "{mode}");
             // A plugin that cannot open a connection: each counts, and from the third
             // the next start waits (0.1 s, then doubled). On the plugin thread each fresh

@@ -11,8 +11,9 @@
 //!
 //! Build the plugins first (`make plugins`). Every test starts its own server with its own
 //! compile cache in a fresh temp dir (except the cache test, which shares one between its
-//! servers on purpose). The tests take turns (see [`serial`]): several of them measure a
-//! latency, which on a 2-core machine would otherwise measure the other tests too.
+//! servers on purpose). The tests take turns (see [`exclusive`] and [`shared`]): those that
+//! measure a latency run alone, since on a 2-core machine they would otherwise measure the
+//! other tests too; the others run side by side.
 
 mod common;
 
@@ -126,7 +127,7 @@ const BYSTANDERS: usize = 50;
 /// every bystander is served, including a message each sent while the plugin was failing.
 /// Returns how long the 1011 took to arrive after `command` was sent.
 fn assert_failure_is_contained(command: &str, args: &[&str], trap: &str) -> Duration {
-    let _serial = serial();
+    let _turn = shared();
     let mut server = Server::start_isolated(&plugin_path("chaos"), args);
     let mut bystanders = open_echoing(&server, BYSTANDERS);
     let mut victim = server.connect("/");
@@ -223,7 +224,7 @@ fn a_stateless_plugins_call_past_its_cpu_deadline_gets_1011_and_spares_the_other
 
 #[test]
 fn a_stateless_plugin_that_waits_holds_up_its_own_connection_only() {
-    let _serial = serial();
+    let _turn = exclusive();
     // A WASI sleep on a connection's thread (under the CPU deadline, which counts it):
     // the call waits, and the thread's other connections are served elsewhere meanwhile.
     // One runtime thread: without the hand-over, nothing else would be served.
@@ -251,7 +252,7 @@ fn a_stateless_plugin_that_waits_holds_up_its_own_connection_only() {
 
 #[test]
 fn a_stateless_plugins_wait_past_the_bound_gets_1011_and_the_other_wait_goes_on() {
-    let _serial = serial();
+    let _turn = shared();
     // One runtime thread: one call may wait with a hand-over at a time. Of two sleeps,
     // one waits and one is refused (a trap: 1011), whichever comes second.
     let args = ["--stateless", "--plugin-deadline-ms", "10000", "--threads", "1"];
@@ -280,7 +281,7 @@ const NO_BACKTRACE: &[(&str, &str)] = &[("RUST_BACKTRACE", "0")];
 
 #[test]
 fn repeatedly_running_out_of_memory_does_not_grow_the_server() {
-    let _serial = serial();
+    let _turn = shared();
     let chaos = plugin_path("chaos");
     let mut server = Server::start_isolated_env(&chaos, &["--plugin-memory-mib", "16"], NO_BACKTRACE);
     let at_start = server.rss_kib();
@@ -310,7 +311,7 @@ fn repeatedly_running_out_of_memory_does_not_grow_the_server() {
 
 #[test]
 fn a_trap_does_not_make_the_server_load_its_debug_info() {
-    let _serial = serial();
+    let _turn = shared();
     let chaos = plugin_path("chaos");
     let mut server = Server::start_isolated_env(&chaos, &[], &[("RUST_BACKTRACE", "1")]);
     let at_start = server.rss_kib();
@@ -337,7 +338,7 @@ fn a_trap_does_not_make_the_server_load_its_debug_info() {
 
 #[test]
 fn after_a_panic_a_fresh_instance_serves_the_connections_opened_before() {
-    let _serial = serial();
+    let _turn = shared();
     let mut server = Server::start_isolated(&plugin_path("chaos"), &[]);
     let mut opened_before = open_echoing(&server, 2);
     let mut a = server.connect("/");
@@ -364,7 +365,7 @@ fn after_a_panic_a_fresh_instance_serves_the_connections_opened_before() {
 #[test]
 fn after_a_panic_the_fresh_instance_gets_on_open_for_every_live_connection() {
     // The probe answers every `on-open` with `id <conn>`, so a replayed open is visible.
-    let _serial = serial();
+    let _turn = shared();
     let server = Server::start_isolated(&plugin_path("probe"), &[]);
     let (mut b, b_id) = open_probe(&server, "/");
     let (mut c, c_id) = open_probe(&server, "/");
@@ -388,7 +389,7 @@ fn after_a_panic_the_fresh_instance_gets_on_open_for_every_live_connection() {
 fn a_connection_that_opens_right_after_a_trap_gets_on_open_once() {
     // The first event after a trap makes the fresh instance; when that event is an open,
     // the replay must not open the new connection a first time.
-    let _serial = serial();
+    let _turn = shared();
     let server = Server::start_isolated(&plugin_path("probe"), &[]);
     let (mut a, _) = open_probe(&server, "/");
     a.send_text("panic");
@@ -405,7 +406,7 @@ fn a_connection_that_opens_right_after_a_trap_gets_on_open_once() {
 
 #[test]
 fn a_trap_is_logged_on_one_error_line() {
-    let _serial = serial();
+    let _turn = shared();
     let server = Server::start_isolated(&plugin_path("chaos"), &[]);
     let mut a = server.connect("/");
     echo(&mut a, "a is open");
@@ -440,7 +441,7 @@ fn a_stateless_plugins_crash_loop_backs_off_and_the_server_keeps_serving() {
 fn crash_loop_backs_off(args: &[&str]) {
     // A plugin that fails every call: connections to /panic-on-open make chaos panic in
     // `on-open`, so no instance ever completes a call and each crash counts.
-    let _serial = serial();
+    let _turn = shared();
     let mut server = Server::start_isolated(&plugin_path("chaos"), args);
     let started = Instant::now();
     let mut crashers: Vec<Client> = (0..6).map(|_| server.connect("/panic-on-open")).collect();
@@ -495,7 +496,7 @@ fn a_burst_of_traps_does_not_stall_the_others_of_a_stateless_plugin() {
 /// plugin: every attacker gets 1011, the bystander waits under a second each time, and
 /// the plugin is never put into back-off.
 fn trap_burst(args: &[&str]) {
-    let _serial = serial();
+    let _turn = exclusive();
     let server = Server::start_isolated(&plugin_path("chaos"), args);
     let mut bystander = server.connect("/");
     echo(&mut bystander, "before");
@@ -642,7 +643,7 @@ fn reload_under_load_with(
     replace: impl FnOnce(&PluginFile),
     check: fn(usize, usize, &[String]),
 ) {
-    let _serial = serial();
+    let _turn = exclusive();
     let plugin = PluginFile::copy_of("counter-v1");
     let mut server = Server::start_isolated(&plugin.path(), args);
     let clients: Vec<Client> = (0..LOAD_CLIENTS).map(|_| server.connect("/")).collect();
@@ -782,7 +783,7 @@ fn a_burst_of_small_messages_read_at_once_is_echoed_whole() {
     // answers each while the connection is still reading them; the replies must be encoded
     // as they come, not pile up in the outbound queue past its hard cap (4096 messages
     // with the default limits), which would drop a client that reads them all.
-    let _serial = serial();
+    let _turn = shared();
     const BURST: usize = 20_000;
     for args in [&[][..], &["--stateless"][..]] {
         let mut server = Server::start_isolated(&plugin_path("echo"), args);
@@ -805,7 +806,7 @@ fn what_a_plugin_sends_its_own_connection_keeps_its_order() {
     // A stateless plugin's sends to the connection whose message it handles skip the
     // outbound queue, up to 64 a call; the later ones, and a close, take the queue. The
     // client sees them in the order sent either way, and nothing sent after the close.
-    let _serial = serial();
+    let _turn = shared();
     for args in [&[][..], &["--stateless"][..]] {
         let server = Server::start_isolated(&plugin_path("probe"), args);
         let mut client = server.connect("/");
@@ -828,7 +829,7 @@ fn what_a_plugin_sends_its_own_connection_keeps_its_order() {
 fn a_stateless_plugin_is_called_on_the_connections_threads() {
     // One instance serves a plugin on its thread; a stateless one gets an instance on each
     // thread that runs its connections too. Either way every message comes back in order.
-    let _serial = serial();
+    let _turn = shared();
     let cores = thread::available_parallelism().map_or(1, |n| n.get());
     // The plugin's threads: none of its own (shared), one per core, or as `--threads` says.
     for (args, threads) in [
@@ -871,7 +872,7 @@ fn ask_until_v2(client: &mut Client, mut last_v1: u64) -> String {
 
 #[test]
 fn sighup_reloads_the_plugin_when_the_file_is_not_watched() {
-    let _serial = serial();
+    let _turn = shared();
     let plugin = PluginFile::copy_of("counter-v1");
     let server = Server::start_isolated(&plugin.path(), &["--no-watch"]);
     let mut client = server.connect("/");
@@ -920,7 +921,7 @@ fn unloadable_replacements() -> [(&'static str, Vec<u8>, [&'static str; 2]); 3] 
 
 #[test]
 fn a_replacement_that_cannot_be_loaded_leaves_the_old_version_serving() {
-    let _serial = serial();
+    let _turn = shared();
     let plugin = PluginFile::copy_of("counter-v1");
     let server = Server::start_isolated(&plugin.path(), &[]);
     let mut client = server.connect("/");
@@ -966,7 +967,7 @@ fn a_replacement_that_cannot_be_loaded_leaves_the_old_version_serving() {
 
 #[test]
 fn a_refused_replacement_is_logged_on_one_line() {
-    let _serial = serial();
+    let _turn = shared();
     let plugin = PluginFile::copy_of("counter-v1");
     let server = Server::start_isolated(&plugin.path(), &[]);
     let file = format!("file=\"{}\"", plugin.path().display());
@@ -984,7 +985,7 @@ fn a_refused_replacement_is_logged_on_one_line() {
 
 #[test]
 fn the_sandbox_grants_no_files_sockets_environment_or_arguments() {
-    let _serial = serial();
+    let _turn = shared();
     let host_dir = TempDir::new("not-granted");
     fs::write(host_dir.join("secret.txt"), "secret").unwrap();
     let server = Server::start_isolated(&plugin_path("probe"), &[]);
@@ -1012,7 +1013,7 @@ fn the_sandbox_grants_no_files_sockets_environment_or_arguments() {
 
 #[test]
 fn a_granted_directory_is_readable_at_data_and_nothing_else_is() {
-    let _serial = serial();
+    let _turn = shared();
     let data = TempDir::new("data");
     fs::write(data.join("hello.txt"), "hello, plugin\n").unwrap();
     let server = Server::start_isolated(&plugin_path("probe"), &["--plugin-dir", data.arg()]);
@@ -1035,7 +1036,7 @@ fn a_granted_directory_is_readable_at_data_and_nothing_else_is() {
 
 #[test]
 fn the_plugins_stdout_and_stderr_go_to_the_log() {
-    let _serial = serial();
+    let _turn = shared();
     // Stateless, the plugin prints from a connection's thread, where WASI's blocking
     // writes must not block on the runtime (they once failed the call with 1011).
     // Rust's `println!`, JavaScript's `console.log` and Python's `print` each reach
@@ -1069,7 +1070,7 @@ fn the_plugins_stdout_and_stderr_go_to_the_log() {
 
 #[test]
 fn compiled_plugins_are_cached_and_a_corrupt_cache_entry_is_ignored() {
-    let _serial = serial();
+    let _turn = shared();
     let cache = TempDir::new("shared-cache");
     let echo_plugin = plugin_path("echo");
     // Starts a server on the shared cache; returns it and its `plugin loaded` line.

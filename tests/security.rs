@@ -154,7 +154,7 @@ fn api_id(client: &mut Client) -> u64 {
 
 #[test]
 fn rule1_a_host_paused_past_its_claim_gives_its_number_up_and_sends_reach_only_their_target() {
-    let _turn = serial();
+    let _turn = shared();
     let redis = Redis::start();
     let paused = cluster_host(&redis, "one", "probe", &[]);
     let third = cluster_host(&redis, "one", "probe", &[]);
@@ -214,7 +214,7 @@ fn rule1_a_host_paused_past_its_claim_gives_its_number_up_and_sends_reach_only_t
 
 #[test]
 fn rule1_ids_are_unique_in_a_process_across_its_routes() {
-    let _turn = serial();
+    let _turn = shared();
     let dir = TempDir::new("two-routes");
     let probe = plugin_path("probe");
     let config = dir.join("wsplug.toml");
@@ -238,7 +238,7 @@ fn rule1_ids_are_unique_in_a_process_across_its_routes() {
 
 #[test]
 fn rule1_after_redis_loses_its_data_the_live_hosts_keep_their_numbers() {
-    let _turn = serial();
+    let _turn = exclusive();
     let mut redis = Redis::start();
     let a = cluster_host(&redis, "one", "probe", &[]);
     let b = cluster_host(&redis, "one", "probe", &[]);
@@ -266,7 +266,7 @@ fn rule1_after_redis_loses_its_data_the_live_hosts_keep_their_numbers() {
 
 #[test]
 fn rule2_a_client_cannot_make_its_host_share_unbounded_groups() {
-    let _turn = serial();
+    let _turn = shared();
     let redis = Redis::start();
     let host = cluster_host(&redis, "two", "api", &[]);
     let mut client = host.connect("/");
@@ -286,7 +286,7 @@ fn rule2_a_client_cannot_make_its_host_share_unbounded_groups() {
 
 #[test]
 fn rule2_hosts_with_large_states_survive_redis_cutting_every_subscriber_off() {
-    let _turn = serial();
+    let _turn = exclusive();
     // Redis cuts off a subscriber with 4 MB unread (its default is 32 MB): each host's
     // whole state below is about twice that.
     let redis = Redis::start_with(&["--client-output-buffer-limit", "pubsub 4mb 2mb 10"]);
@@ -371,7 +371,7 @@ fn rule2_hosts_with_large_states_survive_redis_cutting_every_subscriber_off() {
 
 #[test]
 fn rule3_with_a_secret_what_a_redis_writer_forges_is_dropped_and_counted() {
-    let _turn = serial();
+    let _turn = shared();
     let redis = Redis::start();
     // Without a secret, anyone who may PUBLISH reaches every client and closes any
     // connection (the incarnation it needs is in Redis too): the attack.
@@ -433,7 +433,7 @@ fn rule3_with_a_secret_what_a_redis_writer_forges_is_dropped_and_counted() {
 
 #[test]
 fn rule3_hosts_answer_a_storm_of_hellos_with_one_state_a_second() {
-    let _turn = serial();
+    let _turn = exclusive();
     let redis = Redis::start();
     let host = cluster_host(&redis, "storm", "probe", &[]);
     let (mut client, id) = open_probe(&host, "/");
@@ -465,7 +465,7 @@ fn rule3_hosts_answer_a_storm_of_hellos_with_one_state_a_second() {
 
 #[test]
 fn rule3_hosts_reach_redis_over_tls_with_a_password_from_a_file() {
-    let _turn = serial();
+    let _turn = shared();
     let pki = Pki::new();
     let dir = TempDir::new("redis-auth");
     fs::write(dir.join("password"), "s3cret-password\n").unwrap();
@@ -532,7 +532,7 @@ fn rule3_hosts_reach_redis_over_tls_with_a_password_from_a_file() {
 
 #[test]
 fn rule4_credentials_stay_on_the_host_that_holds_the_connection() {
-    let _turn = serial();
+    let _turn = shared();
     let redis = Redis::start();
     let a = cluster_host(&redis, "four", "api", &[]);
     let b = cluster_host(&redis, "four", "api", &[]);
@@ -576,7 +576,7 @@ fn rule4_credentials_stay_on_the_host_that_holds_the_connection() {
 
 #[test]
 fn rule5_metrics_are_on_the_websocket_port_only_when_asked_for() {
-    let _turn = serial();
+    let _turn = shared();
     let server = Server::start("echo", &[]);
     assert_eq!(http_get(server.addr, "/metrics").status, 400);
     // Health stays there, for load balancers.
@@ -605,7 +605,7 @@ fn rule5_metrics_are_on_the_websocket_port_only_when_asked_for() {
 
 #[test]
 fn rule5_the_store_and_the_cache_are_readable_by_their_user_only() {
-    let _turn = serial();
+    let _turn = shared();
     let base = TempDir::new("private");
     let cache = base.join("cache").join("nested");
     let store = base.join("store").join("nested");
@@ -627,7 +627,7 @@ fn rule5_the_store_and_the_cache_are_readable_by_their_user_only() {
 
 #[test]
 fn rule5_a_cache_directory_others_may_write_is_not_used() {
-    let _turn = serial();
+    let _turn = shared();
     let cache = TempDir::new("open-cache");
     fs::set_permissions(cache.path(), fs::Permissions::from_mode(0o777)).unwrap();
     let server = Server::start("echo", &["--cache-dir", cache.arg()]);
@@ -650,7 +650,7 @@ fn rule5_a_cache_directory_others_may_write_is_not_used() {
 /// client's 10 s read timeout.
 #[test]
 fn rule6_a_reader_dropped_for_slowness_leaves_the_application_at_once() {
-    let _turn = serial();
+    let _turn = shared();
     let server = Server::start(
         "probe",
         &[
@@ -679,7 +679,7 @@ fn rule6_a_reader_dropped_for_slowness_leaves_the_application_at_once() {
 
 #[test]
 fn rule6_a_client_that_stops_answering_pings_leaves_the_application_at_once() {
-    let _turn = serial();
+    let _turn = shared();
     let server = Server::start("probe", &["--idle-timeout", "1", "--close-timeout", "30"]);
     // Never reads, so never answers the ping.
     let (_silent, id) = open_probe(&server, "/");
@@ -694,7 +694,7 @@ fn rule6_a_client_that_stops_answering_pings_leaves_the_application_at_once() {
 /// certificate for it signed by the test CA, and serves WSS with it.
 #[test]
 fn rule7_keys_of_every_form_openssl_writes_open_with_their_passphrase() {
-    let _turn = serial();
+    let _turn = shared();
     let pki = Pki::new();
     let dir = TempDir::new("keys");
     let run = |args: &[&str]| openssl(&dir, args);
@@ -897,7 +897,7 @@ fn listen_backlog(port: u16) -> u32 {
 
 #[test]
 fn rule8_the_accept_queue_is_the_systems_largest_unless_set() {
-    let _turn = serial();
+    let _turn = shared();
     let somaxconn: u32 = fs::read_to_string("/proc/sys/net/core/somaxconn")
         .unwrap()
         .trim()
@@ -911,7 +911,7 @@ fn rule8_the_accept_queue_is_the_systems_largest_unless_set() {
 
 #[test]
 fn rule8_one_address_holds_at_most_its_connections_and_opens_at_most_its_rate() {
-    let _turn = serial();
+    let _turn = exclusive();
     let server = Server::start(
         "echo",
         &["--max-connections-per-ip", "3", "--metrics-listen", "127.0.0.1:0"],
@@ -941,8 +941,39 @@ fn rule8_one_address_holds_at_most_its_connections_and_opens_at_most_its_rate() 
 }
 
 #[test]
+fn rule8_an_address_whose_calls_keep_running_to_their_deadline_is_refused_in_both_modes() {
+    let _turn = shared();
+    for stateless in [false, true] {
+        let mode = if stateless { "stateless" } else { "plugin thread" };
+        let dir = TempDir::new("overruns");
+        let config = dir.join("wsplug.toml");
+        fs::write(
+            &config,
+            format!(
+                "max_overruns_per_ip = 2\n[[route]]\nname = \"api\"\npath = \"/\"\nplugin = \"{}\"\n\
+                 stateless = {stateless}\nplugin_deadline_ms = 100\n",
+                plugin_path("api").display()
+            ),
+        )
+        .unwrap();
+        let server = Server::start_config(&config, &[]);
+        // A message that makes the call spin costs its connection, twice.
+        for _ in 0..2 {
+            let mut client = server.connect("/");
+            client.send_text("spin");
+            assert_eq!(client.recv_close().0, 1011, "{mode}");
+        }
+        // The third attempt is refused until a minute's two have refilled one: 30 s.
+        let (_, refused) = Client::handshake(server.addr, "/", &[]);
+        assert_eq!(refused.status, 429, "{mode}");
+        let retry: u64 = refused.header("retry-after").expect("Retry-After").parse().unwrap();
+        assert!((25..=30).contains(&retry), "{mode}: Retry-After {retry}");
+    }
+}
+
+#[test]
 fn rule8_a_shutdown_is_not_held_by_a_client_that_keeps_its_socket_open() {
-    let _turn = serial();
+    let _turn = shared();
     let mut server = Server::start("echo", &["--close-timeout", "30", "--shutdown-grace", "30"]);
     let mut client = server.connect("/");
     client.send_text("hi");
@@ -964,7 +995,7 @@ fn rule8_a_shutdown_is_not_held_by_a_client_that_keeps_its_socket_open() {
 
 #[test]
 fn rule9_a_plugin_cannot_forge_host_log_lines() {
-    let _turn = serial();
+    let _turn = shared();
     let server = Server::start("probe", &[]);
     let (mut client, _) = open_probe(&server, "/");
     let forged = "2026-12-07T00:00:00.000000Z ERROR wsplug::cluster: forged";
@@ -981,7 +1012,7 @@ fn rule9_a_plugin_cannot_forge_host_log_lines() {
 
 #[test]
 fn rule9_static_files_hide_dotfiles_and_a_stalled_reader_lets_its_place_go() {
-    let _turn = serial();
+    let _turn = exclusive();
     let site = TempDir::new("site");
     fs::write(site.join("index.html"), "<h1>hi</h1>").unwrap();
     fs::write(site.join(".env"), "TOKEN=secret").unwrap();
@@ -1020,7 +1051,7 @@ fn rule9_static_files_hide_dotfiles_and_a_stalled_reader_lets_its_place_go() {
 
 #[test]
 fn rule9_a_plugins_rejection_is_bounded_in_headers() {
-    let _turn = serial();
+    let _turn = shared();
     let server = Server::start("api", &[]);
     let status = |query: &str| Client::handshake(server.addr, &format!("/reject?status=401&{query}"), &[]).1;
     // x-plugin and 31 more: 32 headers, the most.

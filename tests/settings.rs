@@ -11,8 +11,9 @@
 //!   and IPv6.
 //!
 //! Build the plugins first (`make plugins`). Every server gets its own compile cache in
-//! a fresh temp dir. The tests take turns (see [`serial`]): several measure times, which
-//! on a 2-core machine would otherwise measure the other tests too.
+//! a fresh temp dir. The tests take turns (see [`exclusive`] and [`shared`]): those that
+//! measure times run alone, since on a 2-core machine they would otherwise measure the
+//! other tests too; the others run side by side.
 
 mod common;
 
@@ -145,7 +146,7 @@ fn strs(args: &[String]) -> Vec<&str> {
 
 #[test]
 fn invalid_flags_exit_2_with_one_error_line_naming_key_value_and_what_is_allowed() {
-    let _turn = serial();
+    let _turn = shared();
     let cache = TempDir::new("cache");
     let cases: [(&[&str], &[&str]); 4] = [
         (&["--timeout", "0"], &["timeout", "= 0", "1 to 3600 seconds"]),
@@ -193,7 +194,7 @@ fn assert_config_file_errors(dir: &TempDir, cases: &[(&str, &[&str])]) {
 
 #[test]
 fn refused_keys_in_a_config_file_exit_2_with_one_error_line() {
-    let _turn = serial();
+    let _turn = shared();
     let dir = TempDir::new("config");
     let cases: [(&str, &[&str]); 3] = [
         ("write_masked = true\n", &["write_masked", "true", "RFC 6455"]),
@@ -205,7 +206,7 @@ fn refused_keys_in_a_config_file_exit_2_with_one_error_line() {
 
 #[test]
 fn a_config_file_with_an_unknown_key_or_a_wrong_type_exits_2_with_one_error_line() {
-    let _turn = serial();
+    let _turn = shared();
     let dir = TempDir::new("config");
     let cases: [(&str, &[&str]); 2] = [
         // The key, and what is allowed: the known keys.
@@ -217,7 +218,7 @@ fn a_config_file_with_an_unknown_key_or_a_wrong_type_exits_2_with_one_error_line
 
 #[test]
 fn a_missing_plugin_file_exits_2_with_one_error_line() {
-    let _turn = serial();
+    let _turn = shared();
     let cache = TempDir::new("cache");
     assert_config_error(
         &[
@@ -234,7 +235,7 @@ fn a_missing_plugin_file_exits_2_with_one_error_line() {
 
 #[test]
 fn help_lists_every_flag() {
-    let _turn = serial();
+    let _turn = shared();
     let exit = run_host(&["--help"], REFUSAL_TIMEOUT);
     assert_eq!(exit.status.code(), Some(0), "{exit:?}");
     let flags = [
@@ -288,7 +289,7 @@ fn help_lists_every_flag() {
 
 #[test]
 fn a_config_file_sets_max_payload_size_and_a_flag_overrides_it() {
-    let _turn = serial();
+    let _turn = shared();
     let dir = TempDir::new("config");
     let file = dir.join("wsplug.toml");
     std::fs::write(&file, "# a comment\nmax_payload_size = 1000\n").unwrap();
@@ -308,7 +309,7 @@ fn a_config_file_sets_max_payload_size_and_a_flag_overrides_it() {
 
 #[test]
 fn the_default_max_payload_size_is_512_kib() {
-    let _turn = serial();
+    let _turn = shared();
     let server = start("echo", &[]);
     let mut client = server.connect("/");
     echo_binary(&mut client, &pseudo_random_bytes(500 * 1024));
@@ -323,7 +324,7 @@ fn the_default_max_payload_size_is_512_kib() {
 
 #[test]
 fn timeouts_close_half_handshakes_and_unanswered_pings_but_spare_live_clients() {
-    let _turn = serial();
+    let _turn = exclusive();
     let server = start("probe", &["--timeout", "1"]);
 
     // Half a handshake, then silence: the server hangs up after about 1 s.
@@ -420,7 +421,7 @@ fn quantile(samples: &[Duration], q: f64) -> Duration {
 
 #[test]
 fn a_reader_that_lets_its_queue_overflow_is_dropped_and_spares_the_others() {
-    let _turn = serial();
+    let _turn = exclusive();
     let mut server = start("probe", &[]);
     let (mut observer, _) = open_probe(&server, "/observe");
     let (mut other, other_id) = open_probe(&server, "/");
@@ -514,19 +515,19 @@ fn assert_wss_echoes(args: &[&str]) {
 
 #[test]
 fn wss_with_the_certificate_chain_and_key_in_one_file() {
-    let _turn = serial();
+    let _turn = shared();
     assert_wss_echoes(&["--cert-file", "pki:combined.pem"]);
 }
 
 #[test]
 fn wss_with_the_certificate_and_key_in_two_files() {
-    let _turn = serial();
+    let _turn = shared();
     assert_wss_echoes(&["--cert-file", "pki:server.pem", "--key-file", "pki:server-key.pem"]);
 }
 
 #[test]
 fn wss_with_an_encrypted_key_and_its_passphrase() {
-    let _turn = serial();
+    let _turn = shared();
     assert_wss_echoes(&[
         "--cert-file",
         "pki:server.pem",
@@ -539,7 +540,7 @@ fn wss_with_an_encrypted_key_and_its_passphrase() {
 
 #[test]
 fn a_wrong_passphrase_stops_the_start_with_one_error_line() {
-    let _turn = serial();
+    let _turn = shared();
     let pki = Pki::new();
     let cache = TempDir::new("cache");
     let key = pki.path("server-key-encrypted.pem");
@@ -600,7 +601,7 @@ fn try_upgrade<S: Read + Write>(stream: &mut S) -> (String, Option<std::io::Erro
 
 #[test]
 fn with_a_client_ca_only_clients_with_a_certificate_it_signed_get_in() {
-    let _turn = serial();
+    let _turn = shared();
     let pki = Pki::new();
     let server = start(
         "echo",
@@ -640,7 +641,7 @@ fn with_a_client_ca_only_clients_with_a_certificate_it_signed_get_in() {
 
 #[test]
 fn only_allowed_origins_may_connect() {
-    let _turn = serial();
+    let _turn = shared();
     let server = start("echo", &["--allowed-origin", "https://good.example"]);
     let (mut client, response) = Client::handshake(server.addr, "/", &[("Origin", "https://good.example")]);
     assert_switched(&response);
@@ -656,7 +657,7 @@ fn only_allowed_origins_may_connect() {
 
 #[test]
 fn past_max_connections_handshakes_get_503_until_one_closes() {
-    let _turn = serial();
+    let _turn = shared();
     let server = start("echo", &["--max-connections", "2"]);
     let mut first = server.connect("/");
     echo(&mut first, "first");
@@ -676,7 +677,7 @@ fn past_max_connections_handshakes_get_503_until_one_closes() {
 
 #[test]
 fn simultaneous_handshakes_never_exceed_max_connections() {
-    let _turn = serial();
+    let _turn = shared();
     let server = start("echo", &["--max-connections", "2"]);
     let request = upgrade_request("/", &[]);
     // The race is narrow: try it for a while, from no connection open each time.
@@ -715,7 +716,7 @@ fn get(server: &Server, method: &str, target: &str) -> Response {
 
 #[test]
 fn static_files_are_served_and_paths_that_leave_the_directory_are_refused() {
-    let _turn = serial();
+    let _turn = shared();
     let base = TempDir::new("static");
     let site = base.join("site");
     std::fs::create_dir_all(site.join("sub")).unwrap();
@@ -794,7 +795,7 @@ fn static_files_are_served_and_paths_that_leave_the_directory_are_refused() {
 
 #[test]
 fn sigterm_closes_every_connection_with_1001_and_exits_0_after_every_on_close() {
-    let _turn = serial();
+    let _turn = shared();
     let mut server = start("probe", &["--shutdown-grace", "5"]);
     let clients: Vec<(Client, u64)> = (0..5).map(|_| open_probe(&server, "/")).collect();
     let sent = Instant::now();
@@ -823,7 +824,7 @@ fn sigterm_closes_every_connection_with_1001_and_exits_0_after_every_on_close() 
 
 #[test]
 fn in_prod_error_bodies_are_the_status_phrase_and_otherwise_say_what_was_wrong() {
-    let _turn = serial();
+    let _turn = shared();
     let request = "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                    Sec-WebSocket-Version: 13\r\n\r\n";
 
@@ -842,7 +843,7 @@ fn in_prod_error_bodies_are_the_status_phrase_and_otherwise_say_what_was_wrong()
 
 #[test]
 fn the_server_listens_and_echoes_on_ipv6() {
-    let _turn = serial();
+    let _turn = shared();
     if let Err(error) = TcpListener::bind("[::1]:0") {
         eprintln!("SKIPPED the_server_listens_and_echoes_on_ipv6: no IPv6 loopback here ({error})");
         return;

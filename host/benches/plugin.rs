@@ -90,6 +90,7 @@ impl HostServices for Sink {
     fn attachment(&self, _: ConnId) -> Option<bytes::Bytes> {
         None
     }
+    fn overran(&self, _: ConnId) {}
 }
 
 fn plugin_dir() -> PathBuf {

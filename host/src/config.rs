@@ -275,6 +275,12 @@ pub struct Options {
     #[arg(long, value_name = "N")]
     pub max_connection_rate_per_ip: Option<u64>,
 
+    /// Calls of one client address's connections (IPv6: one /64) that may run past a
+    /// plugin's CPU deadline per minute; past it, its handshakes get 429 until the minute
+    /// refills; 0: no bound [default: 10]
+    #[arg(long, value_name = "N")]
+    pub max_overruns_per_ip: Option<u64>,
+
     /// Groups one connection may be in at once; a join past it is refused [default: 256]
     #[arg(long, value_name = "N")]
     pub max_groups_per_connection: Option<u64>,
@@ -715,6 +721,7 @@ impl Options {
             backlog,
             max_connections_per_ip,
             max_connection_rate_per_ip,
+            max_overruns_per_ip,
             max_groups_per_connection,
             max_group_name,
             max_shared_state,
@@ -759,6 +766,16 @@ impl Options {
                 1_000_000,
                 "connections per second",
             )?,
+            max_overruns: match self.max_overruns_per_ip {
+                Some(0) => None,
+                given => Some(range(
+                    "max_overruns_per_ip",
+                    given.unwrap_or(crate::server::per_ip::DEFAULT_MAX_OVERRUNS.into()),
+                    0,
+                    1_000_000,
+                    "calls per minute",
+                )? as u32),
+            },
         };
         let shared_state = crate::server::registry::SharedStateLimits {
             max_groups: range(

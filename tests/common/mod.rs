@@ -18,7 +18,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -77,13 +77,28 @@ pub fn plugin_path(name: &str) -> PathBuf {
     path
 }
 
-/// Held by a test for its whole run, so that the tests of one binary that take it run
-/// one at a time: several measure a latency, which on a 2-core machine would otherwise
-/// measure the other tests too.
-pub fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
+/// The turns of the tests of one binary: [`exclusive`] takes it to write, [`shared`]
+/// to read. Tests that take neither (they start no server) run whenever.
+static TURNS: RwLock<()> = RwLock::new(());
+
+/// Held for its whole run by a test whose outcome depends on timing: one that measures
+/// a latency or a throughput, asserts that something happens within a tight bound (a
+/// p99, a time window's count), relies on a timeout firing (or not) within a bound that
+/// CPU contention could break, depends on process-global state another test could
+/// change, or is itself CPU-heavy enough (hundreds of connections, hundreds of MB, a
+/// sustained load) to break another test's timing. It runs alone among the tests of
+/// its binary that take either guard: on a 2-core machine, a measurement would
+/// otherwise measure the other tests too.
+pub fn exclusive() -> RwLockWriteGuard<'static, ()> {
     // A test that failed while holding the lock poisons it; the next one may still run.
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    TURNS.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Held for its whole run by every other test that starts a server (or another
+/// process): it runs beside other shared tests, never beside an [`exclusive`] one.
+pub fn shared() -> RwLockReadGuard<'static, ()> {
+    // A test that failed while holding the lock poisons it; the next one may still run.
+    TURNS.read().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Sends a text message and returns the text reply.

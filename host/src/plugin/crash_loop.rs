@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use wasmtime::Trap;
 
-use super::{ConnId, Export};
+use super::{CloseCode, ConnId, Export, HostServices};
 use crate::metrics::{PluginMetrics, TrapKind};
 
 /// Consecutive counted failures after which restarts are delayed.
@@ -138,6 +138,20 @@ impl Crash {
             "plugin trapped: {}",
             super::one_line(&self.error)
         );
+    }
+
+    /// Closes the connection whose event failed with 1011 (if it is `still_open` to the
+    /// plugin), and holds a call of its that ran past the deadline against its client,
+    /// the same in both modes.
+    pub(super) fn end_connection(&self, services: &dyn HostServices, still_open: bool) {
+        let Some(conn) = self.conn else { return };
+        // Held first: once the client sees its 1011, its next handshake must find it.
+        if self.kind == TrapKind::Deadline {
+            services.overran(conn);
+        }
+        if still_open {
+            let _ = services.close(conn, CloseCode::INTERNAL_ERROR, "internal error".into());
+        }
     }
 }
 

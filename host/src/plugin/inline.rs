@@ -28,13 +28,11 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
-use tracing::Instrument;
-
+use super::call_slots::CallSlots;
 use super::crash_loop::{self, Crash, CrashLoop, Failure};
 use super::instance::{AsyncInstance, Sandbox, deliver_async, trap_kind};
 use super::replies::Replying;
-use super::{CloseCode, ConnId, Loaded, Outgoing, PluginEvent};
+use super::{ConnId, Loaded, Outgoing, PluginEvent};
 use crate::metrics::{PluginMetrics, TrapKind};
 
 /// A stateless plugin's instances on the threads that run its connections.
@@ -54,8 +52,7 @@ pub struct Inline {
     /// on two threads at once cannot leave them showing a streak that has ended.
     reporting: Mutex<()>,
     /// Calls that may run at once (each holds an instance).
-    calls: Semaphore,
-    calls_at_once: usize,
+    calls: CallSlots,
     /// In a crash loop: no event is handled before this time, in nanoseconds after
     /// [`Inline::epoch`] (0: none).
     restart_at: AtomicU64,
@@ -70,10 +67,15 @@ pub struct Inline {
 /// thread can use; WASI's others (files, sockets, which the sandbox does not offer
 /// anyway) wait by entering the async runtime, which a thread of that runtime cannot
 /// do: the host call panics. That panic fails the call like a trap, and its message,
-/// printed nowhere, becomes the error.
-async fn catching_panics<T>(call: impl Future<Output = wasmtime::Result<T>>) -> wasmtime::Result<T> {
+/// printed nowhere, becomes the error. Each poll is in `span`, so that what the plugin
+/// logs names its route.
+async fn catching_panics<T>(
+    span: &tracing::Span,
+    call: impl Future<Output = wasmtime::Result<T>>,
+) -> wasmtime::Result<T> {
     let mut call = std::pin::pin!(call);
     std::future::poll_fn(|cx| {
+        let _route = span.enter();
         IN_CALL.set(true);
         let polled = panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(cx)));
         IN_CALL.set(false);
@@ -115,7 +117,8 @@ thread_local! {
 struct Local {
     owner: u64,
     generation: u64,
-    instance: AsyncInstance,
+    /// Boxed: a call moves it out and back, and the call's future holds it.
+    instance: Box<AsyncInstance>,
 }
 
 thread_local! {
@@ -155,8 +158,7 @@ impl Inline {
             crash_loop: CrashLoop::new(),
             plugin_thread_streak: AtomicU32::new(0),
             reporting: Mutex::new(()),
-            calls: Semaphore::new(calls_at_once),
-            calls_at_once,
+            calls: CallSlots::new(calls_at_once),
             restart_at: AtomicU64::new(0),
             epoch: Instant::now(),
             metrics,
@@ -166,7 +168,7 @@ impl Inline {
 
     /// How many of this plugin's calls may run at once: two per runtime thread.
     pub fn calls_at_once(&self) -> usize {
-        self.calls_at_once
+        self.calls.limit()
     }
 
     /// Serves `loaded` from the next call on, on every thread.
@@ -212,14 +214,11 @@ impl Inline {
             PluginEvent::Upgrade(..) | PluginEvent::Timer(..) | PluginEvent::Reload(_) => return Handed::Taken,
         };
         let replies = replies.filter(|_| matches!(event, PluginEvent::Text(..) | PluginEvent::Binary(..)));
-        let called = {
-            // The semaphore is never closed.
-            let _turn = match self.calls.try_acquire() {
-                Ok(turn) => turn,
-                Err(_) => self.calls.acquire().await.expect("never closed"),
-            };
-            self.call(conn, &event, replies).instrument(self.span.clone()).await
-        };
+        // Boxed: a call's future is large (about 1 KiB, most of it wasmtime's), and a
+        // connection's task, which awaits this, would otherwise be as large when idle.
+        // The event stays out of the box, which glibc's per-thread cache then serves
+        // (it takes up to 1032 bytes).
+        let called = Box::pin(self.call_in_turn(conn, &event, replies)).await;
         let handed = match called {
             Ok(()) => {
                 if self.crash_loop.succeeded() {
@@ -262,6 +261,20 @@ impl Inline {
         self.sandbox.services().closed(conn);
     }
 
+    /// [`Inline::call`] once fewer than [`Inline::calls_at_once`] calls run.
+    async fn call_in_turn(
+        &self,
+        conn: ConnId,
+        event: &PluginEvent,
+        replies: Option<&mut Vec<Outgoing>>,
+    ) -> Result<(), Crash> {
+        let _turn = match self.calls.try_take() {
+            Some(turn) => turn,
+            None => self.calls.take().await,
+        };
+        self.call(conn, event, replies).await
+    }
+
     /// Calls `event`'s export on an instance of the current version, keeping its
     /// replies to `conn` in `replies` if given.
     async fn call(
@@ -278,21 +291,22 @@ impl Inline {
             None => {
                 let loaded = self.version.lock().expect("not poisoned").clone();
                 // Boxed: rare, and large, it would grow every call's future.
-                catching_panics(Box::pin(self.sandbox.instantiate_async(&loaded)))
+                catching_panics(&self.span, Box::pin(self.sandbox.instantiate_async(&loaded)))
                     .await
                     .map_err(|error| Crash {
                         conn: Some(conn),
                         failure: Failure::Instantiate,
                         error,
                         kind: TrapKind::Trap,
-                    })?
+                    })
+                    .map(Box::new)?
             }
         };
         if let Some(replies) = replies.as_deref_mut() {
             instance.store.data_mut().replying = Some(Replying::new(conn, std::mem::take(replies)));
         }
         let started = Instant::now();
-        let delivered = catching_panics(deliver_async(&mut instance, event)).await;
+        let delivered = catching_panics(&self.span, deliver_async(&mut instance, event)).await;
         self.metrics.call(export as usize, started.elapsed());
         if let Some(replying) = instance.store.data_mut().replying.take()
             && let Some(replies) = replies
@@ -315,7 +329,7 @@ impl Inline {
 
     /// This thread's idle instance of this plugin, if it has one of `generation`; one
     /// of an older version is dropped.
-    fn take_idle(&self, generation: u64) -> Option<AsyncInstance> {
+    fn take_idle(&self, generation: u64) -> Option<Box<AsyncInstance>> {
         INSTANCES.with_borrow_mut(|idle| {
             let at = idle.iter().position(|local| local.owner == self.id)?;
             let local = idle.swap_remove(at);
@@ -325,7 +339,7 @@ impl Inline {
 
     /// Keeps `instance` for this thread's next call, unless a new version is served
     /// meanwhile or the thread has one already (a call that yielded let another start).
-    fn put_idle(&self, generation: u64, instance: AsyncInstance) {
+    fn put_idle(&self, generation: u64, instance: Box<AsyncInstance>) {
         if generation != self.generation.load(Ordering::Acquire) {
             return;
         }
@@ -360,11 +374,6 @@ impl Inline {
                 self.restart_at.store(at.as_nanos().max(1) as u64, Ordering::Relaxed);
             }
         }
-        if let Some(conn) = crash.conn {
-            let _ = self
-                .sandbox
-                .services()
-                .close(conn, CloseCode::INTERNAL_ERROR, "internal error".into());
-        }
+        crash.end_connection(&**self.sandbox.services(), true);
     }
 }

@@ -19,6 +19,7 @@
 //! maps both onto the same [`HostServices`].
 
 mod bindings;
+mod call_slots;
 pub mod crash_loop;
 mod deadline;
 pub mod inline;
@@ -92,6 +93,9 @@ pub trait HostServices: Send + Sync + 'static {
     fn set_attachment(&self, conn: ConnId, data: Vec<u8>) -> Result<(), HostError>;
     /// A connection's attachment, also while the plugin handles its `on-close`.
     fn attachment(&self, conn: ConnId) -> Option<bytes::Bytes>;
+    /// A call for `conn`'s event ran past the plugin's CPU deadline (the connection is
+    /// being closed with 1011): the host may hold it against the client.
+    fn overran(&self, conn: ConnId);
 }
 
 /// An opening handshake, as the plugin's `on-upgrade` sees it.

@@ -17,7 +17,7 @@ use super::inline::{Handed, Inline};
 use super::instance::{Exports, Grants, Instance, Live, PluginLimits, Sandbox, deliver, start_call, trap_kind};
 use super::loader::{Linked, Loaded};
 use super::timers::Timers;
-use super::{CloseCode, ConnId, Export, HostServices, Outgoing, PluginEvent, UpgradeDecision, UpgradeRequest};
+use super::{ConnId, Export, HostServices, Outgoing, PluginEvent, UpgradeDecision, UpgradeRequest};
 use crate::metrics::{PluginMetrics, TrapKind};
 use crate::store::{FileStore, KeyValue};
 
@@ -57,7 +57,7 @@ impl Ready<'_> {
                 permit.send(event);
                 Handed::Taken
             }
-            Ready::Inline(inline) => Box::pin(inline.handle(event, None)).await,
+            Ready::Inline(inline) => inline.handle(event, None).await,
         }
     }
 }
@@ -85,9 +85,7 @@ impl PluginHandle {
     ) -> Result<Handed, Refused> {
         match &self.inline {
             Some(inline) if inline.restart_at().is_some() => Err(Refused::Busy(event)),
-            // Boxed: a connection's task holds the largest of its awaits, and idle
-            // connections are many (one allocation per call instead).
-            Some(inline) => Ok(Box::pin(inline.handle(event, replies)).await),
+            Some(inline) => Ok(inline.handle(event, replies).await),
             None => match self.events.try_send(event) {
                 Ok(()) => Ok(Handed::Taken),
                 Err(mpsc::error::TrySendError::Full(event)) => Err(Refused::Busy(event)),
@@ -457,14 +455,8 @@ impl Runner {
         crash.report(&self.loaded.name, &self.metrics);
         self.instance = None;
         self.crash_loop.failed(crash.failure);
-        if let Some(conn) = crash.conn
-            && self.opened.remove(&conn)
-        {
-            let _ = self
-                .sandbox
-                .services
-                .close(conn, CloseCode::INTERNAL_ERROR, "internal error".into());
-        }
+        let still_open = crash.conn.is_some_and(|conn| self.opened.remove(&conn));
+        crash.end_connection(&*self.sandbox.services, still_open);
     }
 
     /// Calls `on-open` on a fresh instance for every open connection.

@@ -188,6 +188,9 @@ impl Server {
             None => None,
         };
         let per_ip = PerIp::new(settings.per_ip);
+        for route in &routes {
+            route.registry.hold_overruns_in(per_ip.clone());
+        }
         let shared = Arc::new(Shared {
             settings,
             routes,
@@ -327,7 +330,8 @@ async fn refuse_per_ip(
     shared.metrics.rejected(Rejected::PerIp);
     tracing::debug!(%peer, ?refusal, "connection refused: over the per-address bound");
     if plain {
-        let response = crate::http::text(429, &[("Retry-After", "1")], crate::http::phrase(429));
+        let retry_after = refusal.retry_after_s().to_string();
+        let response = crate::http::text(429, &[("Retry-After", retry_after.as_str())], crate::http::phrase(429));
         // Then a moment for the client to send its request and read the answer: closing
         // with its request unread would reset the connection, the answer with it.
         let _ = tokio::time::timeout(Duration::from_secs(1), async {

@@ -7,12 +7,15 @@
 //! without ever waiting for Redis.
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
 
 use bytes::Bytes;
 
 use super::outbound::{self, Command, Mailbox, OutboundLimits, Outbox};
+use super::per_ip::PerIp;
 use crate::cluster::view::{Delivery, HOST_SHIFT, host_of};
 use crate::cluster::wire::{Body, HostNumber, Member, MemberRef};
 use crate::cluster::{Cluster, Members};
@@ -76,12 +79,20 @@ impl Entry {
     }
 }
 
+/// What is kept of a closed connection until the plugin has handled its `on-close`.
+struct Closing {
+    /// Its attachment, which the plugin may still read.
+    attachment: Option<Bytes>,
+    /// Whom a call of its that overran is held against.
+    info: Arc<ConnectionInfo>,
+}
+
 #[derive(Default)]
 struct Inner {
     conns: HashMap<ConnId, Entry>,
     groups: HashMap<String, HashSet<ConnId>>,
-    /// Attachments of closed connections whose `on-close` the plugin has not handled yet.
-    closing: HashMap<ConnId, Bytes>,
+    /// Closed connections whose `on-close` the plugin has not handled yet.
+    closing: HashMap<ConnId, Closing>,
     /// Bytes of the open connections' attachments and group names, against
     /// [`SharedStateLimits::max_bytes`].
     shared_bytes: usize,
@@ -134,6 +145,9 @@ pub struct Registry {
     limits: OutboundLimits,
     shared_limits: SharedStateLimits,
     cluster: Option<Arc<Cluster>>,
+    /// Where calls that overran are held against their clients' addresses: the
+    /// server's, set when it takes the route.
+    per_ip: OnceLock<Arc<PerIp>>,
 }
 
 impl Registry {
@@ -144,6 +158,7 @@ impl Registry {
             limits,
             shared_limits: SharedStateLimits::default(),
             cluster: None,
+            per_ip: OnceLock::new(),
         }
     }
 
@@ -159,6 +174,12 @@ impl Registry {
     /// The same registry with these bounds on groups and attachments.
     pub fn with_shared_limits(self, shared_limits: SharedStateLimits) -> Self {
         Self { shared_limits, ..self }
+    }
+
+    /// Holds the calls that overran from now on against their clients' addresses in
+    /// `per_ip` (once: the server that serves the registry does it).
+    pub fn hold_overruns_in(&self, per_ip: Arc<PerIp>) {
+        let _ = self.per_ip.set(per_ip);
     }
 
     /// The cluster whose hosts share these connections, if any.
@@ -218,9 +239,13 @@ impl Registry {
                 cluster.tell_info(conn, None);
             }
             inner.shared_bytes -= entry.shared_bytes();
-            if let Some(attachment) = entry.attachment {
-                inner.closing.insert(conn, attachment);
-            }
+            inner.closing.insert(
+                conn,
+                Closing {
+                    attachment: entry.attachment,
+                    info: entry.info,
+                },
+            );
             for group in entry.groups {
                 inner.leave_group(conn, &group);
             }
@@ -502,7 +527,24 @@ impl HostServices for Registry {
         let inner = self.lock();
         match inner.conns.get(&conn) {
             Some(entry) => entry.attachment.clone(),
-            None => inner.closing.get(&conn).cloned(),
+            None => inner.closing.get(&conn).and_then(|closing| closing.attachment.clone()),
+        }
+    }
+
+    fn overran(&self, conn: ConnId) {
+        let Some(per_ip) = self.per_ip.get() else { return };
+        let peer = {
+            let inner = self.lock();
+            match inner.conns.get(&conn) {
+                Some(entry) => entry.info.remote_address.parse::<SocketAddr>(),
+                None => match inner.closing.get(&conn) {
+                    Some(closing) => closing.info.remote_address.parse(),
+                    None => return,
+                },
+            }
+        };
+        if let Ok(peer) = peer {
+            per_ip.overran(peer.ip(), Instant::now());
         }
     }
 }
