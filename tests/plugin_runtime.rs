@@ -6,8 +6,8 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use wsplug::conn::{CloseCode, ConnId, ConnectionInfo, HostError, Outgoing};
 use wsplug::metrics::Metrics;
@@ -28,10 +28,27 @@ enum Did {
 #[derive(Default)]
 struct Recorder {
     did: Mutex<Vec<Did>>,
+    /// Notified at each record, for what the plugin does on its own (a timer).
+    recorded: Condvar,
     paths: Mutex<Vec<(ConnId, String)>>,
 }
 
 impl Recorder {
+    fn record(&self, did: Did) {
+        self.did.lock().unwrap().push(did);
+        self.recorded.notify_all();
+    }
+
+    /// Waits until something is recorded, at most `within`, and takes all of it.
+    fn wait_take(&self, within: Duration) -> Vec<Did> {
+        let did = self.did.lock().unwrap();
+        let (mut did, _) = self
+            .recorded
+            .wait_timeout_while(did, within, |did| did.is_empty())
+            .unwrap();
+        std::mem::take(&mut did)
+    }
+
     /// What was recorded since the last call.
     fn take(&self) -> Vec<Did> {
         std::mem::take(&mut self.did.lock().unwrap())
@@ -50,11 +67,11 @@ impl HostServices for Recorder {
             Outgoing::Text(text) => text.as_str().to_owned(),
             Outgoing::Binary(data) => format!("{} bytes", data.len()),
         };
-        self.did.lock().unwrap().push(Did::Send(conn, text));
+        self.record(Did::Send(conn, text));
         Ok(())
     }
     fn close(&self, conn: ConnId, code: CloseCode, _: String) -> Result<(), HostError> {
-        self.did.lock().unwrap().push(Did::Close(conn, code.get()));
+        self.record(Did::Close(conn, code.get()));
         Ok(())
     }
     fn broadcast(&self, _: Outgoing, _: Option<ConnId>) -> u32 {
@@ -94,7 +111,7 @@ impl HostServices for Recorder {
         None
     }
     fn overran(&self, conn: ConnId) {
-        self.did.lock().unwrap().push(Did::Overran(conn));
+        self.record(Did::Overran(conn));
     }
 }
 
@@ -343,6 +360,43 @@ fn the_crash_loop_rules_are_the_same_in_both_modes() {
             // A new event that works ends the streak.
             assert_eq!(served.text(1, "back").await, [send(1, "back")], "{mode}");
             assert_eq!(served.streak(), (0, 0.0), "{mode}");
+        });
+    }
+}
+
+#[test]
+fn timers_fire_on_the_plugin_thread_and_a_trapping_one_counts_in_both_modes() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for stateless in [false, true] {
+        let mode = if stateless { "stateless" } else { "plugin thread" };
+        let served = Rig::new("api").spawn(&runtime, stateless);
+        runtime.block_on(async {
+            // api answers a timer `id` on connection `id >> 20`.
+            let conn = 1;
+            let timer = (conn << 20) | 7;
+            served.open(conn, "/").await;
+            assert_eq!(served.text(conn, &format!("timer {timer} 5")).await, [send(conn, "ok")], "{mode}");
+            let fired = served.recorder.wait_take(Duration::from_secs(5));
+            assert!(
+                matches!(&fired[..], [Did::Send(c, text)] if *c == conn && text.starts_with(&format!("timer {timer} late_us "))),
+                "{mode}: {fired:?}"
+            );
+            // A timer whose on-timer traps closes no connection, and counts: on-timer
+            // runs on the plugin's thread in both modes.
+            let trapping = (conn << 20) | (1 << 19);
+            assert_eq!(served.text(conn, &format!("timer {trapping} 1")).await, [send(conn, "ok")], "{mode}");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while served.streak().0 == 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(1)).await; // polling the gauge
+            }
+            assert_eq!(served.streak(), (1, 0.0), "{mode}");
+            assert_eq!(served.recorder.take(), [], "{mode}: nothing closed, nothing sent");
+            // The connection is still served.
+            assert_eq!(served.text(conn, "echo still").await, [send(conn, "still")], "{mode}");
         });
     }
 }
