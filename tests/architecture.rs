@@ -144,7 +144,7 @@ fn the_plugin_runtime_keeps_the_layering_the_architecture_page_states() {
     let allowed = table("### Inside `plugin/`");
     let modules: BTreeSet<String> = allowed.keys().cloned().collect();
     assert!(
-        modules.contains("runner") && modules.contains("instance"),
+        modules.contains("supervisor") && modules.contains("instance"),
         "{allowed:?}"
     );
     compare(&allowed, &plugin_actual(&modules), &modules);

@@ -5,11 +5,14 @@
 //!
 //! - [`language`]: tells a plugin's source language from its producers sections.
 //! - [`loader`]: compiles (or loads from the cache) and links a plugin file.
-//! - [`runner`]: the plugin thread: traps, restarts, reload swaps.
+//! - [`handle`]: how connections reach a running plugin ([`PluginHandle`]), and its
+//!   thread's event loop.
+//! - [`supervisor`]: the plugin thread ([`Runner`]): traps, replays, restarts, reload swaps.
 //! - [`instance`]: the sandbox an instance is made in, and a call of an export.
 //! - `deadline`: the CPU deadline of a call, and the yields of a stateless plugin's.
 //! - [`crash_loop`]: the one crash-loop policy of both ways of serving a plugin.
-//! - [`inline`]: a stateless plugin's instances on its connections' own threads.
+//! - [`inline`]: a stateless plugin's instances on its connections' own threads, at
+//!   most so many calls at once (`call_slots`).
 //! - `replies`: what a stateless plugin's call sends back to its own connection.
 //! - [`timers`]: the plugin's timers, kept by the host and fired as events.
 //! - [`wasi_io`]: WASI's streams and polling, for calls on any thread (stateless plugins).
@@ -22,13 +25,14 @@ mod bindings;
 mod call_slots;
 pub mod crash_loop;
 mod deadline;
+pub mod handle;
 pub mod inline;
 mod instance;
 pub mod language;
 pub mod loader;
 mod output;
 mod replies;
-pub mod runner;
+pub mod supervisor;
 pub mod timers;
 mod wasi_io;
 pub mod watcher;
@@ -36,10 +40,11 @@ pub mod watcher;
 use std::sync::Arc;
 
 pub use bindings::ApiVersion;
+pub use handle::{PluginHandle, Ready, Refused, spawn_handler};
 pub use inline::Handed;
 pub use instance::{DATA_DIR, Grants, PluginLimits};
 pub use loader::{Loaded, Loader};
-pub use runner::{PluginHandle, Ready, Refused, Runner, spawn, spawn_handler};
+pub use supervisor::{Runner, spawn};
 
 /// An error and its causes on one log line: wasmtime's messages (a trap's wasm
 /// backtrace, a parse error's details) span several lines, which would split one log

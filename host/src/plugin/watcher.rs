@@ -12,8 +12,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
+use super::handle::PluginHandle;
 use super::loader::{self, Loader};
-use super::runner::PluginHandle;
 use crate::metrics::PluginMetrics;
 
 /// File events closer together than this are one change (a `cp` writes in pieces).

@@ -1,0 +1,465 @@
+//! The plugin's thread: [`Runner`] calls a plugin's exports one event at a time and
+//! owns the instance's life (fresh instances after a trap, replaying `on-open`, the
+//! crash loop's back-off, the swap to a reloaded version between two events with its
+//! state carried by snapshot and restore), and [`spawn`] runs it behind a
+//! [`PluginHandle`].
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Instant;
+
+use prometheus::IntGauge;
+use wasmtime::Engine;
+
+use super::crash_loop::{self, Crash, CrashLoop, Failure};
+use super::handle::{PluginHandle, route_span, spawn_handler};
+use super::inline::Inline;
+use super::instance::{Exports, Grants, Instance, Live, PluginLimits, Sandbox, deliver, start_call, trap_kind};
+use super::loader::{Linked, Loaded};
+use super::timers::Timers;
+use super::{ConnId, Export, HostServices, PluginEvent, UpgradeDecision, UpgradeRequest};
+use crate::metrics::{PluginMetrics, TrapKind};
+use crate::store::{FileStore, KeyValue};
+
+/// Runs `runner` for the route named `route` on a thread of its own (see
+/// [`spawn_handler`]), and its timers on another.
+pub fn spawn(mut runner: Runner, route: &str) -> std::io::Result<PluginHandle> {
+    let (queue_len, services) = (runner.sandbox.limits.queue_len, runner.sandbox.services.clone());
+    let (timers, decides_handshakes) = (runner.sandbox.timers.clone(), runner.decides_handshakes.clone());
+    // Made here, after every builder call: the connections' instances must have the
+    // same store, metrics and limits as the plugin thread's.
+    if runner.stateless {
+        runner.inline = Some(Arc::new(Inline::new(
+            runner.sandbox.clone(),
+            runner.loaded.clone(),
+            runner.metrics.clone(),
+            route_span(route),
+        )));
+    }
+    let inline = runner.inline.clone();
+    let mut handle = spawn_handler(route, queue_len, services, move |_, event| runner.handle(event))?;
+    timers.start(handle.events.downgrade())?;
+    handle.decides_handshakes = decides_handshakes;
+    handle.inline = inline;
+    Ok(handle)
+}
+
+/// Calls a plugin's exports, one event at a time, on the caller's thread. [`spawn`]
+/// runs one on a thread of its own; benchmarks call it directly.
+pub struct Runner {
+    sandbox: Sandbox,
+    /// The version being served.
+    loaded: Arc<Loaded>,
+    /// For a stateless plugin: the instances on the connections' threads, which serve
+    /// their events (this one serves timers and handshakes) and get every new version.
+    /// Made by [`spawn`] when `stateless` is set.
+    inline: Option<Arc<Inline>>,
+    /// Set by [`Runner::stateless`].
+    stateless: bool,
+    /// `None` after a trap, until the next event needs an instance.
+    instance: Option<Instance>,
+    /// Connections the plugin has seen `on-open` for and not yet `on-close`: a new
+    /// instance gets `on-open` for each of them before any other event.
+    opened: BTreeSet<ConnId>,
+    /// This thread's streak of failures that count (see [`crash_loop`]).
+    crash_loop: CrashLoop,
+    /// Shared with [`PluginHandle::decides_handshakes`].
+    decides_handshakes: Arc<AtomicBool>,
+    /// Calls, traps, reloads and crash-loop state.
+    metrics: Arc<PluginMetrics>,
+    /// The streak as the metrics last showed it.
+    reported_streak: u32,
+}
+
+impl Runner {
+    /// Instantiates `loaded` once, so that a plugin that cannot start fails here
+    /// (and the server's startup with it). Its key-value store is a [`FileStore`] in
+    /// `grants.store_dir`, opened when first used; [`Runner::with_store`] replaces it.
+    pub fn new(
+        engine: &Engine,
+        loaded: Loaded,
+        services: Arc<dyn HostServices>,
+        limits: PluginLimits,
+        grants: Grants,
+    ) -> wasmtime::Result<Self> {
+        let store = Arc::new(FileStore::new(&grants.store_dir));
+        let mut runner = Runner {
+            sandbox: Sandbox {
+                engine: engine.clone(),
+                services,
+                limits,
+                grants,
+                timers: Timers::new(),
+                store,
+                live: IntGauge::new("detached", "instances").expect("a valid name"),
+            },
+            decides_handshakes: Arc::new(AtomicBool::new(loaded.linked.has_handshake())),
+            loaded: Arc::new(loaded),
+            inline: None,
+            stateless: false,
+            instance: None,
+            opened: BTreeSet::new(),
+            crash_loop: CrashLoop::new(),
+            metrics: PluginMetrics::detached(),
+            reported_streak: 0,
+        };
+        runner.instance = Some(runner.sandbox.instantiate(&runner.loaded)?);
+        Ok(runner)
+    }
+
+    /// Serves a plugin that keeps no state between calls ([`Inline`]): once [`spawn`]ed,
+    /// the events of its connections are handled on their own threads, by an instance
+    /// per thread.
+    pub fn stateless(mut self) -> Self {
+        self.stateless = true;
+        self
+    }
+
+    /// Counts its calls, traps, reloads and crash-loop state in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<PluginMetrics>) -> Self {
+        if let Some(instance) = &mut self.instance {
+            instance.live = Live::new(&metrics.instances);
+        }
+        self.sandbox.live = metrics.instances.clone();
+        self.metrics = metrics;
+        self
+    }
+
+    /// Serves the plugin's `store` imports from `store` instead.
+    pub fn with_store(mut self, store: Arc<dyn KeyValue>) -> Self {
+        self.sandbox.store = store;
+        self.instance = None;
+        self
+    }
+
+    /// Handles one event: calls its export (a trap closes that connection with 1011
+    /// and the next event gets a fresh instance), swaps in a reload, or answers a
+    /// barrier.
+    pub fn handle(&mut self, event: PluginEvent) {
+        self.dispatch(event);
+        let streak = self.crash_loop.streak();
+        if streak != self.reported_streak {
+            self.reported_streak = streak;
+            // A stateless plugin's connections' threads have a streak of their own: the
+            // route's gauges show the longer one.
+            match &self.inline {
+                Some(inline) => inline.plugin_thread_streak(streak),
+                None => crash_loop::report(&self.metrics, streak),
+            }
+        }
+    }
+
+    fn dispatch(&mut self, event: PluginEvent) {
+        match event {
+            PluginEvent::Barrier(_, done) => {
+                let _ = done.send(());
+            }
+            PluginEvent::Reload(loaded) => self.reload(*loaded),
+            PluginEvent::Open(conn) => {
+                // A fresh instance first, so that the replay does not open `conn` too.
+                self.live_instance();
+                self.opened.insert(conn);
+                self.call(Some(conn), &event);
+            }
+            // Events of a connection the plugin does not know (it was closed with
+            // 1011 after a trap) are dropped.
+            PluginEvent::Text(conn, _) | PluginEvent::Binary(conn, _) => {
+                if self.opened.contains(&conn) {
+                    self.call(Some(conn), &event);
+                }
+            }
+            PluginEvent::Close(conn, ..) => {
+                if self.opened.remove(&conn) {
+                    self.call(Some(conn), &event);
+                }
+            }
+            PluginEvent::Upgrade(request, reply) => {
+                // A handshake that gave up waiting (503, or the client left) is not asked about.
+                if !reply.is_closed() {
+                    let _ = reply.send(self.upgrade(&request));
+                }
+            }
+            PluginEvent::Timer(id, generation) => {
+                if self.sandbox.timers.take(id, generation) {
+                    self.call(None, &event);
+                }
+            }
+        }
+    }
+
+    /// Asks `on-upgrade`; a trap or an overrun fails the handshake (and the instance).
+    fn upgrade(&mut self, request: &UpgradeRequest) -> UpgradeDecision {
+        let metrics = self.metrics.clone();
+        let Some(Instance { store, exports, .. }) = self.live_instance() else {
+            return UpgradeDecision::Failed;
+        };
+        let Exports::V2 {
+            handshake: Some(handshake),
+            ..
+        } = exports
+        else {
+            return UpgradeDecision::NoHook;
+        };
+        start_call(store);
+        let started = Instant::now();
+        let decided = handshake.call_on_upgrade(&mut *store, &request.into());
+        metrics.call(Export::OnUpgrade as usize, started.elapsed());
+        match decided {
+            Ok(decision) => {
+                self.crash_loop.succeeded();
+                decision.into()
+            }
+            Err(error) => {
+                let kind = trap_kind(&error, store);
+                self.crashed(Crash {
+                    conn: None,
+                    failure: Failure::Trap(Export::OnUpgrade),
+                    error,
+                    kind,
+                });
+                UpgradeDecision::Failed
+            }
+        }
+    }
+
+    fn call(&mut self, conn: Option<ConnId>, event: &PluginEvent) {
+        let Some(export) = event.export() else { return };
+        let metrics = self.metrics.clone();
+        let Some(instance) = self.live_instance() else { return };
+        let started = Instant::now();
+        let delivered = deliver(instance, event);
+        metrics.call(export as usize, started.elapsed());
+        match delivered {
+            Ok(()) => {
+                self.crash_loop.succeeded();
+            }
+            Err(error) => {
+                let kind = trap_kind(&error, &instance.store);
+                self.crashed(Crash {
+                    conn,
+                    failure: Failure::Trap(export),
+                    error,
+                    kind,
+                });
+            }
+        }
+    }
+
+    /// The current instance, or a new one with every open connection replayed.
+    /// In a crash loop, waits before each restart; meanwhile events queue up and
+    /// connections stop reading (back-pressure), but stay open.
+    fn live_instance(&mut self) -> Option<&mut Instance> {
+        while self.instance.is_none() {
+            if let Some(delay) = self.crash_loop.delay() {
+                tracing::warn!(
+                    plugin = &*self.loaded.name,
+                    crashes = self.crash_loop.streak(),
+                    "plugin keeps crashing: restarting in {delay:?}"
+                );
+                thread::sleep(delay);
+            }
+            // The replay re-runs what worked before: it does not end a streak.
+            match self.sandbox.instantiate(&self.loaded) {
+                Ok(mut instance) => match self.replay(&mut instance) {
+                    Ok(()) => self.instance = Some(instance),
+                    Err(crash) => self.crashed(crash),
+                },
+                Err(error) => self.crashed(Crash {
+                    conn: None,
+                    failure: Failure::Instantiate,
+                    error,
+                    kind: TrapKind::Trap,
+                }),
+            }
+        }
+        self.instance.as_mut()
+    }
+
+    /// Logs a failure, drops the poisoned instance and closes the connection whose event
+    /// trapped with 1011. Its `on-close` is not delivered: no live instance saw it open.
+    fn crashed(&mut self, crash: Crash) {
+        crash.report(&self.loaded.name, &self.metrics);
+        self.instance = None;
+        self.crash_loop.failed(crash.failure);
+        let still_open = crash.conn.is_some_and(|conn| self.opened.remove(&conn));
+        crash.end_connection(&*self.sandbox.services, still_open);
+    }
+
+    /// Calls `on-open` on a fresh instance for every open connection.
+    fn replay(&self, instance: &mut Instance) -> Result<(), Crash> {
+        for &conn in &self.opened {
+            let started = Instant::now();
+            let delivered = deliver(instance, &PluginEvent::Open(conn));
+            self.metrics.call(Export::OnOpen as usize, started.elapsed());
+            delivered.map_err(|error| Crash {
+                conn: Some(conn),
+                failure: Failure::Trap(Export::OnOpen),
+                kind: trap_kind(&error, &instance.store),
+                error,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Swaps in a new version between two events. The new version gets the old one's
+    /// state (`snapshot`, then `restore`) if both have the `state` exports and the old
+    /// instance is alive, else `on-open` for every open connection. If it cannot be
+    /// instantiated, or any of those calls fails, the current version keeps serving.
+    fn reload(&mut self, loaded: Loaded) {
+        let swap_started = Instant::now();
+        let file = loaded.path.display().to_string();
+        let metrics = self.metrics.clone();
+        let fail = |why: String| {
+            metrics.reload_failed.inc();
+            tracing::error!(
+                plugin = &*loaded.name,
+                file,
+                "reload failed, previous version keeps serving: {why}"
+            )
+        };
+        let mut instance = match self.sandbox.instantiate(&loaded) {
+            Ok(instance) => instance,
+            Err(error) => return fail(format!("cannot instantiate: {}", super::one_line(&error))),
+        };
+        let carried = match self.carry_state(&mut instance) {
+            Ok(carried) => carried,
+            Err(why) => return fail(why),
+        };
+        let state = match carried {
+            Some(bytes) => format!("restored {bytes} bytes"),
+            None => {
+                if let Err(Crash { conn, error, kind, .. }) = self.replay(&mut instance) {
+                    self.metrics.trapped(kind);
+                    let conn = conn.unwrap_or_default();
+                    return fail(format!("on-open of {conn} trapped: {}", super::one_line(&error)));
+                }
+                "on-open replayed".to_owned()
+            }
+        };
+        tracing::info!(
+            plugin = &*loaded.name,
+            file,
+            connections = self.opened.len(),
+            api = %loaded.linked.api(),
+            exports = %loaded.linked.optional_exports(),
+            state,
+            language = %loaded.language,
+            size = loaded.size,
+            load_ms = loaded.load_time.as_millis() as u64,
+            cache_hit = loaded.cache_hit,
+            swap_ms = swap_started.elapsed().as_millis() as u64,
+            total_ms = loaded.requested_at.elapsed().as_millis() as u64,
+            "plugin reloaded"
+        );
+        self.decides_handshakes
+            .store(loaded.linked.has_handshake(), Ordering::Relaxed);
+        // A 0.1 version has no on-timer: the timers of the version before would tick
+        // into nothing for ever.
+        if matches!(loaded.linked, Linked::V1(_)) && !self.sandbox.timers.is_empty() {
+            tracing::warn!(
+                plugin = &*loaded.name,
+                timers = self.sandbox.timers.len(),
+                "the new version implements 0.1.0 (no on-timer): its timers are cancelled"
+            );
+            self.sandbox.timers.clear();
+        }
+        self.instance = Some(instance);
+        self.loaded = Arc::new(loaded);
+        if let Some(inline) = &self.inline {
+            inline.serve(self.loaded.clone());
+        }
+        self.crash_loop.reset();
+        self.metrics.reloaded.inc();
+    }
+
+    /// Moves the serving instance's state into `new` if both have the `state` exports:
+    /// the size of what was carried, or `None` if nothing could be (the caller replays
+    /// `on-open`). A refusal or trap in either call is the error; a trap in `snapshot`
+    /// also drops the old instance, as any trap does.
+    fn carry_state(&mut self, new: &mut Instance) -> Result<Option<usize>, String> {
+        let metrics = self.metrics.clone();
+        let Exports::V2 {
+            state: Some(restore), ..
+        } = &new.exports
+        else {
+            return Ok(None);
+        };
+        let Some(Instance {
+            store,
+            exports: Exports::V2 {
+                state: Some(snapshot), ..
+            },
+            ..
+        }) = &mut self.instance
+        else {
+            return Ok(None);
+        };
+        start_call(store);
+        let started = Instant::now();
+        let snapshot = snapshot.call_snapshot(&mut *store);
+        metrics.call(Export::Snapshot as usize, started.elapsed());
+        let state = match snapshot {
+            Ok(Ok(state)) => state,
+            Ok(Err(why)) => return Err(format!("snapshot refused: {why}")),
+            Err(error) => {
+                // Like any trap: the old version goes on from a fresh instance, with
+                // on-open replayed, and the crash counts.
+                metrics.trapped(trap_kind(&error, store));
+                let why = format!("snapshot trapped: {}", super::one_line(&error));
+                self.instance = None;
+                self.crash_loop.failed(Failure::Trap(Export::Snapshot));
+                return Err(why);
+            }
+        };
+        start_call(&mut new.store);
+        let started = Instant::now();
+        let restored = restore.call_restore(&mut new.store, &state);
+        metrics.call(Export::Restore as usize, started.elapsed());
+        match restored {
+            Ok(Ok(())) => Ok(Some(state.len())),
+            Ok(Err(why)) => Err(format!("restore refused: {why}")),
+            Err(error) => {
+                metrics.trapped(trap_kind(&error, &new.store));
+                Err(format!("restore trapped: {}", super::one_line(&error)))
+            }
+        }
+    }
+}
+
+/// What an export call costs in wasmtime's async calling style against the sync one,
+/// on the same plugin and instance setup: the measurement behind the choice of calling
+/// style (`cargo bench --bench plugin -- "plugin call style"`). Not used in serving.
+#[doc(hidden)]
+pub mod call_style {
+    use std::time::Duration;
+
+    use super::super::instance::deliver_async;
+    use super::*;
+
+    impl Runner {
+        /// Makes an instance of `loaded` and calls its `on-text` with `text` `n` times, in
+        /// the sync style; returns the time the calls took.
+        pub fn time_sync_calls(&self, loaded: &Loaded, text: &str, n: u64) -> Duration {
+            let mut instance = self.sandbox.instantiate(loaded).expect("instance");
+            let event = PluginEvent::Text(1, text.to_owned());
+            let started = Instant::now();
+            for _ in 0..n {
+                deliver(&mut instance, &event).expect("call");
+            }
+            started.elapsed()
+        }
+
+        /// The same in the async style, as a stateless plugin's calls are made.
+        pub async fn time_async_calls(&self, loaded: &Loaded, text: &str, n: u64) -> Duration {
+            let mut instance = self.sandbox.instantiate_async(loaded).await.expect("instance");
+            let event = PluginEvent::Text(1, text.to_owned());
+            let started = Instant::now();
+            for _ in 0..n {
+                deliver_async(&mut instance, &event).await.expect("call");
+            }
+            started.elapsed()
+        }
+    }
+}
