@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use wsplug::conn::{CloseCode, ConnId, ConnectionInfo, HostError, Outgoing};
 use wsplug::metrics::Metrics;
-use wsplug::plugin::{Grants, HostServices, Loaded, Loader, PluginEvent, PluginHandle, PluginLimits, Runner};
+use wsplug::plugin::{
+    Carried, Grants, HostServices, Loaded, Loader, PluginEvent, PluginHandle, PluginLimits, ReloadError, Reloaded,
+    Runner,
+};
 
 use common::{TempDir, plugin_path};
 
@@ -187,10 +190,12 @@ impl Rig {
         }
     }
 
-    fn reload(&mut self, plugin: &str) -> Vec<Did> {
+    /// Reloads `plugin`; what became of it. A reload sends nothing to anyone.
+    fn reload(&mut self, plugin: &str) -> Result<Reloaded, ReloadError> {
         let loaded = self.load(plugin);
-        self.runner.handle(PluginEvent::Reload(Box::new(loaded)));
-        self.recorder.take()
+        let reloaded = self.runner.reload(loaded);
+        assert_eq!(self.recorder.take(), []);
+        reloaded
     }
 }
 
@@ -236,16 +241,16 @@ fn a_reload_swaps_versions_between_events_and_across_api_versions() {
     let mut rig = Rig::new("counter-v1");
     rig.open(1, "/");
     assert_eq!(rig.text(1, "x"), [send(1, "v1:1")]);
-    assert_eq!(rig.reload("counter-v2"), []);
-    // counter keeps no state across versions (no snapshot): its count starts again.
+    // counter keeps no state across versions (no snapshot): on-open is replayed, and
+    // its count starts again.
+    let reloaded = rig.reload("counter-v2").expect("swapped in");
+    assert_eq!((reloaded.state, reloaded.connections), (Carried::Replayed, 1));
     assert_eq!(rig.text(1, "x"), [send(1, "v2:1")]);
     // From a 0.1 plugin to a 0.2 one (echo), and back.
-    assert_eq!(rig.reload("echo"), []);
+    assert_eq!(rig.reload("echo").expect("to 0.2").api, "0.2.0");
     assert_eq!(rig.text(1, "to 0.2"), [send(1, "to 0.2")]);
-    assert_eq!(rig.reload("counter-v1"), []);
+    assert_eq!(rig.reload("counter-v1").expect("to 0.1").api, "0.1.0");
     assert_eq!(rig.text(1, "x"), [send(1, "v1:1")]);
-    assert_eq!(rig.metrics.plugin.reloaded.get(), 3);
-    assert_eq!(rig.metrics.plugin.reload_failed.get(), 0);
 }
 
 #[test]
@@ -255,22 +260,29 @@ fn state_is_carried_across_a_reload_and_a_refusal_keeps_the_old_version() {
     for _ in 0..3 {
         assert_eq!(rig.text(1, "+"), []);
     }
-    assert_eq!(rig.reload("api"), []);
+    let reloaded = rig.reload("api").expect("swapped in");
+    assert!(
+        matches!(reloaded.state, Carried::Restored(bytes) if bytes > 0),
+        "{reloaded:?}"
+    );
     assert_eq!(rig.text(1, "total"), [send(1, "total 3")]);
     assert_eq!(rig.text(1, "restores"), [send(1, "restores 1")]);
     // The old version refuses its snapshot: it keeps serving, its state untouched.
     assert_eq!(rig.text(1, "fail-snapshot"), [send(1, "ok")]);
-    assert_eq!(rig.reload("api"), []);
-    assert_eq!(rig.metrics.plugin.reload_failed.get(), 1);
+    assert_eq!(
+        rig.reload("api"),
+        Err(ReloadError::SnapshotRefused("told to refuse".into()))
+    );
     assert_eq!(rig.text(1, "+"), []);
     assert_eq!(rig.text(1, "total"), [send(1, "total 4")]);
     assert_eq!(rig.text(1, "restores"), [send(1, "restores 1")]);
     // The new version refuses to restore: the same.
     assert_eq!(rig.text(1, "fail-restore"), [send(1, "ok")]);
-    assert_eq!(rig.reload("api"), []);
-    assert_eq!(rig.metrics.plugin.reload_failed.get(), 2);
+    assert_eq!(
+        rig.reload("api"),
+        Err(ReloadError::RestoreRefused("told to refuse".into()))
+    );
     assert_eq!(rig.text(1, "total"), [send(1, "total 4")]);
-    assert_eq!(rig.metrics.plugin.reloaded.get(), 1);
 }
 
 #[test]
@@ -279,8 +291,10 @@ fn a_version_that_traps_in_its_replay_is_refused_and_the_old_one_serves() {
     rig.open(1, "/panic-on-open");
     assert_eq!(rig.text(1, "before"), [send(1, "before")]);
     // chaos panics in on-open for this path: its replay fails, so the reload does.
-    assert_eq!(rig.reload("chaos"), []);
-    assert_eq!(rig.metrics.plugin.reload_failed.get(), 1);
+    assert!(
+        matches!(rig.reload("chaos"), Err(ReloadError::Replay { conn: 1, .. })),
+        "the replay of connection 1's on-open trapped"
+    );
     assert_eq!(rig.text(1, "after"), [send(1, "after")]);
 }
 

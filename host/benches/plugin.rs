@@ -248,7 +248,7 @@ fn plugin_api(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter_batched(
                 || loader.load(&path, Instant::now()).expect("plugin loads"),
-                |loaded| reloading.handle(PluginEvent::Reload(Box::new(loaded))),
+                |loaded| reloading.reload(loaded).expect("swapped in"),
                 BatchSize::PerIteration,
             );
         });

@@ -24,7 +24,7 @@ fn echo(services: &dyn HostServices, event: PluginEvent) {
         }
         PluginEvent::Open(_)
         | PluginEvent::Close(..)
-        | PluginEvent::Reload(_)
+        | PluginEvent::Reload(..)
         | PluginEvent::Upgrade(..)
         | PluginEvent::Timer(..) => {}
     }

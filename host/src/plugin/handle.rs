@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 
 use super::inline::{Handed, Inline};
 use super::loader::Loaded;
+use super::reload::{ReloadError, Reloaded};
 use super::{ConnId, HostServices, Outgoing, PluginEvent};
 
 /// The sending side of a running plugin's event queue.
@@ -117,9 +118,19 @@ impl PluginHandle {
         }
     }
 
-    /// Queues a new version; it takes over after the events already queued.
-    pub async fn reload(&self, loaded: Loaded) {
-        let _ = self.events.send(PluginEvent::Reload(Box::new(loaded))).await;
+    /// Queues a new version; it takes over after the events already queued, unless it
+    /// fails (then the version before keeps serving). What became of it.
+    pub async fn reload(&self, loaded: Loaded) -> Result<Reloaded, ReloadError> {
+        let (outcome, became) = tokio::sync::oneshot::channel();
+        if self
+            .events
+            .send(PluginEvent::Reload(Box::new(loaded), outcome))
+            .await
+            .is_err()
+        {
+            return Err(ReloadError::Stopped);
+        }
+        became.await.unwrap_or(Err(ReloadError::Stopped))
     }
 }
 

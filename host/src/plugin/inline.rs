@@ -211,7 +211,7 @@ impl Inline {
                 return Handed::Taken;
             }
             // Not a connection's: the plugin's thread handles these.
-            PluginEvent::Upgrade(..) | PluginEvent::Timer(..) | PluginEvent::Reload(_) => return Handed::Taken,
+            PluginEvent::Upgrade(..) | PluginEvent::Timer(..) | PluginEvent::Reload(..) => return Handed::Taken,
         };
         let replies = replies.filter(|_| matches!(event, PluginEvent::Text(..) | PluginEvent::Binary(..)));
         // Boxed: a call's future is large (about 1 KiB, most of it wasmtime's), and a

@@ -261,7 +261,7 @@ pub(super) fn deliver(instance: &mut Instance, event: &PluginEvent) -> wasmtime:
             // A 0.1 plugin cannot set timers.
             Exports::V1(_) => Ok(()),
         },
-        PluginEvent::Upgrade(..) | PluginEvent::Barrier(..) | PluginEvent::Reload(_) => Ok(()),
+        PluginEvent::Upgrade(..) | PluginEvent::Barrier(..) | PluginEvent::Reload(..) => Ok(()),
     }
 }
 
@@ -279,6 +279,8 @@ pub(super) async fn deliver_async(instance: &mut AsyncInstance, event: &PluginEv
         PluginEvent::Close(conn, code, reason) => {
             on_either!(async exports, p => p.call_on_close(&mut *store, *conn, *code, reason))
         }
-        PluginEvent::Timer(..) | PluginEvent::Upgrade(..) | PluginEvent::Barrier(..) | PluginEvent::Reload(_) => Ok(()),
+        PluginEvent::Timer(..) | PluginEvent::Upgrade(..) | PluginEvent::Barrier(..) | PluginEvent::Reload(..) => {
+            Ok(())
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! - [`handle`]: how connections reach a running plugin ([`PluginHandle`]), and its
 //!   thread's event loop.
 //! - [`supervisor`]: the plugin thread ([`Runner`]): traps, replays, restarts, reload swaps.
+//! - [`reload`]: what became of a reload ([`Reloaded`], [`ReloadError`]), logged once.
 //! - [`instance`]: the sandbox an instance is made in, and a call of an export.
 //! - `deadline`: the CPU deadline of a call, and the yields of a stateless plugin's.
 //! - [`crash_loop`]: the one crash-loop policy of both ways of serving a plugin.
@@ -31,6 +32,7 @@ mod instance;
 pub mod language;
 pub mod loader;
 mod output;
+pub mod reload;
 mod replies;
 pub mod supervisor;
 pub mod timers;
@@ -44,6 +46,7 @@ pub use handle::{PluginHandle, Ready, Refused, spawn_handler};
 pub use inline::Handed;
 pub use instance::{DATA_DIR, Grants, PluginLimits};
 pub use loader::{Loaded, Loader};
+pub use reload::{Carried, ReloadError, Reloaded};
 pub use supervisor::{Runner, spawn};
 
 /// An error and its causes on one log line: wasmtime's messages (a trap's wasm
@@ -165,8 +168,9 @@ pub enum PluginEvent {
     /// Calls no export: signals once every earlier event has been handled, so that
     /// whatever the plugin sent in reply is already queued.
     Barrier(ConnId, tokio::sync::oneshot::Sender<()>),
-    /// A new version of the plugin, swapped in between the events before and after it.
-    Reload(Box<Loaded>),
+    /// A new version of the plugin, swapped in between the events before and after it;
+    /// what became of it is sent back on the channel.
+    Reload(Box<Loaded>, tokio::sync::oneshot::Sender<Result<Reloaded, ReloadError>>),
 }
 
 impl PluginEvent {
@@ -179,7 +183,7 @@ impl PluginEvent {
             Self::Close(..) => Export::OnClose,
             Self::Upgrade(..) => Export::OnUpgrade,
             Self::Timer(..) => Export::OnTimer,
-            Self::Barrier(..) | Self::Reload(_) => return None,
+            Self::Barrier(..) | Self::Reload(..) => return None,
         })
     }
 }

@@ -18,6 +18,7 @@ use super::handle::{PluginHandle, route_span, spawn_handler};
 use super::inline::Inline;
 use super::instance::{Exports, Grants, Instance, Live, PluginLimits, Sandbox, deliver, start_call, trap_kind};
 use super::loader::{Linked, Loaded};
+use super::reload::{Carried, ReloadError, Reloaded};
 use super::timers::Timers;
 use super::{ConnId, Export, HostServices, PluginEvent, UpgradeDecision, UpgradeRequest};
 use crate::metrics::{PluginMetrics, TrapKind};
@@ -156,7 +157,9 @@ impl Runner {
             PluginEvent::Barrier(_, done) => {
                 let _ = done.send(());
             }
-            PluginEvent::Reload(loaded) => self.reload(*loaded),
+            PluginEvent::Reload(loaded, outcome) => {
+                let _ = outcome.send(self.reload(*loaded));
+            }
             PluginEvent::Open(conn) => {
                 // A fresh instance first, so that the replay does not open `conn` too.
                 self.live_instance();
@@ -307,78 +310,64 @@ impl Runner {
     /// state (`snapshot`, then `restore`) if both have the `state` exports and the old
     /// instance is alive, else `on-open` for every open connection. If it cannot be
     /// instantiated, or any of those calls fails, the current version keeps serving.
-    fn reload(&mut self, loaded: Loaded) {
+    /// Neither is logged nor counted here: the caller does ([`super::reload::report`]).
+    pub fn reload(&mut self, loaded: Loaded) -> Result<Reloaded, ReloadError> {
         let swap_started = Instant::now();
-        let file = loaded.path.display().to_string();
-        let metrics = self.metrics.clone();
-        let fail = |why: String| {
-            metrics.reload_failed.inc();
-            tracing::error!(
-                plugin = &*loaded.name,
-                file,
-                "reload failed, previous version keeps serving: {why}"
-            )
-        };
-        let mut instance = match self.sandbox.instantiate(&loaded) {
-            Ok(instance) => instance,
-            Err(error) => return fail(format!("cannot instantiate: {}", super::one_line(&error))),
-        };
-        let carried = match self.carry_state(&mut instance) {
-            Ok(carried) => carried,
-            Err(why) => return fail(why),
-        };
-        let state = match carried {
-            Some(bytes) => format!("restored {bytes} bytes"),
+        let mut instance = self
+            .sandbox
+            .instantiate(&loaded)
+            .map_err(|error| ReloadError::Instantiate(super::one_line(&error)))?;
+        let state = match self.carry_state(&mut instance)? {
+            Some(bytes) => Carried::Restored(bytes),
             None => {
                 if let Err(Crash { conn, error, kind, .. }) = self.replay(&mut instance) {
                     self.metrics.trapped(kind);
-                    let conn = conn.unwrap_or_default();
-                    return fail(format!("on-open of {conn} trapped: {}", super::one_line(&error)));
+                    return Err(ReloadError::Replay {
+                        conn: conn.unwrap_or_default(),
+                        error: super::one_line(&error),
+                    });
                 }
-                "on-open replayed".to_owned()
+                Carried::Replayed
             }
         };
-        tracing::info!(
-            plugin = &*loaded.name,
-            file,
-            connections = self.opened.len(),
-            api = %loaded.linked.api(),
-            exports = %loaded.linked.optional_exports(),
-            state,
-            language = %loaded.language,
-            size = loaded.size,
-            load_ms = loaded.load_time.as_millis() as u64,
-            cache_hit = loaded.cache_hit,
-            swap_ms = swap_started.elapsed().as_millis() as u64,
-            total_ms = loaded.requested_at.elapsed().as_millis() as u64,
-            "plugin reloaded"
-        );
         self.decides_handshakes
             .store(loaded.linked.has_handshake(), Ordering::Relaxed);
         // A 0.1 version has no on-timer: the timers of the version before would tick
         // into nothing for ever.
+        let mut timers_cancelled = 0;
         if matches!(loaded.linked, Linked::V1(_)) && !self.sandbox.timers.is_empty() {
-            tracing::warn!(
-                plugin = &*loaded.name,
-                timers = self.sandbox.timers.len(),
-                "the new version implements 0.1.0 (no on-timer): its timers are cancelled"
-            );
+            timers_cancelled = self.sandbox.timers.len();
             self.sandbox.timers.clear();
         }
+        let reloaded = Reloaded {
+            plugin: loaded.name.to_string(),
+            file: loaded.path.display().to_string(),
+            connections: self.opened.len(),
+            state,
+            api: loaded.linked.api().to_string(),
+            exports: loaded.linked.optional_exports(),
+            language: loaded.language.to_string(),
+            size: loaded.size,
+            load: loaded.load_time,
+            cache_hit: loaded.cache_hit,
+            swap: swap_started.elapsed(),
+            total: loaded.requested_at.elapsed(),
+            timers_cancelled,
+        };
         self.instance = Some(instance);
         self.loaded = Arc::new(loaded);
         if let Some(inline) = &self.inline {
             inline.serve(self.loaded.clone());
         }
         self.crash_loop.reset();
-        self.metrics.reloaded.inc();
+        Ok(reloaded)
     }
 
     /// Moves the serving instance's state into `new` if both have the `state` exports:
     /// the size of what was carried, or `None` if nothing could be (the caller replays
     /// `on-open`). A refusal or trap in either call is the error; a trap in `snapshot`
     /// also drops the old instance, as any trap does.
-    fn carry_state(&mut self, new: &mut Instance) -> Result<Option<usize>, String> {
+    fn carry_state(&mut self, new: &mut Instance) -> Result<Option<usize>, ReloadError> {
         let metrics = self.metrics.clone();
         let Exports::V2 {
             state: Some(restore), ..
@@ -402,12 +391,12 @@ impl Runner {
         metrics.call(Export::Snapshot as usize, started.elapsed());
         let state = match snapshot {
             Ok(Ok(state)) => state,
-            Ok(Err(why)) => return Err(format!("snapshot refused: {why}")),
+            Ok(Err(why)) => return Err(ReloadError::SnapshotRefused(why)),
             Err(error) => {
                 // Like any trap: the old version goes on from a fresh instance, with
                 // on-open replayed, and the crash counts.
                 metrics.trapped(trap_kind(&error, store));
-                let why = format!("snapshot trapped: {}", super::one_line(&error));
+                let why = ReloadError::SnapshotTrapped(super::one_line(&error));
                 self.instance = None;
                 self.crash_loop.failed(Failure::Trap(Export::Snapshot));
                 return Err(why);
@@ -419,10 +408,10 @@ impl Runner {
         metrics.call(Export::Restore as usize, started.elapsed());
         match restored {
             Ok(Ok(())) => Ok(Some(state.len())),
-            Ok(Err(why)) => Err(format!("restore refused: {why}")),
+            Ok(Err(why)) => Err(ReloadError::RestoreRefused(why)),
             Err(error) => {
                 metrics.trapped(trap_kind(&error, &new.store));
-                Err(format!("restore trapped: {}", super::one_line(&error)))
+                Err(ReloadError::RestoreTrapped(super::one_line(&error)))
             }
         }
     }

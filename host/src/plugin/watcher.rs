@@ -14,6 +14,7 @@ use tokio::time::timeout;
 
 use super::handle::PluginHandle;
 use super::loader::{self, Loader};
+use super::reload::{self, ReloadError};
 use crate::metrics::PluginMetrics;
 
 /// File events closer together than this are one change (a `cp` writes in pieces).
@@ -107,12 +108,12 @@ async fn reload(
     let bytes = match tokio::fs::read(path).await {
         Ok(bytes) => bytes,
         Err(error) => {
-            versions.metrics.reload_failed.inc();
-            tracing::error!(
-                file,
-                "reload failed, previous version keeps serving: cannot read {file}: {error}"
-            );
-            return;
+            let error = error.to_string();
+            let failed = ReloadError::Read {
+                file: file.clone(),
+                error,
+            };
+            return reload::report(&file, &Err(failed), &versions.metrics);
         }
     };
     let digest = loader::digest(&bytes);
@@ -122,25 +123,18 @@ async fn reload(
     }
     let (loader, owned_path) = (loader.clone(), path.to_owned());
     let loaded = tokio::task::spawn_blocking(move || loader.load_bytes(&owned_path, &bytes, requested_at)).await;
-    match loaded {
+    let outcome = match loaded {
         Ok(Ok(loaded)) => {
             versions.metrics.loaded(loaded.cache_hit);
             versions.serving = digest;
             versions.failed = None;
-            plugin.reload(loaded).await;
+            plugin.reload(loaded).await
         }
         Ok(Err(error)) => {
-            versions.metrics.reload_failed.inc();
             versions.failed = Some(digest);
-            tracing::error!(
-                file,
-                "reload failed, previous version keeps serving: {}",
-                super::one_line(&error)
-            );
+            Err(ReloadError::Load(super::one_line(&error)))
         }
-        Err(error) => {
-            versions.metrics.reload_failed.inc();
-            tracing::error!(file, "reload failed: {error}");
-        }
-    }
+        Err(error) => Err(ReloadError::Load(format!("loading stopped: {error}"))),
+    };
+    reload::report(&file, &outcome, &versions.metrics);
 }

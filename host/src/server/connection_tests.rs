@@ -87,7 +87,7 @@ impl Harness {
                     PluginEvent::Barrier(_, done) => {
                         let _ = done.send(());
                     }
-                    PluginEvent::Reload(_) => {}
+                    PluginEvent::Reload(..) => {}
                 }
             },
         )
