@@ -29,32 +29,32 @@ impl Redis {
 
     /// Like [`Redis::start`], with these settings (`--name value` pairs) too.
     pub fn start_with(settings: &[&str]) -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let settings = settings.iter().map(|s| s.to_string()).collect();
-        let mut redis = Redis {
-            child: None,
-            port,
-            settings,
-            tls: false,
-            log: Arc::default(),
-        };
-        redis.restart();
-        redis
+        Redis::start_on_a_free_port(settings, false)
     }
 
     /// Like [`Redis::start_with`], listening for TLS only, with `settings` naming its
     /// certificate, key and CA (`--tls-cert-file` ...).
     pub fn start_tls(settings: &[&str]) -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut redis = Redis {
-            child: None,
-            port,
-            settings: settings.iter().map(|s| s.to_string()).collect(),
-            tls: true,
-            log: Arc::default(),
-        };
-        redis.restart();
-        redis
+        Redis::start_on_a_free_port(settings, true)
+    }
+
+    /// A server on a port that was free a moment ago: tests run side by side, so another
+    /// may take it before Redis binds it; then another port is tried.
+    fn start_on_a_free_port(settings: &[&str], tls: bool) -> Redis {
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let mut redis = Redis {
+                child: None,
+                port,
+                settings: settings.iter().map(|s| s.to_string()).collect(),
+                tls,
+                log: Arc::default(),
+            };
+            if redis.try_start() {
+                return redis;
+            }
+        }
+        panic!("redis-server did not start on any of 5 free ports");
     }
 
     /// The URL hosts are given.
@@ -85,6 +85,11 @@ impl Redis {
 
     /// Starts the server (again) on its port; returns once it accepts connections.
     pub fn restart(&mut self) {
+        assert!(self.try_start(), "redis-server exited before it was ready");
+    }
+
+    /// Starts the server on its port: whether it got ready (it exits if the port is taken).
+    fn try_start(&mut self) -> bool {
         let binary = std::env::var("WSPLUG_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         let port = self.port.to_string();
         let ports = if self.tls {
@@ -108,7 +113,11 @@ impl Redis {
             .by_ref()
             .map_while(Result::ok)
             .any(|line| line.contains("Ready to accept connections"));
-        assert!(ready, "redis-server exited before it was ready");
+        if !ready {
+            let _ = child.kill();
+            let _ = child.wait();
+            return false;
+        }
         // Keep reading its output, so that it never blocks on a full pipe.
         let log = self.log.clone();
         std::thread::spawn(move || {
@@ -119,6 +128,7 @@ impl Redis {
             }
         });
         self.child = Some(child);
+        true
     }
 
     /// What it logged so far.
