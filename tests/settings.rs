@@ -856,3 +856,48 @@ fn the_server_listens_and_echoes_on_ipv6() {
     assert!(client.stream.local_addr().unwrap().is_ipv6());
     echo(&mut client, "over IPv6");
 }
+
+/// Every default that `--help` states as a number or a boolean is the one the host
+/// uses: giving the flag that value yields the same configuration as leaving it out.
+/// (Defaults that are words, such as "timeout" or "one per core", are not checked.)
+#[test]
+fn every_default_the_help_states_is_the_one_the_host_uses() {
+    use clap::{CommandFactory, Parser};
+    use wsplug::config::Options;
+
+    let plugin = plugin_path("echo");
+    // The cluster's settings need a cluster (only named: nothing connects to it here).
+    let configured = |extra: &[&str], clustered: bool| {
+        let mut args = vec!["host", "--plugin", path_arg(&plugin)];
+        if clustered {
+            args.extend(["--cluster", "redis://127.0.0.1:1"]);
+        }
+        args.extend(extra);
+        let options = Options::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        format!("{:?}", options.validate().unwrap_or_else(|e| panic!("{args:?}: {e}")))
+    };
+    let mut checked = Vec::new();
+    for arg in Options::command().get_arguments() {
+        let (Some(long), Some(help)) = (arg.get_long(), arg.get_help()) else {
+            continue;
+        };
+        let help = help.to_string();
+        let Some((_, rest)) = help.split_once("[default: ") else {
+            continue;
+        };
+        let value = rest.split(']').next().unwrap_or_default();
+        if value.parse::<u64>().is_err() && value != "true" && value != "false" {
+            continue;
+        }
+        let flag = format!("--{long}");
+        let clustered = long.starts_with("cluster-");
+        assert_eq!(
+            configured(&[&flag, value], clustered),
+            configured(&[], clustered),
+            "{flag}: --help says the default is {value}, and the host uses another"
+        );
+        checked.push(flag);
+    }
+    // Enough of them to mean something: timeouts, sizes, limits, switches.
+    assert!(checked.len() >= 20, "only {checked:?}");
+}
