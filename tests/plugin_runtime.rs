@@ -414,3 +414,37 @@ fn timers_fire_on_the_plugin_thread_and_a_trapping_one_counts_in_both_modes() {
         });
     }
 }
+
+#[test]
+fn a_stateless_call_keeps_its_replies_up_to_the_bounds_and_queues_the_rest_in_order() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let served = Rig::new("probe").spawn(&runtime, true);
+    runtime.block_on(async {
+        served.open(1, "/").await;
+        // A call that sends its own connection `count` messages of `size` bytes: what it
+        // kept for the connection to encode at once, and what went to its queue.
+        let call = |count: usize, size: usize| {
+            let served = &served;
+            async move {
+                let mut replies = Vec::new();
+                let event = PluginEvent::Text(1, format!("flood {count} {size}"));
+                served
+                    .handle
+                    .try_deliver(event, Some(&mut replies))
+                    .await
+                    .expect("taken");
+                (replies.len(), served.recorder.take().len())
+            }
+        };
+        // At most 64 messages are kept; the rest take the queue, after them.
+        assert_eq!(call(100, 10).await, (64, 36));
+        // At most 256 KiB: six of 40,000 bytes, and the seventh would pass it.
+        assert_eq!(call(10, 40_000).await, (6, 4));
+        // Under both bounds, everything is kept.
+        assert_eq!(call(3, 10).await, (3, 0));
+    });
+}
