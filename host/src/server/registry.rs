@@ -569,6 +569,36 @@ mod tests {
     }
 
     #[test]
+    fn a_call_that_overran_is_held_against_its_clients_address_until_the_close_is_handled() {
+        use crate::server::per_ip::{PerIpLimits, Refusal};
+        let registry = Registry::new(OutboundLimits {
+            max_messages: 8,
+            max_bytes: 1 << 20,
+        });
+        let per_ip = PerIp::new(PerIpLimits {
+            max_overruns: Some(2),
+            ..PerIpLimits::default()
+        });
+        // Without the server's budget, an overrun is nobody's business.
+        let _open = registry.register(info(1));
+        registry.overran(1);
+        registry.hold_overruns_in(per_ip.clone());
+        let peer = "127.0.0.1".parse().unwrap();
+        let now = Instant::now();
+        assert!(per_ip.admit(peer, now).is_ok());
+        // Open, and closed but with its on-close still to come: both are found.
+        registry.overran(1);
+        registry.unregister(1);
+        registry.overran(1);
+        assert!(matches!(per_ip.admit(peer, Instant::now()), Err(Refusal::Overran(_))));
+        // Once the plugin has handled its on-close, nothing of it is kept.
+        registry.closed(1);
+        assert!(lock(&registry.inner).closing.is_empty());
+        registry.overran(1);
+        assert_eq!(per_ip.addresses(), 1);
+    }
+
+    #[test]
     fn routes_sends_broadcasts_and_groups() {
         let registry = Registry::new(OutboundLimits {
             max_messages: 8,
