@@ -298,6 +298,16 @@ fn a_version_that_traps_in_its_replay_is_refused_and_the_old_one_serves() {
     assert_eq!(rig.text(1, "after"), [send(1, "after")]);
 }
 
+/// A runtime like the host's on a 2-core machine: two worker threads, which a
+/// stateless plugin's calls run on.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
 /// A plugin served as the host serves it: [`Rig::spawn`].
 struct Served {
     handle: PluginHandle,
@@ -335,11 +345,7 @@ impl Served {
 
 #[test]
 fn the_crash_loop_rules_are_the_same_in_both_modes() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     for stateless in [false, true] {
         let mode = if stateless { "stateless" } else { "plugin thread" };
         let served = Rig::new("chaos").spawn(&runtime, stateless);
@@ -380,11 +386,7 @@ fn the_crash_loop_rules_are_the_same_in_both_modes() {
 
 #[test]
 fn timers_fire_on_the_plugin_thread_and_a_trapping_one_counts_in_both_modes() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     for stateless in [false, true] {
         let mode = if stateless { "stateless" } else { "plugin thread" };
         let served = Rig::new("api").spawn(&runtime, stateless);
@@ -417,11 +419,7 @@ fn timers_fire_on_the_plugin_thread_and_a_trapping_one_counts_in_both_modes() {
 
 #[test]
 fn a_stateless_call_keeps_its_replies_up_to_the_bounds_and_queues_the_rest_in_order() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let served = Rig::new("probe").spawn(&runtime, true);
     runtime.block_on(async {
         served.open(1, "/").await;
