@@ -276,8 +276,8 @@ pub struct Options {
     pub max_connection_rate_per_ip: Option<u64>,
 
     /// Calls of one client address's connections (IPv6: one /64) that may run past a
-    /// plugin's CPU deadline per minute; past it, its handshakes get 429 until the minute
-    /// refills; 0: no bound [default: 10]
+    /// plugin's CPU deadline per minute; past it, its connections get 429 until the
+    /// minute refills [default: no bound]
     #[arg(long, value_name = "N")]
     pub max_overruns_per_ip: Option<u64>,
 
@@ -766,16 +766,12 @@ impl Options {
                 1_000_000,
                 "connections per second",
             )?,
-            max_overruns: match self.max_overruns_per_ip {
-                Some(0) => None,
-                given => Some(range(
-                    "max_overruns_per_ip",
-                    given.unwrap_or(crate::server::per_ip::DEFAULT_MAX_OVERRUNS.into()),
-                    0,
-                    1_000_000,
-                    "calls per minute",
-                )? as u32),
-            },
+            max_overruns: optional(
+                "max_overruns_per_ip",
+                self.max_overruns_per_ip,
+                1_000_000,
+                "calls per minute",
+            )?,
         };
         let shared_state = crate::server::registry::SharedStateLimits {
             max_groups: range(

@@ -1,9 +1,8 @@
 //! Bounds per client address: how many connections one address may hold open, how many
 //! it may open per second, and how many of its calls may run past a plugin's CPU
-//! deadline per minute. The first two are off unless configured: behind a proxy or a
-//! NAT every client shares one address. The third is on: a call that runs to its
-//! deadline costs the route a deadline of CPU, and a client that makes calls do so
-//! again and again (reconnecting after each 1011) is an attack or a broken client.
+//! deadline per minute. All are off unless configured: behind a reverse proxy or a NAT
+//! every client shares one address, and a refused address is refused everything, its
+//! health checks too.
 //!
 //! IPv6 clients are counted by their /64 network, which one host can fill with
 //! addresses of its own; IPv4-mapped IPv6 addresses count as the IPv4 address.
@@ -26,9 +25,6 @@ pub struct PerIpLimits {
     /// address's handshakes are refused until one is refilled.
     pub max_overruns: Option<u32>,
 }
-
-/// The default of [`PerIpLimits::max_overruns`].
-pub const DEFAULT_MAX_OVERRUNS: u32 = 10;
 
 impl PerIpLimits {
     /// Whether any bound is set.
