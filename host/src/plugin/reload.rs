@@ -2,39 +2,25 @@
 //! (the version before keeps serving), returned by the plugin's thread to whoever asked
 //! ([`super::watcher`]), which logs it and counts it once ([`report`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::ConnId;
+use super::loader::Loaded;
 use crate::metrics::PluginMetrics;
 
 /// A new version swapped in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Reloaded {
-    /// The plugin's name.
-    pub plugin: String,
-    /// The file it was loaded from.
-    pub file: String,
-    /// Open connections the new version took over.
+    /// The version now serving.
+    pub loaded: Arc<Loaded>,
+    /// Open connections it took over.
     pub connections: usize,
     /// How the connections' state reached it.
     pub state: Carried,
-    /// The plugin API version it implements.
-    pub api: String,
-    /// Its optional exports.
-    pub exports: String,
-    /// Its source language, as its producers section says.
-    pub language: String,
-    /// The file's size, in bytes.
-    pub size: u64,
-    /// Compiling (or loading from the cache) it took.
-    pub load: Duration,
-    /// Whether the compiled code came from the cache.
-    pub cache_hit: bool,
     /// Instantiating it and carrying the state over took.
     pub swap: Duration,
-    /// From the change noticed to the new version serving.
-    pub total: Duration,
-    /// Timers cancelled because the new version has no `on-timer` (a 0.1 plugin).
+    /// Timers cancelled because it has no `on-timer` (a 0.1 plugin).
     pub timers_cancelled: usize,
 }
 
@@ -94,28 +80,29 @@ pub fn report(file: &str, outcome: &Result<Reloaded, ReloadError>, metrics: &Plu
     match outcome {
         Ok(reloaded) => {
             metrics.reloaded.inc();
+            let loaded = &reloaded.loaded;
             let state = match reloaded.state {
                 Carried::Restored(bytes) => format!("restored {bytes} bytes"),
                 Carried::Replayed => "on-open replayed".to_owned(),
             };
             tracing::info!(
-                plugin = &*reloaded.plugin,
+                plugin = &*loaded.name,
                 file,
                 connections = reloaded.connections,
-                api = %reloaded.api,
-                exports = %reloaded.exports,
+                api = %loaded.linked.api(),
+                exports = %loaded.linked.optional_exports(),
                 state,
-                language = %reloaded.language,
-                size = reloaded.size,
-                load_ms = reloaded.load.as_millis() as u64,
-                cache_hit = reloaded.cache_hit,
+                language = %loaded.language,
+                size = loaded.size,
+                load_ms = loaded.load_time.as_millis() as u64,
+                cache_hit = loaded.cache_hit,
                 swap_ms = reloaded.swap.as_millis() as u64,
-                total_ms = reloaded.total.as_millis() as u64,
+                total_ms = loaded.requested_at.elapsed().as_millis() as u64,
                 "plugin reloaded"
             );
             if reloaded.timers_cancelled > 0 {
                 tracing::warn!(
-                    plugin = &*reloaded.plugin,
+                    plugin = &*loaded.name,
                     timers = reloaded.timers_cancelled,
                     "the new version implements 0.1.0 (no on-timer): its timers are cancelled"
                 );

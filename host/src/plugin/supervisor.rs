@@ -339,26 +339,19 @@ impl Runner {
             timers_cancelled = self.sandbox.timers.len();
             self.sandbox.timers.clear();
         }
-        let reloaded = Reloaded {
-            plugin: loaded.name.to_string(),
-            file: loaded.path.display().to_string(),
-            connections: self.opened.len(),
-            state,
-            api: loaded.linked.api().to_string(),
-            exports: loaded.linked.optional_exports(),
-            language: loaded.language.to_string(),
-            size: loaded.size,
-            load: loaded.load_time,
-            cache_hit: loaded.cache_hit,
-            swap: swap_started.elapsed(),
-            total: loaded.requested_at.elapsed(),
-            timers_cancelled,
-        };
+        let swap = swap_started.elapsed();
         self.instance = Some(instance);
         self.loaded = Arc::new(loaded);
         if let Some(inline) = &self.inline {
             inline.serve(self.loaded.clone());
         }
+        let reloaded = Reloaded {
+            loaded: self.loaded.clone(),
+            connections: self.opened.len(),
+            state,
+            swap,
+            timers_cancelled,
+        };
         self.crash_loop.reset();
         Ok(reloaded)
     }
