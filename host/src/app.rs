@@ -19,9 +19,8 @@ use crate::plugin::{self, Grants, HostServices, Loader, PluginEvent, PluginHandl
 use crate::server::outbound::OutboundLimits;
 use crate::server::registry::Registry;
 use crate::server::static_files::StaticFiles;
-use crate::server::{Route, Server, Settings, tls};
+use crate::server::{Route, Server, tls};
 use crate::store::KeyValue;
-use crate::ws::handshake::HandshakeConfig;
 
 /// Native code that handles plugin events in place of a WebAssembly plugin.
 pub type NativeHandler = Box<dyn FnMut(&dyn HostServices, PluginEvent) + Send>;
@@ -115,10 +114,6 @@ async fn run(config: Config, mut native: Option<NativeHandler>) -> anyhow::Resul
     let mut routes = Vec::new();
     let mut buses = Vec::new();
     for route in &config.routes {
-        let limits = OutboundLimits {
-            max_messages: route.max_messages_buffering,
-            max_bytes: route.max_buffered_bytes,
-        };
         let bus = match &config.cluster {
             // The outbox must hold a whole state, and what changes meanwhile.
             Some(cluster) => {
@@ -129,14 +124,16 @@ async fn run(config: Config, mut native: Option<NativeHandler>) -> anyhow::Resul
         };
         let registry = Arc::new(
             match &bus {
-                Some(bus) => Registry::clustered(limits, bus.cluster()),
-                None => Registry::new(limits),
+                Some(bus) => Registry::clustered(route.outbound, bus.cluster()),
+                None => Registry::new(route.outbound),
             }
             .with_shared_limits(config.shared_state),
         );
         let route_metrics = metrics.route(&route.name);
         let plugin = match native.take() {
-            Some(handle) => plugin::spawn_handler(&route.name, route.plugin_queue, registry.clone(), handle)?,
+            Some(handle) => {
+                plugin::spawn_handler(&route.name, route.plugin.limits.queue_len, registry.clone(), handle)?
+            }
             None => {
                 let store = bus.as_ref().map(|bus| Arc::new(bus.store()) as Arc<dyn KeyValue>);
                 let started = start_plugin(&config, route, &loader, registry.clone(), store, &route_metrics);
@@ -147,16 +144,10 @@ async fn run(config: Config, mut native: Option<NativeHandler>) -> anyhow::Resul
                 }
             }
         };
-        let handshake = HandshakeConfig {
-            subprotocols: route.subprotocols.clone(),
-            deflate: route.compression.then_some(config.deflate),
-            allowed_origins: route.allowed_origins.clone(),
-            ..HandshakeConfig::default()
-        };
         routes.push(Route::new(
             route.path.clone(),
-            handshake,
-            route.max_payload_size,
+            route.handshake.clone(),
+            route.max_message_size,
             route.max_connections,
             registry.clone(),
             plugin,
@@ -165,21 +156,11 @@ async fn run(config: Config, mut native: Option<NativeHandler>) -> anyhow::Resul
         buses.extend(bus.map(|bus| (bus, registry)));
     }
 
-    let settings = Settings {
-        handshake_timeout: config.handshake_timeout,
-        idle_timeout: config.idle_timeout,
-        close_timeout: config.close_timeout,
-        max_connections: config.max_connections,
-        prod: config.prod,
-        metrics_here: config.serve_metrics,
-        backlog: config.backlog,
-        per_ip: config.per_ip,
-    };
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     let server = Server::bind(
         config.listen,
         config.metrics_listen,
-        settings,
+        config.server.clone(),
         routes,
         metrics,
         static_files,
@@ -197,7 +178,7 @@ async fn run(config: Config, mut native: Option<NativeHandler>) -> anyhow::Resul
     let buses: Vec<_> = buses.into_iter().map(|(bus, registry)| bus.run(registry)).collect();
     // Tests and scripts wait for this line to know the server is ready.
     println!("wsplug listening on {scheme}://{addr}");
-    server.run(stop_signal()?, config.shutdown_grace).await;
+    server.run(stop_signal()?).await;
     for bus in buses {
         bus.leave().await;
     }
@@ -229,13 +210,13 @@ fn start_plugin(
     store: Option<Arc<dyn KeyValue>>,
     metrics: &RouteMetrics,
 ) -> anyhow::Result<PluginHandle> {
-    let loaded = loader.load(&route.plugin, Instant::now())?;
+    let loaded = loader.load(&route.plugin.file, Instant::now())?;
     metrics.plugin.loaded(loaded.cache_hit);
     tracing::info!(
         route = &*route.name,
         path = route.path.as_str(),
         plugin = &*loaded.name,
-        file = %route.plugin.display(),
+        file = %route.plugin.file.display(),
         api = %loaded.linked.api(),
         exports = %loaded.linked.optional_exports(),
         language = %loaded.language,
@@ -245,37 +226,32 @@ fn start_plugin(
         "plugin loaded"
     );
     let serving = loaded.digest;
-    let limits = PluginLimits {
-        deadline: route.plugin_deadline,
-        memory_bytes: route.plugin_memory_bytes,
-        queue_len: route.plugin_queue,
-    };
     let grants = Grants {
-        data_dir: route.plugin_dir.clone(),
+        data_dir: route.plugin.data_dir.clone(),
         store_dir: if route.name == DEFAULT_ROUTE {
             config.store_dir.clone()
         } else {
             config.store_dir.join(&route.name)
         },
     };
-    let mut runner =
-        Runner::new(loader.engine(), loaded, registry, limits, grants)?.with_metrics(metrics.plugin.clone());
+    let mut runner = Runner::new(loader.engine(), loaded, registry, route.plugin.limits, grants)?
+        .with_metrics(metrics.plugin.clone());
     if let Some(store) = store {
         runner = runner.with_store(store);
     }
-    if route.stateless {
+    if route.plugin.stateless {
         runner = runner.stateless();
     }
     let plugin = plugin::spawn(runner, &route.name)?;
     plugin::watcher::watch(
         loader.clone(),
-        route.plugin.clone(),
+        route.plugin.file.clone(),
         plugin.clone(),
         serving,
-        route.watch,
+        route.plugin.watch,
         metrics.plugin.clone(),
     )
-    .with_context(|| format!("cannot watch {}", route.plugin.display()))?;
+    .with_context(|| format!("cannot watch {}", route.plugin.file.display()))?;
     Ok(plugin)
 }
 

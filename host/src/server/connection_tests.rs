@@ -113,8 +113,7 @@ impl Harness {
                 max_connections: 10,
                 prod: false,
                 metrics_here: true,
-                backlog: None,
-                per_ip: Default::default(),
+                ..Settings::default()
             },
             routes: vec![route],
             static_files: None,

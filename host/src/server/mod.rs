@@ -53,7 +53,30 @@ pub struct Settings {
     pub backlog: Option<u32>,
     /// Bounds per client address.
     pub per_ip: PerIpLimits,
+    /// How long a graceful shutdown waits for connections to close.
+    pub shutdown_grace: Duration,
 }
+
+impl Default for Settings {
+    /// The original library's timeout (5 s) for each step, 10,000 connections, production
+    /// mode, no bound per address.
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(5),
+            close_timeout: Duration::from_secs(5),
+            max_connections: 10_000,
+            prod: true,
+            metrics_here: false,
+            backlog: None,
+            per_ip: PerIpLimits::default(),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A route's largest message unless configured (the original library's `maxPayloadSize`).
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 512 << 10;
 
 /// A plugin and the paths it serves: its own connections, groups, limits and metrics.
 pub struct Route {
@@ -221,10 +244,11 @@ impl Server {
 
     /// Accepts connections until `stop` resolves, then shuts down gracefully: `/readyz`
     /// turns 503 and new upgrades get 503, every connection gets close 1001, and the
-    /// server waits up to `grace` for them to close and for every plugin to handle every
-    /// `on-close`. It keeps answering plain HTTP (health, metrics, files) meanwhile, so
+    /// server waits up to [`Settings::shutdown_grace`] for them to close and for every plugin
+    /// to handle every `on-close`. It keeps answering plain HTTP (health, metrics, files) meanwhile, so
     /// that a load balancer sees it leave.
-    pub async fn run(self, stop: impl Future<Output = ()>, grace: Duration) {
+    pub async fn run(self, stop: impl Future<Output = ()>) {
+        let grace = self.shared.settings.shutdown_grace;
         let tasks = TaskTracker::new();
         if let Some(listener) = self.metrics_listener {
             tokio::spawn(endpoints::serve_metrics(listener, self.shared.clone()));

@@ -81,6 +81,16 @@ pub struct OutboundLimits {
     pub max_bytes: usize,
 }
 
+impl Default for OutboundLimits {
+    /// The original library's `maxMessagesBuffering` (100), and 1 MiB.
+    fn default() -> Self {
+        Self {
+            max_messages: 100,
+            max_bytes: 1 << 20,
+        }
+    }
+}
+
 impl OutboundLimits {
     /// Whether `waiting` is more than these limits allow.
     pub fn exceeded_by(&self, waiting: Backlog) -> bool {

@@ -50,3 +50,20 @@ impl RoutePath {
         (!name.is_empty()).then_some(name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::RoutePath;
+
+    #[test]
+    fn a_request_goes_to_the_exact_path_then_the_longest_prefix() {
+        let rank = |pattern: &str, path: &str| RoutePath::parse(pattern).unwrap().rank(path);
+        assert_eq!(rank("/chat", "/chat"), Some(usize::MAX));
+        assert_eq!(rank("/chat", "/chat/x"), None);
+        assert_eq!(rank("/chat/*", "/chat"), Some(5));
+        assert_eq!(rank("/chat/*", "/chat/room/1"), Some(5));
+        assert_eq!(rank("/chat/*", "/chatroom"), None);
+        assert_eq!(rank("/*", "/anything"), Some(0));
+        assert!(rank("/a/b/*", "/a/b/c") > rank("/a/*", "/a/b/c"));
+    }
+}
