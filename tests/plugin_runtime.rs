@@ -6,14 +6,15 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use wsplug::conn::{CloseCode, ConnId, ConnectionInfo, HostError, Outgoing};
 use wsplug::metrics::Metrics;
 use wsplug::plugin::{
-    Carried, Grants, HostServices, Loaded, Loader, PluginEvent, PluginHandle, PluginLimits, ReloadError, Reloaded,
-    Runner,
+    Carried, ConnectionEvent, Control, Grants, HostServices, Loaded, Loader, PluginEvent, PluginHandle, PluginLimits,
+    PluginLink, ReloadError, Reloaded, Runner,
 };
 
 use common::{TempDir, plugin_path};
@@ -162,12 +163,12 @@ impl Rig {
 
     fn open(&mut self, conn: ConnId, path: &str) -> Vec<Did> {
         self.recorder.open_at(conn, path);
-        self.runner.handle(PluginEvent::Open(conn));
+        self.runner.handle(ConnectionEvent::Open(conn));
         self.recorder.take()
     }
 
     fn text(&mut self, conn: ConnId, text: &str) -> Vec<Did> {
-        self.runner.handle(PluginEvent::Text(conn, text.to_owned()));
+        self.runner.handle(ConnectionEvent::Text(conn, text.to_owned()));
         self.recorder.take()
     }
 
@@ -183,7 +184,9 @@ impl Rig {
             .block_on(async { wsplug::plugin::spawn(runner, "test") })
             .expect("spawns");
         Served {
-            handle,
+            // Leaked, for the links to borrow it for the rest of the test.
+            handle: Box::leak(Box::new(handle)),
+            links: Mutex::default(),
             recorder: self.recorder,
             metrics: self.metrics,
             _rest: (self.loader, self._dirs),
@@ -311,32 +314,41 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// A plugin served as the host serves it: [`Rig::spawn`].
 struct Served {
-    handle: PluginHandle,
+    handle: &'static PluginHandle,
+    /// Each open connection's way to the plugin.
+    links: Mutex<HashMap<ConnId, PluginLink<'static>>>,
     recorder: Arc<Recorder>,
     metrics: wsplug::metrics::RouteMetrics,
     _rest: (Loader, (TempDir, TempDir)),
 }
 
 impl Served {
-    /// Delivers `event` of `conn` as a connection does, and waits until it is handled.
-    async fn deliver(&self, conn: ConnId, event: PluginEvent) -> Vec<Did> {
-        self.handle.deliver(event).await.expect("the plugin runs");
+    /// Hands `conn`'s `event` over as a connection does, with what it sends back
+    /// collected in `replies` if given, and waits until it is handled.
+    async fn deliver(&self, conn: ConnId, event: PluginEvent, replies: Option<&mut Vec<Outgoing>>) -> Vec<Did> {
+        let mut link = self.links.lock().unwrap().remove(&conn).expect("an open connection");
+        link.try_send(event, replies).await.expect("the plugin takes it");
+        self.settle(conn, link).await
+    }
+
+    /// Waits until `conn`'s events so far are handled; what the plugin did.
+    async fn settle(&self, conn: ConnId, mut link: PluginLink<'static>) -> Vec<Did> {
         let (done, handled) = tokio::sync::oneshot::channel();
-        self.handle
-            .deliver(PluginEvent::Barrier(conn, done))
-            .await
-            .expect("the plugin runs");
+        link.send(Control::Barrier(done).into()).await.expect("the plugin runs");
         handled.await.expect("the barrier is answered");
+        self.links.lock().unwrap().insert(conn, link);
         self.recorder.take()
     }
 
     async fn open(&self, conn: ConnId, path: &str) -> Vec<Did> {
         self.recorder.open_at(conn, path);
-        self.deliver(conn, PluginEvent::Open(conn)).await
+        let link = self.handle.open(conn).await.expect("the plugin runs");
+        self.settle(conn, link).await
     }
 
     async fn text(&self, conn: ConnId, text: &str) -> Vec<Did> {
-        self.deliver(conn, PluginEvent::Text(conn, text.to_owned())).await
+        self.deliver(conn, ConnectionEvent::Text(conn, text.to_owned()).into(), None)
+            .await
     }
 
     fn streak(&self) -> (i64, f64) {
@@ -430,13 +442,9 @@ fn a_stateless_call_keeps_its_replies_up_to_the_bounds_and_queues_the_rest_in_or
             let served = &served;
             async move {
                 let mut replies = Vec::new();
-                let event = PluginEvent::Text(1, format!("flood {count} {size}"));
-                served
-                    .handle
-                    .try_deliver(event, Some(&mut replies))
-                    .await
-                    .expect("taken");
-                (replies.len(), served.recorder.take().len())
+                let event = ConnectionEvent::Text(1, format!("flood {count} {size}")).into();
+                let queued = served.deliver(1, event, Some(&mut replies)).await;
+                (replies.len(), queued.len())
             }
         };
         // At most 64 messages are kept; the rest take the queue, after them.

@@ -21,8 +21,8 @@ use std::time::Instant;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use wsplug::plugin::{
-    CloseCode, ConnId, ConnectionInfo, Grants, HostError, HostServices, Loader, Outgoing, PluginEvent, PluginLimits,
-    Runner, UpgradeDecision, UpgradeRequest,
+    CloseCode, ConnId, ConnectionEvent, ConnectionInfo, Control, Grants, HostError, HostServices, Loader, Outgoing,
+    PluginLimits, Runner, UpgradeDecision, UpgradeRequest,
 };
 
 /// The echo plugin of each language, by file name (`echo` is Rust with the SDK,
@@ -158,11 +158,11 @@ fn plugin_call(c: &mut Criterion) {
             Grants::default(),
         )
         .expect("plugin starts");
-        runner.handle(PluginEvent::Open(1));
+        runner.handle(ConnectionEvent::Open(1));
         for size in SIZES {
             let text = "x".repeat(size);
             let before = sink.sent_bytes.load(Ordering::Relaxed);
-            runner.handle(PluginEvent::Text(1, text.clone()));
+            runner.handle(ConnectionEvent::Text(1, text.clone()));
             assert_eq!(
                 sink.sent_bytes.load(Ordering::Relaxed) - before,
                 size,
@@ -171,7 +171,7 @@ fn plugin_call(c: &mut Criterion) {
             group.throughput(Throughput::Bytes(size as u64));
             group.bench_function(format!("{} {size}", file.trim_end_matches(".wasm")), |b| {
                 b.iter_batched(
-                    || PluginEvent::Text(1, text.clone()),
+                    || ConnectionEvent::Text(1, text.clone()),
                     |event| runner.handle(black_box(event)),
                     BatchSize::SmallInput,
                 );
@@ -197,7 +197,7 @@ fn runner(loader: &Loader, path: &std::path::Path, sink: Arc<Sink>) -> Runner {
         Grants::default(),
     )
     .expect("plugin starts");
-    runner.handle(PluginEvent::Open(1));
+    runner.handle(ConnectionEvent::Open(1));
     runner
 }
 
@@ -231,7 +231,7 @@ fn plugin_api(c: &mut Criterion) {
         b.iter_batched(
             || {
                 let (reply, decision) = tokio::sync::oneshot::channel();
-                (PluginEvent::Upgrade(Box::new(request.clone()), reply), decision)
+                (Control::Upgrade(Box::new(request.clone()), reply), decision)
             },
             |(event, mut decision)| {
                 hook.handle(black_box(event));
@@ -244,7 +244,7 @@ fn plugin_api(c: &mut Criterion) {
     group.sample_size(10);
     for (name, state) in [("reload, state 40 B", 0usize), ("reload, state 8 MiB", 8 << 20)] {
         let mut reloading = runner(&loader, &path, sink.clone());
-        reloading.handle(PluginEvent::Text(1, format!("grow {state}")));
+        reloading.handle(ConnectionEvent::Text(1, format!("grow {state}")));
         group.bench_function(name, |b| {
             b.iter_batched(
                 || loader.load(&path, Instant::now()).expect("plugin loads"),
@@ -254,13 +254,13 @@ fn plugin_api(c: &mut Criterion) {
         });
         // Every reload carried the state: a failed one keeps the old version, whose
         // count of restores then falls behind.
-        reloading.handle(PluginEvent::Text(1, "blob".into()));
+        reloading.handle(ConnectionEvent::Text(1, "blob".into()));
         let blob = sink.last_text.lock().unwrap().clone();
         assert!(
             blob.starts_with(&format!("blob {state} ")),
             "{name}: the state is gone: {blob}"
         );
-        reloading.handle(PluginEvent::Text(1, "restores".into()));
+        reloading.handle(ConnectionEvent::Text(1, "restores".into()));
         let restores = sink.last_text.lock().unwrap().clone();
         let restores: u64 = restores.trim_start_matches("restores ").parse().expect("restores N");
         assert!(restores > 0, "{name}: no reload carried the state");

@@ -15,7 +15,7 @@ use clap::Parser as _;
 use crate::cluster::{ClusterConfig, bus};
 use crate::config::{Command, Config, DEFAULT_ROUTE, LogFormat, Options, RouteConfig};
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::plugin::{self, Grants, HostServices, Loader, PluginEvent, PluginHandle, PluginLimits, Runner};
+use crate::plugin::{self, ConnectionEvent, Grants, HostServices, Loader, PluginHandle, PluginLimits, Runner};
 use crate::server::outbound::OutboundLimits;
 use crate::server::registry::Registry;
 use crate::server::static_files::StaticFiles;
@@ -23,7 +23,7 @@ use crate::server::{Route, Server, tls};
 use crate::store::KeyValue;
 
 /// Native code that handles plugin events in place of a WebAssembly plugin.
-pub type NativeHandler = Box<dyn FnMut(&dyn HostServices, PluginEvent) + Send>;
+pub type NativeHandler = Box<dyn FnMut(&dyn HostServices, ConnectionEvent) + Send>;
 
 /// Runs the host as the `host` binary does: reads the command line (and the TOML
 /// file it names), sets up logging, serves until SIGTERM or SIGINT. Returns the

@@ -3,29 +3,21 @@
 //! -> registry -> connection task). `make bench` compares the WebAssembly echo plugin
 //! with it: the difference is what the sandbox costs.
 
-use wsplug::plugin::{HostServices, Outgoing, PluginEvent};
+use wsplug::plugin::{ConnectionEvent, HostServices, Outgoing};
 
 fn main() -> std::process::ExitCode {
     wsplug::app::main(Some(Box::new(echo)))
 }
 
 /// Does what `plugins/echo` does: every message goes back to its sender unchanged.
-fn echo(services: &dyn HostServices, event: PluginEvent) {
+fn echo(services: &dyn HostServices, event: ConnectionEvent) {
     match event {
-        PluginEvent::Text(conn, text) => {
+        ConnectionEvent::Text(conn, text) => {
             let _ = services.send(conn, Outgoing::Text(text.into()));
         }
-        PluginEvent::Binary(conn, data) => {
+        ConnectionEvent::Binary(conn, data) => {
             let _ = services.send(conn, Outgoing::Binary(data.into()));
         }
-        // Shutdown waits for this: every earlier event has been handled.
-        PluginEvent::Barrier(_, done) => {
-            let _ = done.send(());
-        }
-        PluginEvent::Open(_)
-        | PluginEvent::Close(..)
-        | PluginEvent::Reload(..)
-        | PluginEvent::Upgrade(..)
-        | PluginEvent::Timer(..) => {}
+        ConnectionEvent::Open(_) | ConnectionEvent::Close(..) => {}
     }
 }

@@ -1,27 +1,36 @@
 //! How connections reach a running plugin: [`PluginHandle`], the bounded queue to its
 //! thread, or for a stateless plugin its instances on the connections' own threads;
-//! and that thread's event loop ([`spawn_handler`]).
+//! [`PluginLink`], one connection's way to it; and that thread's event loop
+//! ([`spawn_handler`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::inline::{Handed, Inline};
 use super::loader::Loaded;
 use super::reload::{ReloadError, Reloaded};
-use super::{ConnId, HostServices, Outgoing, PluginEvent};
+use super::{ConnId, ConnectionEvent, Control, HostServices, Outgoing, PluginEvent, UpgradeDecision, UpgradeRequest};
 
-/// The sending side of a running plugin's event queue.
+/// A running plugin, as the server reaches it.
 #[derive(Clone)]
 pub struct PluginHandle {
-    pub(super) events: mpsc::Sender<PluginEvent>,
+    /// The plugin thread's queue: every event in one mode, the control messages in both.
+    pub(super) queue: mpsc::Sender<PluginEvent>,
     /// Whether the version being served has `on-upgrade`.
     pub(super) decides_handshakes: Arc<AtomicBool>,
-    /// A stateless plugin's connection events are handled here instead, on the
-    /// connections' own threads.
-    pub(super) inline: Option<Arc<Inline>>,
+    pub(super) mode: Mode,
+}
+
+/// Where a connection's events are handled.
+#[derive(Clone)]
+pub(super) enum Mode {
+    /// On the plugin's thread, through its queue, in order.
+    Threaded,
+    /// On the connection's own thread ([`Inline`]): a stateless plugin.
+    Stateless(Arc<Inline>),
 }
 
 /// Why a connection's event was not handed to the plugin.
@@ -33,7 +42,7 @@ pub enum Refused {
     Stopped,
 }
 
-/// Room for one connection event, from [`PluginHandle::ready`].
+/// Room for one event, from [`PluginLink::ready`].
 pub enum Ready<'a> {
     /// A place in the plugin thread's queue.
     Queued(mpsc::Permit<'a, PluginEvent>),
@@ -41,63 +50,121 @@ pub enum Ready<'a> {
     Inline(&'a Inline),
 }
 
-impl Ready<'_> {
-    /// Hands `event` over.
-    pub async fn send(self, event: PluginEvent) -> Handed {
-        match self {
-            Ready::Queued(permit) => {
-                permit.send(event);
-                Handed::Taken
-            }
-            Ready::Inline(inline) => inline.handle(event, None).await,
-        }
-    }
-}
-
 impl PluginHandle {
-    /// The queue that delivers events to the plugin, in order.
-    pub fn events(&self) -> &mpsc::Sender<PluginEvent> {
-        &self.events
-    }
-
     /// Whether handshakes should wait for the plugin's `on-upgrade`
-    /// ([`PluginEvent::Upgrade`]): the version being served has one.
+    /// ([`PluginHandle::upgrade`]): the version being served has one.
     pub fn decides_handshakes(&self) -> bool {
         self.decides_handshakes.load(Ordering::Relaxed)
     }
 
-    /// Hands a connection's event (open, message, close, barrier) to the plugin if it
-    /// can take it now: queues it, or for a stateless plugin handles it on this thread,
-    /// adding what it sends back to the connection to `replies` if given (see
-    /// [`Inline::handle`]).
-    pub async fn try_deliver(
-        &self,
-        event: PluginEvent,
-        replies: Option<&mut Vec<Outgoing>>,
-    ) -> Result<Handed, Refused> {
-        match &self.inline {
-            Some(inline) if inline.restart_at().is_some() => Err(Refused::Busy(event)),
-            Some(inline) => Ok(inline.handle(event, replies).await),
-            None => match self.events.try_send(event) {
-                Ok(()) => Ok(Handed::Taken),
+    /// Events waiting in the plugin thread's queue.
+    pub fn queued(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
+    /// Hands a new connection's `on-open` to the plugin, waiting for room as needed: the
+    /// connection's way to the plugin from then on.
+    pub async fn open(&self, conn: ConnId) -> Result<PluginLink<'_>, Refused> {
+        let mut link = PluginLink {
+            plugin: self,
+            conn,
+            trapped: false,
+            closed: false,
+        };
+        link.send(ConnectionEvent::Open(conn).into()).await?;
+        Ok(link)
+    }
+
+    /// Asks the plugin's `on-upgrade` about a handshake. [`UpgradeDecision::Failed`] if
+    /// the plugin has stopped or dropped the question.
+    pub async fn upgrade(&self, request: UpgradeRequest) -> UpgradeDecision {
+        let (reply, decision) = oneshot::channel();
+        if self.control(Control::Upgrade(Box::new(request), reply)).await.is_err() {
+            return UpgradeDecision::Failed;
+        }
+        decision.await.unwrap_or(UpgradeDecision::Failed)
+    }
+
+    /// Returns once the plugin's thread has handled every event queued before.
+    pub async fn barrier(&self) {
+        let (done, handled) = oneshot::channel();
+        if self.control(Control::Barrier(done)).await.is_ok() {
+            let _ = handled.await;
+        }
+    }
+
+    /// Queues a new version; it takes over after the events already queued, unless it
+    /// fails (then the version before keeps serving). What became of it.
+    pub async fn reload(&self, loaded: Loaded) -> Result<Reloaded, ReloadError> {
+        let (outcome, became) = oneshot::channel();
+        if self.control(Control::Reload(Box::new(loaded), outcome)).await.is_err() {
+            return Err(ReloadError::Stopped);
+        }
+        became.await.unwrap_or(Err(ReloadError::Stopped))
+    }
+
+    /// Queues a control message for the plugin's thread.
+    async fn control(&self, control: Control) -> Result<(), Refused> {
+        self.queue.send(control.into()).await.map_err(|_| Refused::Stopped)
+    }
+}
+
+/// One connection's way to its plugin, from [`PluginHandle::open`]: hands over its
+/// events in order, and keeps the rule that after the plugin failed on one of them
+/// (the connection is being closed with 1011) none of the later ones, `on-close`
+/// neither, is for the plugin; [`PluginLink::close`] ends it.
+pub struct PluginLink<'a> {
+    plugin: &'a PluginHandle,
+    conn: ConnId,
+    /// A stateless plugin failed on one of this connection's events, on this thread.
+    /// (The plugin's thread keeps its own record of the connections it failed on.)
+    trapped: bool,
+    /// [`PluginLink::close`] was called.
+    closed: bool,
+}
+
+impl<'a> PluginLink<'a> {
+    /// The connection.
+    pub fn conn(&self) -> ConnId {
+        self.conn
+    }
+
+    /// Hands `event` (a message or a barrier) to the plugin if it can take it now:
+    /// queues it, or for a stateless plugin handles it on this thread, adding what it
+    /// sends back to the connection to `replies` if given (see [`Inline::handle`]).
+    /// An event no longer for the plugin is dropped.
+    pub async fn try_send(&mut self, event: PluginEvent, replies: Option<&mut Vec<Outgoing>>) -> Result<(), Refused> {
+        let Some(event) = self.for_plugin(event) else {
+            return Ok(());
+        };
+        let plugin = self.plugin;
+        match &plugin.mode {
+            Mode::Stateless(inline) if inline.restart_at().is_some() => Err(Refused::Busy(event)),
+            Mode::Stateless(inline) => {
+                self.trapped |= inline.handle(event, replies).await == Handed::Trapped;
+                Ok(())
+            }
+            Mode::Threaded => match plugin.queue.try_send(event) {
+                Ok(()) => Ok(()),
                 Err(mpsc::error::TrySendError::Full(event)) => Err(Refused::Busy(event)),
                 Err(mpsc::error::TrySendError::Closed(_)) => Err(Refused::Stopped),
             },
         }
     }
 
-    /// Waits until the plugin can take a connection's event. Cancel-safe: nothing is
-    /// lost if the wait is dropped.
-    pub async fn ready(&self) -> Result<Ready<'_>, Refused> {
-        match &self.inline {
-            Some(inline) => {
+    /// Waits until the plugin can take an event. Cancel-safe: nothing is lost if the
+    /// wait is dropped.
+    pub async fn ready(&self) -> Result<Ready<'a>, Refused> {
+        match &self.plugin.mode {
+            Mode::Stateless(inline) => {
                 while let Some(at) = inline.restart_at() {
                     tokio::time::sleep_until(at.into()).await;
                 }
                 Ok(Ready::Inline(inline))
             }
-            None => self
-                .events
+            Mode::Threaded => self
+                .plugin
+                .queue
                 .reserve()
                 .await
                 .map(Ready::Queued)
@@ -105,69 +172,107 @@ impl PluginHandle {
         }
     }
 
-    /// Hands a connection's event to the plugin, waiting for room as needed.
-    pub async fn deliver(&self, event: PluginEvent) -> Result<Handed, Refused> {
-        Ok(self.ready().await?.send(event).await)
-    }
-
-    /// Ends the host's record of a connection whose plugin trapped ([`Handed::Trapped`]):
-    /// its `on-close` is not called.
-    pub fn forget(&self, conn: ConnId) {
-        if let Some(inline) = &self.inline {
-            inline.forget(conn);
+    /// Hands `event` over in the room `ready` holds (an event no longer for the plugin
+    /// is dropped, and the room given back).
+    pub async fn send_in(&mut self, ready: Ready<'a>, event: PluginEvent) {
+        let Some(event) = self.for_plugin(event) else { return };
+        match ready {
+            Ready::Queued(permit) => permit.send(event),
+            Ready::Inline(inline) => self.trapped |= inline.handle(event, None).await == Handed::Trapped,
         }
     }
 
-    /// Queues a new version; it takes over after the events already queued, unless it
-    /// fails (then the version before keeps serving). What became of it.
-    pub async fn reload(&self, loaded: Loaded) -> Result<Reloaded, ReloadError> {
-        let (outcome, became) = tokio::sync::oneshot::channel();
-        if self
-            .events
-            .send(PluginEvent::Reload(Box::new(loaded), outcome))
-            .await
-            .is_err()
-        {
-            return Err(ReloadError::Stopped);
+    /// Hands `event` to the plugin, waiting for room as needed.
+    pub async fn send(&mut self, event: PluginEvent) -> Result<(), Refused> {
+        let ready = self.ready().await?;
+        self.send_in(ready, event).await;
+        Ok(())
+    }
+
+    /// The connection has closed: delivers its `on-close` with `code` and `reason`
+    /// (waiting for room), or, if the plugin failed on it, ends the host's record of it
+    /// without. Nothing more is handed over.
+    pub async fn close(&mut self, code: u16, reason: &str) {
+        if self.trapped {
+            if let Mode::Stateless(inline) = &self.plugin.mode {
+                inline.forget(self.conn);
+            }
+        } else {
+            let _ = self
+                .send(ConnectionEvent::Close(self.conn, code, reason.to_owned()).into())
+                .await;
         }
-        became.await.unwrap_or(Err(ReloadError::Stopped))
+        self.closed = true;
+    }
+
+    /// `event`, if it is still for the plugin: nothing after the close, and after a
+    /// failure only a barrier (which calls no export).
+    fn for_plugin(&self, event: PluginEvent) -> Option<PluginEvent> {
+        let barrier = matches!(event, PluginEvent::Control(Control::Barrier(_)));
+        (!self.closed && (!self.trapped || barrier)).then_some(event)
     }
 }
 
-/// Runs `handle` on a thread of its own (its log lines in a span naming `route`) for every queued event, in order, and tells
-/// `services` of each connection just before its `on-open` (from then on broadcasts
-/// include it), and after each `on-close` (its attachment goes). The event loop of [`spawn`], open to other handlers: the benchmarks
-/// compare the WebAssembly echo plugin with a native one on this same path.
+/// What a plugin's thread does with the events of its queue ([`spawn_handler`]). A
+/// closure over a connection's events is one; barriers are answered for it.
+pub trait Handler: Send + 'static {
+    /// Handles a connection's event.
+    fn event(&mut self, services: &dyn HostServices, event: ConnectionEvent);
+
+    /// Handles a control message other than a barrier (which the event loop answers):
+    /// a handshake, a timer or a reload. By default, drops it: a handshake so dropped
+    /// fails closed, a reload reports the plugin stopped.
+    fn control(&mut self, control: Control) {
+        drop(control);
+    }
+}
+
+impl<F: FnMut(&dyn HostServices, ConnectionEvent) + Send + 'static> Handler for F {
+    fn event(&mut self, services: &dyn HostServices, event: ConnectionEvent) {
+        self(services, event)
+    }
+}
+
+/// Runs `handler` on a thread of its own (its log lines in a span naming `route`) for
+/// every queued event, in order; answers barriers; and tells `services` of each
+/// connection just before its `on-open` (from then on broadcasts include it), and after
+/// each `on-close` (its attachment goes). The event loop of [`super::spawn`], open to
+/// other handlers: the benchmarks compare the WebAssembly echo plugin with a native one
+/// on this same path.
 pub fn spawn_handler(
     route: &str,
     queue_len: usize,
     services: Arc<dyn HostServices>,
-    mut handle: impl FnMut(&dyn HostServices, PluginEvent) + Send + 'static,
+    mut handler: impl Handler,
 ) -> std::io::Result<PluginHandle> {
-    let (events, mut queue) = mpsc::channel(queue_len.max(1));
+    let (queue, mut events) = mpsc::channel(queue_len.max(1));
     // Every line the plugin's thread logs names the route.
     let span = route_span(route);
     thread::Builder::new().name("plugin".into()).spawn(move || {
         let _route = span.enter();
-        while let Some(event) = next_event(&mut queue) {
-            let closed = match event {
-                PluginEvent::Open(conn) => {
-                    services.opened(conn);
-                    None
+        while let Some(event) = next_event(&mut events) {
+            match event {
+                PluginEvent::Connection(event) => {
+                    let (conn, closes) = (event.conn(), matches!(event, ConnectionEvent::Close(..)));
+                    if let ConnectionEvent::Open(_) = event {
+                        services.opened(conn);
+                    }
+                    handler.event(&*services, event);
+                    if closes {
+                        services.closed(conn);
+                    }
                 }
-                PluginEvent::Close(conn, ..) => Some(conn),
-                _ => None,
-            };
-            handle(&*services, event);
-            if let Some(conn) = closed {
-                services.closed(conn);
+                PluginEvent::Control(Control::Barrier(done)) => {
+                    let _ = done.send(()); // every earlier event was handled
+                }
+                PluginEvent::Control(control) => handler.control(control),
             }
         }
     })?;
     Ok(PluginHandle {
-        events,
+        queue,
         decides_handshakes: Arc::default(),
-        inline: None,
+        mode: Mode::Threaded,
     })
 }
 

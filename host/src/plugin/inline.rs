@@ -32,7 +32,7 @@ use super::call_slots::CallSlots;
 use super::crash_loop::{self, Crash, CrashLoop, Failure};
 use super::instance::{AsyncInstance, Sandbox, deliver_async, trap_kind};
 use super::replies::Replying;
-use super::{ConnId, Loaded, Outgoing, PluginEvent};
+use super::{ConnId, ConnectionEvent, Control, Loaded, Outgoing, PluginEvent};
 use crate::metrics::{PluginMetrics, TrapKind};
 
 /// A stateless plugin's instances on the threads that run its connections.
@@ -131,7 +131,7 @@ thread_local! {
 
 /// What became of a connection's event handed to the plugin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Handed {
+pub(super) enum Handed {
     /// Queued for the plugin's thread, or handled.
     Taken,
     /// Handled here, and the plugin failed: the connection is being closed with 1011,
@@ -197,23 +197,21 @@ impl Inline {
     /// With `replies`, what a message's call sends to its own connection is added
     /// there (up to a bound), for the connection to encode before anything queued for
     /// it meanwhile; the caller must have taken everything queued before.
-    pub async fn handle(&self, event: PluginEvent, replies: Option<&mut Vec<Outgoing>>) -> Handed {
-        let conn = match &event {
-            PluginEvent::Open(conn) => {
-                self.sandbox.services().opened(*conn);
-                *conn
-            }
-            PluginEvent::Text(conn, _) | PluginEvent::Binary(conn, _) | PluginEvent::Close(conn, ..) => *conn,
-            PluginEvent::Barrier(_, _) => {
-                if let PluginEvent::Barrier(_, done) = event {
-                    let _ = done.send(()); // every earlier event was handled, here
-                }
+    pub(super) async fn handle(&self, event: PluginEvent, replies: Option<&mut Vec<Outgoing>>) -> Handed {
+        let event = match event {
+            PluginEvent::Connection(event) => event,
+            PluginEvent::Control(Control::Barrier(done)) => {
+                let _ = done.send(()); // every earlier event was handled, here
                 return Handed::Taken;
             }
             // Not a connection's: the plugin's thread handles these.
-            PluginEvent::Upgrade(..) | PluginEvent::Timer(..) | PluginEvent::Reload(..) => return Handed::Taken,
+            PluginEvent::Control(_) => return Handed::Taken,
         };
-        let replies = replies.filter(|_| matches!(event, PluginEvent::Text(..) | PluginEvent::Binary(..)));
+        let conn = event.conn();
+        if let ConnectionEvent::Open(_) = event {
+            self.sandbox.services().opened(conn);
+        }
+        let replies = replies.filter(|_| matches!(event, ConnectionEvent::Text(..) | ConnectionEvent::Binary(..)));
         // Boxed: a call's future is large (about 1 KiB, most of it wasmtime's), and a
         // connection's task, which awaits this, would otherwise be as large when idle.
         // The event stays out of the box, which glibc's per-thread cache then serves
@@ -233,7 +231,7 @@ impl Inline {
                 Handed::Trapped
             }
         };
-        if matches!(event, PluginEvent::Close(..)) {
+        if matches!(event, ConnectionEvent::Close(..)) {
             self.forget(conn);
         }
         handed
@@ -257,7 +255,7 @@ impl Inline {
     }
 
     /// Ends the host's record of a connection whose `on-close` is not called.
-    pub fn forget(&self, conn: ConnId) {
+    pub(super) fn forget(&self, conn: ConnId) {
         self.sandbox.services().closed(conn);
     }
 
@@ -265,7 +263,7 @@ impl Inline {
     async fn call_in_turn(
         &self,
         conn: ConnId,
-        event: &PluginEvent,
+        event: &ConnectionEvent,
         replies: Option<&mut Vec<Outgoing>>,
     ) -> Result<(), Crash> {
         let _turn = match self.calls.try_take() {
@@ -280,11 +278,10 @@ impl Inline {
     async fn call(
         &self,
         conn: ConnId,
-        event: &PluginEvent,
+        event: &ConnectionEvent,
         mut replies: Option<&mut Vec<Outgoing>>,
     ) -> Result<(), Crash> {
-        // `handle` passes only a connection's events, which all have an export.
-        let Some(export) = event.export() else { return Ok(()) };
+        let export = event.export();
         let generation = self.generation.load(Ordering::Acquire);
         let mut instance = match self.take_idle(generation) {
             Some(instance) => instance,

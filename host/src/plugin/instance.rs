@@ -18,7 +18,7 @@ use super::deadline::CallClock;
 use super::loader::{Linked, Loaded};
 use super::output::{LogOutput, Stream};
 use super::timers::Timers;
-use super::{HostServices, PluginEvent};
+use super::{ConnId, ConnectionEvent, Export, HostServices, TimerId};
 use crate::metrics::TrapKind;
 use crate::store::KeyValue;
 
@@ -245,42 +245,69 @@ pub(super) fn start_call(store: &mut Store<HostState>) {
     store.set_epoch_deadline(ticks);
 }
 
-/// Calls the export for `event` in the sync style, with a fresh CPU deadline.
-pub(super) fn deliver(instance: &mut Instance, event: &PluginEvent) -> wasmtime::Result<()> {
+/// An export call of the plugin's thread: a connection's event, or a timer.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Call<'a> {
+    /// `on-open`, `on-text`, `on-binary` or `on-close`.
+    Event(&'a ConnectionEvent),
+    /// `on-timer`.
+    Timer(TimerId),
+}
+
+impl Call<'_> {
+    /// The export it calls.
+    pub(super) fn export(self) -> Export {
+        match self {
+            Call::Event(event) => event.export(),
+            Call::Timer(_) => Export::OnTimer,
+        }
+    }
+
+    /// The connection it is about, if any.
+    pub(super) fn conn(self) -> Option<ConnId> {
+        match self {
+            Call::Event(event) => Some(event.conn()),
+            Call::Timer(_) => None,
+        }
+    }
+}
+
+/// Makes `call` in the sync style, with a fresh CPU deadline.
+pub(super) fn deliver(instance: &mut Instance, call: Call) -> wasmtime::Result<()> {
     let Instance { store, exports, .. } = instance;
     start_call(store);
-    match event {
-        PluginEvent::Open(conn) => on_either!(exports, p => p.call_on_open(store, *conn)),
-        PluginEvent::Text(conn, text) => on_either!(exports, p => p.call_on_text(&mut *store, *conn, text)),
-        PluginEvent::Binary(conn, data) => on_either!(exports, p => p.call_on_binary(&mut *store, *conn, data)),
-        PluginEvent::Close(conn, code, reason) => {
+    match call {
+        Call::Event(ConnectionEvent::Open(conn)) => on_either!(exports, p => p.call_on_open(store, *conn)),
+        Call::Event(ConnectionEvent::Text(conn, text)) => {
+            on_either!(exports, p => p.call_on_text(&mut *store, *conn, text))
+        }
+        Call::Event(ConnectionEvent::Binary(conn, data)) => {
+            on_either!(exports, p => p.call_on_binary(&mut *store, *conn, data))
+        }
+        Call::Event(ConnectionEvent::Close(conn, code, reason)) => {
             on_either!(exports, p => p.call_on_close(&mut *store, *conn, *code, reason))
         }
-        PluginEvent::Timer(id, _) => match exports {
-            Exports::V2 { plugin, .. } => plugin.call_on_timer(store, *id),
+        Call::Timer(id) => match exports {
+            Exports::V2 { plugin, .. } => plugin.call_on_timer(store, id),
             // A 0.1 plugin cannot set timers.
             Exports::V1(_) => Ok(()),
         },
-        PluginEvent::Upgrade(..) | PluginEvent::Barrier(..) | PluginEvent::Reload(..) => Ok(()),
     }
 }
 
 /// Calls the export for a connection's `event` in the async style, with a fresh CPU
-/// deadline; any other event is not for this style, and calls nothing.
-pub(super) async fn deliver_async(instance: &mut AsyncInstance, event: &PluginEvent) -> wasmtime::Result<()> {
+/// deadline.
+pub(super) async fn deliver_async(instance: &mut AsyncInstance, event: &ConnectionEvent) -> wasmtime::Result<()> {
     let AsyncInstance { store, exports, .. } = instance;
     start_call(store);
     match event {
-        PluginEvent::Open(conn) => on_either!(async exports, p => p.call_on_open(&mut *store, *conn)),
-        PluginEvent::Text(conn, text) => on_either!(async exports, p => p.call_on_text(&mut *store, *conn, text)),
-        PluginEvent::Binary(conn, data) => {
+        ConnectionEvent::Open(conn) => on_either!(async exports, p => p.call_on_open(&mut *store, *conn)),
+        ConnectionEvent::Text(conn, text) => on_either!(async exports, p => p.call_on_text(&mut *store, *conn, text)),
+        ConnectionEvent::Binary(conn, data) => {
             on_either!(async exports, p => p.call_on_binary(&mut *store, *conn, data))
         }
-        PluginEvent::Close(conn, code, reason) => {
+        ConnectionEvent::Close(conn, code, reason) => {
             on_either!(async exports, p => p.call_on_close(&mut *store, *conn, *code, reason))
-        }
-        PluginEvent::Timer(..) | PluginEvent::Upgrade(..) | PluginEvent::Barrier(..) | PluginEvent::Reload(..) => {
-            Ok(())
         }
     }
 }

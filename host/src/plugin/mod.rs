@@ -42,8 +42,7 @@ pub mod watcher;
 use std::sync::Arc;
 
 pub use bindings::ApiVersion;
-pub use handle::{PluginHandle, Ready, Refused, spawn_handler};
-pub use inline::Handed;
+pub use handle::{Handler, PluginHandle, PluginLink, Ready, Refused, spawn_handler};
 pub use instance::{DATA_DIR, Grants, PluginLimits};
 pub use loader::{Loaded, Loader};
 pub use reload::{Carried, ReloadError, Reloaded};
@@ -149,9 +148,10 @@ pub enum UpgradeDecision {
     Failed,
 }
 
-/// Something that happened to a connection, delivered to the plugin in order.
+/// Something that happened to a connection: the plugin sees a connection's events in
+/// the order they happened.
 #[derive(Debug)]
-pub enum PluginEvent {
+pub enum ConnectionEvent {
     /// The handshake completed.
     Open(ConnId),
     /// A text message arrived.
@@ -160,6 +160,30 @@ pub enum PluginEvent {
     Binary(ConnId, Vec<u8>),
     /// The connection closed, with this code and reason.
     Close(ConnId, u16, String),
+}
+
+impl ConnectionEvent {
+    /// The connection it happened to.
+    pub fn conn(&self) -> ConnId {
+        match self {
+            Self::Open(conn) | Self::Text(conn, _) | Self::Binary(conn, _) | Self::Close(conn, ..) => *conn,
+        }
+    }
+
+    /// The export that handles it.
+    pub fn export(&self) -> Export {
+        match self {
+            Self::Open(_) => Export::OnOpen,
+            Self::Text(..) => Export::OnText,
+            Self::Binary(..) => Export::OnBinary,
+            Self::Close(..) => Export::OnClose,
+        }
+    }
+}
+
+/// What the host asks of a plugin's thread besides a connection's events.
+#[derive(Debug)]
+pub enum Control {
     /// A handshake waits for `on-upgrade`'s decision, to be sent back on the channel.
     Upgrade(Box<UpgradeRequest>, tokio::sync::oneshot::Sender<UpgradeDecision>),
     /// A timer is due: its id, and the generation it was set in (a timer set again
@@ -167,24 +191,30 @@ pub enum PluginEvent {
     Timer(TimerId, u64),
     /// Calls no export: signals once every earlier event has been handled, so that
     /// whatever the plugin sent in reply is already queued.
-    Barrier(ConnId, tokio::sync::oneshot::Sender<()>),
+    Barrier(tokio::sync::oneshot::Sender<()>),
     /// A new version of the plugin, swapped in between the events before and after it;
     /// what became of it is sent back on the channel.
     Reload(Box<Loaded>, tokio::sync::oneshot::Sender<Result<Reloaded, ReloadError>>),
 }
 
-impl PluginEvent {
-    /// The export that handles it; none for a barrier or a reload.
-    pub fn export(&self) -> Option<Export> {
-        Some(match self {
-            Self::Open(_) => Export::OnOpen,
-            Self::Text(..) => Export::OnText,
-            Self::Binary(..) => Export::OnBinary,
-            Self::Close(..) => Export::OnClose,
-            Self::Upgrade(..) => Export::OnUpgrade,
-            Self::Timer(..) => Export::OnTimer,
-            Self::Barrier(..) | Self::Reload(..) => return None,
-        })
+/// An entry of a plugin thread's queue, which keeps the order of both kinds.
+#[derive(Debug)]
+pub enum PluginEvent {
+    /// A connection's event.
+    Connection(ConnectionEvent),
+    /// Anything else.
+    Control(Control),
+}
+
+impl From<ConnectionEvent> for PluginEvent {
+    fn from(event: ConnectionEvent) -> Self {
+        Self::Connection(event)
+    }
+}
+
+impl From<Control> for PluginEvent {
+    fn from(control: Control) -> Self {
+        Self::Control(control)
     }
 }
 

@@ -14,13 +14,13 @@ use prometheus::IntGauge;
 use wasmtime::Engine;
 
 use super::crash_loop::{self, Crash, CrashLoop, Failure};
-use super::handle::{PluginHandle, route_span, spawn_handler};
+use super::handle::{Handler, Mode, PluginHandle, route_span, spawn_handler};
 use super::inline::Inline;
-use super::instance::{Exports, Grants, Instance, Live, PluginLimits, Sandbox, deliver, start_call, trap_kind};
+use super::instance::{Call, Exports, Grants, Instance, Live, PluginLimits, Sandbox, deliver, start_call, trap_kind};
 use super::loader::{Linked, Loaded};
 use super::reload::{Carried, ReloadError, Reloaded};
 use super::timers::Timers;
-use super::{ConnId, Export, HostServices, PluginEvent, UpgradeDecision, UpgradeRequest};
+use super::{ConnId, ConnectionEvent, Control, Export, HostServices, PluginEvent, UpgradeDecision, UpgradeRequest};
 use crate::metrics::{PluginMetrics, TrapKind};
 use crate::store::{FileStore, KeyValue};
 
@@ -39,11 +39,14 @@ pub fn spawn(mut runner: Runner, route: &str) -> std::io::Result<PluginHandle> {
             route_span(route),
         )));
     }
-    let inline = runner.inline.clone();
-    let mut handle = spawn_handler(route, queue_len, services, move |_, event| runner.handle(event))?;
-    timers.start(handle.events.downgrade())?;
+    let mode = match &runner.inline {
+        Some(inline) => Mode::Stateless(inline.clone()),
+        None => Mode::Threaded,
+    };
+    let mut handle = spawn_handler(route, queue_len, services, runner)?;
+    timers.start(handle.queue.downgrade())?;
     handle.decides_handshakes = decides_handshakes;
-    handle.inline = inline;
+    handle.mode = mode;
     Ok(handle)
 }
 
@@ -137,9 +140,17 @@ impl Runner {
 
     /// Handles one event: calls its export (a trap closes that connection with 1011
     /// and the next event gets a fresh instance), swaps in a reload, or answers a
-    /// barrier.
-    pub fn handle(&mut self, event: PluginEvent) {
-        self.dispatch(event);
+    /// barrier. (Once [`spawn`]ed, its thread's event loop calls it.)
+    pub fn handle(&mut self, event: impl Into<PluginEvent>) {
+        match event.into() {
+            PluginEvent::Connection(event) => self.connection_event(event),
+            PluginEvent::Control(control) => self.control(control),
+        }
+        self.report_streak();
+    }
+
+    /// Shows this thread's crash streak in the gauges, if it changed.
+    fn report_streak(&mut self) {
         let streak = self.crash_loop.streak();
         if streak != self.reported_streak {
             self.reported_streak = streak;
@@ -152,41 +163,41 @@ impl Runner {
         }
     }
 
-    fn dispatch(&mut self, event: PluginEvent) {
-        match event {
-            PluginEvent::Barrier(_, done) => {
-                let _ = done.send(());
-            }
-            PluginEvent::Reload(loaded, outcome) => {
-                let _ = outcome.send(self.reload(*loaded));
-            }
-            PluginEvent::Open(conn) => {
+    fn connection_event(&mut self, event: ConnectionEvent) {
+        let conn = event.conn();
+        let for_plugin = match event {
+            ConnectionEvent::Open(_) => {
                 // A fresh instance first, so that the replay does not open `conn` too.
                 self.live_instance();
-                self.opened.insert(conn);
-                self.call(Some(conn), &event);
+                self.opened.insert(conn)
             }
             // Events of a connection the plugin does not know (it was closed with
             // 1011 after a trap) are dropped.
-            PluginEvent::Text(conn, _) | PluginEvent::Binary(conn, _) => {
-                if self.opened.contains(&conn) {
-                    self.call(Some(conn), &event);
-                }
+            ConnectionEvent::Text(..) | ConnectionEvent::Binary(..) => self.opened.contains(&conn),
+            ConnectionEvent::Close(..) => self.opened.remove(&conn),
+        };
+        if for_plugin {
+            self.call(Call::Event(&event));
+        }
+    }
+
+    fn control(&mut self, control: Control) {
+        match control {
+            Control::Barrier(done) => {
+                let _ = done.send(());
             }
-            PluginEvent::Close(conn, ..) => {
-                if self.opened.remove(&conn) {
-                    self.call(Some(conn), &event);
-                }
+            Control::Reload(loaded, outcome) => {
+                let _ = outcome.send(self.reload(*loaded));
             }
-            PluginEvent::Upgrade(request, reply) => {
+            Control::Upgrade(request, reply) => {
                 // A handshake that gave up waiting (503, or the client left) is not asked about.
                 if !reply.is_closed() {
                     let _ = reply.send(self.upgrade(&request));
                 }
             }
-            PluginEvent::Timer(id, generation) => {
+            Control::Timer(id, generation) => {
                 if self.sandbox.timers.take(id, generation) {
-                    self.call(None, &event);
+                    self.call(Call::Timer(id));
                 }
             }
         }
@@ -227,12 +238,12 @@ impl Runner {
         }
     }
 
-    fn call(&mut self, conn: Option<ConnId>, event: &PluginEvent) {
-        let Some(export) = event.export() else { return };
+    fn call(&mut self, call: Call) {
+        let (conn, export) = (call.conn(), call.export());
         let metrics = self.metrics.clone();
         let Some(instance) = self.live_instance() else { return };
         let started = Instant::now();
-        let delivered = deliver(instance, event);
+        let delivered = deliver(instance, call);
         metrics.call(export as usize, started.elapsed());
         match delivered {
             Ok(()) => {
@@ -294,7 +305,7 @@ impl Runner {
     fn replay(&self, instance: &mut Instance) -> Result<(), Crash> {
         for &conn in &self.opened {
             let started = Instant::now();
-            let delivered = deliver(instance, &PluginEvent::Open(conn));
+            let delivered = deliver(instance, Call::Event(&ConnectionEvent::Open(conn)));
             self.metrics.call(Export::OnOpen as usize, started.elapsed());
             delivered.map_err(|error| Crash {
                 conn: Some(conn),
@@ -410,6 +421,18 @@ impl Runner {
     }
 }
 
+/// The plugin thread's event loop ([`spawn_handler`]) answers barriers and keeps the
+/// registry's record of open connections; the runner does the rest.
+impl Handler for Runner {
+    fn event(&mut self, _services: &dyn HostServices, event: ConnectionEvent) {
+        self.handle(event);
+    }
+
+    fn control(&mut self, control: Control) {
+        self.handle(control);
+    }
+}
+
 /// What an export call costs in wasmtime's async calling style against the sync one,
 /// on the same plugin and instance setup: the measurement behind the choice of calling
 /// style (`cargo bench --bench plugin -- "plugin call style"`). Not used in serving.
@@ -425,10 +448,10 @@ pub mod call_style {
         /// the sync style; returns the time the calls took.
         pub fn time_sync_calls(&self, loaded: &Loaded, text: &str, n: u64) -> Duration {
             let mut instance = self.sandbox.instantiate(loaded).expect("instance");
-            let event = PluginEvent::Text(1, text.to_owned());
+            let event = ConnectionEvent::Text(1, text.to_owned());
             let started = Instant::now();
             for _ in 0..n {
-                deliver(&mut instance, &event).expect("call");
+                deliver(&mut instance, Call::Event(&event)).expect("call");
             }
             started.elapsed()
         }
@@ -436,7 +459,7 @@ pub mod call_style {
         /// The same in the async style, as a stateless plugin's calls are made.
         pub async fn time_async_calls(&self, loaded: &Loaded, text: &str, n: u64) -> Duration {
             let mut instance = self.sandbox.instantiate_async(loaded).await.expect("instance");
-            let event = PluginEvent::Text(1, text.to_owned());
+            let event = ConnectionEvent::Text(1, text.to_owned());
             let started = Instant::now();
             for _ in 0..n {
                 deliver_async(&mut instance, &event).await.expect("call");

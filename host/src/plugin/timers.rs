@@ -1,5 +1,5 @@
 //! The plugin's timers. They belong to the host, not to an instance: a thread of their
-//! own puts a [`PluginEvent::Timer`] on the plugin's queue when one is due, so a timer
+//! own puts a [`Control::Timer`] on the plugin's queue when one is due, so a timer
 //! fires in order with the connections' events, and goes on firing across reloads and
 //! traps. Whether a queued tick still fires is decided when the plugin thread reaches
 //! it ([`Timers::take`]), so a timer cancelled or set again in between never fires late.
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::WeakSender;
 
-use super::{HostError, PluginEvent, TimerId};
+use super::{Control, HostError, PluginEvent, TimerId};
 
 /// Pending timers a plugin may have at once.
 pub const MAX_TIMERS: usize = 10_000;
@@ -163,7 +163,7 @@ impl Timers {
             for (id, generation) in due.drain(..) {
                 // Blocks while the plugin's queue is full: timers then wait like
                 // everything else (repeating ones skip the ticks they miss).
-                if events.blocking_send(PluginEvent::Timer(id, generation)).is_err() {
+                if events.blocking_send(Control::Timer(id, generation).into()).is_err() {
                     return;
                 }
             }

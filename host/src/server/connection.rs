@@ -20,7 +20,7 @@ use super::{Route, Shared, endpoints, route_of};
 use crate::http;
 use crate::metrics::{Rejected, RouteMetrics};
 use crate::plugin::{
-    ConnectionInfo, Handed, HostServices, MAX_ATTACHMENT, Outgoing, PluginEvent, PluginHandle, Refused,
+    ConnectionEvent, ConnectionInfo, Control, HostServices, MAX_ATTACHMENT, Outgoing, PluginEvent, PluginLink, Refused,
 };
 use crate::plugin::{UpgradeDecision, UpgradeRequest};
 use crate::ws::close;
@@ -144,8 +144,7 @@ where
     for group in &admitted.groups {
         let _ = registry.join(id, group);
     }
-    let plugin = &route.plugin;
-    let Ok(opened) = plugin.deliver(PluginEvent::Open(id)).await else {
+    let Ok(plugin) = route.plugin.open(id).await else {
         registry.unregister(id);
         return;
     };
@@ -160,13 +159,11 @@ where
         close_timeout: shared.settings.close_timeout,
     };
     let mut session = Session {
-        id,
         protocol: Protocol::new(config, Instant::now().into_std()),
         mailbox,
         plugin,
         route,
         peer,
-        trapped: opened == Handed::Trapped,
         released: false,
         replies: Vec::new(),
         metrics: &route.metrics,
@@ -221,13 +218,7 @@ async fn admit(
         headers: request.headers.clone(),
         protocols: request.offered_subprotocols().map(str::to_owned).collect(),
     };
-    let (reply, decision) = oneshot::channel();
-    let events = route.plugin.events();
-    let asked = async {
-        events.send(PluginEvent::Upgrade(Box::new(upgrade), reply)).await.ok()?;
-        decision.await.ok()
-    };
-    let decision = timeout_at(deadline, asked).await.ok().flatten();
+    let decision = timeout_at(deadline, route.plugin.upgrade(upgrade)).await.ok();
     let unavailable = |why: &str| {
         tracing::warn!(%peer, "handshake refused with 503: {why}");
         let response = http::error(503, &[], "the application could not decide", !shared.settings.prod);
@@ -427,17 +418,14 @@ async fn write_now<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> Optio
 /// messages to the plugin and its commands back, and fires the protocol's timers.
 /// Every rule about time and closing lives in [`Protocol`].
 struct Session<'a> {
-    id: u64,
     protocol: Protocol,
     mailbox: Mailbox,
-    plugin: &'a PluginHandle,
+    /// The way to the plugin, which drops what is no longer for it.
+    plugin: PluginLink<'a>,
     /// The route the connection belongs to.
     route: &'a Route,
     /// The client's address, for the log.
     peer: SocketAddr,
-    /// The plugin trapped on one of this connection's events, on this thread (a
-    /// stateless plugin): it is being closed with 1011, and gets no more events.
-    trapped: bool,
     /// The connection has left the application ([`Session::release`]): what the socket
     /// still does (the close frame's flush) concerns nobody else.
     released: bool,
@@ -499,21 +487,21 @@ impl Session<'_> {
                     Ok(Some(Event::Message(message))) => pending = Some(self.received(message)),
                     Ok(Some(Event::Closed { .. })) => {}
                     Ok(None) => break,
-                    Err(error) => tracing::debug!(conn = self.id, "protocol error: {error}"),
+                    Err(error) => tracing::debug!(conn = self.plugin.conn(), "protocol error: {error}"),
                 }
                 // The peer closed or broke the protocol: before our close frame goes
                 // out, let the plugin answer the messages that came before.
                 if pending.is_none() && matches!(self.protocol.state(), State::CloseReceived | State::Failed) {
                     let (done, wait) = oneshot::channel();
-                    pending = Some(PluginEvent::Barrier(self.id, done));
+                    pending = Some(Control::Barrier(done).into());
                     barrier = Some(wait);
                 }
-                if let Some(event) = pending.take().filter(|event| self.is_for_plugin(event)) {
+                if let Some(event) = pending.take() {
                     // The queue is empty (taken above, under the high-water mark): what a
                     // stateless plugin sends back now may skip it.
                     let mut replies = std::mem::take(&mut self.replies);
-                    match self.plugin.try_deliver(event, Some(&mut replies)).await {
-                        Ok(handed) => self.handed(handed),
+                    match self.plugin.try_send(event, Some(&mut replies)).await {
+                        Ok(()) => {}
                         Err(Refused::Busy(event)) => pending = Some(event),
                         Err(Refused::Stopped) => self.abort(close::INTERNAL_ERROR, "plugin stopped"),
                     }
@@ -611,10 +599,7 @@ impl Session<'_> {
                     _ => gone = true,
                 },
                 ready = self.plugin.ready(), if pending.is_some() => match ready {
-                    Ok(ready) => {
-                        let handed = ready.send(pending.take().expect("checked above")).await;
-                        self.handed(handed);
-                    }
+                    Ok(ready) => self.plugin.send_in(ready, pending.take().expect("checked above")).await,
                     Err(_) => {
                         pending = None;
                         self.abort(close::INTERNAL_ERROR, "plugin stopped");
@@ -675,11 +660,11 @@ impl Session<'_> {
         match message {
             Message::Text(text) => {
                 self.metrics.traffic.received(true, text.len());
-                PluginEvent::Text(self.id, text)
+                ConnectionEvent::Text(self.plugin.conn(), text).into()
             }
             Message::Binary(data) => {
                 self.metrics.traffic.received(false, data.len());
-                PluginEvent::Binary(self.id, data)
+                ConnectionEvent::Binary(self.plugin.conn(), data).into()
             }
         }
     }
@@ -694,18 +679,6 @@ impl Session<'_> {
         }
     }
 
-    /// Notes what became of an event handed to the plugin.
-    fn handed(&mut self, handed: Handed) {
-        self.trapped |= handed == Handed::Trapped;
-    }
-
-    /// Whether `event` still goes to the plugin: nothing once the connection is
-    /// released, and after it trapped on this connection (on this thread) only the
-    /// barrier of the closing handshake.
-    fn is_for_plugin(&self, event: &PluginEvent) -> bool {
-        !self.released && (!self.trapped || matches!(event, PluginEvent::Barrier(..)))
-    }
-
     /// Takes the connection out of the application, once: out of the registry (sends,
     /// broadcasts, groups, `connections()`, the other hosts' views), counted as closed,
     /// and its `on-close` delivered with why it `ended`.
@@ -713,18 +686,11 @@ impl Session<'_> {
         if std::mem::replace(&mut self.released, true) {
             return;
         }
-        self.route.registry.unregister(self.id);
+        self.route.registry.unregister(self.plugin.conn());
         let (code, reason) = ended.code_and_reason();
         self.metrics.closed(code);
-        tracing::debug!(peer = %self.peer, conn = self.id, code, reason, "connection closed");
-        if self.trapped {
-            self.plugin.forget(self.id);
-        } else {
-            let _ = self
-                .plugin
-                .deliver(PluginEvent::Close(self.id, code, reason.to_owned()))
-                .await;
-        }
+        tracing::debug!(peer = %self.peer, conn = self.plugin.conn(), code, reason, "connection closed");
+        self.plugin.close(code, reason).await;
     }
 
     /// Hands the plugin the event that waited for room in its queue and every complete
@@ -733,11 +699,10 @@ impl Session<'_> {
     async fn deliver_rest(&mut self, mut next: Option<PluginEvent>, input: &mut BytesMut) {
         let now = Instant::now().into_std();
         loop {
-            if let Some(event) = next.take().filter(|event| self.is_for_plugin(event)) {
-                match self.plugin.deliver(event).await {
-                    Ok(handed) => self.handed(handed),
-                    Err(_) => return,
-                }
+            if let Some(event) = next.take()
+                && self.plugin.send(event).await.is_err()
+            {
+                return;
             }
             next = match self.protocol.read(input, now) {
                 Ok(Some(Event::Message(message))) => Some(self.received(message)),
@@ -765,15 +730,15 @@ impl Session<'_> {
         };
         match timeout {
             Timeout::Ping => {}
-            Timeout::Idle => tracing::debug!(conn = self.id, "no answer to ping: closing"),
+            Timeout::Idle => tracing::debug!(conn = self.plugin.conn(), "no answer to ping: closing"),
             Timeout::Replies => {
                 tracing::warn!(
-                    conn = self.id,
+                    conn = self.plugin.conn(),
                     "plugin did not catch up in time: closing without its replies"
                 );
             }
-            Timeout::CloseHandshake => tracing::debug!(conn = self.id, "closing handshake timed out"),
-            Timeout::Flush => tracing::debug!(conn = self.id, "close frame not flushed in time"),
+            Timeout::CloseHandshake => tracing::debug!(conn = self.plugin.conn(), "closing handshake timed out"),
+            Timeout::Flush => tracing::debug!(conn = self.plugin.conn(), "close frame not flushed in time"),
         }
     }
 
@@ -797,7 +762,7 @@ impl Session<'_> {
         self.metrics.slow_clients.inc();
         let limits = self.mailbox.limits();
         tracing::warn!(
-            conn = self.id,
+            conn = self.plugin.conn(),
             max_messages = limits.max_messages,
             max_bytes = limits.max_bytes,
             "client too slow for its outbound bound: dropping it"

@@ -20,7 +20,7 @@ use super::super::route_path::RoutePath;
 use super::super::{Route, Settings, Shared};
 use super::serve;
 use crate::metrics::Metrics;
-use crate::plugin::{HostServices, Outgoing, PluginEvent, spawn_handler};
+use crate::plugin::{ConnectionEvent, HostServices, Outgoing, spawn_handler};
 use crate::ws::frame::{FrameHeader, Opcode};
 use crate::ws::handshake::HandshakeConfig;
 use crate::ws::mask::apply_mask;
@@ -60,14 +60,14 @@ impl Harness {
             registry.clone(),
             move |services: &dyn HostServices, event| {
                 match event {
-                    PluginEvent::Text(_, text) if text == "hold" => {
+                    ConnectionEvent::Text(_, text) if text == "hold" => {
                         let _ = record.send(Seen::Text(text));
                         let _ = held.recv();
                     }
-                    PluginEvent::Open(_) => {
+                    ConnectionEvent::Open(_) => {
                         let _ = record.send(Seen::Open);
                     }
-                    PluginEvent::Text(conn, text) => {
+                    ConnectionEvent::Text(conn, text) => {
                         if let Some(n) = text.strip_prefix("flood ") {
                             let message: String = "m".repeat(100);
                             for _ in 0..n.parse::<usize>().expect("a count") {
@@ -79,15 +79,10 @@ impl Harness {
                         }
                         let _ = record.send(Seen::Text(text));
                     }
-                    PluginEvent::Close(_, code, reason) => {
+                    ConnectionEvent::Close(_, code, reason) => {
                         let _ = record.send(Seen::Close(code, reason));
                     }
-                    // Native handlers have no handshake hook and set no timers.
-                    PluginEvent::Binary(..) | PluginEvent::Upgrade(..) | PluginEvent::Timer(..) => {}
-                    PluginEvent::Barrier(_, done) => {
-                        let _ = done.send(());
-                    }
-                    PluginEvent::Reload(..) => {}
+                    ConnectionEvent::Binary(..) => {}
                 }
             },
         )

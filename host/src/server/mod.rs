@@ -18,14 +18,13 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cluster::Refused;
 use crate::metrics::{ClusterCounts, Metrics, Rejected, RouteMetrics};
-use crate::plugin::{PluginEvent, PluginHandle};
+use crate::plugin::PluginHandle;
 use crate::ws::handshake::HandshakeConfig;
 use per_ip::{Admission, PerIp, PerIpLimits};
 use registry::Registry;
@@ -167,9 +166,7 @@ impl Shared {
     fn scrape(&self) -> String {
         for route in &self.routes {
             route.metrics.connections.set(route.registry.len() as i64);
-            let events = route.plugin.events();
-            let waiting = events.max_capacity() - events.capacity();
-            route.metrics.plugin_queue.set(waiting as i64);
+            route.metrics.plugin_queue.set(route.plugin.queued() as i64);
             if let Some(cluster) = route.registry.cluster() {
                 let counts = ClusterCounts {
                     peers: cluster.peers(),
@@ -298,10 +295,7 @@ impl Server {
             tasks.wait().await;
             // Every task has queued its `on-close`; wait until the plugins handled them.
             for route in &self.shared.routes {
-                let (done, handled) = oneshot::channel();
-                if route.plugin.events().send(PluginEvent::Barrier(0, done)).await.is_ok() {
-                    let _ = handled.await;
-                }
+                route.plugin.barrier().await;
             }
         };
         let drained = tokio::time::timeout(grace, drained);
