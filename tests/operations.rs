@@ -449,6 +449,7 @@ fn host_check_describes_a_plugin_or_says_why_it_would_not_load() {
         "wsplug:plugin/host@0.2.0",
         "compile: ",
         "instantiate: ",
+        "(memory cap 64 MiB)",
     ] {
         assert!(exit.stdout.contains(line), "no {line:?} in:\n{}", exit.stdout);
     }
@@ -457,6 +458,14 @@ fn host_check_describes_a_plugin_or_says_why_it_would_not_load() {
     let exit = run_host(&["check", path_text(&plugin_path("echo-py"))], Duration::from_secs(120));
     assert!(
         exit.status.success() && exit.stdout.contains("language: Python"),
+        "{exit:?}"
+    );
+    // JavaScript's garbage collector needs more room than the 64 MiB the others get.
+    let exit = run_host(&["check", path_text(&plugin_path("echo-js"))], Duration::from_secs(120));
+    assert!(
+        exit.status.success()
+            && exit.stdout.contains("language: JavaScript")
+            && exit.stdout.contains("(memory cap 128 MiB)"),
         "{exit:?}"
     );
 

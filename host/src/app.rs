@@ -301,12 +301,13 @@ fn check_report(file: &Path) -> wasmtime::Result<String> {
         data_dir: None,
         store_dir: store.path().to_owned(),
     };
+    let memory_cap = PluginLimits::default().memory_cap(&loaded);
     Runner::new(loader.engine(), loaded, registry, PluginLimits::default(), grants)?;
     let _ = writeln!(
         report,
         "instantiate: {} ms (memory cap {} MiB)",
         started.elapsed().as_millis(),
-        PluginLimits::default().memory_bytes >> 20
+        memory_cap >> 20
     );
     Ok(report)
 }

@@ -336,7 +336,7 @@ settings! {
     #[arg(long, value_name = "MS")]
     plugin_deadline_ms: u64,
 
-    /// Largest linear memory of a plugin instance, in MiB [default: 64]
+    /// Largest linear memory of a plugin instance, in MiB [default: 64, 128 for a JavaScript plugin, whose garbage collector needs the room]
     #[arg(long, value_name = "MIB")]
     plugin_memory_mib: u64,
 

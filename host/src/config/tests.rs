@@ -28,6 +28,12 @@ fn defaults_follow_the_original_library() {
     assert_eq!(route.max_message_size, 524_288);
     assert_eq!(route.outbound.max_messages, 100);
     assert_eq!(route.outbound.max_bytes, 1 << 20);
+    // The plugin's language decides its memory cap unless it is set.
+    assert_eq!(route.plugin.limits.memory_bytes, None);
+    let set = parse(&["--plugin", PLUGIN, "--plugin-memory-mib", "64"])
+        .validate()
+        .unwrap();
+    assert_eq!(set.routes[0].plugin.limits.memory_bytes, Some(64 << 20));
     assert!(config.server.prod && config.tls.is_none() && route.handshake.deflate.is_some() && route.plugin.watch);
     assert_eq!(config.log, "info");
     assert_eq!((config.log_format, config.metrics_listen), (LogFormat::Text, None));

@@ -365,14 +365,10 @@ impl RouteOptions {
                 60_000,
                 "milliseconds",
             )? as u64),
-            memory_bytes: bounded(
-                "plugin_memory_mib",
-                self.plugin_memory_mib,
-                plugin_defaults.memory_bytes >> 20,
-                1,
-                4096,
-                "MiB",
-            )? << 20,
+            memory_bytes: match self.plugin_memory_mib {
+                Some(mib) => Some((range("plugin_memory_mib", mib, 1, 4096, "MiB")? as usize) << 20),
+                None => plugin_defaults.memory_bytes,
+            },
             queue_len: bounded(
                 "plugin_queue",
                 self.plugin_queue,

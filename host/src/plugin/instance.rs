@@ -27,8 +27,9 @@ use crate::store::KeyValue;
 pub struct PluginLimits {
     /// CPU time one export call may take before it is interrupted.
     pub deadline: Duration,
-    /// Largest linear memory an instance may grow to, in bytes.
-    pub memory_bytes: usize,
+    /// Largest linear memory an instance may grow to, in bytes; `None`: the default of
+    /// the plugin's language ([`super::language::Language::default_memory_bytes`]).
+    pub memory_bytes: Option<usize>,
     /// Events that may wait for the plugin; connections stop reading when it is full.
     pub queue_len: usize,
 }
@@ -37,9 +38,17 @@ impl Default for PluginLimits {
     fn default() -> Self {
         Self {
             deadline: Duration::from_millis(500),
-            memory_bytes: 64 << 20,
+            memory_bytes: None,
             queue_len: 1024,
         }
+    }
+}
+
+impl PluginLimits {
+    /// The memory cap of an instance of `loaded`.
+    pub fn memory_cap(&self, loaded: &Loaded) -> usize {
+        self.memory_bytes
+            .unwrap_or_else(|| loaded.language.default_memory_bytes())
     }
 }
 
@@ -175,7 +184,7 @@ impl Sandbox {
         let state = HostState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limits: MemoryLimit::new(self.limits.memory_bytes),
+            limits: MemoryLimit::new(self.limits.memory_cap(loaded)),
             services: self.services.clone(),
             timers: self.timers.clone(),
             store: self.store.clone(),
