@@ -354,6 +354,10 @@ fn the_key_value_store_is_shared_by_the_hosts() {
     }
     assert_eq!(ask(&mut on_b, "kv-list short"), "keys ");
     assert_eq!(ask(&mut on_a, "kv-big value"), "Err(StoreError::TooLarge)");
+    // One listing returns 10,000 keys at most, whatever the plugin asks for.
+    assert_eq!(ask(&mut on_a, "kv-fill 10001"), "filled 10001 failed 0");
+    let page = ask(&mut on_b, "kv-list fill/ - 20000");
+    assert_eq!(page.trim_start_matches("keys ").split(',').count(), 10_000);
     // Another cluster on the same Redis sees none of it.
     let other = Server::start(
         "api",

@@ -5,12 +5,13 @@
 //! order a page at a time (what a sorted index, such as a Redis sorted set, gives), and
 //! expiry is a time to live per key.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redb::{Database, ReadableDatabase, TableDefinition, TableError};
+use redb::{Database, DatabaseError, ReadableDatabase, TableDefinition, TableError};
 
 use crate::blocking::block_here;
 
@@ -75,12 +76,36 @@ const ENTRIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("entr
 /// The store in `DIR/store.redb`. The database is opened at the first call, so a host
 /// whose plugin never uses the store never touches the directory; a failure to open
 /// (another host holds the file, the directory is not writable) is that call's
-/// `Unavailable` error, and the next call tries again.
+/// `Unavailable` error, and the next call tries again. So is an I/O error (a full
+/// disk): redb refuses every later call of a database that met one, so the store drops
+/// it, and the next call opens the file again, which works once the disk has room.
 pub struct FileStore {
     path: PathBuf,
     db: Mutex<Option<Arc<Database>>>,
     /// Writes since expired entries were last swept out.
     writes: AtomicU32,
+    /// Opens the database in its file.
+    create: Create,
+}
+
+/// Opens a database in a file: redb's own file backend, or in tests one that can fail.
+type Create = Arc<dyn Fn(File) -> Result<Database, DatabaseError> + Send + Sync>;
+
+/// A store call's failure, and whether it was the storage's (the database is then
+/// dropped and opened again by the next call).
+struct Failed {
+    error: StoreError,
+    io: bool,
+}
+
+impl<E: Into<redb::Error>> From<E> for Failed {
+    fn from(error: E) -> Self {
+        let error = error.into();
+        Self {
+            io: matches!(error, redb::Error::Io(_) | redb::Error::PreviousIo),
+            error: StoreError::Unavailable(error.to_string()),
+        }
+    }
 }
 
 /// Every this many writes, the write also removes the entries that have expired, so
@@ -90,10 +115,15 @@ const SWEEP_EVERY: u32 = 1024;
 impl FileStore {
     /// A store in `dir`, created when first used.
     pub fn new(dir: &Path) -> Self {
+        Self::with_create(dir, Arc::new(|file| Database::builder().create_file(file)))
+    }
+
+    fn with_create(dir: &Path, create: Create) -> Self {
         Self {
             path: dir.join("store.redb"),
             db: Mutex::new(None),
             writes: AtomicU32::new(0),
+            create,
         }
     }
 
@@ -107,68 +137,105 @@ impl FileStore {
         if let Some(db) = &*db {
             return Ok(db.clone());
         }
-        let opened = Arc::new(open(&self.path)?);
+        let opened = Arc::new(open(&self.path, &*self.create)?);
+        // The next write sweeps out what expired while the database was closed.
+        self.writes.store(SWEEP_EVERY - 1, Ordering::Relaxed);
         tracing::info!(file = %self.path.display(), "key-value store opened");
         *db = Some(opened.clone());
         Ok(opened)
     }
 
+    /// Runs `call` on the database. After a storage error the database is dropped, and
+    /// the next call opens it again.
+    fn with_db<T>(&self, call: impl FnOnce(&Database) -> Result<T, Failed>) -> Result<T, StoreError> {
+        let db = self.db()?;
+        call(&db).map_err(|failed| {
+            if failed.io {
+                let mut slot = self.db.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                // This one only: another call may have opened the file again since.
+                if slot.as_ref().is_some_and(|current| Arc::ptr_eq(current, &db)) {
+                    *slot = None;
+                    tracing::warn!(
+                        file = %self.path.display(),
+                        "key-value store: {}; it is opened again at the next call",
+                        failed.error
+                    );
+                }
+            }
+            failed.error
+        })
+    }
+
     /// [`KeyValue::set`], on this thread: a commit waits for the disk.
     fn write(&self, namespace: &str, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
-        let db = self.db()?;
         let expires = ttl.map_or(0, |ttl| now_ms().saturating_add(ttl.as_millis() as u64).max(1));
         let mut entry = Vec::with_capacity(8 + value.len());
         entry.extend_from_slice(&expires.to_le_bytes());
         entry.extend_from_slice(value);
         let sweep = self.writes.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1;
-        let txn = db.begin_write().map_err(unavailable)?;
-        {
-            let mut table = txn.open_table(ENTRIES).map_err(unavailable)?;
-            table.insert((namespace, key), entry.as_slice()).map_err(unavailable)?;
-            if sweep {
-                let now = now_ms();
-                table.retain(|_, value| !expired(value, now)).map_err(unavailable)?;
+        self.with_db(|db| {
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(ENTRIES)?;
+                table.insert((namespace, key), entry.as_slice())?;
+                if sweep {
+                    let now = now_ms();
+                    table.retain(|_, value| !expired(value, now))?;
+                }
             }
-        }
-        txn.commit().map_err(unavailable)
+            Ok(txn.commit()?)
+        })
     }
 
     /// [`KeyValue::delete`], on this thread: a commit waits for the disk.
     fn remove(&self, namespace: &str, key: &str) -> Result<bool, StoreError> {
-        let db = self.db()?;
-        let txn = db.begin_write().map_err(unavailable)?;
-        let was_live = {
-            let mut table = txn.open_table(ENTRIES).map_err(unavailable)?;
-            let removed = table.remove((namespace, key)).map_err(unavailable)?;
-            removed.is_some_and(|entry| !expired(entry.value(), now_ms()))
-        };
-        txn.commit().map_err(unavailable)?;
-        Ok(was_live)
+        self.with_db(|db| {
+            let txn = db.begin_write()?;
+            let was_live = {
+                let mut table = txn.open_table(ENTRIES)?;
+                let removed = table.remove((namespace, key))?;
+                removed.is_some_and(|entry| !expired(entry.value(), now_ms()))
+            };
+            txn.commit()?;
+            Ok(was_live)
+        })
     }
 }
 
-fn open(path: &Path) -> Result<Database, StoreError> {
+/// Opens (or creates) the database at `path` with `create`, and drops what expired
+/// while the host was down.
+fn open(
+    path: &Path,
+    create: &(dyn Fn(File) -> Result<Database, DatabaseError> + Send + Sync),
+) -> Result<Database, StoreError> {
     let failed = |e: &dyn std::fmt::Display| StoreError::Unavailable(format!("cannot open {}: {e}", path.display()));
     if let Some(dir) = path.parent() {
         crate::private_files::create_dir(dir).map_err(|e| failed(&e))?;
     }
     // The plugins' data is this user's alone: a new database file is made 0600.
     crate::private_files::touch(path).map_err(|e| failed(&e))?;
-    let db = Database::create(path).map_err(|e| failed(&e))?;
-    // Create the table, so that readers never meet a missing one, and drop what expired
-    // while the host was down.
-    let txn = db.begin_write().map_err(unavailable)?;
-    {
-        let mut table = txn.open_table(ENTRIES).map_err(unavailable)?;
-        let now = now_ms();
-        table.retain(|_, value| !expired(value, now)).map_err(unavailable)?;
-    }
-    txn.commit().map_err(unavailable)?;
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| failed(&e))?;
+    let db = create(file).map_err(|e| failed(&e))?;
+    // Create the table, so that readers never meet a missing one. (What expired while
+    // the host was down goes with the first write: opening writes nothing else, so a
+    // store on a full disk can still be read.)
+    let created = (|| -> Result<(), Failed> {
+        match db.begin_read()?.open_table(ENTRIES) {
+            Ok(_) => Ok(()),
+            Err(TableError::TableDoesNotExist(_)) => {
+                let txn = db.begin_write()?;
+                txn.open_table(ENTRIES)?;
+                Ok(txn.commit()?)
+            }
+            Err(error) => Err(error.into()),
+        }
+    })();
+    created.map_err(|e| failed(&e.error))?;
     Ok(db)
-}
-
-fn unavailable(error: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(error.to_string())
 }
 
 fn now_ms() -> u64 {
@@ -190,18 +257,19 @@ fn expired(value: &[u8], now: u64) -> bool {
 
 impl KeyValue for FileStore {
     fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let db = self.db()?;
-        let txn = db.begin_read().map_err(unavailable)?;
-        let table = match txn.open_table(ENTRIES) {
-            Ok(table) => table,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(error) => return Err(unavailable(error)),
-        };
-        let Some(entry) = table.get((namespace, key)).map_err(unavailable)? else {
-            return Ok(None);
-        };
-        let value = entry.value();
-        Ok((!expired(value, now_ms())).then(|| value.get(8..).unwrap_or_default().to_vec()))
+        self.with_db(|db| {
+            let txn = db.begin_read()?;
+            let table = match txn.open_table(ENTRIES) {
+                Ok(table) => table,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(error) => return Err(error.into()),
+            };
+            let Some(entry) = table.get((namespace, key))? else {
+                return Ok(None);
+            };
+            let value = entry.value();
+            Ok((!expired(value, now_ms())).then(|| value.get(8..).unwrap_or_default().to_vec()))
+        })
     }
 
     fn set(&self, namespace: &str, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
@@ -219,31 +287,32 @@ impl KeyValue for FileStore {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<String>, StoreError> {
-        let db = self.db()?;
-        let txn = db.begin_read().map_err(unavailable)?;
-        let table = match txn.open_table(ENTRIES) {
-            Ok(table) => table,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(error) => return Err(unavailable(error)),
-        };
-        let start = after.filter(|a| *a >= prefix).unwrap_or(prefix);
-        let now = now_ms();
-        let mut keys = Vec::new();
-        for item in table.range((namespace, start)..).map_err(unavailable)? {
-            if keys.len() >= limit.min(MAX_LIST) as usize {
-                break;
+        self.with_db(|db| {
+            let txn = db.begin_read()?;
+            let table = match txn.open_table(ENTRIES) {
+                Ok(table) => table,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(error) => return Err(error.into()),
+            };
+            let start = after.filter(|a| *a >= prefix).unwrap_or(prefix);
+            let now = now_ms();
+            let mut keys = Vec::new();
+            for item in table.range((namespace, start)..)? {
+                if keys.len() >= limit.min(MAX_LIST) as usize {
+                    break;
+                }
+                let (entry_key, value) = item?;
+                let (ns, key) = entry_key.value();
+                if ns != namespace || !key.starts_with(prefix) {
+                    break;
+                }
+                if Some(key) == after || expired(value.value(), now) {
+                    continue;
+                }
+                keys.push(key.to_owned());
             }
-            let (entry_key, value) = item.map_err(unavailable)?;
-            let (ns, key) = entry_key.value();
-            if ns != namespace || !key.starts_with(prefix) {
-                break;
-            }
-            if Some(key) == after || expired(value.value(), now) {
-                continue;
-            }
-            keys.push(key.to_owned());
-        }
-        Ok(keys)
+            Ok(keys)
+        })
     }
 }
 
@@ -342,6 +411,76 @@ mod tests {
             u64::from(SWEEP_EVERY),
             "the sweep removed the expired one"
         );
+    }
+
+    /// redb's file backend, whose writes fail as on a full disk while `full` is set.
+    #[derive(Debug)]
+    struct FillingDisk {
+        file: redb::backends::FileBackend,
+        full: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl FillingDisk {
+        fn check(&self) -> std::io::Result<()> {
+            if self.full.load(Ordering::Relaxed) {
+                return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+            }
+            Ok(())
+        }
+    }
+
+    impl redb::StorageBackend for FillingDisk {
+        fn len(&self) -> std::io::Result<u64> {
+            self.file.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.file.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.check()?;
+            self.file.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.check()?;
+            self.file.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.file.write(offset, data)
+        }
+        fn close(&self) -> std::io::Result<()> {
+            self.file.close()
+        }
+    }
+
+    #[test]
+    fn after_a_full_disk_the_store_answers_again_once_there_is_room() {
+        let dir = TempDir::new("full");
+        let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let disk = full.clone();
+        let store = FileStore::with_create(
+            &dir.0,
+            Arc::new(move |file| {
+                let file = redb::backends::FileBackend::new(file)?;
+                Database::builder().create_with_backend(FillingDisk {
+                    file,
+                    full: disk.clone(),
+                })
+            }),
+        );
+        store.set("a", "before", b"1", None).unwrap();
+        full.store(true, Ordering::Relaxed);
+        let refused = store.set("a", "during", b"2", None).unwrap_err();
+        assert!(refused.to_string().contains("No space left on device"), "{refused}");
+        // Still full: whatever the calls answer, none panics, and none waits.
+        let _ = store.get("a", "before");
+        let _ = store.set("a", "during", b"2", None);
+        full.store(false, Ordering::Relaxed);
+        // Room again: the store opens its file again, with what was committed before.
+        assert_eq!(store.get("a", "before"), Ok(Some(b"1".to_vec())));
+        assert_eq!(store.get("a", "during"), Ok(None), "a refused write is not there");
+        store.set("a", "after", b"3", None).unwrap();
+        assert_eq!(store.get("a", "after"), Ok(Some(b"3".to_vec())));
     }
 
     #[test]

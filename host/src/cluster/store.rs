@@ -104,6 +104,9 @@ impl KeyValue for RedisStore {
         } else {
             [b"[", prefix.as_bytes(), b"\xff"].concat()
         };
+        // At most as many as the file store gives: a plugin cannot make one call read a
+        // whole namespace.
+        let limit = limit.min(crate::store::MAX_LIST);
         let mut keys = Vec::new();
         while (keys.len() as u32) < limit {
             let wanted = limit - keys.len() as u32;
