@@ -139,7 +139,10 @@ impl<'a> PluginLink<'a> {
         };
         let plugin = self.plugin;
         match &plugin.mode {
-            Mode::Stateless(inline) if inline.restart_at().is_some() => Err(Refused::Busy(event)),
+            // A barrier needs no call: the connection's earlier events were handled here.
+            Mode::Stateless(inline) if inline.restart_at().is_some() && !is_barrier(&event) => {
+                Err(Refused::Busy(event))
+            }
             Mode::Stateless(inline) => {
                 self.trapped |= inline.handle(event, replies).await == Handed::Trapped;
                 Ok(())
@@ -182,8 +185,16 @@ impl<'a> PluginLink<'a> {
         }
     }
 
-    /// Hands `event` to the plugin, waiting for room as needed.
+    /// Hands `event` to the plugin, waiting for room as needed (not for an event no
+    /// longer for the plugin: a connection its plugin failed on does not wait out the
+    /// crash loop's back-off to drop its last messages).
     pub async fn send(&mut self, event: PluginEvent) -> Result<(), Refused> {
+        let Some(event) = self.for_plugin(event) else {
+            return Ok(());
+        };
+        if is_barrier(&event) && matches!(self.plugin.mode, Mode::Stateless(_)) {
+            return self.try_send(event, None).await; // answered at once, back-off or not
+        }
         let ready = self.ready().await?;
         self.send_in(ready, event).await;
         Ok(())
@@ -208,9 +219,13 @@ impl<'a> PluginLink<'a> {
     /// `event`, if it is still for the plugin: nothing after the close, and after a
     /// failure only a barrier (which calls no export).
     fn for_plugin(&self, event: PluginEvent) -> Option<PluginEvent> {
-        let barrier = matches!(event, PluginEvent::Control(Control::Barrier(_)));
-        (!self.closed && (!self.trapped || barrier)).then_some(event)
+        (!self.closed && (!self.trapped || is_barrier(&event))).then_some(event)
     }
+}
+
+/// Whether `event` is a barrier, which calls no export.
+fn is_barrier(event: &PluginEvent) -> bool {
+    matches!(event, PluginEvent::Control(Control::Barrier(_)))
 }
 
 /// What a plugin's thread does with the events of its queue ([`spawn_handler`]). A
