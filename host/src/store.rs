@@ -74,19 +74,34 @@ pub fn check_sizes(key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
 const ENTRIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("entries");
 
 /// The store in `DIR/store.redb`. The database is opened at the first call, so a host
-/// whose plugin never uses the store never touches the directory; a failure to open
-/// (another host holds the file, the directory is not writable) is that call's
-/// `Unavailable` error, and the next call tries again. So is an I/O error (a full
-/// disk): redb refuses every later call of a database that met one, so the store drops
-/// it, and the next call opens the file again, which works once the disk has room.
+/// whose plugin never uses the store never touches the directory. A failure to open
+/// (another host holds the file, the directory is not writable, the disk is full) is
+/// that call's `Unavailable` error, and so is every call's for [`REOPEN_AFTER`], after
+/// which a call tries again: an open may repair the whole file, which no call should
+/// pay for again at once. A storage error (a full disk) is handled the same way: redb
+/// refuses every later call of a database that met one, so the store drops it and opens
+/// the file again, which works once the disk has room.
 pub struct FileStore {
     path: PathBuf,
-    db: Mutex<Option<Arc<Database>>>,
+    db: Mutex<Slot>,
     /// Writes since expired entries were last swept out.
     writes: AtomicU32,
     /// Opens the database in its file.
     create: Create,
+    /// How long a failed open is not tried again ([`REOPEN_AFTER`]).
+    reopen_after: Duration,
 }
+
+/// The open database, or why it could not be opened, and when.
+#[derive(Default)]
+struct Slot {
+    db: Option<Arc<Database>>,
+    failed: Option<(std::time::Instant, StoreError)>,
+}
+
+/// How long a store whose file could not be opened answers with that error before it
+/// tries again.
+pub const REOPEN_AFTER: Duration = Duration::from_secs(1);
 
 /// Opens a database in a file: redb's own file backend, or in tests one that can fail.
 type Create = Arc<dyn Fn(File) -> Result<Database, DatabaseError> + Send + Sync>;
@@ -95,14 +110,19 @@ type Create = Arc<dyn Fn(File) -> Result<Database, DatabaseError> + Send + Sync>
 /// dropped and opened again by the next call).
 struct Failed {
     error: StoreError,
-    io: bool,
+    storage: bool,
 }
 
 impl<E: Into<redb::Error>> From<E> for Failed {
     fn from(error: E) -> Self {
         let error = error.into();
         Self {
-            io: matches!(error, redb::Error::Io(_) | redb::Error::PreviousIo),
+            // What leaves the database refusing calls until it is opened again (an I/O
+            // error, a panic inside redb), or may be repaired by opening it.
+            storage: matches!(
+                error,
+                redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::LockPoisoned(_) | redb::Error::Corrupted(_)
+            ),
             error: StoreError::Unavailable(error.to_string()),
         }
     }
@@ -121,9 +141,10 @@ impl FileStore {
     fn with_create(dir: &Path, create: Create) -> Self {
         Self {
             path: dir.join("store.redb"),
-            db: Mutex::new(None),
+            db: Mutex::default(),
             writes: AtomicU32::new(0),
             create,
+            reopen_after: REOPEN_AFTER,
         }
     }
 
@@ -133,31 +154,46 @@ impl FileStore {
     }
 
     fn db(&self) -> Result<Arc<Database>, StoreError> {
-        let mut db = self.db.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(db) = &*db {
+        let mut slot = self.db.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(db) = &slot.db {
             return Ok(db.clone());
         }
-        let opened = Arc::new(open(&self.path, &*self.create)?);
+        if let Some((at, error)) = &slot.failed
+            && at.elapsed() < self.reopen_after
+        {
+            return Err(error.clone());
+        }
+        let opened = match open(&self.path, &*self.create) {
+            Ok(db) => Arc::new(db),
+            Err(error) => {
+                slot.failed = Some((std::time::Instant::now(), error.clone()));
+                return Err(error);
+            }
+        };
         // The next write sweeps out what expired while the database was closed.
         self.writes.store(SWEEP_EVERY - 1, Ordering::Relaxed);
         tracing::info!(file = %self.path.display(), "key-value store opened");
-        *db = Some(opened.clone());
+        *slot = Slot {
+            db: Some(opened.clone()),
+            failed: None,
+        };
         Ok(opened)
     }
 
-    /// Runs `call` on the database. After a storage error the database is dropped, and
-    /// the next call opens it again.
+    /// Runs `call` on the database. After a storage error the database is dropped: the
+    /// next call opens the file again (once every call still using this one is done:
+    /// until then redb's lock on the file refuses the open).
     fn with_db<T>(&self, call: impl FnOnce(&Database) -> Result<T, Failed>) -> Result<T, StoreError> {
         let db = self.db()?;
         call(&db).map_err(|failed| {
-            if failed.io {
+            if failed.storage {
                 let mut slot = self.db.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                // This one only: another call may have opened the file again since.
-                if slot.as_ref().is_some_and(|current| Arc::ptr_eq(current, &db)) {
-                    *slot = None;
+                // Once, by the first call that met the error.
+                if slot.db.as_ref().is_some_and(|current| Arc::ptr_eq(current, &db)) {
+                    slot.db = None;
                     tracing::warn!(
                         file = %self.path.display(),
-                        "key-value store: {}; it is opened again at the next call",
+                        "key-value store: {}; it is opened again by the next call",
                         failed.error
                     );
                 }
@@ -172,8 +208,9 @@ impl FileStore {
         let mut entry = Vec::with_capacity(8 + value.len());
         entry.extend_from_slice(&expires.to_le_bytes());
         entry.extend_from_slice(value);
-        let sweep = self.writes.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1;
         self.with_db(|db| {
+            // Read after `db()`, which arms the sweep when it opens the file.
+            let sweep = self.writes.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1;
             let txn = db.begin_write()?;
             {
                 let mut table = txn.open_table(ENTRIES)?;
@@ -221,8 +258,8 @@ fn open(
         .map_err(|e| failed(&e))?;
     let db = create(file).map_err(|e| failed(&e))?;
     // Create the table, so that readers never meet a missing one. (What expired while
-    // the host was down goes with the first write: opening writes nothing else, so a
-    // store on a full disk can still be read.)
+    // the file was closed goes with the first write, so that opening adds no write of
+    // its own to redb's.)
     let created = (|| -> Result<(), Failed> {
         match db.begin_read()?.open_table(ENTRIES) {
             Ok(_) => Ok(()),
@@ -390,20 +427,25 @@ mod tests {
     #[test]
     fn expired_keys_are_swept_out_as_writes_go_on() {
         let dir = TempDir::new("sweep");
-        let store = FileStore::new(&dir.0);
-        store.set("a", "gone", b"v", Some(Duration::from_millis(1))).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while store.get("a", "gone").unwrap().is_some() {
-            assert!(std::time::Instant::now() < deadline);
-            std::thread::yield_now();
-        }
+        let expire = |store: &FileStore, key: &str| {
+            store.set("a", key, b"v", Some(Duration::from_millis(1))).unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while store.get("a", key).unwrap().is_some() {
+                assert!(std::time::Instant::now() < deadline);
+                std::thread::yield_now();
+            }
+        };
         let entries = |store: &FileStore| {
             let db = store.db().unwrap();
             let txn = db.begin_read().unwrap();
             redb::ReadableTableMetadata::len(&txn.open_table(ENTRIES).unwrap()).unwrap()
         };
-        assert_eq!(entries(&store), 1, "an expired entry stays until a sweep");
-        for n in 0..SWEEP_EVERY {
+        let store = FileStore::new(&dir.0);
+        // The write that opens the file sweeps (nothing yet); then every 1024th does.
+        store.set("a", "first", b"v", None).unwrap();
+        expire(&store, "gone");
+        assert_eq!(entries(&store), 2, "an expired entry stays until a sweep");
+        for n in 0..SWEEP_EVERY - 1 {
             store.set("a", &format!("k{n}"), b"v", None).unwrap();
         }
         assert_eq!(
@@ -411,6 +453,12 @@ mod tests {
             u64::from(SWEEP_EVERY),
             "the sweep removed the expired one"
         );
+        // What expired while the file was closed goes with the first write after it opens.
+        expire(&store, "later");
+        drop(store);
+        let store = FileStore::new(&dir.0);
+        store.set("a", "again", b"v", None).unwrap();
+        assert_eq!(entries(&store), u64::from(SWEEP_EVERY) + 1, "the opening write swept");
     }
 
     /// redb's file backend, whose writes fail as on a full disk while `full` is set.
@@ -453,14 +501,16 @@ mod tests {
         }
     }
 
-    #[test]
-    fn after_a_full_disk_the_store_answers_again_once_there_is_room() {
-        let dir = TempDir::new("full");
+    /// A store on a disk that is full while the flag is set, and how many times it opened
+    /// (or tried to open) its file.
+    fn on_filling_disk(dir: &Path) -> (FileStore, Arc<std::sync::atomic::AtomicBool>, Arc<AtomicU32>) {
         let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let disk = full.clone();
+        let opens = Arc::new(AtomicU32::new(0));
+        let (disk, count) = (full.clone(), opens.clone());
         let store = FileStore::with_create(
-            &dir.0,
+            dir,
             Arc::new(move |file| {
+                count.fetch_add(1, Ordering::Relaxed);
                 let file = redb::backends::FileBackend::new(file)?;
                 Database::builder().create_with_backend(FillingDisk {
                     file,
@@ -468,6 +518,15 @@ mod tests {
                 })
             }),
         );
+        (store, full, opens)
+    }
+
+    #[test]
+    fn after_a_full_disk_the_store_answers_again_once_there_is_room() {
+        let dir = TempDir::new("full");
+        let (mut store, full, _) = on_filling_disk(&dir.0);
+        // Every call may try to open the file again: this test is about the reopening.
+        store.reopen_after = Duration::ZERO;
         store.set("a", "before", b"1", None).unwrap();
         full.store(true, Ordering::Relaxed);
         let refused = store.set("a", "during", b"2", None).unwrap_err();
@@ -481,6 +540,21 @@ mod tests {
         assert_eq!(store.get("a", "during"), Ok(None), "a refused write is not there");
         store.set("a", "after", b"3", None).unwrap();
         assert_eq!(store.get("a", "after"), Ok(Some(b"3".to_vec())));
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_opened_is_not_tried_again_at_once() {
+        let dir = TempDir::new("full-at-start");
+        let (mut store, full, opens) = on_filling_disk(&dir.0);
+        store.reopen_after = Duration::from_secs(3600);
+        full.store(true, Ordering::Relaxed); // a new file cannot even be created
+        assert!(store.get("a", "k").is_err());
+        assert!(store.set("a", "k", b"v", None).is_err());
+        assert_eq!(opens.load(Ordering::Relaxed), 1, "the second call did not try again");
+        full.store(false, Ordering::Relaxed);
+        store.reopen_after = Duration::ZERO;
+        store.set("a", "k", b"v", None).unwrap();
+        assert_eq!(opens.load(Ordering::Relaxed), 2);
     }
 
     #[test]

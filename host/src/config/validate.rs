@@ -436,7 +436,7 @@ fn subprotocols(protocols: Vec<String>) -> Result<Vec<String>, ConfigError> {
     Ok(protocols)
 }
 
-/// A count setting: `given` if within `min..=max`, else `default`.
+/// A count setting: `given`, which must be within `min..=max`, or else `default`.
 fn bounded(
     key: &str,
     given: Option<u64>,

@@ -132,7 +132,7 @@ thread_local! {
 /// What became of a connection's event handed to the plugin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Handed {
-    /// Queued for the plugin's thread, or handled.
+    /// Handled.
     Taken,
     /// Handled here, and the plugin failed: the connection is being closed with 1011,
     /// and none of its later events (`on-close` neither) is for the plugin.

@@ -26,8 +26,8 @@ impl Language {
     /// for JavaScript. StarlingMonkey's heap and its garbage collector need the room: an
     /// echo under sustained load (10 connections, 4 messages of 20 B in flight each,
     /// about 50,000 a second) ran out of memory during a collection about once per
-    /// 90,000 messages at 64 MiB, and not once in 1.1 million at 96 or 128 MiB. Python's
-    /// echo did 2.6 million at 64 MiB without one.
+    /// 90,000 messages at 64 MiB, and not once in 1.17 million at 96 MiB nor in 1.04
+    /// million at 128 MiB. Python's echo did 2.6 million at 64 MiB without one.
     pub fn default_memory_bytes(self) -> usize {
         match self {
             Self::JavaScript => 128 << 20,

@@ -139,8 +139,9 @@ impl Runner {
     }
 
     /// Handles one event: calls its export (a trap closes that connection with 1011
-    /// and the next event gets a fresh instance), swaps in a reload, or answers a
-    /// barrier. (Once [`spawn`]ed, its thread's event loop calls it.)
+    /// and the next event gets a fresh instance), or swaps in a reload. Once [`spawn`]ed,
+    /// its thread's event loop calls it for everything but barriers, which the loop
+    /// answers itself; called directly (benches, tests), it answers them too.
     pub fn handle(&mut self, event: impl Into<PluginEvent>) {
         match event.into() {
             PluginEvent::Connection(event) => self.connection_event(event),
