@@ -94,268 +94,268 @@ const ROUTE_KEYS_HEADING: &str = "Route settings (also keys of each [[route]] ta
 
 settings! {
     options {
-    /// Something else than serving: `host check FILE.wasm`.
-    #[command(subcommand)]
-    #[serde(skip)]
-    pub command: Option<Command>,
+        /// Something else than serving: `host check FILE.wasm`.
+        #[command(subcommand)]
+        #[serde(skip)]
+        pub command: Option<Command>,
 
-    /// TOML configuration file; flags given on the command line override its keys.
-    #[arg(long, value_name = "FILE")]
-    #[serde(skip)]
-    pub config: Option<PathBuf>,
+        /// TOML configuration file; flags given on the command line override its keys.
+        #[arg(long, value_name = "FILE")]
+        #[serde(skip)]
+        pub config: Option<PathBuf>,
 
-    /// Address to listen on, e.g. 127.0.0.1:9001 or [::]:9001 (port 0 picks a free port) [default: 127.0.0.1:9001]
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<String>,
+        /// Address to listen on, e.g. 127.0.0.1:9001 or [::]:9001 (port 0 picks a free port) [default: 127.0.0.1:9001]
+        #[arg(long, value_name = "ADDR")]
+        pub listen: Option<String>,
 
-    /// The plugin: a WebAssembly component implementing the wsplug:plugin world, serving every
-    /// path no [[route]] of the config file claims (the route named "default", path "/*")
-    #[arg(long, value_name = "FILE")]
-    pub plugin: Option<PathBuf>,
+        /// The plugin: a WebAssembly component implementing the wsplug:plugin world, serving every
+        /// path no [[route]] of the config file claims (the route named "default", path "/*")
+        #[arg(long, value_name = "FILE")]
+        pub plugin: Option<PathBuf>,
 
-    /// Several plugins, each on its own paths: `[[route]]` tables of the config file.
-    #[arg(skip)]
-    pub route: Option<Vec<RouteOptions>>,
+        /// Several plugins, each on its own paths: `[[route]]` tables of the config file.
+        #[arg(skip)]
+        pub route: Option<Vec<RouteOptions>>,
 
-    /// Seconds for the opening handshake, and of silence before a ping (then as long again for an answer) [default: 5]
-    #[arg(long, value_name = "SECONDS")]
-    pub timeout: Option<u64>,
+        /// Seconds for the opening handshake, and of silence before a ping (then as long again for an answer) [default: 5]
+        #[arg(long, value_name = "SECONDS")]
+        pub timeout: Option<u64>,
 
-    /// Seconds for the opening handshake [default: timeout]
-    #[arg(long, value_name = "SECONDS")]
-    pub handshake_timeout: Option<u64>,
+        /// Seconds for the opening handshake [default: timeout]
+        #[arg(long, value_name = "SECONDS")]
+        pub handshake_timeout: Option<u64>,
 
-    /// Seconds of silence before a connection is pinged, and then to answer [default: timeout]
-    #[arg(long, value_name = "SECONDS")]
-    pub idle_timeout: Option<u64>,
+        /// Seconds of silence before a connection is pinged, and then to answer [default: timeout]
+        #[arg(long, value_name = "SECONDS")]
+        pub idle_timeout: Option<u64>,
 
-    /// Seconds for the closing handshake, for the plugin's last replies after the peer's close, and for the final flush [default: timeout]
-    #[arg(long, value_name = "SECONDS")]
-    pub close_timeout: Option<u64>,
+        /// Seconds for the closing handshake, for the plugin's last replies after the peer's close, and for the final flush [default: timeout]
+        #[arg(long, value_name = "SECONDS")]
+        pub close_timeout: Option<u64>,
 
-    /// Open connections at most; handshakes past it get 503 [default: 10000]
-    #[arg(long, value_name = "N")]
-    pub max_connections: Option<u64>,
+        /// Open connections at most; handshakes past it get 503 [default: 10000]
+        #[arg(long, value_name = "N")]
+        pub max_connections: Option<u64>,
 
-    /// Same as --compression false
-    #[arg(long, conflicts_with = "compression", help_heading = ROUTE_KEYS_HEADING)]
-    #[serde(skip)]
-    pub no_compression: bool,
+        /// Same as --compression false
+        #[arg(long, conflicts_with = "compression", help_heading = ROUTE_KEYS_HEADING)]
+        #[serde(skip)]
+        pub no_compression: bool,
 
-    /// Largest LZ77 window the server compresses with, 9 to 15 (bits) [default: 15]
-    #[arg(long, value_name = "BITS")]
-    pub server_max_window_bits: Option<u8>,
+        /// Largest LZ77 window the server compresses with, 9 to 15 (bits) [default: 15]
+        #[arg(long, value_name = "BITS")]
+        pub server_max_window_bits: Option<u8>,
 
-    /// Largest window asked of clients that allow it, 9 to 15 (bits) [default: 15]
-    #[arg(long, value_name = "BITS")]
-    pub client_max_window_bits: Option<u8>,
+        /// Largest window asked of clients that allow it, 9 to 15 (bits) [default: 15]
+        #[arg(long, value_name = "BITS")]
+        pub client_max_window_bits: Option<u8>,
 
-    /// zlib level of compressed messages, 0 to 9 [default: 6]
-    #[arg(long, value_name = "LEVEL")]
-    pub compression_level: Option<u32>,
+        /// zlib level of compressed messages, 0 to 9 [default: 6]
+        #[arg(long, value_name = "LEVEL")]
+        pub compression_level: Option<u32>,
 
-    /// Serve WSS (TLS) [default: false]
-    #[arg(long, value_name = "BOOL")]
-    pub ssl: Option<bool>,
+        /// Serve WSS (TLS) [default: false]
+        #[arg(long, value_name = "BOOL")]
+        pub ssl: Option<bool>,
 
-    /// PEM file with the certificate chain, and the private key unless key_file is given
-    #[arg(long, value_name = "FILE")]
-    pub cert_file: Option<PathBuf>,
+        /// PEM file with the certificate chain, and the private key unless key_file is given
+        #[arg(long, value_name = "FILE")]
+        pub cert_file: Option<PathBuf>,
 
-    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1; encrypted as OpenSSL writes them, with passphrase)
-    #[arg(long, value_name = "FILE")]
-    pub key_file: Option<PathBuf>,
+        /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1; encrypted as OpenSSL writes them, with passphrase)
+        #[arg(long, value_name = "FILE")]
+        pub key_file: Option<PathBuf>,
 
-    /// Passphrase of an encrypted private key (PKCS#8 with PBKDF2 or scrypt, or legacy PEM; AES or DES-EDE3)
-    #[arg(long, value_name = "TEXT")]
-    pub passphrase: Option<String>,
+        /// Passphrase of an encrypted private key (PKCS#8 with PBKDF2 or scrypt, or legacy PEM; AES or DES-EDE3)
+        #[arg(long, value_name = "TEXT")]
+        pub passphrase: Option<String>,
 
-    /// PEM file of CAs; when given, clients must present a certificate they signed
-    #[arg(long, value_name = "FILE")]
-    pub client_ca_file: Option<PathBuf>,
+        /// PEM file of CAs; when given, clients must present a certificate they signed
+        #[arg(long, value_name = "FILE")]
+        pub client_ca_file: Option<PathBuf>,
 
-    /// Production mode: clients and logs get no internal detail; false makes the log verbose [default: true]
-    #[arg(long, value_name = "BOOL")]
-    pub prod: Option<bool>,
+        /// Production mode: clients and logs get no internal detail; false makes the log verbose [default: true]
+        #[arg(long, value_name = "BOOL")]
+        pub prod: Option<bool>,
 
-    /// Not supported: RFC 6455 section 5.1 forbids a server to mask its frames
-    #[arg(long, value_name = "BOOL", hide = true)]
-    pub write_masked: Option<bool>,
+        /// Not supported: RFC 6455 section 5.1 forbids a server to mask its frames
+        #[arg(long, value_name = "BOOL", hide = true)]
+        pub write_masked: Option<bool>,
 
-    /// Directory of static files served over HTTP on the same port (GET and HEAD)
-    #[arg(long = "static", value_name = "DIR")]
-    #[serde(rename = "static")]
-    pub static_dir: Option<PathBuf>,
+        /// Directory of static files served over HTTP on the same port (GET and HEAD)
+        #[arg(long = "static", value_name = "DIR")]
+        #[serde(rename = "static")]
+        pub static_dir: Option<PathBuf>,
 
-    /// Seconds to wait for connections to close on SIGTERM/SIGINT [default: 10]
-    #[arg(long, value_name = "SECONDS")]
-    pub shutdown_grace: Option<u64>,
+        /// Seconds to wait for connections to close on SIGTERM/SIGINT [default: 10]
+        #[arg(long, value_name = "SECONDS")]
+        pub shutdown_grace: Option<u64>,
 
-    /// Threads that serve the connections (and run a stateless plugin), 1 to 1024 [default: one per core]
-    #[arg(long, value_name = "N")]
-    pub threads: Option<u64>,
+        /// Threads that serve the connections (and run a stateless plugin), 1 to 1024 [default: one per core]
+        #[arg(long, value_name = "N")]
+        pub threads: Option<u64>,
 
-    /// Where compiled plugins are cached [default: $XDG_CACHE_HOME/wsplug or ~/.cache/wsplug]
-    #[arg(long, value_name = "DIR")]
-    pub cache_dir: Option<PathBuf>,
+        /// Where compiled plugins are cached [default: $XDG_CACHE_HOME/wsplug or ~/.cache/wsplug]
+        #[arg(long, value_name = "DIR")]
+        pub cache_dir: Option<PathBuf>,
 
-    /// Where the plugins' key-value store keeps its database, created when a plugin first
-    /// uses it [default: $XDG_DATA_HOME/wsplug or ~/.local/share/wsplug]
-    #[arg(long, value_name = "DIR")]
-    pub store_dir: Option<PathBuf>,
+        /// Where the plugins' key-value store keeps its database, created when a plugin first
+        /// uses it [default: $XDG_DATA_HOME/wsplug or ~/.local/share/wsplug]
+        #[arg(long, value_name = "DIR")]
+        pub store_dir: Option<PathBuf>,
 
-    /// Join a cluster of hosts that share this Redis server (a redis:// URL, or rediss:// for TLS):
-    /// broadcasts, groups, connections and sends reach the clients of every host [default: none]
-    #[arg(long, value_name = "URL")]
-    pub cluster: Option<String>,
+        /// Join a cluster of hosts that share this Redis server (a redis:// URL, or rediss:// for TLS):
+        /// broadcasts, groups, connections and sends reach the clients of every host [default: none]
+        #[arg(long, value_name = "URL")]
+        pub cluster: Option<String>,
 
-    /// Name of the cluster: hosts with the same Redis server and name serve one application
-    /// (1-64 of A-Z a-z 0-9 _ -) [default: wsplug]
-    #[arg(long, value_name = "NAME")]
-    pub cluster_name: Option<String>,
+        /// Name of the cluster: hosts with the same Redis server and name serve one application
+        /// (1-64 of A-Z a-z 0-9 _ -) [default: wsplug]
+        #[arg(long, value_name = "NAME")]
+        pub cluster_name: Option<String>,
 
-    /// File holding the Redis password (keeps it off the command line and out of the URL)
-    #[arg(long, value_name = "FILE")]
-    pub cluster_password_file: Option<PathBuf>,
+        /// File holding the Redis password (keeps it off the command line and out of the URL)
+        #[arg(long, value_name = "FILE")]
+        pub cluster_password_file: Option<PathBuf>,
 
-    /// PEM file of the CAs that sign a rediss:// server's certificate [default: the system's]
-    #[arg(long, value_name = "FILE")]
-    pub cluster_ca_file: Option<PathBuf>,
+        /// PEM file of the CAs that sign a rediss:// server's certificate [default: the system's]
+        #[arg(long, value_name = "FILE")]
+        pub cluster_ca_file: Option<PathBuf>,
 
-    /// A secret of at least 16 bytes the cluster's hosts share: every message between them
-    /// is authenticated with it, and what Redis writers forge is dropped [default: none]
-    #[arg(long, value_name = "TEXT")]
-    pub cluster_secret: Option<String>,
+        /// A secret of at least 16 bytes the cluster's hosts share: every message between them
+        /// is authenticated with it, and what Redis writers forge is dropped [default: none]
+        #[arg(long, value_name = "TEXT")]
+        pub cluster_secret: Option<String>,
 
-    /// File holding cluster_secret (keeps it off the command line)
-    #[arg(long, value_name = "FILE")]
-    pub cluster_secret_file: Option<PathBuf>,
+        /// File holding cluster_secret (keeps it off the command line)
+        #[arg(long, value_name = "FILE")]
+        pub cluster_secret_file: Option<PathBuf>,
 
-    /// A request header (repeatable) that other hosts' info of a connection shows; the
-    /// others stay on its host [default: host origin user-agent accept-language
-    /// x-forwarded-for x-forwarded-proto x-real-ip]
-    #[arg(long = "cluster-shared-header", value_name = "NAME")]
-    pub cluster_shared_headers: Option<Vec<String>>,
+        /// A request header (repeatable) that other hosts' info of a connection shows; the
+        /// others stay on its host [default: host origin user-agent accept-language
+        /// x-forwarded-for x-forwarded-proto x-real-ip]
+        #[arg(long = "cluster-shared-header", value_name = "NAME")]
+        pub cluster_shared_headers: Option<Vec<String>>,
 
-    /// Whether other hosts' info of a connection shows its query string, where tokens
-    /// often travel [default: false]
-    #[arg(long, value_name = "BOOL")]
-    pub cluster_share_query: Option<bool>,
+        /// Whether other hosts' info of a connection shows its query string, where tokens
+        /// often travel [default: false]
+        #[arg(long, value_name = "BOOL")]
+        pub cluster_share_query: Option<bool>,
 
-    /// Cache compiled plugins [default: true]
-    #[arg(long, value_name = "BOOL")]
-    pub cache: Option<bool>,
+        /// Cache compiled plugins [default: true]
+        #[arg(long, value_name = "BOOL")]
+        pub cache: Option<bool>,
 
-    /// Same as --cache false
-    #[arg(long, conflicts_with = "cache")]
-    #[serde(skip)]
-    pub no_cache: bool,
+        /// Same as --cache false
+        #[arg(long, conflicts_with = "cache")]
+        #[serde(skip)]
+        pub no_cache: bool,
 
-    /// Same as --watch false
-    #[arg(long, conflicts_with = "watch", help_heading = ROUTE_KEYS_HEADING)]
-    #[serde(skip)]
-    pub no_watch: bool,
+        /// Same as --watch false
+        #[arg(long, conflicts_with = "watch", help_heading = ROUTE_KEYS_HEADING)]
+        #[serde(skip)]
+        pub no_watch: bool,
 
-    /// Log filter: error, warn, info, debug, trace or tracing directives; RUST_LOG overrides it [default: info, debug when prod is false]
-    #[arg(long, value_name = "FILTER")]
-    pub log: Option<String>,
+        /// Log filter: error, warn, info, debug, trace or tracing directives; RUST_LOG overrides it [default: info, debug when prod is false]
+        #[arg(long, value_name = "FILTER")]
+        pub log: Option<String>,
 
-    /// Log lines as "text" or as "json" objects, one per line, for log shippers [default: text]
-    #[arg(long, value_name = "FORMAT")]
-    pub log_format: Option<String>,
+        /// Log lines as "text" or as "json" objects, one per line, for log shippers [default: text]
+        #[arg(long, value_name = "FORMAT")]
+        pub log_format: Option<String>,
 
-    /// Serve /metrics, /healthz and /readyz on this address (plain HTTP) instead of the
-    /// WebSocket port, which then serves /healthz and /readyz only [default: none]
-    #[arg(long, value_name = "ADDR")]
-    pub metrics_listen: Option<String>,
+        /// Serve /metrics, /healthz and /readyz on this address (plain HTTP) instead of the
+        /// WebSocket port, which then serves /healthz and /readyz only [default: none]
+        #[arg(long, value_name = "ADDR")]
+        pub metrics_listen: Option<String>,
 
-    /// Serve /metrics on the WebSocket port too, where every client that reaches the port
-    /// reads them (metrics_listen keeps them on an address of their own) [default: false]
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
-    pub serve_metrics: Option<bool>,
+        /// Serve /metrics on the WebSocket port too, where every client that reaches the port
+        /// reads them (metrics_listen keeps them on an address of their own) [default: false]
+        #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+        pub serve_metrics: Option<bool>,
 
-    /// Connections the kernel may queue for the server to accept [default: the system's
-    /// most, net.core.somaxconn]
-    #[arg(long, value_name = "N")]
-    pub backlog: Option<u64>,
+        /// Connections the kernel may queue for the server to accept [default: the system's
+        /// most, net.core.somaxconn]
+        #[arg(long, value_name = "N")]
+        pub backlog: Option<u64>,
 
-    /// Connections one client address (IPv6: one /64) may hold open; more get 429 [default: no bound]
-    #[arg(long, value_name = "N")]
-    pub max_connections_per_ip: Option<u64>,
+        /// Connections one client address (IPv6: one /64) may hold open; more get 429 [default: no bound]
+        #[arg(long, value_name = "N")]
+        pub max_connections_per_ip: Option<u64>,
 
-    /// Connections one client address (IPv6: one /64) may open per second; more get 429 [default: no bound]
-    #[arg(long, value_name = "N")]
-    pub max_connection_rate_per_ip: Option<u64>,
+        /// Connections one client address (IPv6: one /64) may open per second; more get 429 [default: no bound]
+        #[arg(long, value_name = "N")]
+        pub max_connection_rate_per_ip: Option<u64>,
 
-    /// Calls of one client address's connections (IPv6: one /64) that may run past a
-    /// plugin's CPU deadline per minute; past it, its connections get 429 until the
-    /// minute refills [default: no bound]
-    #[arg(long, value_name = "N")]
-    pub max_overruns_per_ip: Option<u64>,
+        /// Calls of one client address's connections (IPv6: one /64) that may run past a
+        /// plugin's CPU deadline per minute; past it, its connections get 429 until the
+        /// minute refills [default: no bound]
+        #[arg(long, value_name = "N")]
+        pub max_overruns_per_ip: Option<u64>,
 
-    /// Groups one connection may be in at once; a join past it is refused [default: 256]
-    #[arg(long, value_name = "N")]
-    pub max_groups_per_connection: Option<u64>,
+        /// Groups one connection may be in at once; a join past it is refused [default: 256]
+        #[arg(long, value_name = "N")]
+        pub max_groups_per_connection: Option<u64>,
 
-    /// Longest group name, in bytes; a join of a longer one is refused [default: 256]
-    #[arg(long, value_name = "BYTES")]
-    pub max_group_name: Option<u64>,
+        /// Longest group name, in bytes; a join of a longer one is refused [default: 256]
+        #[arg(long, value_name = "BYTES")]
+        pub max_group_name: Option<u64>,
 
-    /// Bytes of attachments and group names one route's connections on this host may hold
-    /// in all (what a cluster's hosts share); past it, attachments and joins are refused
-    /// [default: 64 MiB]
-    #[arg(long, value_name = "BYTES")]
-    pub max_shared_state: Option<u64>,
+        /// Bytes of attachments and group names one route's connections on this host may hold
+        /// in all (what a cluster's hosts share); past it, attachments and joins are refused
+        /// [default: 64 MiB]
+        #[arg(long, value_name = "BYTES")]
+        pub max_shared_state: Option<u64>,
     }
     route_keys {
-    /// Largest message in bytes, after reassembly and inflation; larger ones get close code 1009 [default: 524288]
-    #[arg(long, value_name = "BYTES")]
-    max_payload_size: u64,
+        /// Largest message in bytes, after reassembly and inflation; larger ones get close code 1009 [default: 524288]
+        #[arg(long, value_name = "BYTES")]
+        max_payload_size: u64,
 
-    /// Messages that may wait for a client whose socket takes no more; past it the client is dropped (1008) [default: 100]
-    #[arg(long, value_name = "N")]
-    max_messages_buffering: u64,
+        /// Messages that may wait for a client whose socket takes no more; past it the client is dropped (1008) [default: 100]
+        #[arg(long, value_name = "N")]
+        max_messages_buffering: u64,
 
-    /// Bytes that may wait for a client whose socket takes no more; past it the client is dropped (1008) [default: 1 MiB or twice max_payload_size, whichever is larger]
-    #[arg(long, value_name = "BYTES")]
-    max_buffered_bytes: u64,
+        /// Bytes that may wait for a client whose socket takes no more; past it the client is dropped (1008) [default: 1 MiB or twice max_payload_size, whichever is larger]
+        #[arg(long, value_name = "BYTES")]
+        max_buffered_bytes: u64,
 
-    /// An Origin allowed to connect (repeatable); others get 403 [default: any]
-    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
-    allowed_origins: Vec<String>,
+        /// An Origin allowed to connect (repeatable); others get 403 [default: any]
+        #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+        allowed_origins: Vec<String>,
 
-    /// A subprotocol the server speaks (repeatable); the first one a client offers is selected
-    #[arg(long = "subprotocol", value_name = "NAME")]
-    subprotocols: Vec<String>,
+        /// A subprotocol the server speaks (repeatable); the first one a client offers is selected
+        #[arg(long = "subprotocol", value_name = "NAME")]
+        subprotocols: Vec<String>,
 
-    /// Negotiate permessage-deflate [default: true]
-    #[arg(long, value_name = "BOOL")]
-    compression: bool,
+        /// Negotiate permessage-deflate [default: true]
+        #[arg(long, value_name = "BOOL")]
+        compression: bool,
 
-    /// CPU time in milliseconds one plugin call may take before it is interrupted [default: 500]
-    #[arg(long, value_name = "MS")]
-    plugin_deadline_ms: u64,
+        /// CPU time in milliseconds one plugin call may take before it is interrupted [default: 500]
+        #[arg(long, value_name = "MS")]
+        plugin_deadline_ms: u64,
 
-    /// Largest linear memory of a plugin instance, in MiB [default: 64, 128 for a JavaScript plugin, whose garbage collector needs the room]
-    #[arg(long, value_name = "MIB")]
-    plugin_memory_mib: u64,
+        /// Largest linear memory of a plugin instance, in MiB [default: 64, 128 for a JavaScript plugin, whose garbage collector needs the room]
+        #[arg(long, value_name = "MIB")]
+        plugin_memory_mib: u64,
 
-    /// Events that may wait for the plugin; when full, connections stop reading [default: 1024]
-    #[arg(long, value_name = "N")]
-    plugin_queue: u64,
+        /// Events that may wait for the plugin; when full, connections stop reading [default: 1024]
+        #[arg(long, value_name = "N")]
+        plugin_queue: u64,
 
-    /// A directory the plugin may read, mounted at /data inside it [default: none]
-    #[arg(long, value_name = "DIR")]
-    plugin_dir: PathBuf,
+        /// A directory the plugin may read, mounted at /data inside it [default: none]
+        #[arg(long, value_name = "DIR")]
+        plugin_dir: PathBuf,
 
-    /// Reload the plugin when its file changes (SIGHUP always reloads) [default: true]
-    #[arg(long, value_name = "BOOL")]
-    watch: bool,
+        /// Reload the plugin when its file changes (SIGHUP always reloads) [default: true]
+        #[arg(long, value_name = "BOOL")]
+        watch: bool,
 
-    /// The plugin keeps nothing between calls: call it on each connection's own thread,
-    /// an instance per thread, instead of on one plugin thread [default: false]
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
-    stateless: bool,
+        /// The plugin keeps nothing between calls: call it on each connection's own thread,
+        /// an instance per thread, instead of on one plugin thread [default: false]
+        #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+        stateless: bool,
     }
 }
 
