@@ -312,6 +312,17 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("a runtime")
 }
 
+/// Runs `test` on `plugin` served as the host serves it: on its plugin thread, then
+/// stateless (`test` is told which, and the mode's name for its messages).
+fn in_both_modes(plugin: &str, test: impl AsyncFn(&Served, bool, &str)) {
+    let runtime = runtime();
+    for stateless in [false, true] {
+        let mode = if stateless { "stateless" } else { "plugin thread" };
+        let served = Rig::new(plugin).spawn(&runtime, stateless);
+        runtime.block_on(test(&served, stateless, mode));
+    }
+}
+
 /// A plugin served as the host serves it: [`Rig::spawn`].
 struct Served {
     handle: &'static PluginHandle,
@@ -362,91 +373,89 @@ impl Served {
 
 #[test]
 fn the_crash_loop_rules_are_the_same_in_both_modes() {
-    let runtime = runtime();
-    for stateless in [false, true] {
-        let mode = if stateless { "stateless" } else { "plugin thread" };
-        let served = Rig::new("chaos").spawn(&runtime, stateless);
-        runtime.block_on(async {
-            served.open(1, "/").await;
-            // Message traps from ten clients: each costs its client, none counts.
-            for conn in 2..12 {
-                served.open(conn, "/").await;
-                assert_eq!(served.text(conn, "trap").await, [Did::Close(conn, 1011)], "{mode}");
-            }
-            assert_eq!(served.streak(), (0, 0.0), "{mode}");
-            // A call that runs to its deadline: its client is closed and held to account.
-            served.open(20, "/").await;
+    in_both_modes("chaos", async |served, stateless, mode| {
+        served.open(1, "/").await;
+        // Message traps from ten clients: each costs its client, none counts.
+        for conn in 2..12 {
+            served.open(conn, "/").await;
+            assert_eq!(served.text(conn, "trap").await, [Did::Close(conn, 1011)], "{mode}");
+        }
+        assert_eq!(served.streak(), (0, 0.0), "{mode}");
+        // A call that runs to its deadline: its client is closed and held to account.
+        served.open(20, "/").await;
+        assert_eq!(
+            served.text(20, "loop").await,
+            [Did::Overran(20), Did::Close(20, 1011)],
+            "{mode}"
+        );
+        assert_eq!(served.streak(), (0, 0.0), "{mode}");
+        // A plugin that cannot open a connection: each counts, and from the third
+        // the next start waits (0.1 s, then doubled). On the plugin thread each fresh
+        // instance first replays connection 1's on-open, which works: a replay ends
+        // no streak.
+        for conn in 100..106 {
             assert_eq!(
-                served.text(20, "loop").await,
-                [Did::Overran(20), Did::Close(20, 1011)],
+                served.open(conn, "/panic-on-open").await,
+                [Did::Close(conn, 1011)],
                 "{mode}"
             );
-            assert_eq!(served.streak(), (0, 0.0), "{mode}");
-            // A plugin that cannot open a connection: each counts, and from the third
-            // the next start waits (0.1 s, then doubled). On the plugin thread each fresh
-            // instance first replays connection 1's on-open, which works: a replay ends
-            // no streak.
-            for conn in 100..106 {
-                assert_eq!(
-                    served.open(conn, "/panic-on-open").await,
-                    [Did::Close(conn, 1011)],
-                    "{mode}"
-                );
-            }
-            assert_eq!(served.streak(), (6, 0.8), "{mode}");
-            if stateless {
-                // Connection 105's barrier (in `open`) was answered without waiting out
-                // the 0.8 s back-off that its own failure began: it still runs.
-                let mut link = served.links.lock().unwrap().remove(&1).expect("open");
-                let probe = link
-                    .try_send(ConnectionEvent::Text(1, "echo probe".into()).into(), None)
-                    .await;
-                assert!(
-                    matches!(probe, Err(Refused::Busy(_))),
-                    "the back-off was over: {probe:?}"
-                );
-                served.links.lock().unwrap().insert(1, link);
-            }
-            // What a failed connection still sends is dropped.
-            assert_eq!(served.text(105, "late").await, [], "{mode}");
-            // A new event that works ends the streak.
-            assert_eq!(served.text(1, "back").await, [send(1, "back")], "{mode}");
-            assert_eq!(served.streak(), (0, 0.0), "{mode}");
-        });
-    }
+        }
+        assert_eq!(served.streak(), (6, 0.8), "{mode}");
+        if stateless {
+            // Connection 105's barrier (in `open`) was answered without waiting out
+            // the 0.8 s back-off that its own failure began: it still runs.
+            let mut link = served.links.lock().unwrap().remove(&1).expect("open");
+            let probe = link
+                .try_send(ConnectionEvent::Text(1, "echo probe".into()).into(), None)
+                .await;
+            assert!(
+                matches!(probe, Err(Refused::Busy(_))),
+                "the back-off was over: {probe:?}"
+            );
+            served.links.lock().unwrap().insert(1, link);
+        }
+        // What a failed connection still sends is dropped.
+        assert_eq!(served.text(105, "late").await, [], "{mode}");
+        // A new event that works ends the streak.
+        assert_eq!(served.text(1, "back").await, [send(1, "back")], "{mode}");
+        assert_eq!(served.streak(), (0, 0.0), "{mode}");
+    });
 }
 
 #[test]
 fn timers_fire_on_the_plugin_thread_and_a_trapping_one_counts_in_both_modes() {
-    let runtime = runtime();
-    for stateless in [false, true] {
-        let mode = if stateless { "stateless" } else { "plugin thread" };
-        let served = Rig::new("api").spawn(&runtime, stateless);
-        runtime.block_on(async {
-            // api answers a timer `id` on connection `id >> 20`.
-            let conn = 1;
-            let timer = (conn << 20) | 7;
-            served.open(conn, "/").await;
-            assert_eq!(served.text(conn, &format!("timer {timer} 5")).await, [send(conn, "ok")], "{mode}");
-            let fired = served.recorder.wait_take(Duration::from_secs(5));
-            assert!(
-                matches!(&fired[..], [Did::Send(c, text)] if *c == conn && text.starts_with(&format!("timer {timer} late_us "))),
-                "{mode}: {fired:?}"
-            );
-            // A timer whose on-timer traps closes no connection, and counts: on-timer
-            // runs on the plugin's thread in both modes.
-            let trapping = (conn << 20) | (1 << 19);
-            assert_eq!(served.text(conn, &format!("timer {trapping} 1")).await, [send(conn, "ok")], "{mode}");
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while served.streak().0 == 0 && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(1)).await; // polling the gauge
-            }
-            assert_eq!(served.streak(), (1, 0.0), "{mode}");
-            assert_eq!(served.recorder.take(), [], "{mode}: nothing closed, nothing sent");
-            // The connection is still served.
-            assert_eq!(served.text(conn, "echo still").await, [send(conn, "still")], "{mode}");
-        });
-    }
+    in_both_modes("api", async |served, _, mode| {
+        // api answers a timer `id` on connection `id >> 20`.
+        let conn = 1;
+        let timer = (conn << 20) | 7;
+        served.open(conn, "/").await;
+        assert_eq!(
+            served.text(conn, &format!("timer {timer} 5")).await,
+            [send(conn, "ok")],
+            "{mode}"
+        );
+        let fired = served.recorder.wait_take(Duration::from_secs(5));
+        assert!(
+            matches!(&fired[..], [Did::Send(c, text)] if *c == conn && text.starts_with(&format!("timer {timer} late_us "))),
+            "{mode}: {fired:?}"
+        );
+        // A timer whose on-timer traps closes no connection, and counts: on-timer
+        // runs on the plugin's thread in both modes.
+        let trapping = (conn << 20) | (1 << 19);
+        assert_eq!(
+            served.text(conn, &format!("timer {trapping} 1")).await,
+            [send(conn, "ok")],
+            "{mode}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while served.streak().0 == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await; // polling the gauge
+        }
+        assert_eq!(served.streak(), (1, 0.0), "{mode}");
+        assert_eq!(served.recorder.take(), [], "{mode}: nothing closed, nothing sent");
+        // The connection is still served.
+        assert_eq!(served.text(conn, "echo still").await, [send(conn, "still")], "{mode}");
+    });
 }
 
 #[test]

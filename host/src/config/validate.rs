@@ -494,33 +494,30 @@ pub(super) fn seconds(key: &str, value: u64) -> Result<Duration, ConfigError> {
 }
 
 pub(super) fn existing_file(key: &str, path: PathBuf) -> Result<PathBuf, ConfigError> {
-    match std::fs::metadata(&path) {
-        Ok(meta) if meta.is_file() => Ok(path),
-        Ok(_) => Err(ConfigError::invalid(
-            key,
-            path.display(),
-            "expected a file, not a directory",
-        )),
-        Err(error) => Err(ConfigError::invalid(
-            key,
-            path.display(),
-            &format!("expected an existing, readable file ({error})"),
-        )),
-    }
+    existing(key, path, false)
 }
 
 pub(super) fn existing_dir(key: &str, path: PathBuf) -> Result<PathBuf, ConfigError> {
+    existing(key, path, true)
+}
+
+/// `path`, if it names an existing directory (`dir`) or file.
+fn existing(key: &str, path: PathBuf, dir: bool) -> Result<PathBuf, ConfigError> {
+    let (what, not, existing) = match dir {
+        true => ("directory", "file", "an existing directory"),
+        false => ("file", "directory", "an existing, readable file"),
+    };
     match std::fs::metadata(&path) {
-        Ok(meta) if meta.is_dir() => Ok(path),
+        Ok(meta) if if dir { meta.is_dir() } else { meta.is_file() } => Ok(path),
         Ok(_) => Err(ConfigError::invalid(
             key,
             path.display(),
-            "expected a directory, not a file",
+            &format!("expected a {what}, not a {not}"),
         )),
         Err(error) => Err(ConfigError::invalid(
             key,
             path.display(),
-            &format!("expected an existing directory ({error})"),
+            &format!("expected {existing} ({error})"),
         )),
     }
 }

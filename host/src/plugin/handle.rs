@@ -139,8 +139,7 @@ impl<'a> PluginLink<'a> {
         };
         let plugin = self.plugin;
         match &plugin.mode {
-            // A barrier needs no call: the connection's earlier events were handled here.
-            Mode::Stateless(inline) if inline.restart_at().is_some() && !is_barrier(&event) => {
+            Mode::Stateless(inline) if self.needs_room(&event) && inline.restart_at().is_some() => {
                 Err(Refused::Busy(event))
             }
             Mode::Stateless(inline) => {
@@ -192,8 +191,8 @@ impl<'a> PluginLink<'a> {
         let Some(event) = self.for_plugin(event) else {
             return Ok(());
         };
-        if is_barrier(&event) && matches!(self.plugin.mode, Mode::Stateless(_)) {
-            return self.try_send(event, None).await; // answered at once, back-off or not
+        if !self.needs_room(&event) {
+            return self.try_send(event, None).await;
         }
         let ready = self.ready().await?;
         self.send_in(ready, event).await;
@@ -214,6 +213,13 @@ impl<'a> PluginLink<'a> {
                 .await;
         }
         self.closed = true;
+    }
+
+    /// Whether `event` must wait for room (a place in the queue, the end of a crash
+    /// loop's back-off). A stateless plugin's barrier need not: it calls no export, and
+    /// the connection's earlier events were all handled on this thread.
+    fn needs_room(&self, event: &PluginEvent) -> bool {
+        !(is_barrier(event) && matches!(self.plugin.mode, Mode::Stateless(_)))
     }
 
     /// `event`, if it is still for the plugin: nothing after the close, and after a
