@@ -251,7 +251,9 @@ impl PerIp {
         }
         let entry = table.entries.entry(key_of(ip)).or_insert_with(|| limits.fresh(now));
         entry.overruns.refill(overruns, MINUTE, now);
-        entry.overruns.tokens = (entry.overruns.tokens - 1.0).max(0.0);
+        // Below zero is a debt, up to a minute's worth: the connections an address opened
+        // while it had budget left cannot each overrun for free.
+        entry.overruns.tokens = (entry.overruns.tokens - 1.0).max(-f64::from(overruns));
     }
 
     /// How many addresses are remembered (for tests: the table stays bounded).
@@ -399,12 +401,22 @@ mod tests {
         per_ip.overran(ip("2001:db8::2"), start);
         assert!(per_ip.admit(ip("2001:db8::3"), start).is_err());
         assert!(per_ip.admit(ip("::ffff:10.0.0.1"), start).is_err());
+        // Connections opened while the budget lasted: each of their overruns is owed, up
+        // to a minute's worth (three owed, and one to earn: 80 s).
+        let opened: Vec<_> = (0..6).map(|_| per_ip.admit(ip("10.0.0.9"), start).unwrap()).collect();
+        for _ in &opened {
+            per_ip.overran(ip("10.0.0.9"), start);
+        }
+        assert_eq!(
+            per_ip.admit(ip("10.0.0.9"), start).err(),
+            Some(Refusal::Overran(Duration::from_secs(80)))
+        );
         let later = start + Duration::from_secs(20);
         assert!(per_ip.admit(ip("10.0.0.1"), later).is_ok());
         per_ip.overran(ip("10.0.0.1"), later);
         assert!(per_ip.admit(ip("10.0.0.1"), later).is_err());
         // Once the whole minute has refilled, the address is forgotten at the next sweep.
-        let much_later = later + MINUTE;
+        let much_later = later + 2 * MINUTE;
         for n in 0..2000u32 {
             per_ip.overran(IpAddr::from((n + 1_000_000).to_be_bytes()), much_later);
         }
