@@ -38,8 +38,17 @@ impl CallSlots {
         self.limit
     }
 
-    /// A slot, if one is free now.
+    /// A slot, if one is free now and no call waits for one (a slot given back goes
+    /// to the calls that waited, not to the next to arrive).
     pub fn try_take(&self) -> Option<Slot<'_>> {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        self.take_free()
+    }
+
+    /// A free slot, whoever waits.
+    fn take_free(&self) -> Option<Slot<'_>> {
         self.taken
             .fetch_update(Ordering::Acquire, Ordering::Relaxed, |taken| {
                 (taken < self.limit).then_some(taken + 1)
@@ -48,8 +57,8 @@ impl CallSlots {
             .map(|_| Slot(self))
     }
 
-    /// A slot, once one is free. Not first come, first served: a call that arrives as a
-    /// slot is given back may take it before one that waited.
+    /// A slot, once one is free. A call that arrives while others wait waits too; the
+    /// waiting are woken in turn, but any of them awake may take a slot given back.
     pub async fn take(&self) -> Slot<'_> {
         if let Some(slot) = self.try_take() {
             return slot;
@@ -61,7 +70,7 @@ impl CallSlots {
             let mut freed = std::pin::pin!(freed);
             // Registered before the second look: a slot given back in between wakes us.
             freed.as_mut().enable();
-            if let Some(slot) = self.try_take() {
+            if let Some(slot) = self.take_free() {
                 return slot;
             }
             freed.await;
@@ -103,7 +112,9 @@ mod tests {
         assert!(slots.try_take().is_some());
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    // One thread: the waiter runs only when this test yields, so nothing takes the slot
+    // given back before the newcomer below asks for it.
+    #[tokio::test]
     async fn a_waiting_call_gets_the_slot_given_back() {
         let slots = std::sync::Arc::new(CallSlots::new(1));
         let held = slots.try_take().expect("free");
@@ -119,6 +130,8 @@ mod tests {
         }
         assert!(!waiter.is_finished());
         drop(held);
+        // The slot given back is the waiter's, not the next call's to arrive.
+        assert!(slots.try_take().is_none(), "a newcomer took the waiter's slot");
         waiter.await.expect("the waiter got the slot");
         assert_eq!(slots.waiting.load(Ordering::SeqCst), 0);
         assert!(slots.try_take().is_some(), "and gave it back");

@@ -266,10 +266,7 @@ impl Inline {
         event: &ConnectionEvent,
         replies: Option<&mut Vec<Outgoing>>,
     ) -> Result<(), Crash> {
-        let _turn = match self.calls.try_take() {
-            Some(turn) => turn,
-            None => self.calls.take().await,
-        };
+        let _turn = self.calls.take().await;
         self.call(conn, event, replies).await
     }
 
