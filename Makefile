@@ -117,13 +117,16 @@ browser-deps:
 
 plugins: plugins-rust plugins-js plugins-py plugins-c
 
-# Cargo names a cdylib with underscores; plugins are named with dashes. counter is built twice, as counter-v1.wasm and counter-v2.wasm, for the reload tests.
+# Cargo names a cdylib with underscores; plugins are named with dashes. counter is built twice, as counter-v1.wasm and counter-v2.wasm, for the reload tests;
+# chat is built without its history too, as chat-nohistory.wasm, for the benchmark.
 # The SDK's optional exports are cargo features, which cargo unifies within one build:
 # the plugins that turn them on (API 0.2 worlds with on-upgrade or snapshot/restore)
 # are built on their own, so that echo and broadcast stay without them.
 SDK_FEATURED := api chat
 plugins-rust: rust-deps
 	cd plugins && cargo build --target wasm32-wasip2 --release --quiet --workspace $(SDK_FEATURED:%=--exclude %)
+	cd plugins && cargo build --target wasm32-wasip2 --release --quiet -p chat --no-default-features
+	mv $(PLUGIN_DIR)/chat.wasm $(PLUGIN_DIR)/chat-nohistory.wasm
 	cd plugins && for p in $(SDK_FEATURED); do cargo build --target wasm32-wasip2 --release --quiet -p $$p || exit 1; done
 	cp $(PLUGIN_DIR)/echo_raw.wasm $(PLUGIN_DIR)/echo-raw.wasm
 	cp $(PLUGIN_DIR)/counter.wasm $(PLUGIN_DIR)/counter-v1.wasm

@@ -319,6 +319,41 @@ fn a_redis_outage_drops_no_connection_and_delivery_resumes() {
 }
 
 #[test]
+fn time_waiting_for_the_store_does_not_count_against_the_cpu_deadline() {
+    let _turn = exclusive();
+    // 2,000 writes in one call, each waiting for Redis, take longer than 50 ms but less
+    // than the 10 x 50 ms a call may last in all, and a few ms in the plugin's code and
+    // the calls' crossings, which is what the deadline counts. (The file store's writes
+    // return before their commit: they do not wait.)
+    let redis = Redis::start();
+    let url = redis.url();
+    let server = Server::start(
+        "api",
+        &[
+            "--cluster",
+            &url,
+            "--cluster-name",
+            "deadline",
+            "--plugin-deadline-ms",
+            "50",
+        ],
+    );
+    let mut client = server.connect("/");
+    let started = Instant::now();
+    assert_eq!(ask(&mut client, "kv-fill 2000"), "filled 2000 failed 0");
+    let took = started.elapsed();
+    println!("2000 store writes in one call: {took:?}");
+    assert!(
+        took > Duration::from_millis(50),
+        "the writes took {took:?}, less than the deadline: this shows nothing about it"
+    );
+    assert_eq!(ask(&mut client, "kv-get fill/00001999"), "value v");
+    // The plugin's own time still counts.
+    client.send_text("spin");
+    assert_eq!(client.recv_close().0, 1011);
+}
+
+#[test]
 fn the_key_value_store_is_shared_by_the_hosts() {
     let _turn = shared();
     let redis = Redis::start();

@@ -738,6 +738,45 @@ impl<S: Transport> Client<S> {
         (first, payload)
     }
 
+    /// Reads one frame, or `None` if the connection ends first (closed, or reset by a
+    /// server that was killed).
+    pub fn try_read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            let extent = match self.buf.get(..2).map(|b| b[1] & 0x7F) {
+                Some(126) if self.buf.len() >= 4 => {
+                    Some(4 + usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]])))
+                }
+                Some(127) if self.buf.len() >= 10 => {
+                    Some(10 + usize::try_from(u64::from_be_bytes(self.buf[2..10].try_into().unwrap())).unwrap())
+                }
+                Some(n) if n < 126 => Some(2 + usize::from(n)),
+                _ => None,
+            };
+            if extent.is_some_and(|extent| self.buf.len() >= extent) {
+                return Some(self.read_frame());
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    panic!("read timed out after {TIMEOUT:?} (buffered: {} bytes)", self.buf.len())
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Sends a masked text message in one frame; whether it could be written (not if
+    /// the server is gone).
+    pub fn try_send_text(&mut self, text: &str) -> bool {
+        let mask = self.next_mask();
+        self.stream
+            .write_all(&encode_frame(TEXT, text.as_bytes(), Some(mask)))
+            .is_ok()
+    }
+
     /// Sends a masked text message in one frame.
     pub fn send_text(&mut self, text: &str) {
         self.send_frame(TEXT, text.as_bytes(), true);

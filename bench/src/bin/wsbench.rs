@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use tokio::sync::Notify;
 use wsplug_bench::client::{Client, Target, insecure_tls};
 use wsplug_bench::stats::{cpu_seconds, latency_histogram, percentiles, rss_kib};
@@ -31,7 +31,8 @@ struct Cli {
     /// senders, are on the first host.
     #[arg(long, default_value = "127.0.0.1:9001")]
     addr: String,
-    /// Request path.
+    /// Request path; `{n}` in it becomes the connection's number (a chat's
+    /// `/?name=u{n}`, whose names must differ).
     #[arg(long, default_value = "/")]
     path: String,
     /// Offer permessage-deflate and compress sent messages.
@@ -77,21 +78,7 @@ enum Mode {
         duration: f64,
     },
     /// Broadcast load.
-    Fanout {
-        #[arg(long, default_value_t = 1000)]
-        conns: usize,
-        /// How many of the connections send.
-        #[arg(long, default_value_t = 1)]
-        senders: usize,
-        /// Message size in bytes (at least 16).
-        #[arg(long, default_value_t = 32)]
-        size: usize,
-        /// Messages a sender may have in flight (not yet seen by the last connection).
-        #[arg(long, default_value_t = 8)]
-        window: u64,
-        #[arg(long, default_value_t = 5.0)]
-        duration: f64,
-    },
+    Fanout(Fanout),
     /// Idle connections.
     Conns {
         #[arg(long, default_value_t = 10_000)]
@@ -137,13 +124,7 @@ fn main() -> anyhow::Result<()> {
                 inflight,
                 duration,
             } => echo(target, conns, size, inflight, duration).await,
-            Mode::Fanout {
-                conns,
-                senders,
-                size,
-                window,
-                duration,
-            } => fanout(target, conns, senders, size, window, duration).await,
+            Mode::Fanout(shape) => fanout(target, shape).await,
             Mode::Conns { conns, concurrency } => idle(target, conns, concurrency, cli.server_pid).await,
         }?;
         if cli.attackers > 0 {
@@ -197,7 +178,8 @@ async fn connect_all(targets: &[Target], conns: usize, concurrency: usize) -> (V
     let mut launched = 0;
     while launched < conns || !pending.is_empty() {
         while launched < conns && pending.len() < concurrency {
-            let target = targets[launched % targets.len()].clone();
+            let mut target = targets[launched % targets.len()].clone();
+            target.path = target.path.replace("{n}", &launched.to_string());
             let index = launched;
             pending.spawn(async move { (index, Client::connect(&target).await) });
             launched += 1;
@@ -334,19 +316,70 @@ fn since(start: Instant) -> u64 {
     start.elapsed().as_nanos() as u64
 }
 
-async fn fanout(
-    target: &[Target],
+/// What a fanout load is made of.
+#[derive(Args, Clone, Copy)]
+struct Fanout {
+    #[arg(long, default_value_t = 1000)]
     conns: usize,
+    /// How many of the connections send.
+    #[arg(long, default_value_t = 1)]
     senders: usize,
+    /// Message size in bytes (at least 16).
+    #[arg(long, default_value_t = 32)]
     size: usize,
+    /// Messages a sender may have in flight (not yet seen by the last connection).
+    #[arg(long, default_value_t = 8)]
     window: u64,
+    /// Seconds of measurement.
+    #[arg(long, default_value_t = 5.0)]
     duration: f64,
-) -> anyhow::Result<Report> {
+    /// Send text (the header in hex, at least 32 bytes), and read it back from the
+    /// message itself or from the `text` field of a JSON object whose `type` is
+    /// `message` (how the chat relays it); other text is skipped.
+    #[arg(long)]
+    text: bool,
+    /// The last sender is a bystander: one message in flight, its latency reported
+    /// on its own (`bystander_p99_us`) while the others send their windows.
+    #[arg(long)]
+    bystander: bool,
+}
+
+/// The 16-byte header of a text fanout message (32 hex digits), from the message itself
+/// or from a chat's JSON `message`; `None` for any other text.
+fn text_header(payload: &[u8]) -> Option<[u8; 16]> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let body = match text.starts_with('{') {
+        true if text.contains(r#""type":"message""#) => &text[text.find(r#""text":""#)? + 8..],
+        true => return None,
+        false => text,
+    };
+    let hex = body.get(..32)?;
+    let mut header = [0u8; 16];
+    for (i, byte) in header.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(header)
+}
+
+async fn fanout(target: &[Target], shape: Fanout) -> anyhow::Result<Report> {
+    let Fanout {
+        conns,
+        senders,
+        size,
+        window,
+        duration,
+        text,
+        bystander,
+    } = shape;
     ensure!(
         conns >= 2 && senders >= 1 && senders < conns,
         "need at least one sender and one receiver"
     );
+    ensure!(senders >= 2 || !bystander, "a bystander sends beside another sender");
     ensure!(size >= 16, "fanout messages carry a 16-byte header");
+    ensure!(size >= 32 || !text, "text fanout messages carry a 32-digit header");
+    // The bystander's deliveries, apart from the others'.
+    let bystander_index = bystander.then_some(senders - 1);
     let mut clients = connect_every(target, conns).await?;
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
@@ -372,6 +405,7 @@ async fn fanout(
         );
         receivers.spawn(async move {
             let mut histogram = latency_histogram();
+            let mut bystander_histogram = latency_histogram();
             let mut expected = vec![0u64; sent_counts.len()];
             let mut received = 0u64;
             let mut lost = 0u64;
@@ -404,7 +438,17 @@ async fn fanout(
                         continue;
                     }
                 };
-                let p = &frame.payload;
+                let header;
+                let p = match frame.opcode {
+                    1 => match text_header(&frame.payload) {
+                        Some(found) => {
+                            header = found;
+                            &header[..]
+                        }
+                        None => continue, // a chat's other news
+                    },
+                    _ => &frame.payload[..],
+                };
                 ensure!(p.len() >= 16, "short fanout message");
                 let sender = u32::from_le_bytes(p[0..4].try_into()?) as usize;
                 let seq = u32::from_le_bytes(p[4..8].try_into()?) as u64;
@@ -415,7 +459,11 @@ async fn fanout(
                 }
                 expected[sender] = seq + 1;
                 received += 1;
-                histogram.record(((since(start).saturating_sub(sent_ns)) / 1000).max(1))?;
+                let latency_us = ((since(start).saturating_sub(sent_ns)) / 1000).max(1);
+                match Some(sender) == bystander_index {
+                    true => bystander_histogram.record(latency_us)?,
+                    false => histogram.record(latency_us)?,
+                }
                 if index == monitor_index {
                     monitor_seen[sender].store(seq + 1, Ordering::Release);
                     progress.notify_waiters();
@@ -424,7 +472,7 @@ async fn fanout(
             let sent: u64 = sent_counts.iter().map(|s| s.load(Ordering::Acquire)).sum();
             let missing = sent.saturating_sub(received);
             let _ = client.close().await;
-            anyhow::Ok((histogram, received, lost.max(missing)))
+            anyhow::Ok((histogram, bystander_histogram, received, lost.max(missing)))
         });
     }
 
@@ -438,19 +486,37 @@ async fn fanout(
             sent_counts.clone(),
         );
         sending.spawn(async move {
-            let mut payload = vec![0u8; size];
+            let mut payload = vec![b'x'; size];
             let mut seq = 0u64;
+            let window = if Some(sender) == bystander_index { 1 } else { window };
             while !stop.load(Ordering::Relaxed) {
                 let notified = progress.notified();
                 if seq - monitor_seen[sender].load(Ordering::Acquire) >= window {
-                    // Wait for the monitor, but keep an eye on the clock.
-                    let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+                    // Wait for the monitor, but keep an eye on the clock; meanwhile read
+                    // (and drop) what reaches this sender: the other senders' messages, if
+                    // the server relays them here, must not back up.
+                    tokio::select! {
+                        _ = tokio::time::timeout(Duration::from_millis(50), notified) => {}
+                        frame = client.next_data() => drop(frame?),
+                    }
                     continue;
                 }
-                payload[0..4].copy_from_slice(&(sender as u32).to_le_bytes());
-                payload[4..8].copy_from_slice(&(seq as u32).to_le_bytes());
-                payload[8..16].copy_from_slice(&since(start).to_le_bytes());
-                client.queue(2, &payload);
+                let mut header = [0u8; 16];
+                header[0..4].copy_from_slice(&(sender as u32).to_le_bytes());
+                header[4..8].copy_from_slice(&(seq as u32).to_le_bytes());
+                header[8..16].copy_from_slice(&since(start).to_le_bytes());
+                match text {
+                    true => {
+                        for (i, byte) in header.iter().enumerate() {
+                            payload[2 * i..2 * i + 2].copy_from_slice(format!("{byte:02x}").as_bytes());
+                        }
+                        client.queue(1, &payload);
+                    }
+                    false => {
+                        payload[..16].copy_from_slice(&header);
+                        client.queue(2, &payload);
+                    }
+                }
                 client.flush().await?;
                 seq += 1;
                 sent_counts[sender].store(seq, Ordering::Release);
@@ -469,10 +535,12 @@ async fn fanout(
     progress.notify_waiters();
     stopped.notify_waiters();
     let mut total = latency_histogram();
+    let mut bystander_total = latency_histogram();
     let (mut delivered, mut lost) = (0u64, 0u64);
     while let Some(joined) = receivers.join_next().await {
-        let (h, r, l) = joined??;
+        let (h, b, r, l) = joined??;
         total.add(&h)?;
+        bystander_total.add(&b)?;
         delivered += r;
         lost += l;
     }
@@ -489,6 +557,7 @@ async fn fanout(
         ("deliveries_per_s", format!("{:.0}", delivered as f64 / measured)),
         ("p50_us", p50.to_string()),
         ("p99_us", p99.to_string()),
+        ("bystander_p99_us", percentiles(&bystander_total).1.to_string()),
         ("lost", lost.to_string()),
     ])
 }

@@ -11,6 +11,7 @@ use wasmtime::{ResourceLimiter, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::deadline::CallClock;
+use super::output_gate::OutputGate;
 use super::replies::Replying;
 use super::timers::Timers;
 use super::{CloseCode, ConnId, ConnectionInfo, HostError, HostServices, MAX_ATTACHMENT, Outgoing, TimerId};
@@ -150,6 +151,8 @@ pub struct HostState {
     pub(super) table: ResourceTable,
     pub(super) limits: MemoryLimit,
     pub(super) services: Arc<dyn HostServices>,
+    /// The gate in `services`, if any: replies kept beside the call must not pass it.
+    pub(super) gate: Option<Arc<OutputGate>>,
     pub(super) timers: Arc<Timers>,
     pub(super) store: Arc<dyn KeyValue>,
     /// The plugin's name, for log lines and as its namespace in the store.
@@ -174,6 +177,16 @@ impl HostState {
     /// Sends `message` to `conn`: straight back if the plugin is replying to a message
     /// of `conn` on its connection's thread, through the registry otherwise.
     fn send(&mut self, conn: ConnId, message: Outgoing) -> Result<(), types::Error> {
+        if let Some(replying) = &mut self.replying
+            && self.gate.as_ref().is_some_and(|gate| gate.may_hold())
+        {
+            // Output waits for a commit: what was kept goes through the gate first, and
+            // everything after it too, so that nothing overtakes it.
+            let (to, kept) = replying.divert();
+            for message in kept {
+                self.services.send(to, message)?;
+            }
+        }
         let message = match &mut self.replying {
             Some(replying) => replying.keep(conn, message),
             None => Some(message),

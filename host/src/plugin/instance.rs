@@ -17,6 +17,7 @@ use super::bindings::{HostState, MemoryLimit, v1, v1_async, v2, v2_async, v2_opt
 use super::deadline::CallClock;
 use super::loader::{Linked, Loaded};
 use super::output::{LogOutput, Stream};
+use super::output_gate::OutputGate;
 use super::timers::Timers;
 use super::{ConnId, ConnectionEvent, Export, HostServices, TimerId};
 use crate::metrics::TrapKind;
@@ -155,7 +156,13 @@ pub(super) fn trap_kind(error: &wasmtime::Error, store: &Store<HostState>) -> Tr
 #[derive(Clone)]
 pub(super) struct Sandbox {
     pub(super) engine: Engine,
-    pub(super) services: Arc<dyn HostServices>,
+    /// The host's services, as given.
+    host: Arc<dyn HostServices>,
+    /// What the plugin's calls reach: `host`, behind `gate` if there is one.
+    services: Arc<dyn HostServices>,
+    /// Holds output while the store's writes before it are not durable, for a store
+    /// whose writes return before their commit.
+    pub(super) gate: Option<Arc<OutputGate>>,
     pub(super) limits: PluginLimits,
     pub(super) grants: Grants,
     /// The plugin's timers: the host's, so they outlive instances and versions.
@@ -167,6 +174,42 @@ pub(super) struct Sandbox {
 }
 
 impl Sandbox {
+    /// A sandbox whose instances reach `host` and use `store`.
+    pub(super) fn new(
+        engine: Engine,
+        host: Arc<dyn HostServices>,
+        limits: PluginLimits,
+        grants: Grants,
+        store: Arc<dyn KeyValue>,
+    ) -> Self {
+        let mut sandbox = Self {
+            engine,
+            services: host.clone(),
+            host,
+            gate: None,
+            limits,
+            grants,
+            timers: Timers::new(),
+            store: store.clone(),
+            live: IntGauge::new("detached", "instances").expect("a valid name"),
+        };
+        sandbox.use_store(store);
+        sandbox
+    }
+
+    /// Serves the `store` imports from `store`, with an output gate in front of the
+    /// host's services if its writes return before they are durable.
+    pub(super) fn use_store(&mut self, store: Arc<dyn KeyValue>) {
+        self.gate = store
+            .commits()
+            .map(|commits| OutputGate::new(self.host.clone(), commits));
+        self.services = match &self.gate {
+            Some(gate) => gate.clone(),
+            None => self.host.clone(),
+        };
+        self.store = store;
+    }
+
     /// The services the plugin's host calls reach.
     pub(super) fn services(&self) -> &Arc<dyn HostServices> {
         &self.services
@@ -186,6 +229,7 @@ impl Sandbox {
             table: ResourceTable::new(),
             limits: MemoryLimit::new(self.limits.memory_cap(loaded)),
             services: self.services.clone(),
+            gate: self.gate.clone(),
             timers: self.timers.clone(),
             store: self.store.clone(),
             name: loaded.name.clone(),

@@ -14,6 +14,8 @@
 //! - [`crash_loop`]: the one crash-loop policy of both ways of serving a plugin.
 //! - [`inline`]: a stateless plugin's instances on its connections' own threads, at
 //!   most so many calls at once (`call_slots`).
+//! - [`output_gate`]: holds what the plugin sends until the store writes before it are
+//!   durable.
 //! - `replies`: what a stateless plugin's call sends back to its own connection.
 //! - [`timers`]: the plugin's timers, kept by the host and fired as events.
 //! - [`wasi_io`]: WASI's streams and polling, for calls on any thread (stateless plugins).
@@ -32,6 +34,7 @@ mod instance;
 pub mod language;
 pub mod loader;
 mod output;
+pub mod output_gate;
 pub mod reload;
 mod replies;
 pub mod supervisor;
@@ -82,6 +85,12 @@ pub trait HostServices: Send + Sync + 'static {
     fn close(&self, conn: ConnId, code: CloseCode, reason: String) -> Result<(), HostError>;
     /// Queues a message to every connection but `except`; returns how many.
     fn broadcast(&self, message: Outgoing, except: Option<ConnId>) -> u32;
+    /// Queues a message to each of `conns` (those gone are skipped).
+    fn send_each(&self, conns: &[ConnId], message: &Outgoing) {
+        for conn in conns {
+            let _ = self.send(*conn, message.clone());
+        }
+    }
     /// Adds a connection to a group.
     fn join(&self, conn: ConnId, group: &str) -> Result<(), HostError>;
     /// Removes a connection from a group.

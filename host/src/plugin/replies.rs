@@ -55,6 +55,14 @@ impl Replying {
         self.queued |= conn == self.conn;
     }
 
+    /// Gives up keeping replies: returns the connection and what was kept, in order,
+    /// for the caller to send through the queue; later sends take the queue too.
+    pub fn divert(&mut self) -> (ConnId, Vec<Outgoing>) {
+        self.queued = true;
+        self.bytes = 0;
+        (self.conn, self.replies.drain(..).collect())
+    }
+
     /// The replies kept, in order.
     pub fn into_replies(self) -> Vec<Outgoing> {
         self.replies

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Instant;
 
-use prometheus::IntGauge;
 use wasmtime::Engine;
 
 use super::crash_loop::{self, Crash, CrashLoop, Failure};
@@ -19,7 +18,6 @@ use super::inline::Inline;
 use super::instance::{Call, Exports, Grants, Instance, Live, PluginLimits, Sandbox, deliver, start_call, trap_kind};
 use super::loader::{Linked, Loaded};
 use super::reload::{Carried, ReloadError, Reloaded};
-use super::timers::Timers;
 use super::{ConnId, ConnectionEvent, Control, Export, HostServices, PluginEvent, UpgradeDecision, UpgradeRequest};
 use crate::metrics::{PluginMetrics, TrapKind};
 use crate::store::{FileStore, KeyValue};
@@ -27,7 +25,7 @@ use crate::store::{FileStore, KeyValue};
 /// Runs `runner` for the route named `route` on a thread of its own (see
 /// [`spawn_handler`]), and its timers on another.
 pub fn spawn(mut runner: Runner, route: &str) -> std::io::Result<PluginHandle> {
-    let (queue_len, services) = (runner.sandbox.limits.queue_len, runner.sandbox.services.clone());
+    let (queue_len, services) = (runner.sandbox.limits.queue_len, runner.sandbox.services().clone());
     let (timers, decides_handshakes) = (runner.sandbox.timers.clone(), runner.decides_handshakes.clone());
     // Made here, after every builder call: the connections' instances must have the
     // same store, metrics and limits as the plugin thread's.
@@ -90,15 +88,7 @@ impl Runner {
     ) -> wasmtime::Result<Self> {
         let store = Arc::new(FileStore::new(&grants.store_dir));
         let mut runner = Runner {
-            sandbox: Sandbox {
-                engine: engine.clone(),
-                services,
-                limits,
-                grants,
-                timers: Timers::new(),
-                store,
-                live: IntGauge::new("detached", "instances").expect("a valid name"),
-            },
+            sandbox: Sandbox::new(engine.clone(), services, limits, grants, store),
             decides_handshakes: Arc::new(AtomicBool::new(loaded.linked.has_handshake())),
             loaded: Arc::new(loaded),
             inline: None,
@@ -133,7 +123,7 @@ impl Runner {
 
     /// Serves the plugin's `store` imports from `store` instead.
     pub fn with_store(mut self, store: Arc<dyn KeyValue>) -> Self {
-        self.sandbox.store = store;
+        self.sandbox.use_store(store);
         self.instance = None;
         self
     }
@@ -193,7 +183,16 @@ impl Runner {
             Control::Upgrade(request, reply) => {
                 // A handshake that gave up waiting (503, or the client left) is not asked about.
                 if !reply.is_closed() {
-                    let _ = reply.send(self.upgrade(&request));
+                    let decision = self.upgrade(&request);
+                    // An accept may not reach the client before the writes made before it
+                    // are durable.
+                    let answer = move |durable: bool| {
+                        let _ = reply.send(if durable { decision } else { UpgradeDecision::Failed });
+                    };
+                    match &self.sandbox.gate {
+                        Some(gate) => gate.then(answer),
+                        None => answer(true),
+                    }
                 }
             }
             Control::Timer(id, generation) => {
@@ -299,7 +298,7 @@ impl Runner {
         self.instance = None;
         self.crash_loop.failed(crash.failure);
         let still_open = crash.conn.is_some_and(|conn| self.opened.remove(&conn));
-        crash.end_connection(&*self.sandbox.services, still_open);
+        crash.end_connection(&**self.sandbox.services(), still_open);
     }
 
     /// Calls `on-open` on a fresh instance for every open connection.

@@ -392,6 +392,24 @@ impl HostServices for Registry {
         }
     }
 
+    fn send_each(&self, conns: &[ConnId], message: &Outgoing) {
+        let mut remote = Vec::new();
+        {
+            // The local ones under one lock.
+            let inner = self.lock();
+            for conn in conns {
+                match inner.conns.get(conn) {
+                    Some(entry) => drop(entry.push(Command::Send(message.clone()))),
+                    None if self.cluster.is_some() => remote.push(*conn),
+                    None => {}
+                }
+            }
+        }
+        for conn in remote {
+            let _ = self.send(conn, message.clone());
+        }
+    }
+
     fn broadcast(&self, message: Outgoing, except: Option<ConnId>) -> u32 {
         let local = self.lock().broadcast(&message, except);
         let Some(cluster) = &self.cluster else {

@@ -18,6 +18,8 @@
 //!   instead.
 //! - `kv-set K V [TTL]`, `kv-get K`, `kv-del K`, `kv-list PREFIX [AFTER [LIMIT]]`,
 //!   `kv-fill N` (N writes in one call), `kv-big key|value` (one over the limit).
+//!   `kv-relay K`: stores K, then sends `relayed K` to every other connection and
+//!   replies `ok K`.
 //! - `+`: counts one, no reply; `total`: the count. The count, the memos, the blob and
 //!   the number of restores survive reloads through `snapshot`/`restore`.
 //! - `memo K V` / `memo? K`, `grow N` (an N-byte blob in the state), `blob` (its size
@@ -173,6 +175,15 @@ impl Plugin for Api {
                     Err(error) => format!("error {error:?}"),
                 }
             }
+            // Stores a message, then relays it: to the others as `relayed KEY`, to the
+            // sender as `ok KEY`.
+            ("kv-relay", [key]) => match store::set(key, b"v", None) {
+                Ok(()) => {
+                    host::broadcast_text(&format!("relayed {key}"), Some(conn));
+                    format!("ok {key}")
+                }
+                Err(error) => format!("error {error:?}"),
+            },
             ("kv-get", [key]) => match store::get(key) {
                 Ok(Some(value)) => format!("value {}", String::from_utf8_lossy(&value)),
                 Ok(None) => "none".into(),

@@ -28,7 +28,7 @@
 //! presence timer is the host's. The plugin exports `snapshot`/`restore` with nothing
 //! to carry, so that a reload does not replay `on-open` (no second welcome).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -96,6 +96,8 @@ thread_local! {
     /// Names let in by `on-upgrade` whose `on-open` has not come yet: two handshakes
     /// with one name, close together, must not both get in.
     static ADMITTED: RefCell<Vec<(String, Instant)>> = const { RefCell::new(Vec::new()) };
+    /// The number the next history message gets, once this instance has read the keys.
+    static NEXT: Cell<Option<u64>> = const { Cell::new(None) };
 }
 
 /// Keeps letters, digits, `-`, `_` and `.`, at most [`MAX_NAME`] of them.
@@ -134,26 +136,43 @@ fn name_taken(name: &str) -> bool {
 }
 
 /// Appends a `message` to the history (unless it is over [`MAX_KEPT`]), dropping the
-/// oldest beyond [`HISTORY`].
+/// oldest beyond [`HISTORY`]. The first call of an instance reads the history's keys
+/// from the store; later ones know the next number and the oldest to drop.
 fn remember(message: &str) {
-    if message.len() > MAX_KEPT {
+    if message.len() > MAX_KEPT || cfg!(not(feature = "history")) {
         return;
     }
-    let keys = store::list_keys(HISTORY_PREFIX, None, 1000).unwrap_or_default();
-    let next = keys
-        .last()
-        .and_then(|key| key[HISTORY_PREFIX.len()..].parse::<u64>().ok())
-        .map_or(1, |n| n + 1);
-    if let Err(error) = store::set(&format!("{HISTORY_PREFIX}{next:020}"), message.as_bytes(), None) {
+    let next = NEXT.with(Cell::get).unwrap_or_else(|| {
+        let keys = store::list_keys(HISTORY_PREFIX, None, 1000).unwrap_or_default();
+        for old in &keys[..(keys.len() + 1).saturating_sub(HISTORY)] {
+            let _ = store::delete(old);
+        }
+        keys.last()
+            .and_then(|key| key[HISTORY_PREFIX.len()..].parse::<u64>().ok())
+            .map_or(1, |n| n + 1)
+    });
+    if let Err(error) = store::set(&history_key(next), message.as_bytes(), None) {
         host::log(wsplug_plugin::LogLevel::Warn, &format!("history not stored: {error:?}"));
+        // Read the keys again next time: the store may have lost writes.
+        NEXT.with(|n| n.set(None));
+        return;
     }
-    for old in &keys[..(keys.len() + 1).saturating_sub(HISTORY)] {
-        let _ = store::delete(old);
+    if let Some(oldest) = next.checked_sub(HISTORY as u64).filter(|n| *n > 0) {
+        let _ = store::delete(&history_key(oldest));
     }
+    NEXT.with(|n| n.set(Some(next + 1)));
+}
+
+/// The store key of history message number `n`.
+fn history_key(n: u64) -> String {
+    format!("{HISTORY_PREFIX}{n:020}")
 }
 
 /// The kept messages, oldest first.
 fn history() -> Vec<Value> {
+    if cfg!(not(feature = "history")) {
+        return Vec::new();
+    }
     let keys = store::list_keys(HISTORY_PREFIX, None, 1000).unwrap_or_default();
     keys.iter()
         .filter_map(|key| store::get(key).ok().flatten())

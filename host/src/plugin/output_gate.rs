@@ -1,0 +1,427 @@
+//! The output gate: what a plugin's events make leave the host waits until the store
+//! writes made before it are durable. The store's writes return before their commit
+//! (group commit), so without the gate a client could see a consequence of a write
+//! that a crash then loses. With it, a write can be lost only if nothing that depended
+//! on it left the host.
+//!
+//! [`OutputGate`] wraps the [`HostServices`] of a plugin whose store commits in groups.
+//! While a write is unsettled, or anything is held, sends, closes, broadcasts and group
+//! publishes are held in the order they were made, each with the number of the newest
+//! write made before it; a broadcast or a publish keeps the recipients it had when it
+//! was made. When a commit settles a write, what waited for it is released, in order.
+//! If the commit failed, nothing that waited for it is released: each connection it
+//! was for is closed with 1011 instead, so that a client never misses a message
+//! silently. A plugin that never writes pays two atomic loads per output.
+//!
+//! The gate holds [`MAX_HELD`] outputs at most (a broadcast counts as one: it adds one
+//! message to each queue), and the recipients of [`MAX_HELD_RECIPIENTS`]: past either,
+//! the plugin's call waits for the commit, so that what a commit releases at once stays
+//! well under what a connection's queue takes in one go, and the gate's memory bounded.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+
+use super::{CloseCode, ConnId, ConnectionInfo, HostError, HostServices, Outgoing};
+use crate::blocking::block_here;
+use crate::store::{Commits, Settled, StoreError, WriteNumber};
+
+/// The reason of the 1011 a connection gets when output for it was lost.
+pub const LOST_REASON: &str = "store write failed";
+
+/// Outputs the gate holds before a plugin's call waits for the commit.
+pub const MAX_HELD: usize = 1024;
+/// Recipients of held broadcasts and publishes (8 bytes each) the gate holds before a
+/// plugin's call waits for the commit.
+pub const MAX_HELD_RECIPIENTS: usize = 1 << 20;
+
+/// Output held until a write is settled.
+enum Held {
+    Send(ConnId, Outgoing),
+    Close(ConnId, CloseCode, String),
+    /// A broadcast or a group publish, to the recipients it had when it was made.
+    ToEach(Vec<ConnId>, Outgoing),
+    /// Something else that must not happen before the writes made before it are
+    /// durable (an `on-upgrade` decision): told whether they are.
+    Then(Box<dyn FnOnce(bool) + Send>),
+}
+
+impl Held {
+    /// Recipients it holds, against [`MAX_HELD_RECIPIENTS`].
+    fn recipients(&self) -> usize {
+        match self {
+            Held::ToEach(conns, _) => conns.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// What is held, in order, each with the write it waits for.
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<(WriteNumber, Held)>,
+    /// The items' [`Held::recipients`].
+    recipients: usize,
+}
+
+impl Queue {
+    fn full(&self) -> bool {
+        self.items.len() >= MAX_HELD || self.recipients >= MAX_HELD_RECIPIENTS
+    }
+}
+
+/// The gate in front of one plugin's [`HostServices`].
+pub struct OutputGate {
+    inner: Arc<dyn HostServices>,
+    commits: Arc<Commits>,
+    held: Mutex<Queue>,
+    /// Whether `held` has anything: read without its lock on every output.
+    holding: AtomicBool,
+    /// Wakes calls waiting for the queue to fall under [`MAX_HELD`].
+    drained: Condvar,
+}
+
+impl OutputGate {
+    /// A gate in front of `inner` for writes followed by `commits`.
+    pub fn new(inner: Arc<dyn HostServices>, commits: Arc<Commits>) -> Arc<Self> {
+        let gate = Arc::new(Self {
+            inner,
+            commits,
+            held: Mutex::default(),
+            holding: AtomicBool::new(false),
+            drained: Condvar::new(),
+        });
+        gate.commits.listen(Arc::downgrade(&gate) as Weak<dyn Settled>);
+        gate
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether output made now may have to wait (a write is unsettled, or something is
+    /// held): the lock-free check before [`OutputGate::hold`].
+    pub fn may_hold(&self) -> bool {
+        self.holding.load(Ordering::Acquire) || self.commits.unsettled()
+    }
+
+    /// Holds `held` if it must wait; gives it back if it may leave now.
+    fn hold(&self, held: Held) -> Option<Held> {
+        if !self.may_hold() {
+            return Some(held);
+        }
+        let newest = self.commits.accepted();
+        let mut queue = self.lock();
+        if queue.full() {
+            queue = block_here(|| {
+                self.drained
+                    .wait_while(queue, |queue| queue.full())
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+            });
+        }
+        // Checked under the lock the release takes after the settlement is counted: a
+        // write settled since is released by that release, or leaves now.
+        if queue.items.is_empty() && self.commits.settled_through() >= newest {
+            return Some(held);
+        }
+        queue.recipients += held.recipients();
+        queue.items.push_back((newest, held));
+        self.holding.store(true, Ordering::Release);
+        None
+    }
+
+    /// Runs `then(true)` once what was made before now has left (at once if nothing
+    /// waits), or `then(false)` if a write it waited for was lost.
+    pub fn then(&self, then: impl FnOnce(bool) + Send + 'static) {
+        if let Some(Held::Then(then)) = self.hold(Held::Then(Box::new(then))) {
+            then(true);
+        }
+    }
+
+    fn release(&self, held: Held) {
+        // A connection gone meanwhile: what was for it has no one to reach.
+        match held {
+            Held::Send(conn, message) => {
+                let _ = self.inner.send(conn, message);
+            }
+            Held::Close(conn, code, reason) => {
+                let _ = self.inner.close(conn, code, reason);
+            }
+            Held::ToEach(conns, message) => self.inner.send_each(&conns, &message),
+            Held::Then(then) => then(true),
+        }
+    }
+
+    fn refuse(&self, held: Held) {
+        let lost = |conn| {
+            let _ = self.inner.close(conn, CloseCode::INTERNAL_ERROR, LOST_REASON.into());
+        };
+        match held {
+            Held::Send(conn, _) | Held::Close(conn, ..) => lost(conn),
+            Held::ToEach(conns, _) => conns.into_iter().for_each(lost),
+            Held::Then(then) => then(false),
+        }
+    }
+}
+
+impl Settled for OutputGate {
+    fn settled(&self, through: WriteNumber, outcome: Result<(), &StoreError>) {
+        let mut queue = self.lock();
+        while queue.items.front().is_some_and(|(waits_for, _)| *waits_for <= through) {
+            let (_, held) = queue.items.pop_front().expect("a front");
+            queue.recipients -= held.recipients();
+            // Under the lock: output made meanwhile queues behind, in order.
+            match outcome {
+                Ok(()) => self.release(held),
+                Err(_) => self.refuse(held),
+            }
+        }
+        if queue.items.is_empty() {
+            self.holding.store(false, Ordering::Release);
+        }
+        self.drained.notify_all();
+    }
+}
+
+impl HostServices for OutputGate {
+    fn opened(&self, conn: ConnId) {
+        self.inner.opened(conn);
+    }
+
+    fn closed(&self, conn: ConnId) {
+        self.inner.closed(conn);
+    }
+
+    fn send(&self, conn: ConnId, message: Outgoing) -> Result<(), HostError> {
+        match self.hold(Held::Send(conn, message)) {
+            Some(Held::Send(conn, message)) => self.inner.send(conn, message),
+            _ => Ok(()),
+        }
+    }
+
+    fn close(&self, conn: ConnId, code: CloseCode, reason: String) -> Result<(), HostError> {
+        match self.hold(Held::Close(conn, code, reason)) {
+            Some(Held::Close(conn, code, reason)) => self.inner.close(conn, code, reason),
+            _ => Ok(()),
+        }
+    }
+
+    fn send_each(&self, conns: &[ConnId], message: &Outgoing) {
+        if let Some(Held::ToEach(conns, message)) = self.hold(Held::ToEach(conns.to_vec(), message.clone())) {
+            self.inner.send_each(&conns, &message);
+        }
+    }
+
+    fn broadcast(&self, message: Outgoing, except: Option<ConnId>) -> u32 {
+        if !self.may_hold() {
+            return self.inner.broadcast(message, except);
+        }
+        let mut to = self.inner.connections();
+        to.retain(|conn| Some(*conn) != except);
+        let count = to.len() as u32;
+        match self.hold(Held::ToEach(to, message)) {
+            Some(Held::ToEach(_, message)) => self.inner.broadcast(message, except),
+            _ => count,
+        }
+    }
+
+    fn join(&self, conn: ConnId, group: &str) -> Result<(), HostError> {
+        self.inner.join(conn, group)
+    }
+
+    fn leave(&self, conn: ConnId, group: &str) -> Result<(), HostError> {
+        self.inner.leave(conn, group)
+    }
+
+    fn publish(&self, group: &str, message: Outgoing, except: Option<ConnId>) -> u32 {
+        if !self.may_hold() {
+            return self.inner.publish(group, message, except);
+        }
+        let mut to = self.inner.group_members(group);
+        to.retain(|conn| Some(*conn) != except);
+        let count = to.len() as u32;
+        match self.hold(Held::ToEach(to, message)) {
+            Some(Held::ToEach(_, message)) => self.inner.publish(group, message, except),
+            _ => count,
+        }
+    }
+
+    fn group_members(&self, group: &str) -> Vec<ConnId> {
+        self.inner.group_members(group)
+    }
+
+    fn connections(&self) -> Vec<ConnId> {
+        self.inner.connections()
+    }
+
+    fn info(&self, conn: ConnId) -> Option<Arc<ConnectionInfo>> {
+        self.inner.info(conn)
+    }
+
+    fn set_attachment(&self, conn: ConnId, data: Vec<u8>) -> Result<(), HostError> {
+        self.inner.set_attachment(conn, data)
+    }
+
+    fn attachment(&self, conn: ConnId) -> Option<bytes::Bytes> {
+        self.inner.attachment(conn)
+    }
+
+    fn overran(&self, conn: ConnId) {
+        self.inner.overran(conn);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records what reaches the host; three connections are open.
+    #[derive(Default)]
+    struct Host(Mutex<Vec<String>>);
+
+    impl Host {
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut self.0.lock().unwrap())
+        }
+        fn record(&self, what: String) {
+            self.0.lock().unwrap().push(what);
+        }
+    }
+
+    fn text(message: &Outgoing) -> &str {
+        match message {
+            Outgoing::Text(text) => text.as_str(),
+            Outgoing::Binary(_) => "binary",
+        }
+    }
+
+    impl HostServices for Host {
+        fn opened(&self, _: ConnId) {}
+        fn closed(&self, _: ConnId) {}
+        fn send(&self, conn: ConnId, message: Outgoing) -> Result<(), HostError> {
+            self.record(format!("{conn} {}", text(&message)));
+            Ok(())
+        }
+        fn close(&self, conn: ConnId, code: CloseCode, _: String) -> Result<(), HostError> {
+            self.record(format!("{conn} close {}", code.get()));
+            Ok(())
+        }
+        fn broadcast(&self, message: Outgoing, _: Option<ConnId>) -> u32 {
+            self.record(format!("all {}", text(&message)));
+            3
+        }
+        fn join(&self, _: ConnId, _: &str) -> Result<(), HostError> {
+            Ok(())
+        }
+        fn leave(&self, _: ConnId, _: &str) -> Result<(), HostError> {
+            Ok(())
+        }
+        fn publish(&self, group: &str, message: Outgoing, _: Option<ConnId>) -> u32 {
+            self.record(format!("{group} {}", text(&message)));
+            1
+        }
+        fn group_members(&self, _: &str) -> Vec<ConnId> {
+            vec![2]
+        }
+        fn connections(&self) -> Vec<ConnId> {
+            vec![1, 2, 3]
+        }
+        fn info(&self, _: ConnId) -> Option<Arc<ConnectionInfo>> {
+            None
+        }
+        fn set_attachment(&self, _: ConnId, _: Vec<u8>) -> Result<(), HostError> {
+            Ok(())
+        }
+        fn attachment(&self, _: ConnId) -> Option<bytes::Bytes> {
+            None
+        }
+        fn overran(&self, _: ConnId) {}
+    }
+
+    fn gate() -> (Arc<OutputGate>, Arc<Host>, Arc<Commits>) {
+        let host = Arc::new(Host::default());
+        let commits = Commits::new();
+        (OutputGate::new(host.clone(), commits.clone()), host, commits)
+    }
+
+    fn say(text: &str) -> Outgoing {
+        Outgoing::Text(text.to_owned().into())
+    }
+
+    #[test]
+    fn output_passes_at_once_while_no_write_is_pending() {
+        let (gate, host, _commits) = gate();
+        assert!(!gate.may_hold());
+        gate.send(1, say("a")).unwrap();
+        assert_eq!(gate.broadcast(say("b"), None), 3);
+        assert_eq!(host.take(), ["1 a", "all b"]);
+    }
+
+    #[test]
+    fn output_after_a_write_waits_for_its_commit_and_leaves_in_order() {
+        let (gate, host, commits) = gate();
+        commits.accept(1);
+        gate.send(1, say("a")).unwrap();
+        // Recipients as they are now, and how many, at once.
+        assert_eq!(gate.broadcast(say("b"), Some(3)), 2);
+        assert_eq!(gate.publish("room", say("c"), None), 1);
+        commits.accept(2);
+        gate.close(1, CloseCode::SERVICE_RESTART, String::new()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        gate.then(move |durable| tx.send(durable).unwrap());
+        assert!(host.take().is_empty(), "held");
+        commits.settle(1, Ok(()));
+        assert_eq!(host.take(), ["1 a", "1 b", "2 b", "2 c"], "what waited for write 1");
+        assert!(rx.try_recv().is_err(), "the decision waits for write 2");
+        // Nothing may overtake what is still held, even with no write pending after it.
+        commits.settle(2, Ok(()));
+        assert_eq!(host.take(), ["1 close 1012"]);
+        assert_eq!(rx.try_recv(), Ok(true));
+        assert!(!gate.may_hold());
+        gate.send(3, say("d")).unwrap();
+        assert_eq!(host.take(), ["3 d"], "straight through again");
+    }
+
+    #[test]
+    fn output_that_waited_for_a_lost_write_closes_its_connections_with_1011() {
+        let (gate, host, commits) = gate();
+        commits.accept(1);
+        gate.send(1, say("a")).unwrap();
+        gate.publish("room", say("b"), None);
+        let (tx, rx) = std::sync::mpsc::channel();
+        gate.then(move |durable| tx.send(durable).unwrap());
+        commits.settle(1, Err(StoreError::Unavailable("disk full".into())));
+        assert_eq!(
+            host.take(),
+            ["1 close 1011", "2 close 1011"],
+            "nothing that depended on it"
+        );
+        assert_eq!(rx.try_recv(), Ok(false));
+        gate.send(1, say("c")).unwrap();
+        assert_eq!(host.take(), ["1 c"]);
+    }
+
+    #[test]
+    fn past_the_bound_a_call_waits_for_the_commit() {
+        let (gate, host, commits) = gate();
+        commits.accept(1);
+        for n in 0..MAX_HELD {
+            gate.send(1, say(&n.to_string())).unwrap();
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiting = std::thread::spawn({
+            let gate = gate.clone();
+            move || {
+                gate.send(2, say("one more")).unwrap();
+                tx.send(()).unwrap();
+            }
+        });
+        // Blocked until the commit: it cannot have returned, however long it is given.
+        assert!(rx.recv_timeout(std::time::Duration::from_millis(100)).is_err());
+        commits.settle(1, Ok(()));
+        waiting.join().unwrap();
+        let sent = host.take();
+        assert_eq!(sent.len(), MAX_HELD + 1);
+        assert_eq!(sent.last().unwrap(), "2 one more", "after what was held");
+    }
+}
