@@ -11,6 +11,7 @@
 mod common;
 
 use std::fs;
+use std::process::Command;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -611,6 +612,107 @@ fn no_client_sees_a_write_that_a_killed_host_lost() {
         seen = keys;
     }
     println!("10 kills in {:?}", started.elapsed());
+}
+
+#[test]
+fn a_plugin_past_its_store_quota_gets_an_error_not_a_trap() {
+    let _turn = shared();
+    let store = TempDir::new("quota");
+    let server = Server::start("api", &["--store-dir", store.arg(), "--store-max-keys", "100"]);
+    let mut client = server.connect("/");
+    assert_eq!(ask(&mut client, "kv-fill 150"), "filled 100 failed 50");
+    assert_eq!(
+        ask(&mut client, "kv-set one-more v"),
+        r#"error StoreError::Unavailable("quota exceeded: 100 keys at most")"#
+    );
+    assert_eq!(ask(&mut client, "kv-del fill/00000000"), "deleted true");
+    ok(&mut client, "kv-set one-more v");
+    assert_eq!(ask(&mut client, "kv-get one-more"), "value v");
+}
+
+/// Sends `kv-set KEY VALUE` and returns the reply, or `close CODE REASON` if the host
+/// closed the connection instead.
+fn try_set(client: &mut Client, key: &str, value: &str) -> String {
+    client.send_text(&format!("kv-set {key} {value}"));
+    let (opcode, payload) = client.read_frame();
+    match opcode {
+        0x81 => String::from_utf8(payload).unwrap(),
+        0x88 => format!(
+            "close {} {}",
+            u16::from_be_bytes([payload[0], payload[1]]),
+            String::from_utf8_lossy(&payload[2..])
+        ),
+        _ => panic!("unexpected frame {opcode:#x}"),
+    }
+}
+
+#[test]
+fn a_full_disk_costs_the_writes_that_met_it_and_the_store_answers_again_once_there_is_room() {
+    let _turn = shared();
+    // The "disk" is the host's file size limit (RLIMIT_FSIZE, 4 MiB, with SIGXFSZ ignored,
+    // as `sh` leaves it for what it runs): a write past it fails as on a full disk, and
+    // `prlimit --pid` gives the room back. No root, no mount.
+    let store = TempDir::new("full-disk");
+    let value = "x".repeat(64 << 10);
+    let limited = |quota: &str| {
+        let wrapper = [
+            "sh",
+            "-c",
+            r#"trap '' XFSZ; exec prlimit --fsize=4194304:unlimited -- "$@""#,
+            "sh",
+        ];
+        let args = ["--store-dir", store.arg(), "--no-cache", "--store-max-bytes", quota];
+        Server::start_wrapped("api", &args, &wrapper)
+    };
+
+    // A quota below the room left: the plugin meets the quota, as an error, first.
+    let server = limited("1048576");
+    let mut client = server.connect("/");
+    let mut stored = 0;
+    let refused = loop {
+        let reply = try_set(&mut client, &format!("before/{stored:03}"), &value);
+        if reply != "ok" {
+            break reply;
+        }
+        stored += 1;
+    };
+    assert!(refused.contains("quota exceeded"), "{refused} after {stored} writes");
+    assert_eq!(stored, 15, "1 MiB holds 15 entries of 64 KiB and their keys");
+    drop(server);
+
+    // A quota above it: the disk fills first. The write that met it is lost, and its
+    // reply, which waited for it, never comes: the connection gets 1011 instead.
+    let server = limited("1073741824");
+    let mut client = server.connect("/");
+    let mut written = 0;
+    let lost = loop {
+        let reply = try_set(&mut client, &format!("after/{written:03}"), &value);
+        if reply != "ok" {
+            break reply;
+        }
+        written += 1;
+        assert!(written < 100, "4 MiB never filled");
+    };
+    assert_eq!(lost, "close 1011 store write failed", "after {written} writes");
+    // Room again: within a few seconds the store opens its file again and answers.
+    let status = Command::new("prlimit")
+        .args(["--pid", &server.pid().to_string(), "--fsize=unlimited:unlimited"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut client = server.connect("/");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while try_set(&mut client, "again", "v") != "ok" {
+        assert!(
+            Instant::now() < deadline,
+            "the store did not answer again after room came back"
+        );
+    }
+    assert_eq!(ask(&mut client, "kv-get before/014"), format!("value {value}"));
+    assert_eq!(
+        ask(&mut client, &format!("kv-get after/{:03}", written - 1)),
+        format!("value {value}")
+    );
 }
 
 #[test]

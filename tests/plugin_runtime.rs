@@ -138,6 +138,7 @@ impl Rig {
         let grants = Grants {
             data_dir: None,
             store_dir: store.path().to_owned(),
+            ..Grants::default()
         };
         let runner = Runner::new(
             loader.engine(),

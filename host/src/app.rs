@@ -233,6 +233,7 @@ fn start_plugin(
         } else {
             config.store_dir.join(&route.name)
         },
+        store_quota: route.plugin.store_quota,
     };
     let mut runner = Runner::new(loader.engine(), loaded, registry, route.plugin.limits, grants)?
         .with_metrics(metrics.plugin.clone());
@@ -300,6 +301,7 @@ fn check_report(file: &Path) -> wasmtime::Result<String> {
     let grants = Grants {
         data_dir: None,
         store_dir: store.path().to_owned(),
+        store_quota: Default::default(),
     };
     let memory_cap = PluginLimits::default().memory_cap(&loaded);
     Runner::new(loader.engine(), loaded, registry, PluginLimits::default(), grants)?;

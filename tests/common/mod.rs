@@ -253,7 +253,17 @@ impl Server {
         Server::launch(None, &all, &[])
     }
 
+    /// Like [`Server::start`], with the host run by `wrapper` (a command that ends by
+    /// running the rest of its arguments, in the same process: `prlimit ... --`).
+    pub fn start_wrapped(plugin: &str, args: &[&str], wrapper: &[&str]) -> Server {
+        Server::launch_in(wrapper, Some(&plugin_path(plugin)), args, &[])
+    }
+
     fn launch(plugin: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::launch_in(&[], plugin, args, env)
+    }
+
+    fn launch_in(wrapper: &[&str], plugin: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> Server {
         let listen: &[&str] = if args.contains(&"--listen") {
             &[]
         } else {
@@ -267,7 +277,16 @@ impl Server {
             .iter()
             .flat_map(|plugin| ["--plugin".as_ref(), plugin.as_os_str()])
             .collect();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_host"))
+        let host = env!("CARGO_BIN_EXE_host");
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut command = Command::new(program);
+                command.args(wrapper_args).arg(host);
+                command
+            }
+            None => Command::new(host),
+        };
+        let mut child = command
             .args(listen)
             .args(plugin_args)
             .args(args)

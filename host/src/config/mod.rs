@@ -27,6 +27,7 @@ use crate::server::outbound::OutboundLimits;
 use crate::server::registry::SharedStateLimits;
 use crate::server::route_path::RoutePath;
 use crate::server::tls::TlsFiles;
+use crate::store::Quota;
 use crate::ws::handshake::HandshakeConfig;
 
 /// A configuration error: reported as `host: error: ...` with exit status 2.
@@ -68,6 +69,8 @@ pub struct PluginConfig {
     pub limits: PluginLimits,
     /// A directory granted to the plugin, read-only.
     pub data_dir: Option<PathBuf>,
+    /// What it may keep in its key-value store (the file store's; Redis has none).
+    pub store_quota: Quota,
     /// Reload on file changes.
     pub watch: bool,
     /// The plugin keeps nothing between calls: each connection's thread calls an

@@ -348,6 +348,14 @@ settings! {
         #[arg(long, value_name = "DIR")]
         plugin_dir: PathBuf,
 
+        /// Keys the plugin may keep in its key-value store; past it a write gets a quota error [default: 1000000]
+        #[arg(long, value_name = "N")]
+        store_max_keys: u64,
+
+        /// Bytes of keys and values the plugin may keep in its key-value store; past it a write gets a quota error [default: 1073741824]
+        #[arg(long, value_name = "BYTES")]
+        store_max_bytes: u64,
+
         /// Reload the plugin when its file changes (SIGHUP always reloads) [default: true]
         #[arg(long, value_name = "BOOL")]
         watch: bool,

@@ -14,6 +14,7 @@ use crate::server::registry::SharedStateLimits;
 use crate::server::route_path::RoutePath;
 use crate::server::tls::TlsFiles;
 use crate::server::{DEFAULT_MAX_MESSAGE_SIZE, Settings};
+use crate::store::Quota;
 use crate::ws::deflate::DeflateConfig;
 use crate::ws::handshake::HandshakeConfig;
 
@@ -378,6 +379,7 @@ impl RouteOptions {
                 "events",
             )?,
         };
+        let quota_defaults = Quota::default();
         let stateless = self.stateless.unwrap_or(false);
         if self.plugin_dir.is_some() && stateless {
             return Err(ConfigError(
@@ -397,6 +399,24 @@ impl RouteOptions {
                 file,
                 limits,
                 data_dir: self.plugin_dir.map(|d| existing_dir("plugin_dir", d)).transpose()?,
+                store_quota: Quota {
+                    max_keys: bounded_u64(
+                        "store_max_keys",
+                        self.store_max_keys,
+                        quota_defaults.max_keys,
+                        1,
+                        1 << 40,
+                        "keys",
+                    )?,
+                    max_bytes: bounded_u64(
+                        "store_max_bytes",
+                        self.store_max_bytes,
+                        quota_defaults.max_bytes,
+                        1,
+                        1 << 50,
+                        "bytes",
+                    )?,
+                },
                 watch: self.watch.unwrap_or(true),
                 stateless,
             },
@@ -475,6 +495,18 @@ pub(super) fn address(key: &str, text: &str) -> Result<SocketAddr, ConfigError> 
         .ok()
         .and_then(|mut addrs| addrs.next())
         .ok_or_else(|| ConfigError::invalid(key, text, "expected ADDRESS:PORT, e.g. 127.0.0.1:9001 or [::]:9001"))
+}
+
+/// [`range`] of a setting given, else `default`.
+fn bounded_u64(
+    key: &str,
+    given: Option<u64>,
+    default: u64,
+    min: u64,
+    max: u64,
+    unit: &str,
+) -> Result<u64, ConfigError> {
+    given.map_or(Ok(default), |value| range(key, value, min, max, unit))
 }
 
 pub(super) fn range(key: &str, value: u64, min: u64, max: u64, unit: &str) -> Result<u64, ConfigError> {

@@ -226,6 +226,8 @@ impl From<StoreError> for types::StoreError {
         match error {
             StoreError::TooLarge => Self::TooLarge,
             StoreError::Unavailable(why) => Self::Unavailable(why),
+            // 0.2 has no error of its own for it (0.3's `quota-exceeded`).
+            quota @ StoreError::QuotaExceeded(_) => Self::Unavailable(quota.to_string()),
         }
     }
 }

@@ -21,7 +21,7 @@ use super::output_gate::OutputGate;
 use super::timers::Timers;
 use super::{ConnId, ConnectionEvent, Export, HostServices, TimerId};
 use crate::metrics::TrapKind;
-use crate::store::KeyValue;
+use crate::store::{KeyValue, Quota};
 
 /// Resource limits of a plugin.
 #[derive(Clone, Copy, Debug)]
@@ -61,6 +61,8 @@ pub struct Grants {
     pub data_dir: Option<PathBuf>,
     /// Where the plugin's key-value store keeps its database (the host's, not mounted).
     pub store_dir: PathBuf,
+    /// What the plugin may keep there.
+    pub store_quota: Quota,
 }
 
 impl Default for Grants {
@@ -68,6 +70,7 @@ impl Default for Grants {
         Self {
             data_dir: None,
             store_dir: crate::store::default_dir(),
+            store_quota: Quota::default(),
         }
     }
 }

@@ -86,7 +86,7 @@ impl Runner {
         limits: PluginLimits,
         grants: Grants,
     ) -> wasmtime::Result<Self> {
-        let store = Arc::new(FileStore::new(&grants.store_dir));
+        let store = Arc::new(FileStore::with_quota(&grants.store_dir, grants.store_quota));
         let mut runner = Runner {
             sandbox: Sandbox::new(engine.clone(), services, limits, grants, store),
             decides_handshakes: Arc::new(AtomicBool::new(loaded.linked.has_handshake())),

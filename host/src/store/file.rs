@@ -17,10 +17,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use redb::{Database, DatabaseError, ReadableDatabase, TableDefinition, TableError};
+use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 
 use super::commits::{Commits, WriteNumber};
-use super::{KeyValue, MAX_LIST, StoreError};
+use super::{KeyValue, MAX_LIST, Quota, StoreError};
 use crate::blocking::block_here;
 
 /// (namespace, key) -> expiry in ms since the epoch (0: never), little-endian, then the value.
@@ -34,9 +34,12 @@ const MAX_STAGED: usize = 64 << 20;
 /// before it tries again.
 pub const REOPEN_AFTER: Duration = Duration::from_secs(1);
 
-/// Every this many writes, a commit also removes the entries that have expired, so
-/// that keys set with a time to live do not pile up while the host runs.
+/// Every this many writes, the committer also deletes the entries that have expired
+/// (staged as deletes, like a plugin's), so that keys set with a time to live do not
+/// pile up while the host runs.
 const SWEEP_EVERY: u32 = 1024;
+/// Expired entries one sweep deletes at most (the next sweep goes on).
+const SWEEP_AT_MOST: usize = 10_000;
 
 /// The store in `DIR/store.redb`. The database is opened at the first call, so a host
 /// whose plugin never uses the store never touches the directory. A failure to open
@@ -60,6 +63,8 @@ struct Shared {
     since_sweep: AtomicU32,
     /// Opens the database in its file.
     create: Create,
+    /// What each namespace may hold.
+    quota: Quota,
     /// How long a failed open or commit is answered without trying again, in ns.
     reopen_after: AtomicU64,
     staged: Mutex<Staged>,
@@ -98,6 +103,12 @@ struct Staged {
     committing: Arc<Generation>,
     /// Bytes of keys and entries in `committing`.
     committing_bytes: usize,
+    /// Bumped when `committing` is unstaged (the database has its writes then): a write
+    /// that read the database before must read it again.
+    generation: u64,
+    /// What each namespace holds, staged writes included: what quotas are checked
+    /// against. Counted from the file whenever the store opens it.
+    usage: HashMap<String, Usage>,
     /// The newest number given to a write.
     newest: WriteNumber,
     /// The committer has taken every write up to this number.
@@ -107,6 +118,74 @@ struct Staged {
     /// The committer waits for writes: a write must wake it (else it will look again
     /// when its commit is done, and a wake-up would only cost a system call).
     idle: bool,
+}
+
+/// What one namespace holds: entries (expired ones too, until swept out), and the bytes
+/// of their keys and entries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Usage {
+    keys: u64,
+    bytes: u64,
+}
+
+impl Usage {
+    /// After replacing `old` (an entry of `old` bytes, or none) by `new`.
+    fn after(self, old: Option<Present>, new: Option<usize>) -> Usage {
+        Usage {
+            keys: self.keys + u64::from(new.is_some()) - u64::from(old.is_some()),
+            bytes: self.bytes + new.unwrap_or(0) as u64 - old.map_or(0, |o| o.size as u64),
+        }
+    }
+
+    /// Why it is past `quota`, if it is (and grew past it from `before`).
+    fn past(self, before: Usage, quota: Quota) -> Option<String> {
+        if self.keys > quota.max_keys && self.keys > before.keys {
+            return Some(format!("{} keys at most", quota.max_keys));
+        }
+        if self.bytes > quota.max_bytes && self.bytes > before.bytes {
+            return Some(format!("{} bytes at most", quota.max_bytes));
+        }
+        None
+    }
+}
+
+/// An entry that is there (expired or not): its bytes with its key, and its expiry.
+#[derive(Clone, Copy, Debug)]
+struct Present {
+    size: usize,
+    expires: u64,
+}
+
+impl Present {
+    fn of(key: &str, entry: &[u8]) -> Self {
+        Self {
+            size: key.len() + entry.len(),
+            expires: expires_at(entry),
+        }
+    }
+
+    fn live(&self, now: u64) -> bool {
+        self.expires == 0 || self.expires > now
+    }
+}
+
+/// Who makes a write, for [`Shared::stage`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    /// A plugin: its writes count against the quota, and wait for room.
+    Plugin,
+    /// The sweep, deleting what had expired when it read the database at this
+    /// generation: only if nothing touched the key since.
+    Sweep(u64),
+}
+
+impl Staged {
+    /// The staged write of a key, if any: `Some(None)` for a delete.
+    fn lookup(&self, namespace: &str, key: &str) -> Option<Option<Bytes>> {
+        [&self.writes, &*self.committing]
+            .into_iter()
+            .find_map(|generation| generation.get(namespace)?.get(key).cloned())
+    }
 }
 
 /// Opens a database in a file: redb's own file backend, or in tests one that can fail.
@@ -139,17 +218,23 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl FileStore {
-    /// A store in `dir`, created when first used.
+    /// A store in `dir`, created when first used, with the default [`Quota`].
     pub fn new(dir: &Path) -> Self {
-        Self::with_create(dir, Arc::new(|file| Database::builder().create_file(file)))
+        Self::with_quota(dir, Quota::default())
     }
 
-    fn with_create(dir: &Path, create: Create) -> Self {
+    /// A store in `dir`, created when first used, each namespace within `quota`.
+    pub fn with_quota(dir: &Path, quota: Quota) -> Self {
+        Self::with_create(dir, quota, Arc::new(|file| Database::builder().create_file(file)))
+    }
+
+    fn with_create(dir: &Path, quota: Quota, create: Create) -> Self {
         let shared = Arc::new(Shared {
             path: dir.join("store.redb"),
             db: Mutex::default(),
             since_sweep: AtomicU32::new(0),
             create,
+            quota,
             reopen_after: AtomicU64::new(REOPEN_AFTER.as_nanos() as u64),
             staged: Mutex::default(),
             to_commit: Condvar::new(),
@@ -212,13 +297,15 @@ impl Shared {
         {
             return Err(error.clone());
         }
-        let opened = match open(&self.path, &*self.create) {
-            Ok(db) => Arc::new(db),
+        let (opened, usage) = match open(&self.path, &*self.create) {
+            Ok((db, usage)) => (Arc::new(db), usage),
             Err(error) => {
                 slot.failed = Some((Instant::now(), error.clone()));
                 return Err(error);
             }
         };
+        // Nothing is staged while the database is closed (a failed commit unstaged it all).
+        lock(&self.staged).usage = usage;
         // The next commit sweeps out what expired while the database was closed.
         self.since_sweep.store(SWEEP_EVERY, Ordering::Relaxed);
         tracing::info!(file = %self.path.display(), "key-value store opened");
@@ -254,49 +341,122 @@ impl Shared {
         })
     }
 
-    /// Stages a write of `entry` (`None`: a delete) and returns its number.
-    fn stage(&self, namespace: &str, key: &str, entry: Option<Bytes>) -> Result<WriteNumber, StoreError> {
+    /// Stages a write of `entry` (`None`: a delete) by `writer`, unless it is a delete of
+    /// nothing; returns what it replaced.
+    fn stage(
+        &self,
+        namespace: &str,
+        key: &str,
+        entry: Option<Bytes>,
+        writer: Writer,
+    ) -> Result<Option<Present>, StoreError> {
         // Opens the file at the first write, and answers at once why it cannot.
         self.db()?;
-        let size = write_size(key, &entry);
-        let mut staged = lock(&self.staged);
-        let full = |s: &Staged| s.bytes + s.committing_bytes > MAX_STAGED && !s.closing;
-        if full(&staged) {
-            staged = block_here(|| {
-                self.room
-                    .wait_while(staged, |s| full(s))
-                    .unwrap_or_else(|p| p.into_inner())
-            });
-        }
-        staged.newest += 1;
-        let number = staged.newest;
-        let replaced = match staged.writes.get_mut(namespace) {
-            Some(keys) => keys.insert(key.to_owned(), entry),
-            None => {
-                let keys = BTreeMap::from([(key.to_owned(), entry)]);
-                staged.writes.insert(namespace.to_owned(), keys);
-                None
+        loop {
+            let generation = {
+                let staged = lock(&self.staged);
+                // The sweep runs on the committer: it must never wait for room.
+                let full = |s: &Staged| s.bytes + s.committing_bytes > MAX_STAGED && !s.closing;
+                match writer == Writer::Plugin && full(&staged) {
+                    true => block_here(|| {
+                        self.room
+                            .wait_while(staged, |s| full(s))
+                            .unwrap_or_else(|p| p.into_inner())
+                    }),
+                    false => staged,
+                }
+                .generation
+            };
+            let on_disk = self.on_disk(namespace, key)?;
+            let mut staged = lock(&self.staged);
+            if staged.generation != generation {
+                continue; // the database changed under the read: read again
             }
-        };
-        staged.bytes += size;
-        if let Some(old) = replaced {
-            staged.bytes -= write_size(key, &old);
+            let (old, touched) = match staged.lookup(namespace, key) {
+                Some(write) => (write.as_deref().map(|entry| Present::of(key, entry)), true),
+                None => (on_disk, false),
+            };
+            if matches!(writer, Writer::Sweep(read_at) if touched || read_at != generation)
+                || (entry.is_none() && old.is_none())
+            {
+                return Ok(old);
+            }
+            let before = staged.usage.get(namespace).copied().unwrap_or_default();
+            let after = before.after(old, entry.as_ref().map(|e| key.len() + e.len()));
+            if writer == Writer::Plugin
+                && let Some(why) = after.past(before, self.quota)
+            {
+                return Err(StoreError::QuotaExceeded(why));
+            }
+            match staged.usage.get_mut(namespace) {
+                Some(usage) => *usage = after,
+                None => drop(staged.usage.insert(namespace.to_owned(), after)),
+            }
+            let size = write_size(key, &entry);
+            staged.newest += 1;
+            let number = staged.newest;
+            let replaced = match staged.writes.get_mut(namespace) {
+                Some(keys) => keys.insert(key.to_owned(), entry),
+                None => {
+                    let keys = BTreeMap::from([(key.to_owned(), entry)]);
+                    staged.writes.insert(namespace.to_owned(), keys);
+                    None
+                }
+            };
+            staged.bytes += size;
+            if let Some(old) = replaced {
+                staged.bytes -= write_size(key, &old);
+            }
+            self.commits.accept(number);
+            let wake = std::mem::take(&mut staged.idle);
+            drop(staged);
+            if wake {
+                self.to_commit.notify_one();
+            }
+            return Ok(old);
         }
-        self.commits.accept(number);
-        let wake = std::mem::take(&mut staged.idle);
-        drop(staged);
-        if wake {
-            self.to_commit.notify_one();
+    }
+
+    /// The entry of a key in the database, expired or not.
+    fn on_disk(&self, namespace: &str, key: &str) -> Result<Option<Present>, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_read()?;
+            let table = match txn.open_table(ENTRIES) {
+                Ok(table) => table,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(error) => return Err(error.into()),
+            };
+            Ok(table
+                .get((namespace, key))?
+                .map(|entry| Present::of(key, entry.value())))
+        })
+    }
+
+    /// Stages the deletes of entries that have expired (at most [`SWEEP_AT_MOST`]).
+    fn sweep(&self) {
+        let generation = lock(&self.staged).generation;
+        let now = now_ms();
+        let expired = self.with_db(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(ENTRIES)?;
+            let mut expired: Vec<(String, String)> = Vec::new();
+            for item in table.iter()? {
+                let (key, entry) = item?;
+                if expired.len() < SWEEP_AT_MOST && self::expired(entry.value(), now) {
+                    let (namespace, key) = key.value();
+                    expired.push((namespace.to_owned(), key.to_owned()));
+                }
+            }
+            Ok(expired)
+        });
+        for (namespace, key) in expired.unwrap_or_default() {
+            let _ = self.stage(&namespace, &key, None, Writer::Sweep(generation));
         }
-        Ok(number)
     }
 
     /// The staged write of a key, if any: `Some(None)` for a delete.
     fn staged(&self, namespace: &str, key: &str) -> Option<Option<Bytes>> {
-        let staged = lock(&self.staged);
-        [&staged.writes, &*staged.committing]
-            .into_iter()
-            .find_map(|generation| generation.get(namespace)?.get(key).cloned())
+        lock(&self.staged).lookup(namespace, key)
     }
 
     /// The committer's loop: takes everything staged, commits it in one transaction,
@@ -326,6 +486,7 @@ impl Shared {
                 let mut staged = lock(&self.staged);
                 staged.committing = Arc::default();
                 staged.committing_bytes = 0;
+                staged.generation += 1;
                 match &outcome {
                     Ok(()) => through,
                     // Lost: this batch, and whatever was staged on top of it, which may
@@ -339,8 +500,20 @@ impl Shared {
                 }
             };
             self.room.notify_all();
-            if let Err(error) = &outcome {
-                tracing::warn!(file = %self.path.display(), "key-value store: writes lost: {error}");
+            match &outcome {
+                Ok(()) => {
+                    if self.since_sweep.load(Ordering::Relaxed) >= SWEEP_EVERY {
+                        self.since_sweep.store(0, Ordering::Relaxed);
+                        self.sweep();
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(file = %self.path.display(), "key-value store: writes lost: {error}");
+                    // Opened again later, which counts what each namespace holds anew.
+                    let mut slot = lock(&self.db);
+                    slot.db = None;
+                    slot.failed.get_or_insert_with(|| (Instant::now(), error.clone()));
+                }
             }
             if settle.send((through, outcome)).is_err() {
                 return; // no settler: nothing can be released
@@ -364,12 +537,7 @@ impl Shared {
                         count += 1;
                     }
                 }
-                let writes = self.since_sweep.fetch_add(count as u32, Ordering::Relaxed) as usize + count;
-                if writes >= SWEEP_EVERY as usize {
-                    self.since_sweep.store(0, Ordering::Relaxed);
-                    let now = now_ms();
-                    table.retain(|_, value| !expired(value, now))?;
-                }
+                self.since_sweep.fetch_add(count as u32, Ordering::Relaxed);
             }
             Ok(txn.commit()?)
         })
@@ -380,7 +548,7 @@ impl Shared {
 fn open(
     path: &Path,
     create: &(dyn Fn(File) -> Result<Database, DatabaseError> + Send + Sync),
-) -> Result<Database, StoreError> {
+) -> Result<(Database, HashMap<String, Usage>), StoreError> {
     let failed = |e: &dyn std::fmt::Display| StoreError::Unavailable(format!("cannot open {}: {e}", path.display()));
     if let Some(dir) = path.parent() {
         crate::private_files::create_dir(dir).map_err(|e| failed(&e))?;
@@ -408,7 +576,20 @@ fn open(
         }
     })();
     created.map_err(|e| failed(&e.error))?;
-    Ok(db)
+    let usage = (|| -> Result<HashMap<String, Usage>, Failed> {
+        let txn = db.begin_read()?;
+        let table = txn.open_table(ENTRIES)?;
+        let mut usage: HashMap<String, Usage> = HashMap::new();
+        for item in table.iter()? {
+            let (key, entry) = item?;
+            let (namespace, key) = key.value();
+            let counted = usage.entry(namespace.to_owned()).or_default();
+            counted.keys += 1;
+            counted.bytes += (key.len() + entry.value().len()) as u64;
+        }
+        Ok(usage)
+    })();
+    Ok((db, usage.map_err(|e| failed(&e.error))?))
 }
 
 fn now_ms() -> u64 {
@@ -458,16 +639,14 @@ impl KeyValue for FileStore {
         let mut entry = Vec::with_capacity(8 + value.len());
         entry.extend_from_slice(&expires.to_le_bytes());
         entry.extend_from_slice(value);
-        self.shared.stage(namespace, key, Some(entry.into())).map(drop)
+        self.shared
+            .stage(namespace, key, Some(entry.into()), Writer::Plugin)
+            .map(drop)
     }
 
     fn delete(&self, namespace: &str, key: &str) -> Result<bool, StoreError> {
-        let was_live = self.get(namespace, key)?.is_some();
-        // A key that is not there needs no write (an expired one goes with a sweep).
-        if was_live {
-            self.shared.stage(namespace, key, None)?;
-        }
-        Ok(was_live)
+        let old = self.shared.stage(namespace, key, None, Writer::Plugin)?;
+        Ok(old.is_some_and(|old| old.live(now_ms())))
     }
 
     fn list_keys(
@@ -636,6 +815,8 @@ mod tests {
             }
         };
         let entries = |store: &FileStore| {
+            // The writes, then the sweep's deletes staged when the last batch committed.
+            store.sync().unwrap();
             store.sync().unwrap();
             let db = store.shared.db().unwrap();
             let txn = db.begin_read().unwrap();
@@ -655,6 +836,8 @@ mod tests {
             u64::from(SWEEP_EVERY),
             "the sweep removed the expired one"
         );
+        let usage = lock(&store.shared.staged).usage["a"];
+        assert_eq!(usage.keys, u64::from(SWEEP_EVERY), "and its place in the quota");
         // What expired while the file was closed goes with the first write after it opens.
         expire(&store, "later");
         drop(store);
@@ -741,11 +924,12 @@ mod tests {
         }
     }
 
-    /// A store on a disk the test controls.
-    fn on_test_disk(dir: &Path) -> (FileStore, Arc<Disk>) {
+    /// A store on a disk the test controls, each namespace within `quota`.
+    fn on_test_disk(dir: &Path, quota: Quota) -> (FileStore, Arc<Disk>) {
         let disk = Arc::new(Disk::default());
         let store = FileStore::with_create(
             dir,
+            quota,
             Arc::new({
                 let disk = disk.clone();
                 move |file| {
@@ -773,7 +957,7 @@ mod tests {
     #[test]
     fn writes_are_read_before_their_commit_and_share_one() {
         let dir = TempDir::new("group");
-        let (store, disk) = on_test_disk(&dir.0);
+        let (store, disk) = on_test_disk(&dir.0, Quota::default());
         for key in ["msg/1", "msg/3", "msg/5"] {
             store.set("chat", key, b"old", None).unwrap();
         }
@@ -820,6 +1004,68 @@ mod tests {
     }
 
     #[test]
+    fn a_namespace_past_its_quota_is_refused_until_a_delete_makes_room() {
+        let dir = TempDir::new("quota");
+        let quota = Quota {
+            max_keys: 3,
+            max_bytes: 3 * (1 + 8 + 10),
+        };
+        let store = FileStore::with_quota(&dir.0, quota);
+        for key in ["a", "b", "c"] {
+            store.set("ns", key, &[0; 10], None).unwrap();
+        }
+        let refused = store.set("ns", "d", b"", None).unwrap_err();
+        assert_eq!(refused, StoreError::QuotaExceeded("3 keys at most".into()));
+        // Replacing a key adds none; growing it past the bytes does not fit.
+        store.set("ns", "a", &[1; 10], None).unwrap();
+        let refused = store.set("ns", "a", &[1; 11], None).unwrap_err();
+        assert_eq!(
+            refused,
+            StoreError::QuotaExceeded(format!("{} bytes at most", quota.max_bytes))
+        );
+        store.set("other", "d", b"", None).unwrap(); // each namespace has its own
+        assert_eq!(store.delete("ns", "b"), Ok(true));
+        store.set("ns", "d", b"", None).unwrap();
+        // What a namespace holds is counted from the file when it is opened again.
+        drop(store);
+        let store = FileStore::with_quota(&dir.0, quota);
+        assert_eq!(
+            store.set("ns", "e", b"", None),
+            Err(StoreError::QuotaExceeded("3 keys at most".into()))
+        );
+        // A shrinking write, and a delete, always go through.
+        let quota = Quota { max_keys: 1, ..quota };
+        drop(store);
+        let store = FileStore::with_quota(&dir.0, quota);
+        store.set("ns", "a", b"", None).unwrap();
+        assert_eq!(store.delete("ns", "c"), Ok(true));
+    }
+
+    #[test]
+    fn expired_entries_count_until_the_sweep_deletes_them() {
+        let dir = TempDir::new("quota-ttl");
+        let quota = Quota {
+            max_keys: 2,
+            max_bytes: 1 << 20,
+        };
+        let store = FileStore::with_quota(&dir.0, quota);
+        store.set("ns", "short", b"v", Some(Duration::from_millis(1))).unwrap();
+        store.set("ns", "long", b"v", None).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while store.get("ns", "short").unwrap().is_some() {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::yield_now();
+        }
+        assert!(
+            store.set("ns", "third", b"v", None).is_err(),
+            "the expired key still holds its place"
+        );
+        // Set again, an expired key takes its own place back.
+        store.set("ns", "short", b"w", None).unwrap();
+        assert_eq!(store.get("ns", "short"), Ok(Some(b"w".to_vec())));
+    }
+
+    #[test]
     fn what_is_staged_is_committed_when_the_store_is_dropped() {
         let dir = TempDir::new("drop");
         let store = FileStore::new(&dir.0);
@@ -834,7 +1080,7 @@ mod tests {
     #[test]
     fn after_a_full_disk_the_store_answers_again_once_there_is_room() {
         let dir = TempDir::new("full");
-        let (store, disk) = on_test_disk(&dir.0);
+        let (store, disk) = on_test_disk(&dir.0, Quota::default());
         let full = &disk.full;
         // Every call may try to open the file again: this test is about the reopening.
         store.set_reopen_after(Duration::ZERO);
@@ -864,7 +1110,7 @@ mod tests {
     #[test]
     fn a_file_that_cannot_be_opened_is_not_tried_again_at_once() {
         let dir = TempDir::new("full-at-start");
-        let (store, disk) = on_test_disk(&dir.0);
+        let (store, disk) = on_test_disk(&dir.0, Quota::default());
         let (full, opens) = (&disk.full, &disk.opens);
         store.set_reopen_after(Duration::from_secs(3600));
         full.store(true, Ordering::Relaxed); // a new file cannot even be created

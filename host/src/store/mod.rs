@@ -32,6 +32,30 @@ pub enum StoreError {
     /// The store could not be read or written.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The write would take the namespace past its [`Quota`] (which one is said). A write
+    /// that shrinks the namespace, and every delete, is always allowed.
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
+}
+
+/// How much one namespace (one plugin's data) may hold in a store: keys, and bytes of
+/// keys and values together (expired entries count until they are swept out).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quota {
+    /// Keys at most.
+    pub max_keys: u64,
+    /// Bytes of keys and values at most.
+    pub max_bytes: u64,
+}
+
+impl Default for Quota {
+    /// A million keys and 1 GiB.
+    fn default() -> Self {
+        Self {
+            max_keys: 1_000_000,
+            max_bytes: 1 << 30,
+        }
+    }
 }
 
 /// A key-value store shared by plugins, each in its own namespace. Calls block until
