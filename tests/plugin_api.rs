@@ -716,6 +716,24 @@ fn a_full_disk_costs_the_writes_that_met_it_and_the_store_answers_again_once_the
 }
 
 #[test]
+fn replies_that_wait_for_a_commit_still_precede_the_close_frame() {
+    let _turn = shared();
+    // Each reply waits for its write's commit; the client's close must not overtake them.
+    for mode in [&[][..], &["--stateless"][..]] {
+        let server = Server::start("api", mode);
+        let mut client = server.connect("/");
+        for n in 0..50 {
+            client.send_text(&format!("kv-set k{n} v"));
+        }
+        client.send_close(1000, "bye");
+        for n in 0..50 {
+            assert_eq!(client.recv_text(), "ok", "reply {n} ({mode:?})");
+        }
+        assert_eq!(client.recv_close().0, 1000);
+    }
+}
+
+#[test]
 fn store_limits_and_expiry() {
     let _turn = shared();
     let server = Server::start("api", &[]);

@@ -12,7 +12,10 @@ use tokio::sync::{mpsc, oneshot};
 use super::inline::{Handed, Inline};
 use super::loader::Loaded;
 use super::reload::{ReloadError, Reloaded};
-use super::{ConnId, ConnectionEvent, Control, HostServices, Outgoing, PluginEvent, UpgradeDecision, UpgradeRequest};
+use super::{
+    ConnId, ConnectionEvent, Control, HostServices, Outgoing, PluginEvent, UpgradeDecision, UpgradeRequest,
+    answer_barrier,
+};
 
 /// A running plugin, as the server reaches it.
 #[derive(Clone)]
@@ -284,7 +287,8 @@ pub fn spawn_handler(
                     }
                 }
                 PluginEvent::Control(Control::Barrier(done)) => {
-                    let _ = done.send(()); // every earlier event was handled
+                    // Every earlier event was handled; once what they sent has left too.
+                    answer_barrier(&*services, done);
                 }
                 PluginEvent::Control(control) => handler.control(control),
             }

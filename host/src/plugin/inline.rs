@@ -32,7 +32,7 @@ use super::call_slots::CallSlots;
 use super::crash_loop::{self, Crash, CrashLoop, Failure};
 use super::instance::{AsyncInstance, Sandbox, deliver_async, trap_kind};
 use super::replies::Replying;
-use super::{ConnId, ConnectionEvent, Control, Loaded, Outgoing, PluginEvent};
+use super::{ConnId, ConnectionEvent, Control, Loaded, Outgoing, PluginEvent, answer_barrier};
 use crate::metrics::{PluginMetrics, TrapKind};
 
 /// A stateless plugin's instances on the threads that run its connections.
@@ -201,7 +201,8 @@ impl Inline {
         let event = match event {
             PluginEvent::Connection(event) => event,
             PluginEvent::Control(Control::Barrier(done)) => {
-                let _ = done.send(()); // every earlier event was handled, here
+                // Every earlier event was handled, here; once what they sent has left too.
+                answer_barrier(&**self.sandbox.services(), done);
                 return Handed::Taken;
             }
             // Not a connection's: the plugin's thread handles these.

@@ -112,6 +112,12 @@ pub trait HostServices: Send + Sync + 'static {
     /// A call for `conn`'s event ran past the plugin's CPU deadline (the connection is
     /// being closed with 1011): the host may hold it against the client.
     fn overran(&self, conn: ConnId);
+    /// Runs `then` once everything sent so far has been queued to its connections: at
+    /// once, unless output is held for the store (see [`output_gate`]). What answers a
+    /// barrier, so that a connection's last replies precede its close frame.
+    fn after_output(&self, then: Box<dyn FnOnce() + Send>) {
+        then();
+    }
 }
 
 /// An opening handshake, as the plugin's `on-upgrade` sees it.
@@ -155,6 +161,14 @@ pub enum UpgradeDecision {
     NoHook,
     /// `on-upgrade` trapped or ran past its deadline: fail closed.
     Failed,
+}
+
+/// Answers a barrier (`done`) once everything sent before it has left: every earlier
+/// event was handled, and [`HostServices::after_output`] says when their output is out.
+pub(crate) fn answer_barrier(services: &dyn HostServices, done: tokio::sync::oneshot::Sender<()>) {
+    services.after_output(Box::new(move || {
+        let _ = done.send(());
+    }));
 }
 
 /// Something that happened to a connection: the plugin sees a connection's events in

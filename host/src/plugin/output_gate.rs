@@ -269,6 +269,11 @@ impl HostServices for OutputGate {
     fn overran(&self, conn: ConnId) {
         self.inner.overran(conn);
     }
+
+    fn after_output(&self, then: Box<dyn FnOnce() + Send>) {
+        // Lost or released, what came before is done with either way.
+        self.then(move |_| then());
+    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,10 @@ use super::inline::Inline;
 use super::instance::{Call, Exports, Grants, Instance, Live, PluginLimits, Sandbox, deliver, start_call, trap_kind};
 use super::loader::{Linked, Loaded};
 use super::reload::{Carried, ReloadError, Reloaded};
-use super::{ConnId, ConnectionEvent, Control, Export, HostServices, PluginEvent, UpgradeDecision, UpgradeRequest};
+use super::{
+    ConnId, ConnectionEvent, Control, Export, HostServices, PluginEvent, UpgradeDecision, UpgradeRequest,
+    answer_barrier,
+};
 use crate::metrics::{PluginMetrics, TrapKind};
 use crate::store::{FileStore, KeyValue};
 
@@ -175,7 +178,7 @@ impl Runner {
     fn control(&mut self, control: Control) {
         match control {
             Control::Barrier(done) => {
-                let _ = done.send(());
+                answer_barrier(&**self.sandbox.services(), done);
             }
             Control::Reload(loaded, outcome) => {
                 let _ = outcome.send(self.reload(*loaded));
