@@ -120,8 +120,14 @@ plugin = "{os.path.join(PLUGINS, echo_plugin + '.wasm')}"
         if name == "wsplug-hook":
             plugin = "api.wasm"
         if name in (CHAT, CHAT_NO_HISTORY):
-            plugin = name.removeprefix("wsplug-") + ".wasm"
-            extra = [*extra, "--store-dir", tempfile.mkdtemp(dir=store_root)]
+            # The chat as it runs by default (not the echo rows' deep outbound queues),
+            # with a store of its own.
+            return [
+                os.path.join(RELEASE, host_binary), "--listen", "127.0.0.1:0",
+                "--plugin", os.path.join(PLUGINS, name.removeprefix("wsplug-") + ".wasm"), "--log", "warn",
+                "--cache-dir", os.path.join(tempfile.gettempdir(), "wsplug-bench-cache"),
+                "--store-dir", tempfile.mkdtemp(dir=store_root), *extra,
+            ]
         return [
             os.path.join(RELEASE, binary), "--listen", "127.0.0.1:0", "--plugin", os.path.join(PLUGINS, plugin),
             "--log", "warn", "--timeout", "120", "--max-connections", "100000",

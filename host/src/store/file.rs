@@ -106,13 +106,19 @@ struct Staged {
     /// Bumped when `committing` is unstaged (the database has its writes then): a write
     /// that read the database before must read it again.
     generation: u64,
-    /// What each namespace holds, staged writes included: what quotas are checked
-    /// against. Counted from the file whenever the store opens it.
+    /// What each namespace holds in the database: counted from the file when the store
+    /// opens it, then kept by each commit (which sees what every write replaced).
     usage: HashMap<String, Usage>,
+    /// What the sets in `writes` may add to each namespace at most (each as a new key).
+    pending: HashMap<String, Usage>,
+    /// The same for the sets in `committing`.
+    committing_pending: HashMap<String, Usage>,
     /// The newest number given to a write.
     newest: WriteNumber,
     /// The committer has taken every write up to this number.
     taken: WriteNumber,
+    /// Every write up to this number is committed (or lost).
+    settled: WriteNumber,
     /// The store is being dropped: commit what is staged, then stop.
     closing: bool,
     /// The committer waits for writes: a write must wake it (else it will look again
@@ -129,6 +135,11 @@ struct Usage {
 }
 
 impl Usage {
+    fn add(&mut self, other: Usage) {
+        self.keys += other.keys;
+        self.bytes += other.bytes;
+    }
+
     /// After replacing `old` (an entry of `old` bytes, or none) by `new`.
     fn after(self, old: Option<Present>, new: Option<usize>) -> Usage {
         Usage {
@@ -169,6 +180,19 @@ impl Present {
     }
 }
 
+/// What a commit changed in each namespace: keys, and bytes.
+type Changes = Vec<(String, (i64, i64))>;
+
+/// What a staged write replaces, as [`Shared::stage`] found out.
+enum Replaces {
+    /// A write still staged (`None`: a delete).
+    Staged(Option<Present>),
+    /// What the database has (`None`: nothing).
+    OnDisk(Option<Present>),
+    /// Not looked up: a set far from the quota.
+    Unknown,
+}
+
 /// Who makes a write, for [`Shared::stage`].
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Writer {
@@ -180,6 +204,16 @@ enum Writer {
 }
 
 impl Staged {
+    /// Whether a set of `size` bytes could take `namespace` past `quota`, counting
+    /// every staged set as a new key.
+    fn may_pass(&self, namespace: &str, size: usize, quota: Quota) -> bool {
+        let mut most = self.usage.get(namespace).copied().unwrap_or_default();
+        for pending in [&self.pending, &self.committing_pending] {
+            most.add(pending.get(namespace).copied().unwrap_or_default());
+        }
+        most.keys + 1 > quota.max_keys || most.bytes + size as u64 > quota.max_bytes
+    }
+
     /// The staged write of a key, if any: `Some(None)` for a delete.
     fn lookup(&self, namespace: &str, key: &str) -> Option<Option<Bytes>> {
         [&self.writes, &*self.committing]
@@ -353,68 +387,111 @@ impl Shared {
         // Opens the file at the first write, and answers at once why it cannot.
         self.db()?;
         loop {
-            let generation = {
-                let staged = lock(&self.staged);
-                // The sweep runs on the committer: it must never wait for room.
-                let full = |s: &Staged| s.bytes + s.committing_bytes > MAX_STAGED && !s.closing;
-                match writer == Writer::Plugin && full(&staged) {
-                    true => block_here(|| {
-                        self.room
-                            .wait_while(staged, |s| full(s))
-                            .unwrap_or_else(|p| p.into_inner())
-                    }),
-                    false => staged,
-                }
-                .generation
-            };
-            let on_disk = self.on_disk(namespace, key)?;
             let mut staged = lock(&self.staged);
-            if staged.generation != generation {
-                continue; // the database changed under the read: read again
+            // The sweep runs on the committer: it must never wait for room.
+            let full = |s: &Staged| s.bytes + s.committing_bytes > MAX_STAGED && !s.closing;
+            if writer == Writer::Plugin && full(&staged) {
+                staged = block_here(|| {
+                    self.room
+                        .wait_while(staged, |s| full(s))
+                        .unwrap_or_else(|p| p.into_inner())
+                });
             }
-            let (old, touched) = match staged.lookup(namespace, key) {
-                Some(write) => (write.as_deref().map(|entry| Present::of(key, entry)), true),
-                None => (on_disk, false),
-            };
-            if matches!(writer, Writer::Sweep(read_at) if touched || read_at != generation)
-                || (entry.is_none() && old.is_none())
-            {
-                return Ok(old);
+            if let Some(write) = staged.lookup(namespace, key) {
+                let old = write.as_deref().map(|entry| Present::of(key, entry));
+                return self.stage_locked(staged, namespace, key, entry, writer, Replaces::Staged(old));
             }
-            let before = staged.usage.get(namespace).copied().unwrap_or_default();
-            let after = before.after(old, entry.as_ref().map(|e| key.len() + e.len()));
-            if writer == Writer::Plugin
-                && let Some(why) = after.past(before, self.quota)
-            {
-                return Err(StoreError::QuotaExceeded(why));
+            // A set needs to know what it replaces only near the quota; a delete, always
+            // (it says whether the key was there, and deletes nothing if not).
+            let size = entry.as_ref().map(|e| key.len() + e.len());
+            let near = size.is_some_and(|size| staged.may_pass(namespace, size, self.quota));
+            if writer == Writer::Plugin && entry.is_some() && !near {
+                return self.stage_locked(staged, namespace, key, entry, writer, Replaces::Unknown);
             }
-            match staged.usage.get_mut(namespace) {
-                Some(usage) => *usage = after,
-                None => drop(staged.usage.insert(namespace.to_owned(), after)),
+            if near && staged.newest > staged.settled {
+                // Exact once what is staged is committed (its pending counts are upper bounds).
+                let newest = staged.newest;
+                drop(staged);
+                let _ = block_here(|| self.commits.wait(newest));
+                continue;
             }
-            let size = write_size(key, &entry);
-            staged.newest += 1;
-            let number = staged.newest;
-            let replaced = match staged.writes.get_mut(namespace) {
-                Some(keys) => keys.insert(key.to_owned(), entry),
-                None => {
-                    let keys = BTreeMap::from([(key.to_owned(), entry)]);
-                    staged.writes.insert(namespace.to_owned(), keys);
-                    None
-                }
-            };
-            staged.bytes += size;
-            if let Some(old) = replaced {
-                staged.bytes -= write_size(key, &old);
-            }
-            self.commits.accept(number);
-            let wake = std::mem::take(&mut staged.idle);
+            let generation = staged.generation;
             drop(staged);
-            if wake {
-                self.to_commit.notify_one();
+            let on_disk = self.on_disk(namespace, key)?;
+            let staged = lock(&self.staged);
+            // Else the database changed under the read, or the key was written meanwhile.
+            if staged.generation == generation && staged.lookup(namespace, key).is_none() {
+                return self.stage_locked(staged, namespace, key, entry, writer, Replaces::OnDisk(on_disk));
             }
+        }
+    }
+
+    /// [`Shared::stage`], under the lock, knowing what the write replaces.
+    fn stage_locked(
+        &self,
+        mut staged: MutexGuard<'_, Staged>,
+        namespace: &str,
+        key: &str,
+        entry: Option<Bytes>,
+        writer: Writer,
+        replaces: Replaces,
+    ) -> Result<Option<Present>, StoreError> {
+        let old = match replaces {
+            Replaces::Staged(old) | Replaces::OnDisk(old) => old,
+            Replaces::Unknown => None,
+        };
+        let touched = matches!(replaces, Replaces::Staged(_));
+        if matches!(writer, Writer::Sweep(read_at) if touched || read_at != staged.generation)
+            || (entry.is_none() && old.is_none() && !matches!(replaces, Replaces::Unknown))
+        {
             return Ok(old);
         }
+        let new = entry.as_ref().map(|e| key.len() + e.len());
+        if writer == Writer::Plugin
+            && let Some(new) = new
+            && !matches!(replaces, Replaces::Unknown)
+        {
+            // Exact for this key; what others have staged counts at its most.
+            let mut before = staged.usage.get(namespace).copied().unwrap_or_default();
+            for pending in [&staged.pending, &staged.committing_pending] {
+                before.add(pending.get(namespace).copied().unwrap_or_default());
+            }
+            if let Some(why) = before.after(old, Some(new)).past(before, self.quota) {
+                return Err(StoreError::QuotaExceeded(why));
+            }
+        }
+        if let Some(new) = new {
+            let added = Usage {
+                keys: 1,
+                bytes: new as u64,
+            };
+            match staged.pending.get_mut(namespace) {
+                Some(pending) => pending.add(added),
+                None => drop(staged.pending.insert(namespace.to_owned(), added)),
+            }
+        }
+        let size = write_size(key, &entry);
+        staged.newest += 1;
+        let number = staged.newest;
+        let replaced = match staged.writes.get_mut(namespace) {
+            Some(keys) => keys.insert(key.to_owned(), entry),
+            None => {
+                let keys = BTreeMap::from([(key.to_owned(), entry)]);
+                staged.writes.insert(namespace.to_owned(), keys);
+                None
+            }
+        };
+        staged.bytes += size;
+        if let Some(old) = replaced {
+            staged.bytes -= write_size(key, &old);
+        }
+        self.commits.accept(number);
+        let wake = std::mem::take(&mut staged.idle);
+        drop(staged);
+        if wake {
+            self.to_commit.notify_one();
+        }
+        Ok(old)
     }
 
     /// The entry of a key in the database, expired or not.
@@ -477,6 +554,7 @@ impl Shared {
                 let batch = Arc::new(std::mem::take(&mut staged.writes));
                 staged.committing = batch.clone();
                 staged.committing_bytes = std::mem::take(&mut staged.bytes);
+                staged.committing_pending = std::mem::take(&mut staged.pending);
                 staged.taken = staged.newest;
                 (batch, staged.newest)
             };
@@ -486,19 +564,31 @@ impl Shared {
                 let mut staged = lock(&self.staged);
                 staged.committing = Arc::default();
                 staged.committing_bytes = 0;
+                staged.committing_pending.clear();
                 staged.generation += 1;
-                match &outcome {
-                    Ok(()) => through,
+                let through = match &outcome {
+                    Ok(changes) => {
+                        for (namespace, change) in changes {
+                            let usage = staged.usage.entry(namespace.clone()).or_default();
+                            usage.keys = usage.keys.saturating_add_signed(change.0);
+                            usage.bytes = usage.bytes.saturating_add_signed(change.1);
+                        }
+                        through
+                    }
                     // Lost: this batch, and whatever was staged on top of it, which may
                     // depend on it.
                     Err(_) => {
                         staged.writes.clear();
                         staged.bytes = 0;
+                        staged.pending.clear();
                         staged.taken = staged.newest;
                         staged.newest
                     }
-                }
+                };
+                staged.settled = through;
+                through
             };
+            let outcome = outcome.map(drop);
             self.room.notify_all();
             match &outcome {
                 Ok(()) => {
@@ -522,24 +612,39 @@ impl Shared {
     }
 
     /// Writes a batch in one transaction.
-    fn commit(&self, batch: &Generation) -> Result<(), StoreError> {
+    /// Writes a batch in one transaction; returns what it changed in each namespace
+    /// (keys, bytes), from what each write replaced.
+    fn commit(&self, batch: &Generation) -> Result<Changes, StoreError> {
         self.with_db(|db| {
             let txn = db.begin_write()?;
+            let mut changes = Vec::with_capacity(batch.len());
             {
                 let mut table = txn.open_table(ENTRIES)?;
                 let mut count = 0;
                 for (namespace, keys) in batch {
+                    let (mut key_change, mut byte_change) = (0i64, 0i64);
                     for (key, entry) in keys {
-                        match entry {
-                            Some(entry) => drop(table.insert((namespace.as_str(), key.as_str()), entry.as_ref())?),
-                            None => drop(table.remove((namespace.as_str(), key.as_str()))?),
+                        let at = (namespace.as_str(), key.as_str());
+                        let replaced = match entry {
+                            Some(entry) => {
+                                key_change += 1;
+                                byte_change += (key.len() + entry.len()) as i64;
+                                table.insert(at, entry.as_ref())?.map(|old| old.value().len())
+                            }
+                            None => table.remove(at)?.map(|old| old.value().len()),
+                        };
+                        if let Some(old) = replaced {
+                            key_change -= 1;
+                            byte_change -= (key.len() + old) as i64;
                         }
                         count += 1;
                     }
+                    changes.push((namespace.clone(), (key_change, byte_change)));
                 }
                 self.since_sweep.fetch_add(count as u32, Ordering::Relaxed);
             }
-            Ok(txn.commit()?)
+            txn.commit()?;
+            Ok(changes)
         })
     }
 }
@@ -1049,8 +1154,11 @@ mod tests {
             max_bytes: 1 << 20,
         };
         let store = FileStore::with_quota(&dir.0, quota);
-        store.set("ns", "short", b"v", Some(Duration::from_millis(1))).unwrap();
+        // Past the sweep after the store opens: the next one is 1024 writes away.
         store.set("ns", "long", b"v", None).unwrap();
+        store.sync().unwrap();
+        store.sync().unwrap();
+        store.set("ns", "short", b"v", Some(Duration::from_millis(1))).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while store.get("ns", "short").unwrap().is_some() {
             assert!(std::time::Instant::now() < deadline);
