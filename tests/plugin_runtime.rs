@@ -484,3 +484,25 @@ fn a_stateless_call_keeps_its_replies_up_to_the_bounds_and_queues_the_rest_in_or
         assert_eq!(call(3, 10).await, (3, 0));
     });
 }
+
+#[test]
+fn a_write_is_read_at_once_by_the_route_and_its_reply_waits_for_the_disk() {
+    in_both_modes("api", async |served, stateless, mode| {
+        served.open(1, "/").await;
+        served.open(2, "/").await;
+        // Handed over without waiting for it to be handled and its output to leave: the
+        // next event reads the write before its commit (a few ms of fsync) is done.
+        let mut link = served.links.lock().unwrap().remove(&1).expect("open");
+        let mut replies = Vec::new();
+        let set = ConnectionEvent::Text(1, "kv-set k v".into()).into();
+        link.try_send(set, stateless.then_some(&mut replies))
+            .await
+            .expect("taken");
+        served.links.lock().unwrap().insert(1, link);
+        let did = served.text(2, "kv-get k").await;
+        assert!(did.contains(&send(2, "value v")), "{mode}: {did:?}");
+        // The reply to the write went through the gate, not straight back.
+        assert!(replies.is_empty(), "{mode}: {replies:?}");
+        assert!(did.contains(&send(1, "ok")), "{mode}: {did:?}");
+    });
+}
