@@ -52,8 +52,11 @@ const SWEEP_AT_MOST: usize = 10_000;
 pub struct FileStore {
     shared: Arc<Shared>,
     /// The committer, and the thread that settles its commits (and so releases the
-    /// output that waited for them) while it goes on with the next.
-    threads: Vec<JoinHandle<()>>,
+    /// output that waited for them) while it goes on with the next: started by the
+    /// first write, so that a plugin that never writes costs no thread.
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Whether they started (else why not).
+    started: std::sync::OnceLock<Result<(), StoreError>>,
 }
 
 struct Shared {
@@ -275,23 +278,43 @@ impl FileStore {
             room: Condvar::new(),
             commits: Commits::new(),
         });
-        let (settle, settled) = std::sync::mpsc::channel::<(WriteNumber, Result<(), StoreError>)>();
-        let threads = [
-            std::thread::Builder::new().name("wsplug-store".into()).spawn({
-                let shared = shared.clone();
-                move || shared.commit_until_closed(settle)
-            }),
-            std::thread::Builder::new().name("wsplug-settle".into()).spawn({
-                let commits = shared.commits.clone();
-                move || {
-                    for (through, outcome) in settled {
-                        commits.settle(through, outcome);
+        Self {
+            shared,
+            threads: Mutex::default(),
+            started: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Starts the committer and the settler, once; a write fails if they could not.
+    fn start(&self) -> Result<(), StoreError> {
+        let started = self.started.get_or_init(|| {
+            let shared = &self.shared;
+            let (settle, settled) = std::sync::mpsc::channel::<(WriteNumber, Result<(), StoreError>)>();
+            let threads = [
+                std::thread::Builder::new().name("wsplug-store".into()).spawn({
+                    let shared = shared.clone();
+                    move || shared.commit_until_closed(settle)
+                }),
+                std::thread::Builder::new().name("wsplug-settle".into()).spawn({
+                    let commits = shared.commits.clone();
+                    move || {
+                        for (through, outcome) in settled {
+                            commits.settle(through, outcome);
+                        }
                     }
+                }),
+            ];
+            let mut started = Ok(());
+            for thread in threads {
+                match thread {
+                    Ok(thread) => lock(&self.threads).push(thread),
+                    // The other one ends by itself: its channel closes.
+                    Err(error) => started = Err(StoreError::Unavailable(format!("cannot start a thread: {error}"))),
                 }
-            }),
-        ];
-        let threads = threads.into_iter().filter_map(Result::ok).collect();
-        Self { shared, threads }
+            }
+            started
+        });
+        started.clone()
     }
 
     /// The database file.
@@ -314,7 +337,7 @@ impl Drop for FileStore {
         self.shared.to_commit.notify_all();
         self.shared.room.notify_all();
         // The committer first: once it is done, the settler's channel closes.
-        for thread in self.threads.drain(..) {
+        for thread in lock(&self.threads).drain(..) {
             let _ = thread.join();
         }
     }
@@ -744,12 +767,14 @@ impl KeyValue for FileStore {
         let mut entry = Vec::with_capacity(8 + value.len());
         entry.extend_from_slice(&expires.to_le_bytes());
         entry.extend_from_slice(value);
+        self.start()?;
         self.shared
             .stage(namespace, key, Some(entry.into()), Writer::Plugin)
             .map(drop)
     }
 
     fn delete(&self, namespace: &str, key: &str) -> Result<bool, StoreError> {
+        self.start()?;
         let old = self.shared.stage(namespace, key, None, Writer::Plugin)?;
         Ok(old.is_some_and(|old| old.live(now_ms())))
     }
