@@ -342,6 +342,11 @@ struct Fanout {
     /// on its own (`bystander_p99_us`) while the others send their windows.
     #[arg(long)]
     bystander: bool,
+    /// The other senders send their whole window at once, as a burst, and the next
+    /// burst only once the last connection has all of it (rather than keeping the
+    /// window full).
+    #[arg(long)]
+    burst: bool,
 }
 
 /// The 16-byte header of a text fanout message (32 hex digits), from the message itself
@@ -370,6 +375,7 @@ async fn fanout(target: &[Target], shape: Fanout) -> anyhow::Result<Report> {
         duration,
         text,
         bystander,
+        burst,
     } = shape;
     ensure!(
         conns >= 2 && senders >= 1 && senders < conns,
@@ -488,10 +494,23 @@ async fn fanout(target: &[Target], shape: Fanout) -> anyhow::Result<Report> {
         sending.spawn(async move {
             let mut payload = vec![b'x'; size];
             let mut seq = 0u64;
-            let window = if Some(sender) == bystander_index { 1 } else { window };
+            let is_bystander = Some(sender) == bystander_index;
+            let window = if is_bystander { 1 } else { window };
+            // In a burst: what is left of it to send.
+            let mut burst_left = 0;
             while !stop.load(Ordering::Relaxed) {
                 let notified = progress.notified();
-                if seq - monitor_seen[sender].load(Ordering::Acquire) >= window {
+                let seen = monitor_seen[sender].load(Ordering::Acquire);
+                let blocked = match burst && !is_bystander {
+                    true => {
+                        if burst_left == 0 && seq == seen {
+                            burst_left = window;
+                        }
+                        burst_left == 0
+                    }
+                    false => seq - seen >= window,
+                };
+                if blocked {
                     // Wait for the monitor, but keep an eye on the clock; meanwhile read
                     // (and drop) what reaches this sender: the other senders' messages, if
                     // the server relays them here, must not back up.
@@ -519,6 +538,7 @@ async fn fanout(target: &[Target], shape: Fanout) -> anyhow::Result<Report> {
                 }
                 client.flush().await?;
                 seq += 1;
+                burst_left = burst_left.saturating_sub(1);
                 sent_counts[sender].store(seq, Ordering::Release);
             }
             anyhow::Ok(client)
