@@ -138,6 +138,12 @@ impl OutputGate {
         }
     }
 
+    /// What a held send or close answers: `Gone` for a connection the host no longer
+    /// has (one that goes before the release simply misses it).
+    fn known(&self, conn: ConnId) -> Result<(), HostError> {
+        self.inner.info(conn).map(drop).ok_or(HostError::Gone)
+    }
+
     fn release(&self, held: Held) {
         // A connection gone meanwhile: what was for it has no one to reach.
         match held {
@@ -195,14 +201,14 @@ impl HostServices for OutputGate {
     fn send(&self, conn: ConnId, message: Outgoing) -> Result<(), HostError> {
         match self.hold(Held::Send(conn, message)) {
             Some(Held::Send(conn, message)) => self.inner.send(conn, message),
-            _ => Ok(()),
+            _ => self.known(conn),
         }
     }
 
     fn close(&self, conn: ConnId, code: CloseCode, reason: String) -> Result<(), HostError> {
         match self.hold(Held::Close(conn, code, reason)) {
             Some(Held::Close(conn, code, reason)) => self.inner.close(conn, code, reason),
-            _ => Ok(()),
+            _ => self.known(conn),
         }
     }
 
@@ -331,8 +337,17 @@ mod tests {
         fn connections(&self) -> Vec<ConnId> {
             vec![1, 2, 3]
         }
-        fn info(&self, _: ConnId) -> Option<Arc<ConnectionInfo>> {
-            None
+        fn info(&self, conn: ConnId) -> Option<Arc<ConnectionInfo>> {
+            (1..=3).contains(&conn).then(|| {
+                Arc::new(ConnectionInfo {
+                    id: conn,
+                    remote_address: "127.0.0.1:1".into(),
+                    path: "/".into(),
+                    query: None,
+                    subprotocol: None,
+                    headers: Default::default(),
+                })
+            })
         }
         fn set_attachment(&self, _: ConnId, _: Vec<u8>) -> Result<(), HostError> {
             Ok(())
@@ -372,6 +387,7 @@ mod tests {
         assert_eq!(gate.publish("room", say("c"), None), 1);
         commits.accept(2);
         gate.close(1, CloseCode::SERVICE_RESTART, String::new()).unwrap();
+        assert_eq!(gate.send(9, say("nobody")), Err(HostError::Gone), "held, to no one");
         let (tx, rx) = std::sync::mpsc::channel();
         gate.then(move |durable| tx.send(durable).unwrap());
         assert!(host.take().is_empty(), "held");
@@ -380,7 +396,7 @@ mod tests {
         assert!(rx.try_recv().is_err(), "the decision waits for write 2");
         // Nothing may overtake what is still held, even with no write pending after it.
         commits.settle(2, Ok(()));
-        assert_eq!(host.take(), ["1 close 1012"]);
+        assert_eq!(host.take(), ["1 close 1012", "9 nobody"]);
         assert_eq!(rx.try_recv(), Ok(true));
         assert!(!gate.may_hold());
         gate.send(3, say("d")).unwrap();
