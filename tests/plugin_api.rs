@@ -683,6 +683,12 @@ fn a_full_disk_costs_the_writes_that_met_it_and_the_store_answers_again_once_the
     // A quota above it: the disk fills first. The write that met it is lost, and its
     // reply, which waited for it, never comes: the connection gets 1011 instead.
     let server = limited("1073741824");
+    // A count in the plugin's memory, which a lost commit makes suspect.
+    let mut observer = server.connect("/");
+    for _ in 0..3 {
+        observer.send_text("+");
+    }
+    assert_eq!(ask(&mut observer, "total"), "total 3");
     let mut client = server.connect("/");
     let mut written = 0;
     let lost = loop {
@@ -709,6 +715,9 @@ fn a_full_disk_costs_the_writes_that_met_it_and_the_store_answers_again_once_the
         );
     }
     assert_eq!(ask(&mut client, "kv-get before/014"), format!("value {value}"));
+    // The plugin started again from what is stored (a new instance): its memory too.
+    assert_eq!(ask(&mut observer, "total"), "total 0");
+    server.wait_for_log("store writes were lost: the plugin starts again from its stored state");
     assert_eq!(
         ask(&mut client, &format!("kv-get after/{:03}", written - 1)),
         format!("value {value}")

@@ -77,6 +77,8 @@ pub struct OutputGate {
     held: Mutex<Queue>,
     /// Whether `held` has anything: read without its lock on every output.
     holding: AtomicBool,
+    /// A commit failed since [`OutputGate::take_lost`] last looked.
+    lost: AtomicBool,
     /// Wakes calls waiting for the queue to fall under [`MAX_HELD`].
     drained: Condvar,
 }
@@ -89,6 +91,7 @@ impl OutputGate {
             commits,
             held: Mutex::default(),
             holding: AtomicBool::new(false),
+            lost: AtomicBool::new(false),
             drained: Condvar::new(),
         });
         gate.commits.listen(Arc::downgrade(&gate) as Weak<dyn Settled>);
@@ -138,6 +141,12 @@ impl OutputGate {
         }
     }
 
+    /// Whether a commit failed since the last call: the plugin's memory may then hold
+    /// what the store lost, and its instance is to start again from the store.
+    pub fn take_lost(&self) -> bool {
+        self.lost.swap(false, Ordering::AcqRel)
+    }
+
     /// What a held send or close answers: `Gone` for a connection the host no longer
     /// has (one that goes before the release simply misses it).
     fn known(&self, conn: ConnId) -> Result<(), HostError> {
@@ -172,6 +181,9 @@ impl OutputGate {
 
 impl Settled for OutputGate {
     fn settled(&self, through: WriteNumber, outcome: Result<(), &StoreError>) {
+        if outcome.is_err() {
+            self.lost.store(true, Ordering::Release);
+        }
         let mut queue = self.lock();
         while queue.items.front().is_some_and(|(waits_for, _)| *waits_for <= through) {
             let (_, held) = queue.items.pop_front().expect("a front");

@@ -268,6 +268,14 @@ impl Runner {
     /// In a crash loop, waits before each restart; meanwhile events queue up and
     /// connections stop reading (back-pressure), but stay open.
     fn live_instance(&mut self) -> Option<&mut Instance> {
+        // After a failed commit the instance's memory may hold writes the store lost: as
+        // Durable Objects do, start again from what is durable.
+        if self.sandbox.gate.as_ref().is_some_and(|gate| gate.take_lost()) && self.instance.take().is_some() {
+            tracing::warn!(
+                plugin = &*self.loaded.name,
+                "store writes were lost: the plugin starts again from its stored state (a new instance, on-open replayed)"
+            );
+        }
         while self.instance.is_none() {
             if let Some(delay) = self.crash_loop.delay() {
                 tracing::warn!(
