@@ -519,6 +519,16 @@ impl Shared {
 
     /// The entry of a key in the database, expired or not.
     fn on_disk(&self, namespace: &str, key: &str) -> Result<Option<Present>, StoreError> {
+        self.read_entry(namespace, key, |entry| Present::of(key, entry))
+    }
+
+    /// `read` of the entry of a key in the database, if it has one (expired or not).
+    fn read_entry<T>(
+        &self,
+        namespace: &str,
+        key: &str,
+        read: impl FnOnce(&[u8]) -> T,
+    ) -> Result<Option<T>, StoreError> {
         self.with_db(|db| {
             let txn = db.begin_read()?;
             let table = match txn.open_table(ENTRIES) {
@@ -526,9 +536,7 @@ impl Shared {
                 Err(TableError::TableDoesNotExist(_)) => return Ok(None),
                 Err(error) => return Err(error.into()),
             };
-            Ok(table
-                .get((namespace, key))?
-                .map(|entry| Present::of(key, entry.value())))
+            Ok(table.get((namespace, key))?.map(|entry| read(entry.value())))
         })
     }
 
@@ -749,17 +757,10 @@ impl KeyValue for FileStore {
         if let Some(entry) = self.shared.staged(namespace, key) {
             return Ok(entry.and_then(|entry| live_value(&entry, now_ms())));
         }
-        self.shared.with_db(|db| {
-            let txn = db.begin_read()?;
-            let table = match txn.open_table(ENTRIES) {
-                Ok(table) => table,
-                Err(TableError::TableDoesNotExist(_)) => return Ok(None),
-                Err(error) => return Err(error.into()),
-            };
-            Ok(table
-                .get((namespace, key))?
-                .and_then(|entry| live_value(entry.value(), now_ms())))
-        })
+        let entry = self
+            .shared
+            .read_entry(namespace, key, |entry| live_value(entry, now_ms()))?;
+        Ok(entry.flatten())
     }
 
     fn set(&self, namespace: &str, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
