@@ -404,17 +404,48 @@ static bool sequence_of(const string_t *key, uint64_t *n) {
   return true;
 }
 
-// Appends a `message` to the history, dropping the oldest beyond HISTORY.
+// The number the next history message gets, once this instance has read the keys (0
+// until then, and again after a write failed: the store may have lost it).
+static uint64_t next_in_history = 0;
+
+// The store key of history message number `n`, written in `out`.
+static string_t history_key(uint64_t n, char out[HISTORY_PREFIX_LEN + 21]) {
+  snprintf(out, HISTORY_PREFIX_LEN + 21, HISTORY_PREFIX "%020llu", (unsigned long long)n);
+  return str(out);
+}
+
+// Deletes the history message numbered `n`, if it is there.
+static void forget(uint64_t n) {
+  char key_text[HISTORY_PREFIX_LEN + 21];
+  string_t key = history_key(n, key_text);
+  bool was_set;
+  wsplug_plugin_store_store_error_t error;
+  if (!wsplug_plugin_store_delete(&key, &was_set, &error)) wsplug_plugin_types_store_error_free(&error);
+}
+
+// Appends a `message` to the history, dropping the oldest beyond HISTORY. The first call
+// of an instance reads the history's keys; later ones know the next number and the
+// oldest to drop.
 static void remember(const string_t *text) {
   if (text->len > MAX_KEPT) return;
-  plugin_handshake_state_list_string_t keys = history_keys();
-  uint64_t next = 1, last;
-  if (keys.len > 0 && sequence_of(&keys.ptr[keys.len - 1], &last)) next = last + 1;
-  char key_text[HISTORY_PREFIX_LEN + 21];
-  snprintf(key_text, sizeof key_text, HISTORY_PREFIX "%020llu", (unsigned long long)next);
-  string_t key = str(key_text);
-  bytes_t value = {.ptr = text->ptr, .len = text->len};
   wsplug_plugin_store_store_error_t error;
+  if (next_in_history == 0) {
+    plugin_handshake_state_list_string_t keys = history_keys();
+    uint64_t last;
+    next_in_history = 1;
+    if (keys.len > 0 && sequence_of(&keys.ptr[keys.len - 1], &last)) next_in_history = last + 1;
+    size_t excess = keys.len + 1 > HISTORY ? keys.len + 1 - HISTORY : 0;
+    for (size_t i = 0; i < excess; i++) {
+      bool was_set;
+      if (!wsplug_plugin_store_delete(&keys.ptr[i], &was_set, &error))
+        wsplug_plugin_types_store_error_free(&error);
+    }
+    plugin_handshake_state_list_string_free(&keys);
+  }
+  uint64_t next = next_in_history;
+  char key_text[HISTORY_PREFIX_LEN + 21];
+  string_t key = history_key(next, key_text);
+  bytes_t value = {.ptr = text->ptr, .len = text->len};
   if (!wsplug_plugin_store_set(&key, &value, NULL, &error)) {
     struct buf line = {0};
     put_str(&line, "history not stored: ");
@@ -429,14 +460,11 @@ static void remember(const string_t *text) {
     wsplug_plugin_host_log(WSPLUG_PLUGIN_TYPES_LOG_LEVEL_WARN, &log_line);
     free(line.ptr);
     wsplug_plugin_types_store_error_free(&error);
+    next_in_history = 0;
+    return;
   }
-  size_t excess = keys.len + 1 > HISTORY ? keys.len + 1 - HISTORY : 0;
-  for (size_t i = 0; i < excess; i++) {
-    bool was_set;
-    if (!wsplug_plugin_store_delete(&keys.ptr[i], &was_set, &error))
-      wsplug_plugin_types_store_error_free(&error);
-  }
-  plugin_handshake_state_list_string_free(&keys);
+  if (next > HISTORY) forget(next - HISTORY);
+  next_in_history = next + 1;
 }
 
 // `[message,...]`: the kept messages, oldest first, as stored (JSON objects).

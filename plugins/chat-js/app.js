@@ -137,27 +137,50 @@ function describe(error) {
   return String(e);
 }
 
-/** Appends a `message` to the history, dropping the oldest beyond HISTORY. */
+/**
+ * The number the next history message gets, once this instance has read the keys
+ * (`undefined` until then, and again after a write failed: the store may have lost it).
+ */
+let nextInHistory;
+
+const historyKey = (n) => HISTORY_PREFIX + String(n).padStart(20, "0");
+
+/**
+ * Appends a `message` to the history, dropping the oldest beyond HISTORY. The first call
+ * of an instance reads the history's keys; later ones know the next number and the
+ * oldest to drop.
+ */
 function remember(message) {
   const bytes = encoder.encode(message);
   if (bytes.length > MAX_KEPT) return;
-  let keys = [];
+  if (nextInHistory === undefined) {
+    let keys = [];
+    try {
+      keys = store.listKeys(HISTORY_PREFIX, undefined, 1000);
+    } catch {}
+    for (const old of keys.slice(0, Math.max(0, keys.length + 1 - HISTORY))) {
+      try {
+        store.delete(old);
+      } catch {}
+    }
+    nextInHistory = 1n;
+    const last = keys.at(-1)?.slice(HISTORY_PREFIX.length);
+    if (last !== undefined && /^\+?[0-9]+$/.test(last) && BigInt(last) < 1n << 64n) nextInHistory = BigInt(last) + 1n;
+  }
+  const next = nextInHistory;
   try {
-    keys = store.listKeys(HISTORY_PREFIX, undefined, 1000);
-  } catch {}
-  let next = 1n;
-  const last = keys.at(-1)?.slice(HISTORY_PREFIX.length);
-  if (last !== undefined && /^\+?[0-9]+$/.test(last) && BigInt(last) < 1n << 64n) next = BigInt(last) + 1n;
-  try {
-    store.set(HISTORY_PREFIX + String(next).padStart(20, "0"), bytes, undefined);
+    store.set(historyKey(next), bytes, undefined);
   } catch (error) {
     log("warn", `history not stored: ${describe(error)}`);
+    nextInHistory = undefined;
+    return;
   }
-  for (const old of keys.slice(0, Math.max(0, keys.length + 1 - HISTORY))) {
+  if (next > BigInt(HISTORY)) {
     try {
-      store.delete(old);
+      store.delete(historyKey(next - BigInt(HISTORY)));
     } catch {}
   }
+  nextInHistory = next + 1n;
 }
 
 /** The kept messages, oldest first. */

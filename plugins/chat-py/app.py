@@ -131,23 +131,45 @@ def describe(error: StoreError) -> str:
     return "StoreError::TooLarge"
 
 
+# The number the next history message gets, once this instance has read the keys (None
+# until then, and again after a write failed: the store may have lost it).
+next_in_history: int | None = None
+
+
+def history_key(n: int) -> str:
+    return f"{HISTORY_PREFIX}{n:020}"
+
+
 def remember(text: str) -> None:
-    """Appends a `message` to the history, dropping the oldest beyond HISTORY."""
+    """Appends a `message` to the history, dropping the oldest beyond HISTORY. The first
+    call of an instance reads the history's keys; later ones know the next number and the
+    oldest to drop."""
+    global next_in_history
     data = text.encode()
     if len(data) > MAX_KEPT:
         return
-    keys = list_history()
-    last = keys[-1][len(HISTORY_PREFIX):] if keys else ""
-    sequence = int(last) + 1 if re.fullmatch(r"\+?[0-9]+", last) and int(last) < 2**64 else 1
+    if next_in_history is None:
+        keys = list_history()
+        for old in keys[: max(0, len(keys) + 1 - HISTORY)]:
+            try:
+                store.delete(old)
+            except Err:
+                pass
+        last = keys[-1][len(HISTORY_PREFIX):] if keys else ""
+        next_in_history = int(last) + 1 if re.fullmatch(r"\+?[0-9]+", last) and int(last) < 2**64 else 1
+    sequence = next_in_history
     try:
-        store.set(f"{HISTORY_PREFIX}{sequence:020}", data, None)
+        store.set(history_key(sequence), data, None)
     except Err as error:
         host.log(LogLevel.WARN, f"history not stored: {describe(error.value)}")
-    for old in keys[: max(0, len(keys) + 1 - HISTORY)]:
+        next_in_history = None
+        return
+    if sequence > HISTORY:
         try:
-            store.delete(old)
+            store.delete(history_key(sequence - HISTORY))
         except Err:
             pass
+    next_in_history = sequence + 1
 
 
 def history() -> list:
