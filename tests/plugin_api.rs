@@ -630,6 +630,18 @@ fn a_plugin_past_its_store_quota_gets_an_error_not_a_trap() {
     assert_eq!(ask(&mut client, "kv-get one-more"), "value v");
 }
 
+/// Sets `PREFIX000`, `PREFIX001`, ... to `value` until a reply is not `ok`: how many
+/// were, and that reply.
+fn set_until_refused(client: &mut Client, prefix: &str, value: &str) -> (usize, String) {
+    for n in 0..100 {
+        let reply = try_set(client, &format!("{prefix}{n:03}"), value);
+        if reply != "ok" {
+            return (n, reply);
+        }
+    }
+    panic!("100 writes of {} bytes all went through", value.len())
+}
+
 /// Sends `kv-set KEY VALUE` and returns the reply, or `close CODE REASON` if the host
 /// closed the connection instead.
 fn try_set(client: &mut Client, key: &str, value: &str) -> String {
@@ -668,14 +680,7 @@ fn a_full_disk_costs_the_writes_that_met_it_and_the_store_answers_again_once_the
     // A quota below the room left: the plugin meets the quota, as an error, first.
     let server = limited("1048576");
     let mut client = server.connect("/");
-    let mut stored = 0;
-    let refused = loop {
-        let reply = try_set(&mut client, &format!("before/{stored:03}"), &value);
-        if reply != "ok" {
-            break reply;
-        }
-        stored += 1;
-    };
+    let (stored, refused) = set_until_refused(&mut client, "before/", &value);
     assert!(refused.contains("quota exceeded"), "{refused} after {stored} writes");
     assert_eq!(stored, 15, "1 MiB holds 15 entries of 64 KiB and their keys");
     drop(server);
@@ -690,15 +695,7 @@ fn a_full_disk_costs_the_writes_that_met_it_and_the_store_answers_again_once_the
     }
     assert_eq!(ask(&mut observer, "total"), "total 3");
     let mut client = server.connect("/");
-    let mut written = 0;
-    let lost = loop {
-        let reply = try_set(&mut client, &format!("after/{written:03}"), &value);
-        if reply != "ok" {
-            break reply;
-        }
-        written += 1;
-        assert!(written < 100, "4 MiB never filled");
-    };
+    let (written, lost) = set_until_refused(&mut client, "after/", &value);
     assert_eq!(lost, "close 1011 store write failed", "after {written} writes");
     // Room again: within a few seconds the store opens its file again and answers.
     let status = Command::new("prlimit")

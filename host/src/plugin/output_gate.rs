@@ -141,6 +141,27 @@ impl OutputGate {
         }
     }
 
+    /// A broadcast or a publish: `now` if nothing is held, else held for the
+    /// recipients it has now (`members`, but `except`); how many.
+    fn to_each(
+        &self,
+        message: Outgoing,
+        except: Option<ConnId>,
+        members: impl FnOnce() -> Vec<ConnId>,
+        now: impl FnOnce(Outgoing) -> u32,
+    ) -> u32 {
+        if !self.may_hold() {
+            return now(message);
+        }
+        let mut to = members();
+        to.retain(|conn| Some(*conn) != except);
+        let count = to.len() as u32;
+        match self.hold(Held::ToEach(to, message)) {
+            Some(Held::ToEach(_, message)) => now(message),
+            _ => count,
+        }
+    }
+
     /// Whether a commit failed since the last call: the plugin's memory may then hold
     /// what the store lost, and its instance is to start again from the store.
     pub fn take_lost(&self) -> bool {
@@ -224,23 +245,13 @@ impl HostServices for OutputGate {
         }
     }
 
-    fn send_each(&self, conns: &[ConnId], message: &Outgoing) {
-        if let Some(Held::ToEach(conns, message)) = self.hold(Held::ToEach(conns.to_vec(), message.clone())) {
-            self.inner.send_each(&conns, &message);
-        }
-    }
-
     fn broadcast(&self, message: Outgoing, except: Option<ConnId>) -> u32 {
-        if !self.may_hold() {
-            return self.inner.broadcast(message, except);
-        }
-        let mut to = self.inner.connections();
-        to.retain(|conn| Some(*conn) != except);
-        let count = to.len() as u32;
-        match self.hold(Held::ToEach(to, message)) {
-            Some(Held::ToEach(_, message)) => self.inner.broadcast(message, except),
-            _ => count,
-        }
+        self.to_each(
+            message,
+            except,
+            || self.inner.connections(),
+            |message| self.inner.broadcast(message, except),
+        )
     }
 
     fn join(&self, conn: ConnId, group: &str) -> Result<(), HostError> {
@@ -252,16 +263,12 @@ impl HostServices for OutputGate {
     }
 
     fn publish(&self, group: &str, message: Outgoing, except: Option<ConnId>) -> u32 {
-        if !self.may_hold() {
-            return self.inner.publish(group, message, except);
-        }
-        let mut to = self.inner.group_members(group);
-        to.retain(|conn| Some(*conn) != except);
-        let count = to.len() as u32;
-        match self.hold(Held::ToEach(to, message)) {
-            Some(Held::ToEach(_, message)) => self.inner.publish(group, message, except),
-            _ => count,
-        }
+        self.to_each(
+            message,
+            except,
+            || self.inner.group_members(group),
+            |message| self.inner.publish(group, message, except),
+        )
     }
 
     fn group_members(&self, group: &str) -> Vec<ConnId> {
