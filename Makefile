@@ -26,7 +26,7 @@ WIT_BINDGEN_VERSION     := 0.63.0
 TOOLS      := $(TARGET_DIR)/tools
 WIT_BINDGEN := $(TOOLS)/bin/wit-bindgen
 WASI_ADAPTER := $(TOOLS)/wasi_snapshot_preview1.reactor.wasm
-WIT        := $(wildcard wit/*.wit wit/0.1.0/*.wit)
+WIT        := $(wildcard wit/*.wit wit/*/*.wit)
 
 .PHONY: help deps redis-deps promtool-deps net-deps run-cluster rust-deps py-deps browser-deps js-deps c-deps bench-deps bench plugins plugins-rust plugins-js plugins-py plugins-c build lint unit integration clients adversarial fuzz fuzz-smoke autobahn browser test run clean
 
@@ -134,10 +134,11 @@ plugins-rust: rust-deps
 	mv $(PLUGIN_DIR)/counter.wasm $(PLUGIN_DIR)/counter-v2.wasm
 
 # Which WIT (version) and world each JavaScript, Python and C plugin is built against:
-# the echo plugins stay on 0.1.0 (the host serves both), the chats use 0.2.0.
+# the echo plugins stay on 0.1.0 and the chats on 0.2.0 (the host serves every version;
+# the Rust plugins, through the SDK, use 0.3.0).
 WIT_OF_echo   := wit/0.1.0
 WORLD_OF_echo := plugin
-WIT_OF_chat   := wit
+WIT_OF_chat   := wit/0.2.0
 WORLD_OF_chat := plugin-handshake-state
 # The test plugins that print (tests/runtime.rs).
 WIT_OF_probe   := wit/0.1.0

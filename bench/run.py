@@ -67,7 +67,7 @@ cluster_secret = None
 # `--host PATH`: the host binary "wsplug" runs (default: the release build).
 host_binary = "host"
 # `--echo-plugin NAME`: the echo plugin wsplug (and wsplug-before) run; a host from before
-# plugin API 0.2 needs a 0.1 one (echo-raw).
+# plugin API 0.3 needs an older one (echo-raw, 0.1, runs on every host; so does broadcast).
 echo_plugin = "echo"
 # Where each run's key-value store goes (a fresh directory per server), made by main().
 store_root = None
@@ -418,7 +418,7 @@ def main():
     parser.add_argument("--cluster-secret", metavar="TEXT",
                         help="wsplug's clusters authenticate their messages with this secret (not --compare's)")
     parser.add_argument("--echo-plugin", default="echo", metavar="NAME",
-                        help="the echo plugin wsplug runs (default echo; a pre-0.2 host with --compare needs echo-raw)")
+                        help="the echo plugin wsplug runs (default echo; a pre-0.3 host with --compare needs echo-raw)")
     args = parser.parse_args()
     global compare_binary, echo_plugin, host_binary, cluster_secret, store_root
     compare_binary, echo_plugin, cluster_secret = args.compare, args.echo_plugin, args.cluster_secret

@@ -444,9 +444,9 @@ fn host_check_describes_a_plugin_or_says_why_it_would_not_load() {
     assert!(exit.status.success(), "{exit:?}");
     for line in [
         "language: Rust",
-        "world: wsplug:plugin@0.2.0",
-        "exports: on-open on-text on-binary on-close on-timer",
-        "wsplug:plugin/host@0.2.0",
+        "world: wsplug:plugin@0.3.0",
+        "exports: on-open on-text on-binary on-close\n",
+        "wsplug:plugin/host@0.3.0",
         "compile: ",
         "instantiate: ",
         "(memory cap 64 MiB)",

@@ -1,7 +1,8 @@
-//! Plugin API 0.2 through the real `host` binary and the `api` test plugin
-//! (`plugins/api`, which does on command whatever a test needs): the handshake hook,
-//! timers, attachments, state carried across reloads, the key-value store, and 0.1
-//! plugins beside 0.2 ones.
+//! Plugin API 0.2 and 0.3 through the real `host` binary and the `api` test plugin
+//! (`plugins/api`, 0.3, which does on command whatever a test needs): the handshake
+//! hook, timers, attachments, state carried across reloads, the key-value store, what
+//! 0.3 added (named errors, `sync`, text as bytes, positions), and 0.1 and 0.2 plugins
+//! beside 0.3 ones.
 //!
 //! Build the plugins first (`make plugins`). Every test starts its own server (with its
 //! own store); they take turns (see [`exclusive`] and [`shared`]): the throughput test
@@ -623,11 +624,41 @@ fn a_plugin_past_its_store_quota_gets_an_error_not_a_trap() {
     assert_eq!(ask(&mut client, "kv-fill 150"), "filled 100 failed 50");
     assert_eq!(
         ask(&mut client, "kv-set one-more v"),
-        r#"error StoreError::Unavailable("quota exceeded: 100 keys at most")"#
+        r#"error StoreError::QuotaExceeded("100 keys at most")"#
     );
     assert_eq!(ask(&mut client, "kv-del fill/00000000"), "deleted true");
     ok(&mut client, "kv-set one-more v");
     assert_eq!(ask(&mut client, "kv-get one-more"), "value v");
+}
+
+#[test]
+fn api_0_3_takes_text_as_bytes_says_where_a_publication_is_and_syncs() {
+    let _turn = shared();
+    let store = TempDir::new("api-0.3");
+    for mode in [&[][..], &["--stateless"]] {
+        let mut args = vec!["--store-dir", store.arg()];
+        args.extend(mode);
+        let server = Server::start("api", &args);
+        let mut client = server.connect("/");
+        // Text given as bytes is checked once, and refused if it is not UTF-8.
+        client.send_text("utf8 valid");
+        assert_eq!(client.recv_text(), "café", "{mode:?}");
+        assert_eq!(client.recv_text(), "ok");
+        assert_eq!(ask(&mut client, "utf8 invalid"), "error invalid-utf8");
+        ok(&mut client, "join room");
+        client.send_text("publish-utf8 room héllo");
+        assert_eq!(
+            client.recv_text(),
+            "héllo",
+            "{mode:?}: the publication precedes the reply"
+        );
+        // No group keeps history until the operator names it: no position.
+        assert_eq!(client.recv_text(), "published 1 position None");
+        assert_eq!(ask(&mut client, "position room"), "error no-history");
+        ok(&mut client, "kv-set synced-key v");
+        assert_eq!(ask(&mut client, "kv-sync"), "synced");
+        assert_eq!(ask(&mut client, "kv-get synced-key"), "value v");
+    }
 }
 
 /// Sets `PREFIX000`, `PREFIX001`, ... to `value` until a reply is not `ok`: how many
@@ -681,7 +712,7 @@ fn a_full_disk_costs_the_writes_that_met_it_and_the_store_answers_again_once_the
     let server = limited("1048576");
     let mut client = server.connect("/");
     let (stored, refused) = set_until_refused(&mut client, "before/", &value);
-    assert!(refused.contains("quota exceeded"), "{refused} after {stored} writes");
+    assert!(refused.contains("QuotaExceeded"), "{refused} after {stored} writes");
     assert_eq!(stored, 15, "1 MiB holds 15 entries of 64 KiB and their keys");
     drop(server);
 
@@ -795,24 +826,25 @@ fn the_load_report_names_the_api_version_and_optional_exports() {
     for (plugin, api, exports) in [
         ("echo-raw", "0.1.0", "none"),
         ("counter-v1", "0.1.0", "none"),
-        ("echo", "0.2.0", "none"),
-        ("api", "0.2.0", "on-upgrade,snapshot+restore"),
+        ("chat-c", "0.2.0", "on-upgrade,snapshot+restore"),
+        ("echo", "0.3.0", "none"),
+        ("api", "0.3.0", "on-upgrade,snapshot+restore,on-timer"),
     ] {
         let server = Server::start(plugin, &[]);
         server.wait_for_log("plugin loaded");
         let line = server.log_lines(|line| line.contains("plugin loaded")).pop().unwrap();
         assert!(line.contains(&format!("api={api} ")), "{plugin}: {line}");
         assert!(line.contains(&format!("exports={exports} ")), "{plugin}: {line}");
-        let mut client = server.connect("/");
-        client.send_text("hello");
+        // The chat wants a name; the others echo.
         if plugin.starts_with("echo") {
-            assert_eq!(client.recv_text(), "hello");
+            let mut client = server.connect("/");
+            assert_eq!(ask(&mut client, "hello"), "hello");
         }
     }
 }
 
 #[test]
-fn a_reload_from_0_1_to_0_2_and_back_keeps_the_connections() {
+fn a_reload_from_0_1_to_0_3_and_back_keeps_the_connections() {
     let _turn = shared();
     let file = PluginFile::copy_of("echo-raw");
     let server = Server::start_file(&file.path(), &["--idle-timeout", "60"]);
@@ -823,8 +855,8 @@ fn a_reload_from_0_1_to_0_2_and_back_keeps_the_connections() {
         .wait_for_log_lines(1, |line| line.contains("plugin reloaded"))
         .pop()
         .unwrap();
-    assert!(line.contains("api=0.2.0"), "{line}");
-    assert_eq!(ask(&mut client, "on 0.2"), "on 0.2");
+    assert!(line.contains("api=0.3.0"), "{line}");
+    assert_eq!(ask(&mut client, "on 0.3"), "on 0.3");
     file.replace_by_rename(&fs::read(plugin_path("echo-raw")).unwrap());
     let line = server
         .wait_for_log_lines(2, |line| line.contains("plugin reloaded"))

@@ -250,10 +250,10 @@ fn a_reload_swaps_versions_between_events_and_across_api_versions() {
     let reloaded = rig.reload("counter-v2").expect("swapped in");
     assert_eq!((reloaded.state, reloaded.connections), (Carried::Replayed, 1));
     assert_eq!(rig.text(1, "x"), [send(1, "v2:1")]);
-    // From a 0.1 plugin to a 0.2 one (echo), and back.
+    // From a 0.1 plugin to a 0.3 one (echo), and back.
     let api = |reloaded: Reloaded| reloaded.loaded.linked.api().to_string();
-    assert_eq!(api(rig.reload("echo").expect("to 0.2")), "0.2.0");
-    assert_eq!(rig.text(1, "to 0.2"), [send(1, "to 0.2")]);
+    assert_eq!(api(rig.reload("echo").expect("to 0.3")), "0.3.0");
+    assert_eq!(rig.text(1, "to 0.3"), [send(1, "to 0.3")]);
     assert_eq!(api(rig.reload("counter-v1").expect("to 0.1")), "0.1.0");
     assert_eq!(rig.text(1, "x"), [send(1, "v1:1")]);
 }

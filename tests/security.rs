@@ -276,7 +276,7 @@ fn rule2_a_client_cannot_make_its_host_share_unbounded_groups() {
     }
     // Up to the bounds a chat needs it works: 256 groups of 256 bytes, then no more.
     assert_eq!(ask(&mut client, "join-many 256 256"), "joined 256 none");
-    assert_eq!(ask(&mut client, "join one-more"), "error too-large");
+    assert_eq!(ask(&mut client, "join one-more"), "error too-many-groups");
     assert_eq!(ask(&mut client, &format!("group-size {}", "0".repeat(256))), "1");
     // Groups given at the handshake are held to the same bounds.
     let long = "g".repeat(257);

@@ -13,13 +13,13 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
-use super::bindings::{HostState, MemoryLimit, v1, v1_async, v2, v2_async, v2_optional};
+use super::bindings::{HostState, MemoryLimit, v1, v1_async, v2, v2_async, v2_optional, v3, v3_async, v3_optional};
 use super::deadline::CallClock;
 use super::loader::{Linked, Loaded};
 use super::output::{LogOutput, Stream};
 use super::output_gate::OutputGate;
 use super::timers::Timers;
-use super::{ConnId, ConnectionEvent, Export, HostServices, TimerId};
+use super::{ConnId, ConnectionEvent, Export, HostServices, TimerId, UpgradeDecision, UpgradeRequest};
 use crate::metrics::TrapKind;
 use crate::store::{KeyValue, Quota};
 
@@ -93,6 +93,60 @@ pub(super) enum Exports {
         handshake: Option<v2_optional::handshake::Guest>,
         state: Option<v2_optional::state::Guest>,
     },
+    V3 {
+        plugin: v3::Plugin,
+        handshake: Option<v3_optional::handshake::Guest>,
+        state: Option<v3_optional::state::Guest>,
+        timer_events: Option<v3_optional::timer_events::Guest>,
+    },
+}
+
+impl Exports {
+    /// Calls `on-upgrade`, if the plugin has it.
+    pub(super) fn on_upgrade(
+        &self,
+        store: &mut Store<HostState>,
+        request: &UpgradeRequest,
+    ) -> Option<wasmtime::Result<UpgradeDecision>> {
+        Some(match self {
+            Self::V2 {
+                handshake: Some(handshake),
+                ..
+            } => handshake.call_on_upgrade(store, &request.into()).map(Into::into),
+            Self::V3 {
+                handshake: Some(handshake),
+                ..
+            } => handshake.call_on_upgrade(store, &request.into()).map(Into::into),
+            _ => return None,
+        })
+    }
+
+    /// Whether the plugin has `snapshot` and `restore`.
+    pub(super) fn has_state(&self) -> bool {
+        matches!(self, Self::V2 { state: Some(_), .. } | Self::V3 { state: Some(_), .. })
+    }
+
+    /// Calls `snapshot`, if the plugin has it.
+    pub(super) fn snapshot(&self, store: &mut Store<HostState>) -> Option<wasmtime::Result<Result<Vec<u8>, String>>> {
+        Some(match self {
+            Self::V2 { state: Some(state), .. } => state.call_snapshot(store),
+            Self::V3 { state: Some(state), .. } => state.call_snapshot(store),
+            _ => return None,
+        })
+    }
+
+    /// Calls `restore`, if the plugin has it.
+    pub(super) fn restore(
+        &self,
+        store: &mut Store<HostState>,
+        snapshot: &[u8],
+    ) -> Option<wasmtime::Result<Result<(), String>>> {
+        Some(match self {
+            Self::V2 { state: Some(state), .. } => state.call_restore(store, snapshot),
+            Self::V3 { state: Some(state), .. } => state.call_restore(store, snapshot),
+            _ => return None,
+        })
+    }
 }
 
 /// One instance called in the async style: a connection's events only.
@@ -106,6 +160,7 @@ pub(super) struct AsyncInstance {
 enum AsyncExports {
     V1(v1_async::Plugin),
     V2(v2_async::Plugin),
+    V3(v3_async::Plugin),
 }
 
 /// Counts an instance in its gauge while it lives.
@@ -132,12 +187,14 @@ macro_rules! on_either {
         match $exports {
             AsyncExports::V1($plugin) => $call.await,
             AsyncExports::V2($plugin) => $call.await,
+            AsyncExports::V3($plugin) => $call.await,
         }
     };
     ($exports:expr, $plugin:ident => $call:expr) => {
         match $exports {
             Exports::V1($plugin) => $call,
             Exports::V2 { plugin: $plugin, .. } => $call,
+            Exports::V3 { plugin: $plugin, .. } => $call,
         }
     };
 }
@@ -264,6 +321,24 @@ impl Sandbox {
                     state: state.as_ref().map(|s| s.load(&mut store, &instance)).transpose()?,
                 }
             }
+            Linked::V3 {
+                pre,
+                exports,
+                handshake,
+                state,
+                timer_events,
+            } => {
+                let instance = pre.instantiate(&mut store)?;
+                Exports::V3 {
+                    plugin: exports.load(&mut store, &instance)?,
+                    handshake: handshake.as_ref().map(|h| h.load(&mut store, &instance)).transpose()?,
+                    state: state.as_ref().map(|s| s.load(&mut store, &instance)).transpose()?,
+                    timer_events: timer_events
+                        .as_ref()
+                        .map(|t| t.load(&mut store, &instance))
+                        .transpose()?,
+                }
+            }
         };
         Ok(Instance {
             store,
@@ -283,6 +358,10 @@ impl Sandbox {
             Linked::V2 { pre, .. } => {
                 let pre = v2_async::PluginPre::new(pre.clone())?;
                 AsyncExports::V2(pre.instantiate_async(&mut store).await?)
+            }
+            Linked::V3 { pre, .. } => {
+                let pre = v3_async::PluginPre::new(pre.clone())?;
+                AsyncExports::V3(pre.instantiate_async(&mut store).await?)
             }
         };
         Ok(AsyncInstance {
@@ -345,8 +424,12 @@ pub(super) fn deliver(instance: &mut Instance, call: Call) -> wasmtime::Result<(
         }
         Call::Timer(id) => match exports {
             Exports::V2 { plugin, .. } => plugin.call_on_timer(store, id),
-            // A 0.1 plugin cannot set timers.
-            Exports::V1(_) => Ok(()),
+            Exports::V3 {
+                timer_events: Some(timer_events),
+                ..
+            } => timer_events.call_on_timer(store, id),
+            // A 0.1 plugin, and a 0.3 plugin without `timer-events`, cannot set timers.
+            Exports::V1(_) | Exports::V3 { .. } => Ok(()),
         },
     }
 }

@@ -14,7 +14,7 @@ use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::error::Context as _;
 use wasmtime::{Config, Engine};
 
-use super::bindings::{ApiVersion, HostState, v1, v2, v2_optional};
+use super::bindings::{ApiVersion, HostState, v1, v2, v2_optional, v3, v3_optional};
 use super::deadline::EPOCH_TICK;
 use super::language::{self, Language};
 use crate::private_files;
@@ -34,6 +34,19 @@ pub enum Linked {
         /// Where `snapshot` and `restore` are, if it has them.
         state: Option<v2_optional::state::GuestIndices>,
     },
+    /// Implements `wsplug:plugin@0.3.0`, with the optional exports it has.
+    V3 {
+        /// The linked component.
+        pre: InstancePre<HostState>,
+        /// Where its required exports are.
+        exports: v3::PluginIndices,
+        /// Where `on-upgrade` is, if it has one.
+        handshake: Option<v3_optional::handshake::GuestIndices>,
+        /// Where `snapshot` and `restore` are, if it has them.
+        state: Option<v3_optional::state::GuestIndices>,
+        /// Where `on-timer` is, if it has one.
+        timer_events: Option<v3_optional::timer_events::GuestIndices>,
+    },
 }
 
 impl Linked {
@@ -42,20 +55,37 @@ impl Linked {
         match self {
             Self::V1(_) => ApiVersion::V0_1,
             Self::V2 { .. } => ApiVersion::V0_2,
+            Self::V3 { .. } => ApiVersion::V0_3,
         }
     }
 
     /// Whether the plugin decides handshakes (`on-upgrade`).
     pub fn has_handshake(&self) -> bool {
-        matches!(self, Self::V2 { handshake: Some(_), .. })
+        matches!(
+            self,
+            Self::V2 { handshake: Some(_), .. } | Self::V3 { handshake: Some(_), .. }
+        )
     }
 
     /// Whether the plugin carries its state across reloads (`snapshot`, `restore`).
     pub fn has_state(&self) -> bool {
-        matches!(self, Self::V2 { state: Some(_), .. })
+        matches!(self, Self::V2 { state: Some(_), .. } | Self::V3 { state: Some(_), .. })
     }
 
-    /// The optional exports it has, for the load report: `on-upgrade`, `snapshot/restore`.
+    /// Whether the plugin receives timer events (`on-timer`): every 0.2 plugin does.
+    pub fn has_timer_events(&self) -> bool {
+        matches!(
+            self,
+            Self::V2 { .. }
+                | Self::V3 {
+                    timer_events: Some(_),
+                    ..
+                }
+        )
+    }
+
+    /// The optional exports it has, for the load report: `on-upgrade`, `snapshot/restore`,
+    /// `on-timer` (of 0.3, where it is optional).
     pub fn optional_exports(&self) -> String {
         let mut names = Vec::new();
         if self.has_handshake() {
@@ -63,6 +93,15 @@ impl Linked {
         }
         if self.has_state() {
             names.push("snapshot+restore");
+        }
+        if matches!(
+            self,
+            Self::V3 {
+                timer_events: Some(_),
+                ..
+            }
+        ) {
+            names.push("on-timer");
         }
         if names.is_empty() {
             "none".into()
@@ -80,22 +119,36 @@ impl Linked {
             let version = format!("@{version}");
             move |name: &&String| name.starts_with("wsplug:plugin/") && name.ends_with(&version)
         };
-        let claims_v1 = names.iter().any(claims("0.1.0"));
-        if !claims_v1 {
+        // An optional interface is there or not; one exported but not whole is an
+        // error, not "no hook" (which would let everyone in).
+        let exported = |interface: &str| names.iter().any(|n| *n == interface);
+        if names.iter().any(claims("0.3.0")) {
+            let exported = |name: &str| exported(&format!("wsplug:plugin/{name}@0.3.0"));
+            return Ok(Self::V3 {
+                exports: v3::PluginIndices::new(&pre)?,
+                handshake: exported("handshake")
+                    .then(|| v3_optional::handshake::GuestIndices::new(&pre))
+                    .transpose()?,
+                state: exported("state")
+                    .then(|| v3_optional::state::GuestIndices::new(&pre))
+                    .transpose()?,
+                timer_events: exported("timer-events")
+                    .then(|| v3_optional::timer_events::GuestIndices::new(&pre))
+                    .transpose()?,
+                pre,
+            });
+        }
+        if !names.iter().any(claims("0.1.0")) {
             match v2::PluginIndices::new(&pre) {
                 Ok(exports) => {
-                    // An optional interface is there or not; one exported but not whole
-                    // is an error, not "no hook" (which would let everyone in).
-                    let exported = |interface: &str| names.iter().any(|n| *n == interface);
-                    let handshake = exported("wsplug:plugin/handshake@0.2.0")
-                        .then(|| v2_optional::handshake::GuestIndices::new(&pre))
-                        .transpose()?;
-                    let state = exported("wsplug:plugin/state@0.2.0")
-                        .then(|| v2_optional::state::GuestIndices::new(&pre))
-                        .transpose()?;
+                    let exported = |name: &str| exported(&format!("wsplug:plugin/{name}@0.2.0"));
                     return Ok(Self::V2 {
-                        handshake,
-                        state,
+                        handshake: exported("handshake")
+                            .then(|| v2_optional::handshake::GuestIndices::new(&pre))
+                            .transpose()?,
+                        state: exported("state")
+                            .then(|| v2_optional::state::GuestIndices::new(&pre))
+                            .transpose()?,
                         exports,
                         pre,
                     });
@@ -185,6 +238,8 @@ impl Loader {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         super::wasi_io::add_to_linker(&mut linker)?;
+        v3::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
+        v3_optional::wsplug::plugin::timers::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
         v2::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
         v1::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
 
@@ -230,7 +285,7 @@ impl Loader {
         let interfaces = Interfaces::of(&component);
         let linked = Linked::link(&self.linker, &component, &interfaces).with_context(|| {
             format!(
-                "plugin {} does not implement the wsplug:plugin world (0.1.0 or 0.2.0)",
+                "plugin {} does not implement the wsplug:plugin world (0.1.0, 0.2.0 or 0.3.0)",
                 path.display()
             )
         })?;

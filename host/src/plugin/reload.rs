@@ -20,7 +20,7 @@ pub struct Reloaded {
     pub state: Carried,
     /// Instantiating it and carrying the state over took.
     pub swap: Duration,
-    /// Timers cancelled because it has no `on-timer` (a 0.1 plugin).
+    /// Timers cancelled because it has no `on-timer` (a 0.1 plugin, or 0.3 without timers).
     pub timers_cancelled: usize,
 }
 
@@ -104,7 +104,7 @@ pub fn report(file: &str, outcome: &Result<Reloaded, ReloadError>, metrics: &Plu
                 tracing::warn!(
                     plugin = &*loaded.name,
                     timers = reloaded.timers_cancelled,
-                    "the new version implements 0.1.0 (no on-timer): its timers are cancelled"
+                    "the new version has no on-timer: its timers are cancelled"
                 );
             }
         }

@@ -55,6 +55,12 @@ impl Replying {
         self.queued |= conn == self.conn;
     }
 
+    /// Notes that output for many connections, perhaps `conn` among them, took their
+    /// queues: later sends to `conn` take the queue too, so that they stay in order.
+    pub fn queued_for_many(&mut self) {
+        self.queued = true;
+    }
+
     /// Gives up keeping replies: returns the connection and what was kept, in order,
     /// for the caller to send through the queue; later sends take the queue too.
     pub fn divert(&mut self) -> (ConnId, Vec<Outgoing>) {
@@ -99,5 +105,14 @@ mod tests {
         assert!(replying.keep(7, text("a")).is_none());
         replying.queued_for(7);
         assert!(replying.keep(7, text("b")).is_some(), "after a close went to the queue");
+
+        let mut replying = Replying::new(7, Vec::new());
+        assert!(replying.keep(7, text("a")).is_none());
+        replying.queued_for_many();
+        assert!(
+            replying.keep(7, text("b")).is_some(),
+            "after a broadcast went to the queues"
+        );
+        assert_eq!(replying.into_replies().len(), 1);
     }
 }

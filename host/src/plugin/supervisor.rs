@@ -15,8 +15,8 @@ use wasmtime::Engine;
 use super::crash_loop::{self, Crash, CrashLoop, Failure};
 use super::handle::{Handler, Mode, PluginHandle, route_span, spawn_handler};
 use super::inline::Inline;
-use super::instance::{Call, Exports, Grants, Instance, Live, PluginLimits, Sandbox, deliver, start_call, trap_kind};
-use super::loader::{Linked, Loaded};
+use super::instance::{Call, Grants, Instance, Live, PluginLimits, Sandbox, deliver, start_call, trap_kind};
+use super::loader::Loaded;
 use super::reload::{Carried, ReloadError, Reloaded};
 use super::{
     ConnId, ConnectionEvent, Control, Export, HostServices, PluginEvent, UpgradeDecision, UpgradeRequest,
@@ -212,21 +212,16 @@ impl Runner {
         let Some(Instance { store, exports, .. }) = self.live_instance() else {
             return UpgradeDecision::Failed;
         };
-        let Exports::V2 {
-            handshake: Some(handshake),
-            ..
-        } = exports
-        else {
-            return UpgradeDecision::NoHook;
-        };
         start_call(store);
         let started = Instant::now();
-        let decided = handshake.call_on_upgrade(&mut *store, &request.into());
+        let Some(decided) = exports.on_upgrade(store, request) else {
+            return UpgradeDecision::NoHook;
+        };
         metrics.call(Export::OnUpgrade as usize, started.elapsed());
         match decided {
             Ok(decision) => {
                 self.crash_loop.succeeded();
-                decision.into()
+                decision
             }
             Err(error) => {
                 let kind = trap_kind(&error, store);
@@ -354,10 +349,10 @@ impl Runner {
         };
         self.decides_handshakes
             .store(loaded.linked.has_handshake(), Ordering::Relaxed);
-        // A 0.1 version has no on-timer: the timers of the version before would tick
-        // into nothing for ever.
+        // A version without on-timer (0.1, or 0.3 without timers): the timers of the
+        // version before would tick into nothing for ever.
         let mut timers_cancelled = 0;
-        if matches!(loaded.linked, Linked::V1(_)) && !self.sandbox.timers.is_empty() {
+        if !loaded.linked.has_timer_events() && !self.sandbox.timers.is_empty() {
             timers_cancelled = self.sandbox.timers.len();
             self.sandbox.timers.clear();
         }
@@ -384,25 +379,17 @@ impl Runner {
     /// also drops the old instance, as any trap does.
     fn carry_state(&mut self, new: &mut Instance) -> Result<Option<usize>, ReloadError> {
         let metrics = self.metrics.clone();
-        let Exports::V2 {
-            state: Some(restore), ..
-        } = &new.exports
-        else {
+        if !new.exports.has_state() {
             return Ok(None);
-        };
-        let Some(Instance {
-            store,
-            exports: Exports::V2 {
-                state: Some(snapshot), ..
-            },
-            ..
-        }) = &mut self.instance
-        else {
+        }
+        let Some(Instance { store, exports, .. }) = &mut self.instance else {
             return Ok(None);
         };
         start_call(store);
         let started = Instant::now();
-        let snapshot = snapshot.call_snapshot(&mut *store);
+        let Some(snapshot) = exports.snapshot(store) else {
+            return Ok(None);
+        };
         metrics.call(Export::Snapshot as usize, started.elapsed());
         let state = match snapshot {
             Ok(Ok(state)) => state,
@@ -419,7 +406,10 @@ impl Runner {
         };
         start_call(&mut new.store);
         let started = Instant::now();
-        let restored = restore.call_restore(&mut new.store, &state);
+        // It has `restore` (checked above).
+        let Some(restored) = new.exports.restore(&mut new.store, &state) else {
+            return Ok(None);
+        };
         metrics.call(Export::Restore as usize, started.elapsed());
         match restored {
             Ok(Ok(())) => Ok(Some(state.len())),

@@ -1086,6 +1086,36 @@ mod tests {
     }
 
     #[test]
+    fn a_sync_returns_once_the_writes_before_it_are_durable() {
+        let dir = TempDir::new("sync");
+        let (store, disk) = on_test_disk(&dir.0, Quota::default());
+        let store = Arc::new(store);
+        // The database is made (and synced) at the first write: before the stall.
+        store.set("ns", "first", b"v", None).unwrap();
+        store.sync().unwrap();
+        disk.stall(true);
+        store.set("ns", "k", b"v", None).unwrap();
+        disk.wait_for_a_stalled_sync();
+        let (done, synced) = std::sync::mpsc::channel();
+        let syncing = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let outcome = store.sync();
+                // What was unsettled when it returned.
+                let _ = done.send(store.commits().unwrap().unsettled());
+                outcome
+            })
+        };
+        // A bound on a negative, not a synchronisation: the disk is stalled, so a sync
+        // that returned now would have returned before the commit.
+        let early = synced.recv_timeout(Duration::from_millis(100)).is_ok();
+        disk.stall(false);
+        assert!(!early, "sync returned before the commit");
+        assert!(!synced.recv().unwrap(), "the write was settled when sync returned");
+        assert_eq!(syncing.join().unwrap(), Ok(()));
+    }
+
+    #[test]
     fn writes_are_read_before_their_commit_and_share_one() {
         let dir = TempDir::new("group");
         let (store, disk) = on_test_disk(&dir.0, Quota::default());

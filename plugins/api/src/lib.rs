@@ -1,4 +1,4 @@
-//! Exercises every capability of the plugin API 0.2 on command, for the host's tests.
+//! Exercises every capability of the plugin API 0.3 on command, for the host's tests.
 //!
 //! Handshakes (`on-upgrade`), by path:
 //! - `/reject?status=N&body=TEXT`: rejects with that status and body, and header `x-plugin: api`
@@ -20,6 +20,11 @@
 //!   `kv-fill N` (N writes in one call), `kv-big key|value` (one over the limit).
 //!   `kv-relay K`: stores K, then sends `relayed K` to every other connection and
 //!   replies `ok K`.
+//!   `kv-sync`: waits until this plugin's writes are durable (`synced`).
+//! - `utf8 valid|invalid`: sends `café`, or bytes that are not UTF-8, with `send-text-utf8`
+//!   (`ok` or `error E`). `publish-utf8 G T`: publishes T to group G as bytes
+//!   (`published N position P`). `position G`: group G's stream position (`error E`
+//!   if it keeps no history).
 //! - `+`: counts one, no reply; `total`: the count. The count, the memos, the blob and
 //!   the number of restores survive reloads through `snapshot`/`restore`.
 //! - `memo K V` / `memo? K`, `grow N` (an N-byte blob in the state), `blob` (its size
@@ -39,7 +44,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use wsplug_plugin::{
-    Accept, ConnectionId, Plugin, Reject, TimerId, UpgradeDecision, UpgradeRequest, host, store, timers,
+    Accept, ConnectionId, Plugin, Reject, TimerId, UpgradeDecision, UpgradeRequest, history, host, store, timers,
 };
 
 #[derive(Default)]
@@ -201,6 +206,26 @@ impl Plugin for Api {
                     Err(error) => format!("error {error:?}"),
                 }
             }
+            ("kv-sync", []) => match store::sync() {
+                Ok(()) => "synced".into(),
+                Err(error) => format!("error {error:?}"),
+            },
+            ("utf8", [which]) => {
+                let text: &[u8] = if *which == "valid" {
+                    "café".as_bytes()
+                } else {
+                    b"caf\xc3"
+                };
+                result(host::send_text_utf8(conn, text))
+            }
+            ("publish-utf8", [group, text]) => match host::publish_text_utf8(group, text.as_bytes(), None) {
+                Ok(published) => format!("published {} position {:?}", published.delivered, published.position),
+                Err(error) => format!("error {}", error.name()),
+            },
+            ("position", [group]) => match history::group_position(group) {
+                Ok(position) => format!("position {} {}", position.epoch, position.offset),
+                Err(error) => format!("error {}", error.name()),
+            },
             ("kv-fill", [n]) => {
                 let n: u32 = n.parse().unwrap_or_default();
                 let failed = (0..n)

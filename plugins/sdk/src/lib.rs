@@ -14,66 +14,68 @@
 //! wsplug_plugin::export!(Echo);
 //! ```
 //!
-//! The crate holds the bindings of the `wsplug:plugin@0.2.0` world (`wit/plugin.wit`, the
+//! The crate holds the bindings of the `wsplug:plugin@0.3.0` worlds (`wit/plugin.wit`, the
 //! one contract between host and plugins), so a plugin needs neither the WIT files nor
 //! `wit_bindgen::generate!`. Every export has a default that does nothing, so a plugin
 //! implements only the events it cares about.
 //!
-//! The optional exports are cargo features, each of which picks the world that exports
-//! it: `handshake` adds [`Plugin::on_upgrade`] (world `plugin-handshake`), `state` adds
-//! [`Plugin::snapshot`] and [`Plugin::restore`] (`plugin-state`), both give
-//! `plugin-handshake-state`. Without them the plugin has none of those exports, and the
-//! host neither asks it at handshakes nor carries state at reloads. (Cargo unifies the
-//! features of one build: build a plugin that turns them on in a `cargo build -p` of
-//! its own, as the Makefile does, or every plugin in that build gets them.) The trait's methods are the bindings'
-//! own export signatures, called through a blanket impl that the compiler inlines:
+//! The optional exports are cargo features, which together pick the world: `handshake`
+//! adds [`Plugin::on_upgrade`], `state` adds [`Plugin::snapshot`] and [`Plugin::restore`],
+//! `timers` adds [`Plugin::on_timer`] and the `timers` import (worlds `plugin`,
+//! `plugin-handshake`, ..., `plugin-handshake-state-timers`). Without them the plugin has
+//! none of those exports, and the host neither asks it at handshakes, nor carries state
+//! at reloads, nor lets it set timers. (Cargo unifies the features of one build: build a
+//! plugin that turns them on in a `cargo build -p` of its own, as the Makefile does, or
+//! every plugin in that build gets them.) The trait's methods are the bindings' own
+//! export signatures, called through a blanket impl that the compiler inlines:
 //! no extra cost per call (measured: `make bench`, "plugin call", echo vs echo-raw).
+
+/// The generated bindings of the world the features pick.
+macro_rules! bindings_of {
+    ($world:literal) => {
+        wit_bindgen::generate!({
+            world: $world,
+            path: "../../wit",
+            default_bindings_module: "wsplug_plugin::bindings",
+            pub_export_macro: true,
+            export_macro_name: "export_guest",
+        });
+    };
+}
 
 /// The generated bindings, for what the re-exports below do not cover.
 pub mod bindings {
-    #[cfg(not(any(feature = "handshake", feature = "state")))]
-    wit_bindgen::generate!({
-        world: "plugin",
-        path: "../../wit",
-        default_bindings_module: "wsplug_plugin::bindings",
-        pub_export_macro: true,
-        export_macro_name: "export_guest",
-    });
-    #[cfg(all(feature = "handshake", not(feature = "state")))]
-    wit_bindgen::generate!({
-        world: "plugin-handshake",
-        path: "../../wit",
-        default_bindings_module: "wsplug_plugin::bindings",
-        pub_export_macro: true,
-        export_macro_name: "export_guest",
-    });
-    #[cfg(all(feature = "state", not(feature = "handshake")))]
-    wit_bindgen::generate!({
-        world: "plugin-state",
-        path: "../../wit",
-        default_bindings_module: "wsplug_plugin::bindings",
-        pub_export_macro: true,
-        export_macro_name: "export_guest",
-    });
-    #[cfg(all(feature = "handshake", feature = "state"))]
-    wit_bindgen::generate!({
-        world: "plugin-handshake-state",
-        path: "../../wit",
-        default_bindings_module: "wsplug_plugin::bindings",
-        pub_export_macro: true,
-        export_macro_name: "export_guest",
-    });
+    #[cfg(not(any(feature = "handshake", feature = "state", feature = "timers")))]
+    bindings_of!("plugin");
+    #[cfg(all(feature = "timers", not(any(feature = "handshake", feature = "state"))))]
+    bindings_of!("plugin-timers");
+    #[cfg(all(feature = "handshake", not(any(feature = "state", feature = "timers"))))]
+    bindings_of!("plugin-handshake");
+    #[cfg(all(feature = "handshake", feature = "timers", not(feature = "state")))]
+    bindings_of!("plugin-handshake-timers");
+    #[cfg(all(feature = "state", not(any(feature = "handshake", feature = "timers"))))]
+    bindings_of!("plugin-state");
+    #[cfg(all(feature = "state", feature = "timers", not(feature = "handshake")))]
+    bindings_of!("plugin-state-timers");
+    #[cfg(all(feature = "handshake", feature = "state", not(feature = "timers")))]
+    bindings_of!("plugin-handshake-state");
+    #[cfg(all(feature = "handshake", feature = "state", feature = "timers"))]
+    bindings_of!("plugin-handshake-state-timers");
 }
 
+/// The streams of groups that keep history: positions, replays, reads.
+pub use bindings::wsplug::plugin::history;
 /// The host's imports: send, close, broadcast, groups, connection info, attachments, log.
 pub use bindings::wsplug::plugin::host;
-/// The key-value store: get, set (with expiry), delete, list keys by prefix.
+/// The key-value store: get, set (with expiry), delete, list keys by prefix, sync.
 pub use bindings::wsplug::plugin::store;
-/// Timers: set, cancel, ask whether one is pending.
+/// Timers: set, cancel, ask whether one is pending (feature `timers`).
+#[cfg(feature = "timers")]
 pub use bindings::wsplug::plugin::timers;
 /// Types shared with the host.
 pub use bindings::wsplug::plugin::types::{
-    Accept, ConnectionId, ConnectionInfo, Error, LogLevel, Reject, StoreError, TimerId, UpgradeDecision, UpgradeRequest,
+    Accept, ConnectionId, ConnectionInfo, Error, HistoryError, LogLevel, Message, Position, Publication, Published,
+    Reject, StoreError, TimerId, UpgradeDecision, UpgradeRequest,
 };
 
 impl UpgradeDecision {
@@ -158,7 +160,8 @@ pub trait Plugin {
     fn on_close(conn: ConnectionId, code: u16, reason: String) {
         let _ = (conn, code, reason);
     }
-    /// Timer `id` (set with [`timers::set_timer`]) is due.
+    /// Timer `id` (set with [`timers::set_timer`]) is due (feature `timers`).
+    #[cfg(feature = "timers")]
     fn on_timer(id: TimerId) {
         let _ = id;
     }
@@ -200,6 +203,10 @@ impl<T: Plugin> bindings::Guest for T {
     fn on_close(conn: ConnectionId, code: u16, reason: String) {
         <T as Plugin>::on_close(conn, code, reason)
     }
+}
+
+#[cfg(feature = "timers")]
+impl<T: Plugin> bindings::exports::wsplug::plugin::timer_events::Guest for T {
     #[inline(always)]
     fn on_timer(id: TimerId) {
         <T as Plugin>::on_timer(id)
