@@ -321,10 +321,10 @@ fn a_redis_outage_drops_no_connection_and_delivery_resumes() {
 #[test]
 fn time_waiting_for_the_store_does_not_count_against_the_cpu_deadline() {
     let _turn = exclusive();
-    // 2,000 writes in one call, each waiting for Redis, take longer than 50 ms but less
+    // 2,000 reads in one call, each waiting for Redis, take longer than 50 ms but less
     // than the 10 x 50 ms a call may last in all, and a few ms in the plugin's code and
-    // the calls' crossings, which is what the deadline counts. (The file store's writes
-    // return before their commit: they do not wait.)
+    // the calls' crossings, which is what the deadline counts. (Writes return before
+    // Redis answers them: they do not wait.)
     let redis = Redis::start();
     let url = redis.url();
     let server = Server::start(
@@ -339,18 +339,66 @@ fn time_waiting_for_the_store_does_not_count_against_the_cpu_deadline() {
         ],
     );
     let mut client = server.connect("/");
-    let started = Instant::now();
     assert_eq!(ask(&mut client, "kv-fill 2000"), "filled 2000 failed 0");
+    let started = Instant::now();
+    assert_eq!(ask(&mut client, "kv-read 2000"), "read 2000");
     let took = started.elapsed();
-    println!("2000 store writes in one call: {took:?}");
+    println!("2000 store reads in one call: {took:?}");
     assert!(
         took > Duration::from_millis(50),
-        "the writes took {took:?}, less than the deadline: this shows nothing about it"
+        "the reads took {took:?}, less than the deadline: this shows nothing about it"
     );
     assert_eq!(ask(&mut client, "kv-get fill/00001999"), "value v");
     // The plugin's own time still counts.
     client.send_text("spin");
     assert_eq!(client.recv_close().0, 1011);
+}
+
+#[test]
+fn output_that_waited_for_a_write_redis_never_answered_is_not_released() {
+    let _turn = exclusive();
+    let redis = Redis::start();
+    let url = redis.url();
+    let args = ["--cluster", &url, "--cluster-name", "held", "--idle-timeout", "120"];
+    let server = Server::start("api", &args);
+    let mut writer = server.connect("/");
+    let mut reader = server.connect("/");
+    ask_until(&mut writer, "conns", Duration::from_secs(10), |n| n == "2");
+    // Writes do not wait for Redis, but reads after them see them, and what depended on
+    // them leaves once Redis has answered.
+    for n in 0..100 {
+        assert_eq!(ask(&mut writer, &format!("kv-relay a{n}")), format!("ok a{n}"));
+        assert_eq!(reader.recv_text(), format!("relayed a{n}"));
+    }
+    assert_eq!(ask(&mut reader, "kv-get a99"), "value v");
+    // A read right after a write sees it, though the write's answer has not come, in a
+    // stateless plugin too (whose calls run on any of the connections' threads).
+    let stateless = Server::start("api", &[&args[..], &["--stateless"]].concat());
+    let mut client = stateless.connect("/");
+    for n in 0..200 {
+        client.send_text(&format!("kv-set rw{n} v{n}"));
+        client.send_text(&format!("kv-get rw{n}"));
+    }
+    for n in 0..200 {
+        assert_eq!(client.recv_text(), "ok");
+        assert_eq!(client.recv_text(), format!("value v{n}"));
+    }
+
+    // Redis stops answering: the next write gets no answer in time (1 s), so it counts
+    // as lost. Its reply and its relay are never released; both connections, which they
+    // were for, are closed with 1011 instead.
+    redis.signal("-STOP");
+    writer.send_text("kv-relay lost");
+    let started = Instant::now();
+    assert_eq!(writer.recv_close(), (1011, "store write failed".to_owned()));
+    assert_eq!(reader.recv_close(), (1011, "store write failed".to_owned()));
+    println!("closed {:?} after the write", started.elapsed());
+    redis.signal("-CONT");
+
+    // Redis answers again: so does the store, with what it had.
+    let mut after = server.connect("/");
+    assert_eq!(ask(&mut after, "kv-get a0"), "value v");
+    assert_eq!(ask(&mut after, "kv-relay b"), "ok b");
 }
 
 #[test]

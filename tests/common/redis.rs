@@ -22,6 +22,16 @@ pub struct Redis {
 }
 
 impl Redis {
+    /// Sends it a signal (`-STOP`, `-CONT`), as `kill` names it.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = std::process::Command::new("kill")
+            .args([name, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {name} {pid}");
+    }
+
     /// Starts one on a free port and waits until it accepts connections.
     pub fn start() -> Redis {
         Redis::start_with(&[])

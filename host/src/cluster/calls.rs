@@ -6,9 +6,14 @@
 //! thread waiting, nothing would read Redis's answers), so the commands run on a thread
 //! of their own, with a single-threaded runtime and a Redis connection of their own, and
 //! the caller waits for a channel ([`crate::blocking::block_here`]).
+//!
+//! Commands reach Redis in the order they were given, on one connection, so a read given
+//! after a write sees it, whichever thread gave each: the store's writes need not wait
+//! for their answers ([`RedisCalls::submit`]) for the next read to be right.
 
 use std::pin::Pin;
 use std::sync::mpsc::RecvTimeoutError;
+use std::task::Poll;
 use std::thread;
 use std::time::Duration;
 
@@ -56,10 +61,18 @@ impl RedisCalls {
                             return;
                         }
                     };
-                    // Each command is a task of its own: they share the one connection,
-                    // pipelined, instead of waiting for each other.
+                    // Each command is started here, in the order given, which puts it in
+                    // the connection's queue to Redis (its first poll does); then it
+                    // waits for its answer as a task of its own, so that the commands
+                    // share the one connection, pipelined, instead of waiting for each
+                    // other.
                     while let Some(job) = queue.recv().await {
-                        tokio::spawn(job(manager.clone()));
+                        let mut command = job(manager.clone());
+                        let answered =
+                            std::future::poll_fn(|cx| Poll::Ready(command.as_mut().poll(cx).is_ready())).await;
+                        if !answered {
+                            tokio::spawn(command);
+                        }
                     }
                 });
             })
@@ -68,24 +81,41 @@ impl RedisCalls {
         Ok(RedisCalls { jobs })
     }
 
-    /// Runs `command` and waits for its answer, at most `timeout`, on this thread.
-    pub fn query<T>(&self, command: redis::Pipeline, timeout: Duration) -> Result<T, String>
+    /// Gives `command` to Redis after every command given before it, without waiting:
+    /// `answer` gets its answer (or why there is none within `timeout`), on the calls'
+    /// thread. An error here means it was not given.
+    pub fn submit<T>(
+        &self,
+        command: redis::Pipeline,
+        timeout: Duration,
+        answer: impl FnOnce(Result<T, String>) + Send + 'static,
+    ) -> Result<(), String>
     where
         T: redis::FromRedisValue + Send + 'static,
     {
-        let (answer, answered) = std::sync::mpsc::sync_channel(1);
         let job: Job = Box::new(move |mut manager| {
             Box::pin(async move {
                 let result = match tokio::time::timeout(timeout, command.query_async::<T>(&mut manager)).await {
                     Ok(result) => result.map_err(|error| error.to_string()),
                     Err(_) => Err(format!("no answer within {timeout:?}")),
                 };
-                let _ = answer.send(result);
+                answer(result);
             })
         });
         self.jobs
             .send(job)
-            .map_err(|_| "the cluster-calls thread ended".to_owned())?;
+            .map_err(|_| "the cluster-calls thread ended".to_owned())
+    }
+
+    /// Runs `command` and waits for its answer, at most `timeout`, on this thread.
+    pub fn query<T>(&self, command: redis::Pipeline, timeout: Duration) -> Result<T, String>
+    where
+        T: redis::FromRedisValue + Send + 'static,
+    {
+        let (answer, answered) = std::sync::mpsc::sync_channel(1);
+        self.submit(command, timeout, move |result| {
+            let _ = answer.send(result);
+        })?;
         // The command's own timeout starts once the thread takes it up: this one bounds
         // the wait for that too.
         match block_here(|| answered.recv_timeout(timeout + QUEUED_TOO_LONG)) {

@@ -7,12 +7,22 @@
 //! order) that `list_keys` pages through with `ZRANGEBYLEX`. A set or a delete changes
 //! both in one `MULTI`; keys that expired are taken out of the index when a listing
 //! meets them.
+//!
+//! A `set` returns once it is given to Redis, without waiting for the answer: the
+//! commands of a host reach Redis in the order given, on one connection, so every later
+//! read sees it (see [`RedisCalls`]). It is settled ([`Commits`]) when Redis answers, and
+//! the plugin runtime's output gate holds what depended on it until then, as for the
+//! file store's group commit: a set that Redis refuses, or does not answer in time, is
+//! lost for the output that waited for it (though Redis may still apply a set it
+//! answers late). A `delete` waits for its answer, which says whether the key was set.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::calls::RedisCalls;
-use crate::store::{KeyValue, StoreError, check_sizes};
+use crate::blocking::block_here;
+use crate::store::{Commits, KeyValue, StoreError, WriteNumber, check_sizes};
 
 /// Removes from the index (`KEYS[1]`) each key (`ARGV[i]`) whose value (`KEYS[i + 1]`)
 /// is gone.
@@ -24,10 +34,62 @@ end";
 pub struct RedisStore {
     calls: Arc<RedisCalls>,
     name: String,
+    /// How far the sets have got: settled once Redis has answered.
+    commits: Arc<Commits>,
+    /// The number of the newest set given to Redis: numbers are given in that order.
+    given: Mutex<WriteNumber>,
+    /// Answers not settled yet, because an older set's answer has not come.
+    answers: Arc<Mutex<Answers>>,
 }
 
 /// How long a store call waits for Redis.
 const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Sets given to Redis and not answered yet, at most: past it a set waits for the
+/// oldest answers, so that a Redis slower than the plugins' writes bounds their memory.
+const MAX_UNANSWERED: WriteNumber = 4096;
+
+/// Answers of sets, settled in the order the sets were given.
+#[derive(Default)]
+struct Answers {
+    /// Every set up to this number is settled.
+    through: WriteNumber,
+    /// Answers of sets after `through + 1`, which has not been answered.
+    early: BTreeMap<WriteNumber, Result<(), StoreError>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Answers {
+    /// Notes the answer to set `number` and settles, in order, every set answered from
+    /// `through` on: each run of successes in one settlement, each failure on its own.
+    fn answered(&mut self, commits: &Commits, number: WriteNumber, outcome: Result<(), StoreError>) {
+        self.early.insert(number, outcome);
+        let mut ok_through = None;
+        while let Some(outcome) = self.early.remove(&(self.through + 1)) {
+            self.through += 1;
+            match outcome {
+                Ok(()) => ok_through = Some(self.through),
+                Err(error) => {
+                    if let Some(through) = ok_through.take() {
+                        commits.settle(through, Ok(()));
+                    }
+                    commits.settle(self.through, Err(error));
+                }
+            }
+        }
+        if let Some(through) = ok_through {
+            commits.settle(through, Ok(()));
+        }
+    }
+}
+
+/// A Redis error as the store's.
+fn unavailable(error: String) -> StoreError {
+    StoreError::Unavailable(format!("Redis: {error}"))
+}
 
 impl RedisStore {
     /// A store whose commands `calls` runs.
@@ -35,6 +97,9 @@ impl RedisStore {
         Self {
             calls,
             name: name.to_owned(),
+            commits: Commits::new(),
+            given: Mutex::new(0),
+            answers: Arc::default(),
         }
     }
 
@@ -49,9 +114,31 @@ impl RedisStore {
     /// Runs `command` against Redis, waiting for it on the calling thread (the plugin's,
     /// or a connection's for a stateless plugin).
     fn run<T: redis::FromRedisValue + Send + 'static>(&self, command: redis::Pipeline) -> Result<T, StoreError> {
-        self.calls
-            .query(command, TIMEOUT)
-            .map_err(|error| StoreError::Unavailable(format!("Redis: {error}")))
+        self.calls.query(command, TIMEOUT).map_err(unavailable)
+    }
+
+    /// Gives a write to Redis without waiting for its answer: it is settled when the
+    /// answer comes.
+    fn give(&self, command: redis::Pipeline) -> Result<(), StoreError> {
+        let newest = self.commits.accepted();
+        if newest.saturating_sub(self.commits.settled_through()) >= MAX_UNANSWERED {
+            // Whatever the outcome: this set is not the one that was lost.
+            let _ = block_here(|| self.commits.wait(newest - MAX_UNANSWERED + 1));
+        }
+        let mut given = lock(&self.given);
+        let number = *given + 1;
+        *given = number;
+        self.commits.accept(number);
+        let (commits, answers) = (self.commits.clone(), self.answers.clone());
+        let submitted = self.calls.submit::<()>(command, TIMEOUT, move |answer| {
+            lock(&answers).answered(&commits, number, answer.map_err(unavailable));
+        });
+        drop(given);
+        submitted.map_err(|error| {
+            let error = unavailable(error);
+            lock(&self.answers).answered(&self.commits, number, Err(error.clone()));
+            error
+        })
     }
 }
 
@@ -73,7 +160,7 @@ impl KeyValue for RedisStore {
         }
         set.ignore();
         pipe.cmd("ZADD").arg(self.index_key(namespace)).arg(0).arg(key).ignore();
-        self.run(pipe)
+        self.give(pipe)
     }
 
     fn delete(&self, namespace: &str, key: &str) -> Result<bool, StoreError> {
@@ -153,5 +240,33 @@ impl KeyValue for RedisStore {
             }
         }
         Ok(keys)
+    }
+    fn commits(&self) -> Option<Arc<Commits>> {
+        Some(self.commits.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_settled_in_the_order_the_sets_were_given() {
+        let commits = Commits::new();
+        let mut answers = Answers::default();
+        for n in 1..=5 {
+            commits.accept(n);
+        }
+        answers.answered(&commits, 2, Ok(()));
+        assert_eq!(commits.settled_through(), 0, "1 is not answered");
+        answers.answered(&commits, 1, Ok(()));
+        assert_eq!(commits.settled_through(), 2);
+        answers.answered(&commits, 4, Ok(()));
+        answers.answered(&commits, 3, Err(StoreError::Unavailable("no answer".into())));
+        assert_eq!(commits.settled_through(), 4);
+        assert_eq!(commits.wait(2), Ok(()));
+        assert!(commits.wait(3).is_err(), "3 was lost");
+        assert_eq!(commits.wait(4), Ok(()));
+        assert!(commits.unsettled(), "5 is not answered");
     }
 }

@@ -219,10 +219,14 @@ impl HostState {
     /// of `conn` on its connection's thread, through the registry otherwise.
     fn send(&mut self, conn: ConnId, message: Outgoing) -> Result<(), types::Error> {
         if let Some(replying) = &mut self.replying
-            && self.gate.as_ref().is_some_and(|gate| gate.may_hold())
+            && self
+                .gate
+                .as_ref()
+                .is_some_and(|gate| gate.may_hold() || gate.has_held())
         {
-            // Output waits for a commit: what was kept goes through the gate first, and
-            // everything after it too, so that nothing overtakes it.
+            // Output waits for a commit, or has waited (see `OutputGate::has_held`): what
+            // was kept goes through the gate first, and everything after it too, so that
+            // nothing overtakes it.
             let (to, kept) = replying.divert();
             for message in kept {
                 self.services.send(to, message)?;

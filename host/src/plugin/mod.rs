@@ -68,6 +68,15 @@ pub type TimerId = u64;
 
 pub use crate::conn::{CloseCode, ConnId, ConnectionInfo, Headers, HostError, MAX_ATTACHMENT, Outgoing, TextBytes};
 
+/// Whom a broadcast or a group publish is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Audience<'a> {
+    /// Every open connection.
+    Everyone,
+    /// The open members of a group.
+    Group(&'a str),
+}
+
 /// The services a plugin's imports are served by. The server implements this
 /// over its live connections; every method returns without blocking, but for
 /// [`HostServices::info`] of a connection on another host of a cluster, which asks Redis.
@@ -99,6 +108,25 @@ pub trait HostServices: Send + Sync + 'static {
     fn publish(&self, group: &str, message: Outgoing, except: Option<ConnId>) -> u32;
     /// Members of a group.
     fn group_members(&self, group: &str) -> Vec<ConnId>;
+    /// The recipients of a broadcast or a publish to `to` but `except`: those on this
+    /// host, and how many the other hosts of a cluster have. For the output gate, which
+    /// holds the first as they are and the rest as one message to the other hosts
+    /// ([`HostServices::tell_other_hosts`]), which find their recipients when it comes,
+    /// as for any broadcast.
+    fn recipients(&self, to: Audience<'_>, except: Option<ConnId>) -> (Vec<ConnId>, u32) {
+        let mut here = match to {
+            Audience::Everyone => self.connections(),
+            Audience::Group(group) => self.group_members(group),
+        };
+        here.retain(|conn| Some(*conn) != except);
+        (here, 0)
+    }
+    /// Queues `message` to the recipients of `to` but `except` on the other hosts of a
+    /// cluster only; returns how many. None without a cluster.
+    fn tell_other_hosts(&self, to: Audience<'_>, message: Outgoing, except: Option<ConnId>) -> u32 {
+        let _ = (to, message, except);
+        0
+    }
     /// Every open connection.
     fn connections(&self) -> Vec<ConnId>;
     /// What the host knows about a connection (in a cluster, any host's: that of another

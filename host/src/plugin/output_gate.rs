@@ -7,8 +7,10 @@
 //! [`OutputGate`] wraps the [`HostServices`] of a plugin whose store commits in groups.
 //! While a write is unsettled, or anything is held, sends, closes, broadcasts and group
 //! publishes are held in the order they were made, each with the number of the newest
-//! write made before it; a broadcast or a publish keeps the recipients it had when it
-//! was made. When a commit settles a write, what waited for it is released, in order.
+//! write made before it; a broadcast or a publish keeps the recipients it had on this
+//! host when it was made, and reaches the other hosts of a cluster as one message when
+//! released (they find its recipients when it comes, as for any broadcast). When a
+//! commit settles a write, what waited for it is released, in order.
 //! If the commit failed, nothing that waited for it is released: each connection it
 //! was for is closed with 1011 instead, so that a client never misses a message
 //! silently. A plugin that never writes pays two atomic loads per output.
@@ -22,7 +24,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
-use super::{CloseCode, ConnId, ConnectionInfo, HostError, HostServices, Outgoing};
+use super::{Audience, CloseCode, ConnId, ConnectionInfo, HostError, HostServices, Outgoing};
 use crate::blocking::block_here;
 use crate::store::{Commits, Settled, StoreError, WriteNumber};
 
@@ -39,18 +41,39 @@ pub const MAX_HELD_RECIPIENTS: usize = 1 << 20;
 enum Held {
     Send(ConnId, Outgoing),
     Close(ConnId, CloseCode, String),
-    /// A broadcast or a group publish, to the recipients it had when it was made.
-    ToEach(Vec<ConnId>, Outgoing),
+    /// A broadcast or a group publish: to the recipients it had on this host when it
+    /// was made, and to those of the other hosts of a cluster, if they have any.
+    ToEach {
+        here: Vec<ConnId>,
+        elsewhere: Option<Elsewhere>,
+        message: Outgoing,
+    },
     /// Something else that must not happen before the writes made before it are
     /// durable (an `on-upgrade` decision): told whether they are.
     Then(Box<dyn FnOnce(bool) + Send>),
+}
+
+/// The part of a held broadcast or publish for the other hosts of a cluster.
+struct Elsewhere {
+    /// The group published to; none for a broadcast.
+    group: Option<String>,
+    except: Option<ConnId>,
+}
+
+impl Elsewhere {
+    fn audience(&self) -> Audience<'_> {
+        match &self.group {
+            Some(group) => Audience::Group(group),
+            None => Audience::Everyone,
+        }
+    }
 }
 
 impl Held {
     /// Recipients it holds, against [`MAX_HELD_RECIPIENTS`].
     fn recipients(&self) -> usize {
         match self {
-            Held::ToEach(conns, _) => conns.len(),
+            Held::ToEach { here, .. } => here.len(),
             _ => 0,
         }
     }
@@ -79,6 +102,8 @@ pub struct OutputGate {
     holding: AtomicBool,
     /// A commit failed since [`OutputGate::take_lost`] last looked.
     lost: AtomicBool,
+    /// Something was held once: see [`OutputGate::has_held`].
+    held_once: AtomicBool,
     /// Wakes calls waiting for the queue to fall under [`MAX_HELD`].
     drained: Condvar,
 }
@@ -92,6 +117,7 @@ impl OutputGate {
             held: Mutex::default(),
             holding: AtomicBool::new(false),
             lost: AtomicBool::new(false),
+            held_once: AtomicBool::new(false),
             drained: Condvar::new(),
         });
         gate.commits.listen(Arc::downgrade(&gate) as Weak<dyn Settled>);
@@ -130,7 +156,19 @@ impl OutputGate {
         queue.recipients += held.recipients();
         queue.items.push_back((newest, held));
         self.holding.store(true, Ordering::Release);
+        if !self.held_once.load(Ordering::Relaxed) {
+            self.held_once.store(true, Ordering::Relaxed);
+        }
         None
+    }
+
+    /// Whether anything was ever held. What the gate releases reaches a connection's
+    /// queue at any time, also while the connection waits for a call whose replies it
+    /// writes itself (a stateless plugin's): once the gate has held output, a reply kept
+    /// beside the call could overtake output of an earlier event, so replies take the
+    /// queue from then on. A plugin that never writes keeps the shortcut.
+    pub fn has_held(&self) -> bool {
+        self.held_once.load(Ordering::Relaxed)
     }
 
     /// Runs `then(true)` once what was made before now has left (at once if nothing
@@ -141,23 +179,34 @@ impl OutputGate {
         }
     }
 
-    /// A broadcast or a publish: `now` if nothing is held, else held for the
-    /// recipients it has now (`members`, but `except`); how many.
+    /// A broadcast or a publish to `to`: `now` if nothing is held, else held for the
+    /// recipients it has now; how many.
     fn to_each(
         &self,
+        to: Audience<'_>,
         message: Outgoing,
         except: Option<ConnId>,
-        members: impl FnOnce() -> Vec<ConnId>,
         now: impl FnOnce(Outgoing) -> u32,
     ) -> u32 {
         if !self.may_hold() {
             return now(message);
         }
-        let mut to = members();
-        to.retain(|conn| Some(*conn) != except);
-        let count = to.len() as u32;
-        match self.hold(Held::ToEach(to, message)) {
-            Some(Held::ToEach(_, message)) => now(message),
+        let (here, elsewhere) = self.inner.recipients(to, except);
+        let count = here.len() as u32 + elsewhere;
+        let elsewhere = (elsewhere > 0).then(|| Elsewhere {
+            group: match to {
+                Audience::Group(group) => Some(group.to_owned()),
+                Audience::Everyone => None,
+            },
+            except,
+        });
+        let held = Held::ToEach {
+            here,
+            elsewhere,
+            message,
+        };
+        match self.hold(held) {
+            Some(Held::ToEach { message, .. }) => now(message),
             _ => count,
         }
     }
@@ -183,7 +232,17 @@ impl OutputGate {
             Held::Close(conn, code, reason) => {
                 let _ = self.inner.close(conn, code, reason);
             }
-            Held::ToEach(conns, message) => self.inner.send_each(&conns, &message),
+            Held::ToEach {
+                here,
+                elsewhere,
+                message,
+            } => {
+                self.inner.send_each(&here, &message);
+                if let Some(elsewhere) = elsewhere {
+                    self.inner
+                        .tell_other_hosts(elsewhere.audience(), message, elsewhere.except);
+                }
+            }
             Held::Then(then) => then(true),
         }
     }
@@ -194,7 +253,22 @@ impl OutputGate {
         };
         match held {
             Held::Send(conn, _) | Held::Close(conn, ..) => lost(conn),
-            Held::ToEach(conns, _) => conns.into_iter().for_each(lost),
+            Held::ToEach { here, elsewhere, .. } => {
+                if let Some(elsewhere) = elsewhere {
+                    // The other hosts' recipients as they are now: every one but this
+                    // host's.
+                    let to = elsewhere.audience();
+                    let (now_here, _) = self.inner.recipients(to, elsewhere.except);
+                    let now_here: std::collections::HashSet<ConnId> = now_here.into_iter().collect();
+                    let mut all = match to {
+                        Audience::Everyone => self.inner.connections(),
+                        Audience::Group(group) => self.inner.group_members(group),
+                    };
+                    all.retain(|conn| Some(*conn) != elsewhere.except && !now_here.contains(conn));
+                    all.into_iter().for_each(lost);
+                }
+                here.into_iter().for_each(lost);
+            }
             Held::Then(then) => then(false),
         }
     }
@@ -246,12 +320,9 @@ impl HostServices for OutputGate {
     }
 
     fn broadcast(&self, message: Outgoing, except: Option<ConnId>) -> u32 {
-        self.to_each(
-            message,
-            except,
-            || self.inner.connections(),
-            |message| self.inner.broadcast(message, except),
-        )
+        self.to_each(Audience::Everyone, message, except, |message| {
+            self.inner.broadcast(message, except)
+        })
     }
 
     fn join(&self, conn: ConnId, group: &str) -> Result<(), HostError> {
@@ -263,12 +334,17 @@ impl HostServices for OutputGate {
     }
 
     fn publish(&self, group: &str, message: Outgoing, except: Option<ConnId>) -> u32 {
-        self.to_each(
-            message,
-            except,
-            || self.inner.group_members(group),
-            |message| self.inner.publish(group, message, except),
-        )
+        self.to_each(Audience::Group(group), message, except, |message| {
+            self.inner.publish(group, message, except)
+        })
+    }
+
+    fn recipients(&self, to: Audience<'_>, except: Option<ConnId>) -> (Vec<ConnId>, u32) {
+        self.inner.recipients(to, except)
+    }
+
+    fn tell_other_hosts(&self, to: Audience<'_>, message: Outgoing, except: Option<ConnId>) -> u32 {
+        self.inner.tell_other_hosts(to, message, except)
     }
 
     fn group_members(&self, group: &str) -> Vec<ConnId> {
@@ -305,9 +381,10 @@ impl HostServices for OutputGate {
 mod tests {
     use super::*;
 
-    /// Records what reaches the host; three connections are open.
+    /// Records what reaches the host; three connections are open on it, and with
+    /// `.1` two more (10 and 11) on another host of a cluster.
     #[derive(Default)]
-    struct Host(Mutex<Vec<String>>);
+    struct Host(Mutex<Vec<String>>, bool);
 
     impl Host {
         fn take(&self) -> Vec<String> {
@@ -354,7 +431,20 @@ mod tests {
             vec![2]
         }
         fn connections(&self) -> Vec<ConnId> {
-            vec![1, 2, 3]
+            if self.1 { vec![1, 2, 3, 10, 11] } else { vec![1, 2, 3] }
+        }
+        fn recipients(&self, to: Audience<'_>, except: Option<ConnId>) -> (Vec<ConnId>, u32) {
+            let mut here = match to {
+                Audience::Everyone => vec![1, 2, 3],
+                Audience::Group(_) => vec![2],
+            };
+            here.retain(|conn| Some(*conn) != except);
+            let elsewhere = if self.1 && to == Audience::Everyone { 2 } else { 0 };
+            (here, elsewhere)
+        }
+        fn tell_other_hosts(&self, _: Audience<'_>, message: Outgoing, _: Option<ConnId>) -> u32 {
+            self.record(format!("others {}", text(&message)));
+            2
         }
         fn info(&self, conn: ConnId) -> Option<Arc<ConnectionInfo>> {
             (1..=3).contains(&conn).then(|| {
@@ -420,6 +510,26 @@ mod tests {
         assert!(!gate.may_hold());
         gate.send(3, say("d")).unwrap();
         assert_eq!(host.take(), ["3 d"], "straight through again");
+    }
+
+    #[test]
+    fn in_a_cluster_a_held_broadcast_reaches_the_other_hosts_as_one_message() {
+        let host = Arc::new(Host(Mutex::default(), true));
+        let commits = Commits::new();
+        let gate = OutputGate::new(host.clone(), commits.clone());
+        commits.accept(1);
+        assert_eq!(gate.broadcast(say("a"), Some(3)), 4, "two here, two elsewhere");
+        assert!(host.take().is_empty(), "held");
+        commits.settle(1, Ok(()));
+        assert_eq!(host.take(), ["1 a", "2 a", "others a"]);
+        // Lost: its recipients are closed, here and on the other host.
+        commits.accept(2);
+        gate.broadcast(say("b"), Some(3));
+        commits.settle(2, Err(StoreError::Unavailable("no answer".into())));
+        assert_eq!(
+            host.take(),
+            ["10 close 1011", "11 close 1011", "1 close 1011", "2 close 1011"]
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::cluster::view::{Delivery, HOST_SHIFT, host_of};
 use crate::cluster::wire::{Body, HostNumber, Member, MemberRef};
 use crate::cluster::{Cluster, Members};
 use crate::conn::{CloseCode, ConnId, ConnectionInfo, HostError, Outgoing};
-use crate::plugin::HostServices;
+use crate::plugin::{Audience, HostServices};
 
 /// Bounds of what a route's connections hold that a cluster's hosts share: groups and
 /// attachments. A client chooses group names and attachment contents through the
@@ -412,12 +412,7 @@ impl HostServices for Registry {
 
     fn broadcast(&self, message: Outgoing, except: Option<ConnId>) -> u32 {
         let local = self.lock().broadcast(&message, except);
-        let Some(cluster) = &self.cluster else {
-            return local;
-        };
-        let remote = cluster.view().count(except);
-        cluster.tell_all(Body::Broadcast { message, except });
-        local + remote
+        local + self.tell_other_hosts(Audience::Everyone, message, except)
     }
 
     fn join(&self, conn: ConnId, group: &str) -> Result<(), HostError> {
@@ -466,13 +461,46 @@ impl HostServices for Registry {
             return 0;
         }
         let local = self.lock().publish(group, &message, except);
-        let Some(cluster) = &self.cluster else {
-            return local;
+        local + self.tell_other_hosts(Audience::Group(group), message, except)
+    }
+
+    fn recipients(&self, to: Audience<'_>, except: Option<ConnId>) -> (Vec<ConnId>, u32) {
+        let here = {
+            let inner = self.lock();
+            let wanted = |id: &ConnId| Some(*id) != except && inner.opened(*id).is_some();
+            match to {
+                Audience::Everyone => inner.conns.keys().copied().filter(wanted).collect(),
+                Audience::Group(group) => match inner.groups.get(group) {
+                    Some(members) => members.iter().copied().filter(wanted).collect(),
+                    None => Vec::new(),
+                },
+            }
         };
-        let remote = cluster.view().count_group(group, except);
-        let group = group.to_owned();
-        cluster.tell_all(Body::Publish { group, message, except });
-        local + remote
+        let elsewhere = match (&self.cluster, to) {
+            (None, _) => 0,
+            (Some(cluster), Audience::Everyone) => cluster.view().count(except),
+            (Some(cluster), Audience::Group(group)) => cluster.view().count_group(group, except),
+        };
+        (here, elsewhere)
+    }
+
+    fn tell_other_hosts(&self, to: Audience<'_>, message: Outgoing, except: Option<ConnId>) -> u32 {
+        let Some(cluster) = &self.cluster else {
+            return 0;
+        };
+        match to {
+            Audience::Everyone => {
+                let remote = cluster.view().count(except);
+                cluster.tell_all(Body::Broadcast { message, except });
+                remote
+            }
+            Audience::Group(group) => {
+                let remote = cluster.view().count_group(group, except);
+                let group = group.to_owned();
+                cluster.tell_all(Body::Publish { group, message, except });
+                remote
+            }
+        }
     }
 
     // Like broadcasts, group messages and members cover opened connections only: one

@@ -856,11 +856,6 @@ impl KeyValue for FileStore {
     fn commits(&self) -> Option<Arc<Commits>> {
         Some(self.shared.commits.clone())
     }
-
-    fn sync(&self) -> Result<(), StoreError> {
-        let newest = self.shared.commits.accepted();
-        block_here(|| self.shared.commits.wait(newest))
-    }
 }
 
 #[cfg(test)]

@@ -86,7 +86,13 @@ pub trait KeyValue: Send + Sync + 'static {
     /// Returns once every write made before the call is durable, or with the error
     /// that lost one of them.
     fn sync(&self) -> Result<(), StoreError> {
-        Ok(())
+        match self.commits() {
+            Some(commits) => {
+                let newest = commits.accepted();
+                crate::blocking::block_here(|| commits.wait(newest))
+            }
+            None => Ok(()),
+        }
     }
 }
 

@@ -17,7 +17,8 @@
 //!   instance did not set it: after a reload or a trap). An id with bit 19 set traps
 //!   instead.
 //! - `kv-set K V [TTL]`, `kv-get K`, `kv-del K`, `kv-list PREFIX [AFTER [LIMIT]]`,
-//!   `kv-fill N` (N writes in one call), `kv-big key|value` (one over the limit).
+//!   `kv-fill N` (N writes in one call), `kv-read N` (N reads of what `kv-fill N` wrote,
+//!   `read F` with F found), `kv-big key|value` (one over the limit).
 //!   `kv-relay K`: stores K, then sends `relayed K` to every other connection and
 //!   replies `ok K`.
 //!   `kv-sync`: waits until this plugin's writes are durable (`synced`).
@@ -226,6 +227,13 @@ impl Plugin for Api {
                 Ok(position) => format!("position {} {}", position.epoch, position.offset),
                 Err(error) => format!("error {}", error.name()),
             },
+            ("kv-read", [n]) => {
+                let n: u32 = n.parse().unwrap_or_default();
+                let found = (0..n)
+                    .filter(|i| matches!(store::get(&format!("fill/{i:08}")), Ok(Some(_))))
+                    .count();
+                format!("read {found}")
+            }
             ("kv-fill", [n]) => {
                 let n: u32 = n.parse().unwrap_or_default();
                 let failed = (0..n)
