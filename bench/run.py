@@ -79,6 +79,8 @@ CHAT_ARGS = ["--path", "/?name=u{n}", "fanout", "--text", "--conns", "3", "--sen
              "--size", "64", "--window", "1000"]
 CHAT_THROUGHPUT = "chat, 1 sender x 1000 in flight + 1 bystander, history vs none (deliveries/s)"
 CHAT_BYSTANDER = "chat, the bystander's p99 (µs) beside bursts of 1000 messages, history vs none"
+# The same room as a one-host cluster: its history in Redis, whose writes are pipelined.
+CHAT_CLUSTER = "chat as a 1-host cluster, history in Redis vs none (deliveries/s)"
 
 
 def server_command(name, mode, extra):
@@ -401,6 +403,8 @@ def scenarios(duration, certs):
         # The same, the sender's messages in bursts of 1000: the next once all arrived.
         (CHAT_BYSTANDER, "bystander_p99_us", False, "broadcast", [*CHAT_ARGS, "--burst", "--duration", d],
          [CHAT, CHAT_NO_HISTORY], []),
+        (CHAT_CLUSTER, "deliveries_per_s", True, "broadcast", [*CHAT_ARGS, "--duration", d],
+         [CHAT + "-cluster-1", CHAT_NO_HISTORY + "-cluster-1"], []),
         ("WSS echo 100 x 1 KiB", "msgs_per_s", True, "echo",
          ["--tls", "echo", "--conns", "100", "--size", "1024", "--inflight", "4", "--duration", d],
          ["wsplug"], wss),
