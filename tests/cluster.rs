@@ -424,10 +424,12 @@ fn the_key_value_store_is_shared_by_the_hosts() {
     assert_eq!(ask(&mut on_b, "kv-del item/05"), "deleted true");
     assert_eq!(ask(&mut on_a, "kv-del item/05"), "deleted false");
     assert_eq!(ask(&mut on_a, "kv-get item/05"), "none");
+    assert_eq!(ask(&mut on_a, "kv-remove item/06"), "removed");
+    assert_eq!(ask(&mut on_b, "kv-get item/06"), "none");
     assert_eq!(ask(&mut on_b, "kv-list item/ - 3"), "keys item/00,item/01,item/02");
     assert_eq!(ask(&mut on_b, "kv-list item/ item/17 10"), "keys item/18,item/19");
     let all = ask(&mut on_a, "kv-list item/");
-    assert_eq!(all.trim_start_matches("keys ").split(',').count(), 19, "{all}");
+    assert_eq!(all.trim_start_matches("keys ").split(',').count(), 18, "{all}");
     assert_eq!(ask(&mut on_a, "kv-list o"), "keys other");
     // Expiry: gone for every host, and out of the listings.
     assert_eq!(ask(&mut on_a, "kv-set short v 30"), "ok");

@@ -658,6 +658,9 @@ fn api_0_3_takes_text_as_bytes_says_where_a_publication_is_and_syncs() {
         ok(&mut client, "kv-set synced-key v");
         assert_eq!(ask(&mut client, "kv-sync"), "synced");
         assert_eq!(ask(&mut client, "kv-get synced-key"), "value v");
+        assert_eq!(ask(&mut client, "kv-remove synced-key"), "removed");
+        assert_eq!(ask(&mut client, "kv-get synced-key"), "none");
+        assert_eq!(ask(&mut client, "kv-remove never-set"), "removed");
     }
 }
 

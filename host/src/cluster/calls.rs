@@ -26,6 +26,9 @@ use crate::blocking::block_here;
 /// How long a command may wait for the thread to take it up, beyond its own timeout.
 const QUEUED_TOO_LONG: Duration = Duration::from_secs(1);
 
+/// Where the answer to a submitted command goes, on the calls' thread.
+pub type Answer<T> = Box<dyn FnOnce(Result<T, String>) + Send>;
+
 /// A command to run, given the connection.
 type Job = Box<dyn FnOnce(ConnectionManager) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
@@ -93,8 +96,25 @@ impl RedisCalls {
     where
         T: redis::FromRedisValue + Send + 'static,
     {
+        self.submit_made(timeout, move || Some((command, Box::new(answer) as Answer<T>)))
+    }
+
+    /// Like [`RedisCalls::submit`], with the command made by `make` when the calls'
+    /// thread takes it up, in the order given (`None`: nothing to send). Writes given
+    /// meanwhile can so join a command already in line.
+    pub fn submit_made<T>(
+        &self,
+        timeout: Duration,
+        make: impl FnOnce() -> Option<(redis::Pipeline, Answer<T>)> + Send + 'static,
+    ) -> Result<(), String>
+    where
+        T: redis::FromRedisValue + Send + 'static,
+    {
         let job: Job = Box::new(move |mut manager| {
             Box::pin(async move {
+                let Some((command, answer)) = make() else {
+                    return;
+                };
                 let result = match tokio::time::timeout(timeout, command.query_async::<T>(&mut manager)).await {
                     Ok(result) => result.map_err(|error| error.to_string()),
                     Err(_) => Err(format!("no answer within {timeout:?}")),

@@ -8,19 +8,23 @@
 //! both in one `MULTI`; keys that expired are taken out of the index when a listing
 //! meets them.
 //!
-//! A `set` returns once it is given to Redis, without waiting for the answer: the
-//! commands of a host reach Redis in the order given, on one connection, so every later
-//! read sees it (see [`RedisCalls`]). It is settled ([`Commits`]) when Redis answers, and
+//! A `set` (or a `remove`) returns once it is given to Redis, without waiting for the
+//! answer: it joins the batch of writes whose job waits in line on the calls' thread, or
+//! starts one, and a batch goes as one `MULTI`. The commands of a host reach Redis in
+//! the order given, on one connection, so every later read sees the write (see
+//! [`RedisCalls`]). It is settled ([`Commits`]) when Redis answers, and
 //! the plugin runtime's output gate holds what depended on it until then, as for the
 //! file store's group commit: a set that Redis refuses, or does not answer in time, is
 //! lost for the output that waited for it (though Redis may still apply a set it
 //! answers late). A `delete` waits for its answer, which says whether the key was set.
+//! Writes may await answers up to [`MAX_UNANSWERED`] and [`MAX_UNANSWERED_BYTES`].
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::calls::RedisCalls;
+use super::calls::{Answer, RedisCalls};
 use crate::blocking::block_here;
 use crate::store::{Commits, KeyValue, StoreError, WriteNumber, check_sizes};
 
@@ -34,28 +38,45 @@ end";
 pub struct RedisStore {
     calls: Arc<RedisCalls>,
     name: String,
-    /// How far the sets have got: settled once Redis has answered.
+    /// How far the writes have got: settled once Redis has answered.
     commits: Arc<Commits>,
-    /// The number of the newest set given to Redis: numbers are given in that order.
-    given: Mutex<WriteNumber>,
-    /// Answers not settled yet, because an older set's answer has not come.
+    /// Writes given and not sent yet.
+    batch: Arc<Mutex<Batch>>,
+    /// Answers not settled yet, because an older batch's answer has not come.
     answers: Arc<Mutex<Answers>>,
+    /// Bytes of keys and values given and not answered yet.
+    unanswered_bytes: Arc<AtomicUsize>,
 }
 
 /// How long a store call waits for Redis.
 const TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Sets given to Redis and not answered yet, at most: past it a set waits for the
-/// oldest answers, so that a Redis slower than the plugins' writes bounds their memory.
+/// Writes given to Redis and not answered yet, at most, and their bytes: past either a
+/// write waits for answers, so that a Redis slower than the plugins' writes bounds their
+/// memory.
 const MAX_UNANSWERED: WriteNumber = 4096;
+const MAX_UNANSWERED_BYTES: usize = 64 << 20;
 
-/// Answers of sets, settled in the order the sets were given.
+/// Writes given while the one job that sends them waits in line: that job sends them
+/// all as one `MULTI`, so that a burst of writes costs Redis one round trip, and the
+/// calls' thread one command.
+#[derive(Default)]
+struct Batch {
+    commands: Option<redis::Pipeline>,
+    /// The numbers of its first and last writes.
+    first: WriteNumber,
+    through: WriteNumber,
+    bytes: usize,
+}
+
+/// Answers of batches, settled in the order the batches were sent.
 #[derive(Default)]
 struct Answers {
-    /// Every set up to this number is settled.
+    /// Every write up to this number is settled.
     through: WriteNumber,
-    /// Answers of sets after `through + 1`, which has not been answered.
-    early: BTreeMap<WriteNumber, Result<(), StoreError>>,
+    /// Answers of batches that came before an older one's, by their first write: its
+    /// last write and the outcome.
+    early: BTreeMap<WriteNumber, (WriteNumber, Result<(), StoreError>)>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -63,20 +84,27 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Answers {
-    /// Notes the answer to set `number` and settles, in order, every set answered from
-    /// `through` on: each run of successes in one settlement, each failure on its own.
-    fn answered(&mut self, commits: &Commits, number: WriteNumber, outcome: Result<(), StoreError>) {
-        self.early.insert(number, outcome);
+    /// Notes the answer to the writes `first..=through` and settles, in order, every
+    /// write answered from `self.through` on: each run of successes in one settlement,
+    /// each failure on its own.
+    fn answered(
+        &mut self,
+        commits: &Commits,
+        first: WriteNumber,
+        through: WriteNumber,
+        outcome: Result<(), StoreError>,
+    ) {
+        self.early.insert(first, (through, outcome));
         let mut ok_through = None;
-        while let Some(outcome) = self.early.remove(&(self.through + 1)) {
-            self.through += 1;
+        while let Some((through, outcome)) = self.early.remove(&(self.through + 1)) {
+            self.through = through;
             match outcome {
-                Ok(()) => ok_through = Some(self.through),
+                Ok(()) => ok_through = Some(through),
                 Err(error) => {
-                    if let Some(through) = ok_through.take() {
-                        commits.settle(through, Ok(()));
+                    if let Some(ok) = ok_through.take() {
+                        commits.settle(ok, Ok(()));
                     }
-                    commits.settle(self.through, Err(error));
+                    commits.settle(through, Err(error));
                 }
             }
         }
@@ -98,8 +126,9 @@ impl RedisStore {
             calls,
             name: name.to_owned(),
             commits: Commits::new(),
-            given: Mutex::new(0),
+            batch: Arc::default(),
             answers: Arc::default(),
+            unanswered_bytes: Arc::default(),
         }
     }
 
@@ -117,26 +146,58 @@ impl RedisStore {
         self.calls.query(command, TIMEOUT).map_err(unavailable)
     }
 
-    /// Gives a write to Redis without waiting for its answer: it is settled when the
-    /// answer comes.
-    fn give(&self, command: redis::Pipeline) -> Result<(), StoreError> {
+    /// Gives a write of `bytes` (its commands added by `add`) to Redis without waiting
+    /// for its answer: it joins the batch in line, or starts one, and is settled when
+    /// Redis answers the batch.
+    fn give(&self, bytes: usize, add: impl FnOnce(&mut redis::Pipeline)) -> Result<(), StoreError> {
         let newest = self.commits.accepted();
-        if newest.saturating_sub(self.commits.settled_through()) >= MAX_UNANSWERED {
-            // Whatever the outcome: this set is not the one that was lost.
-            let _ = block_here(|| self.commits.wait(newest - MAX_UNANSWERED + 1));
+        let oldest_awaited = if self.unanswered_bytes.load(Ordering::Acquire) > MAX_UNANSWERED_BYTES {
+            Some(newest)
+        } else {
+            (newest.saturating_sub(self.commits.settled_through()) >= MAX_UNANSWERED)
+                .then(|| newest - MAX_UNANSWERED + 1)
+        };
+        if let Some(number) = oldest_awaited {
+            // Whatever the outcome: this write is not the one that was lost.
+            let _ = block_here(|| self.commits.wait(number));
         }
-        let mut given = lock(&self.given);
-        let number = *given + 1;
-        *given = number;
+        // Numbers are given, and batches put in line, under this lock: in the order of
+        // the writes, ahead of any read made after the write returns.
+        let mut batch = lock(&self.batch);
+        let number = self.commits.accepted() + 1;
         self.commits.accept(number);
-        let (commits, answers) = (self.commits.clone(), self.answers.clone());
-        let submitted = self.calls.submit::<()>(command, TIMEOUT, move |answer| {
-            lock(&answers).answered(&commits, number, answer.map_err(unavailable));
+        self.unanswered_bytes.fetch_add(bytes, Ordering::AcqRel);
+        let in_line = batch.commands.is_some();
+        add(batch.commands.get_or_insert_with(|| {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            pipe
+        }));
+        if !in_line {
+            batch.first = number;
+        }
+        batch.through = number;
+        batch.bytes += bytes;
+        if in_line {
+            return Ok(());
+        }
+        let (waiting, commits) = (self.batch.clone(), self.commits.clone());
+        let (answers, unanswered) = (self.answers.clone(), self.unanswered_bytes.clone());
+        let submitted = self.calls.submit_made::<()>(TIMEOUT, move || {
+            let taken = std::mem::take(&mut *lock(&waiting));
+            let (first, through, bytes) = (taken.first, taken.through, taken.bytes);
+            let answer: Answer<()> = Box::new(move |answer| {
+                unanswered.fetch_sub(bytes, Ordering::AcqRel);
+                lock(&answers).answered(&commits, first, through, answer.map_err(unavailable));
+            });
+            Some((taken.commands?, answer))
         });
-        drop(given);
         submitted.map_err(|error| {
+            // Nothing will send it: lost.
+            let taken = std::mem::take(&mut *batch);
             let error = unavailable(error);
-            lock(&self.answers).answered(&self.commits, number, Err(error.clone()));
+            self.unanswered_bytes.fetch_sub(taken.bytes, Ordering::AcqRel);
+            lock(&self.answers).answered(&self.commits, taken.first, taken.through, Err(error.clone()));
             error
         })
     }
@@ -152,15 +213,14 @@ impl KeyValue for RedisStore {
 
     fn set(&self, namespace: &str, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
         check_sizes(key, Some(value))?;
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let set = pipe.cmd("SET").arg(self.value_key(namespace, key)).arg(value);
-        if let Some(ttl) = ttl {
-            set.arg("PX").arg((ttl.as_millis() as u64).max(1));
-        }
-        set.ignore();
-        pipe.cmd("ZADD").arg(self.index_key(namespace)).arg(0).arg(key).ignore();
-        self.give(pipe)
+        self.give(key.len() + value.len(), |pipe| {
+            let set = pipe.cmd("SET").arg(self.value_key(namespace, key)).arg(value);
+            if let Some(ttl) = ttl {
+                set.arg("PX").arg((ttl.as_millis() as u64).max(1));
+            }
+            set.ignore();
+            pipe.cmd("ZADD").arg(self.index_key(namespace)).arg(0).arg(key).ignore();
+        })
     }
 
     fn delete(&self, namespace: &str, key: &str) -> Result<bool, StoreError> {
@@ -170,6 +230,13 @@ impl KeyValue for RedisStore {
         pipe.cmd("ZREM").arg(self.index_key(namespace)).arg(key).ignore();
         let (deleted,): (u32,) = self.run(pipe)?;
         Ok(deleted > 0)
+    }
+
+    fn remove(&self, namespace: &str, key: &str) -> Result<(), StoreError> {
+        self.give(key.len(), |pipe| {
+            pipe.cmd("DEL").arg(self.value_key(namespace, key)).ignore();
+            pipe.cmd("ZREM").arg(self.index_key(namespace)).arg(key).ignore();
+        })
     }
 
     fn list_keys(
@@ -251,22 +318,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn answers_are_settled_in_the_order_the_sets_were_given() {
+    fn answers_are_settled_in_the_order_the_batches_were_sent() {
         let commits = Commits::new();
         let mut answers = Answers::default();
-        for n in 1..=5 {
+        for n in 1..=7 {
             commits.accept(n);
         }
-        answers.answered(&commits, 2, Ok(()));
-        assert_eq!(commits.settled_through(), 0, "1 is not answered");
-        answers.answered(&commits, 1, Ok(()));
-        assert_eq!(commits.settled_through(), 2);
-        answers.answered(&commits, 4, Ok(()));
-        answers.answered(&commits, 3, Err(StoreError::Unavailable("no answer".into())));
-        assert_eq!(commits.settled_through(), 4);
-        assert_eq!(commits.wait(2), Ok(()));
-        assert!(commits.wait(3).is_err(), "3 was lost");
-        assert_eq!(commits.wait(4), Ok(()));
-        assert!(commits.unsettled(), "5 is not answered");
+        answers.answered(&commits, 3, 3, Ok(()));
+        assert_eq!(commits.settled_through(), 0, "1 and 2 are not answered");
+        answers.answered(&commits, 1, 2, Ok(()));
+        assert_eq!(commits.settled_through(), 3);
+        answers.answered(&commits, 6, 6, Ok(()));
+        answers.answered(&commits, 4, 5, Err(StoreError::Unavailable("no answer".into())));
+        assert_eq!(commits.settled_through(), 6);
+        assert_eq!(commits.wait(3), Ok(()));
+        assert!(
+            commits.wait(4).is_err() && commits.wait(5).is_err(),
+            "4 and 5 were lost"
+        );
+        assert_eq!(commits.wait(6), Ok(()));
+        assert!(commits.unsettled(), "7 is not answered");
     }
 }

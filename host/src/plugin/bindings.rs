@@ -532,6 +532,11 @@ impl v3::wsplug::plugin::store::Host for HostState {
         Ok(self.off_the_clock(|s| s.store.list_keys(&s.name, &prefix, after.as_deref(), limit))?)
     }
 
+    fn remove(&mut self, key: String) -> Result<(), types::StoreError> {
+        store::check_sizes(&key, None)?;
+        Ok(self.off_the_clock(|s| s.store.remove(&s.name, &key))?)
+    }
+
     fn sync(&mut self) -> Result<(), types::StoreError> {
         Ok(self.off_the_clock(|s| s.store.sync())?)
     }

@@ -201,6 +201,9 @@ enum Replaces {
 enum Writer {
     /// A plugin: its writes count against the quota, and wait for room.
     Plugin,
+    /// A plugin's delete that does not want to know whether the key was there: staged
+    /// without a read (a delete of nothing changes nothing when committed).
+    BlindDelete,
     /// The sweep, deleting what had expired when it read the database at this
     /// generation: only if nothing touched the key since.
     Sweep(u64),
@@ -413,7 +416,7 @@ impl Shared {
             let mut staged = lock(&self.staged);
             // The sweep runs on the committer: it must never wait for room.
             let full = |s: &Staged| s.bytes + s.committing_bytes > MAX_STAGED && !s.closing;
-            if writer == Writer::Plugin && full(&staged) {
+            if matches!(writer, Writer::Plugin | Writer::BlindDelete) && full(&staged) {
                 staged = block_here(|| {
                     self.room
                         .wait_while(staged, |s| full(s))
@@ -428,7 +431,7 @@ impl Shared {
             // (it says whether the key was there, and deletes nothing if not).
             let size = entry.as_ref().map(|e| key.len() + e.len());
             let near = size.is_some_and(|size| staged.may_pass(namespace, size, self.quota));
-            if writer == Writer::Plugin && entry.is_some() && !near {
+            if (writer == Writer::Plugin && entry.is_some() && !near) || writer == Writer::BlindDelete {
                 return self.stage_locked(staged, namespace, key, entry, writer, Replaces::Unknown);
             }
             if near && staged.newest > staged.settled {
@@ -780,6 +783,11 @@ impl KeyValue for FileStore {
         Ok(old.is_some_and(|old| old.live(now_ms())))
     }
 
+    fn remove(&self, namespace: &str, key: &str) -> Result<(), StoreError> {
+        self.start()?;
+        self.shared.stage(namespace, key, None, Writer::BlindDelete).map(drop)
+    }
+
     fn list_keys(
         &self,
         namespace: &str,
@@ -1078,6 +1086,37 @@ mod tests {
         fn settled(&self, through: WriteNumber, outcome: Result<(), &StoreError>) {
             lock(&self.0).push((through, outcome.is_ok()));
         }
+    }
+
+    #[test]
+    fn a_remove_drops_a_key_without_reading_it_and_a_remove_of_nothing_changes_nothing() {
+        let dir = TempDir::new("remove");
+        let (store, _disk) = on_test_disk(
+            &dir.0,
+            Quota {
+                max_keys: 2,
+                max_bytes: 1 << 20,
+            },
+        );
+        store.set("ns", "a", b"v", None).unwrap();
+        store.set("ns", "b", b"v", None).unwrap();
+        store.sync().unwrap();
+        // On disk, staged, and never set.
+        store.remove("ns", "a").unwrap();
+        assert_eq!(store.get("ns", "a"), Ok(None));
+        // At the quota a set waits for the commits before it, which made room.
+        store.set("ns", "c", b"v", None).unwrap();
+        store.remove("ns", "c").unwrap();
+        assert_eq!(store.get("ns", "c"), Ok(None), "a staged set, removed");
+        store.remove("ns", "never").unwrap();
+        store.sync().unwrap();
+        assert_eq!(store.list_keys("ns", "", None, 10).unwrap(), ["b"]);
+        // The quota counts what is there: one key, so one more fits, and no more.
+        store.set("ns", "d", b"v", None).unwrap();
+        assert!(matches!(
+            store.set("ns", "e", b"v", None),
+            Err(StoreError::QuotaExceeded(_))
+        ));
     }
 
     #[test]

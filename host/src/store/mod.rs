@@ -70,6 +70,11 @@ pub trait KeyValue: Send + Sync + 'static {
     fn set(&self, namespace: &str, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError>;
     /// Removes `key`; whether it was set (and not expired).
     fn delete(&self, namespace: &str, key: &str) -> Result<bool, StoreError>;
+    /// Removes `key` without saying whether it was set: a store may then skip the read,
+    /// or the wait for an answer, that [`KeyValue::delete`] needs.
+    fn remove(&self, namespace: &str, key: &str) -> Result<(), StoreError> {
+        self.delete(namespace, key).map(drop)
+    }
     /// Up to `limit` live keys starting with `prefix`, in byte order, after `after`.
     fn list_keys(
         &self,

@@ -21,7 +21,8 @@
 //!   `read F` with F found), `kv-big key|value` (one over the limit).
 //!   `kv-relay K`: stores K, then sends `relayed K` to every other connection and
 //!   replies `ok K`.
-//!   `kv-sync`: waits until this plugin's writes are durable (`synced`).
+//!   `kv-sync`: waits until this plugin's writes are durable (`synced`). `kv-remove K`:
+//!   removes K without asking whether it was set (`removed`).
 //! - `utf8 valid|invalid`: sends `café`, or bytes that are not UTF-8, with `send-text-utf8`
 //!   (`ok` or `error E`). `publish-utf8 G T`: publishes T to group G as bytes
 //!   (`published N position P`). `position G`: group G's stream position (`error E`
@@ -193,6 +194,10 @@ impl Plugin for Api {
             ("kv-get", [key]) => match store::get(key) {
                 Ok(Some(value)) => format!("value {}", String::from_utf8_lossy(&value)),
                 Ok(None) => "none".into(),
+                Err(error) => format!("error {error:?}"),
+            },
+            ("kv-remove", [key]) => match store::remove(key) {
+                Ok(()) => "removed".into(),
                 Err(error) => format!("error {error:?}"),
             },
             ("kv-del", [key]) => match store::delete(key) {

@@ -145,7 +145,7 @@ fn remember(message: &str) {
     let next = NEXT.with(Cell::get).unwrap_or_else(|| {
         let keys = store::list_keys(HISTORY_PREFIX, None, 1000).unwrap_or_default();
         for old in &keys[..(keys.len() + 1).saturating_sub(HISTORY)] {
-            let _ = store::delete(old);
+            let _ = store::remove(old);
         }
         keys.last()
             .and_then(|key| key[HISTORY_PREFIX.len()..].parse::<u64>().ok())
@@ -158,7 +158,8 @@ fn remember(message: &str) {
         return;
     }
     if let Some(oldest) = next.checked_sub(HISTORY as u64).filter(|n| *n > 0) {
-        let _ = store::delete(&history_key(oldest));
+        // Whether it was there does not matter: `remove` need not wait to find out.
+        let _ = store::remove(&history_key(oldest));
     }
     NEXT.with(|n| n.set(Some(next + 1)));
 }
