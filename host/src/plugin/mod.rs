@@ -132,6 +132,11 @@ pub trait HostServices: Send + Sync + 'static {
     /// What the host knows about a connection (in a cluster, any host's: that of another
     /// host is fetched from Redis, waiting a quarter of a second at most).
     fn info(&self, conn: ConnId) -> Option<Arc<ConnectionInfo>>;
+    /// Whether a connection is there (in a cluster, on any host), without fetching what
+    /// [`HostServices::info`] would.
+    fn exists(&self, conn: ConnId) -> bool {
+        self.info(conn).is_some()
+    }
     /// Replaces a connection's attachment (already checked against [`MAX_ATTACHMENT`]);
     /// an empty one removes it.
     fn set_attachment(&self, conn: ConnId, data: Vec<u8>) -> Result<(), HostError>;

@@ -220,7 +220,8 @@ impl OutputGate {
     /// What a held send or close answers: `Gone` for a connection the host no longer
     /// has (one that goes before the release simply misses it).
     fn known(&self, conn: ConnId) -> Result<(), HostError> {
-        self.inner.info(conn).map(drop).ok_or(HostError::Gone)
+        // Not `info`: in a cluster that fetches another host's connection from Redis.
+        self.inner.exists(conn).then_some(()).ok_or(HostError::Gone)
     }
 
     fn release(&self, held: Held) {
@@ -357,6 +358,10 @@ impl HostServices for OutputGate {
 
     fn info(&self, conn: ConnId) -> Option<Arc<ConnectionInfo>> {
         self.inner.info(conn)
+    }
+
+    fn exists(&self, conn: ConnId) -> bool {
+        self.inner.exists(conn)
     }
 
     fn set_attachment(&self, conn: ConnId, data: Vec<u8>) -> Result<(), HostError> {

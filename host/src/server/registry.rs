@@ -549,6 +549,13 @@ impl HostServices for Registry {
         self.lock().conns.get(&conn).map(|entry| entry.info.clone())
     }
 
+    fn exists(&self, conn: ConnId) -> bool {
+        match self.remote(conn) {
+            Some(cluster) => cluster.view().contains(conn),
+            None => self.lock().conns.contains_key(&conn),
+        }
+    }
+
     fn set_attachment(&self, conn: ConnId, data: Vec<u8>) -> Result<(), HostError> {
         let mut inner = self.lock();
         let room = self.shared_limits.max_bytes - inner.shared_bytes;
