@@ -361,14 +361,17 @@ fn output_that_waited_for_a_write_redis_never_answered_is_not_released() {
     let url = redis.url();
     let args = ["--cluster", &url, "--cluster-name", "held", "--idle-timeout", "120"];
     let server = Server::start("api", &args);
+    let other = Server::start("api", &args);
     let mut writer = server.connect("/");
     let mut reader = server.connect("/");
-    ask_until(&mut writer, "conns", Duration::from_secs(10), |n| n == "2");
+    let mut far_reader = other.connect("/");
+    ask_until(&mut writer, "conns", Duration::from_secs(10), |n| n == "3");
     // Writes do not wait for Redis, but reads after them see them, and what depended on
-    // them leaves once Redis has answered.
+    // them leaves once Redis has answered: here and on the other host, in order.
     for n in 0..100 {
         assert_eq!(ask(&mut writer, &format!("kv-relay a{n}")), format!("ok a{n}"));
         assert_eq!(reader.recv_text(), format!("relayed a{n}"));
+        assert_eq!(far_reader.recv_text(), format!("relayed a{n}"));
     }
     assert_eq!(ask(&mut reader, "kv-get a99"), "value v");
     // A read right after a write sees it, though the write's answer has not come, in a
@@ -394,6 +397,9 @@ fn output_that_waited_for_a_write_redis_never_answered_is_not_released() {
     assert_eq!(reader.recv_close(), (1011, "store write failed".to_owned()));
     println!("closed {:?} after the write", started.elapsed());
     redis.signal("-CONT");
+    // The relay was for the other host's connection too: it is closed as well, once Redis
+    // carries the close there.
+    assert_eq!(far_reader.recv_close(), (1011, "store write failed".to_owned()));
 
     // Redis answers again: so does the store, with what it had.
     let mut after = server.connect("/");

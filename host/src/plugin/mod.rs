@@ -94,7 +94,8 @@ pub trait HostServices: Send + Sync + 'static {
     fn close(&self, conn: ConnId, code: CloseCode, reason: String) -> Result<(), HostError>;
     /// Queues a message to every connection but `except`; returns how many.
     fn broadcast(&self, message: Outgoing, except: Option<ConnId>) -> u32;
-    /// Queues a message to each of `conns` (those gone are skipped).
+    /// Queues a message to each of `conns`, connections of this host (those gone are
+    /// skipped): what the output gate releases of a broadcast or a publish.
     fn send_each(&self, conns: &[ConnId], message: &Outgoing) {
         for conn in conns {
             let _ = self.send(*conn, message.clone());

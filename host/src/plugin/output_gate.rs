@@ -156,9 +156,7 @@ impl OutputGate {
         queue.recipients += held.recipients();
         queue.items.push_back((newest, held));
         self.holding.store(true, Ordering::Release);
-        if !self.held_once.load(Ordering::Relaxed) {
-            self.held_once.store(true, Ordering::Relaxed);
-        }
+        self.held_once.store(true, Ordering::Relaxed);
         None
     }
 

@@ -105,6 +105,18 @@ impl Inner {
         self.conns.get(&conn).filter(|entry| entry.opened)
     }
 
+    /// This host's opened connections that `to` names.
+    fn opened_in(&self, to: Audience<'_>) -> Vec<ConnId> {
+        let opened = |id: &ConnId| self.opened(*id).is_some();
+        match to {
+            Audience::Everyone => self.conns.keys().copied().filter(opened).collect(),
+            Audience::Group(group) => match self.groups.get(group) {
+                Some(members) => members.iter().copied().filter(opened).collect(),
+                None => Vec::new(),
+            },
+        }
+    }
+
     fn send(&self, conn: ConnId, command: Command) -> Result<(), HostError> {
         self.conns.get(&conn).ok_or(HostError::Gone)?.push(command)
     }
@@ -393,20 +405,10 @@ impl HostServices for Registry {
     }
 
     fn send_each(&self, conns: &[ConnId], message: &Outgoing) {
-        let mut remote = Vec::new();
-        {
-            // The local ones under one lock.
-            let inner = self.lock();
-            for conn in conns {
-                match inner.conns.get(conn) {
-                    Some(entry) => drop(entry.push(Command::Send(message.clone()))),
-                    None if self.cluster.is_some() => remote.push(*conn),
-                    None => {}
-                }
-            }
-        }
-        for conn in remote {
-            let _ = self.send(conn, message.clone());
+        // Under one lock.
+        let inner = self.lock();
+        for entry in conns.iter().filter_map(|conn| inner.conns.get(conn)) {
+            let _ = entry.push(Command::Send(message.clone()));
         }
     }
 
@@ -465,17 +467,8 @@ impl HostServices for Registry {
     }
 
     fn recipients(&self, to: Audience<'_>, except: Option<ConnId>) -> (Vec<ConnId>, u32) {
-        let here = {
-            let inner = self.lock();
-            let wanted = |id: &ConnId| Some(*id) != except && inner.opened(*id).is_some();
-            match to {
-                Audience::Everyone => inner.conns.keys().copied().filter(wanted).collect(),
-                Audience::Group(group) => match inner.groups.get(group) {
-                    Some(members) => members.iter().copied().filter(wanted).collect(),
-                    None => Vec::new(),
-                },
-            }
-        };
+        let mut here = self.lock().opened_in(to);
+        here.retain(|conn| Some(*conn) != except);
         let elsewhere = match (&self.cluster, to) {
             (None, _) => 0,
             (Some(cluster), Audience::Everyone) => cluster.view().count(except),
@@ -509,17 +502,7 @@ impl HostServices for Registry {
         if group.len() > self.shared_limits.max_group_name {
             return Vec::new();
         }
-        let mut members: Vec<ConnId> = {
-            let inner = self.lock();
-            match inner.groups.get(group) {
-                Some(members) => members
-                    .iter()
-                    .copied()
-                    .filter(|id| inner.opened(*id).is_some())
-                    .collect(),
-                None => Vec::new(),
-            }
-        };
+        let mut members = self.lock().opened_in(Audience::Group(group));
         if let Some(cluster) = &self.cluster {
             cluster.view().group_members(group, &mut members);
         }
@@ -527,15 +510,7 @@ impl HostServices for Registry {
     }
 
     fn connections(&self) -> Vec<ConnId> {
-        let mut conns: Vec<ConnId> = {
-            let inner = self.lock();
-            inner
-                .conns
-                .iter()
-                .filter(|(_, entry)| entry.opened)
-                .map(|(id, _)| *id)
-                .collect()
-        };
+        let mut conns = self.lock().opened_in(Audience::Everyone);
         if let Some(cluster) = &self.cluster {
             cluster.view().connections(&mut conns);
         }
