@@ -107,11 +107,19 @@ impl Inner {
 
     /// This host's opened connections that `to` names.
     fn opened_in(&self, to: Audience<'_>) -> Vec<ConnId> {
-        let opened = |id: &ConnId| self.opened(*id).is_some();
         match to {
-            Audience::Everyone => self.conns.keys().copied().filter(opened).collect(),
+            Audience::Everyone => self
+                .conns
+                .iter()
+                .filter(|(_, entry)| entry.opened)
+                .map(|(id, _)| *id)
+                .collect(),
             Audience::Group(group) => match self.groups.get(group) {
-                Some(members) => members.iter().copied().filter(opened).collect(),
+                Some(members) => members
+                    .iter()
+                    .copied()
+                    .filter(|id| self.opened(*id).is_some())
+                    .collect(),
                 None => Vec::new(),
             },
         }
